@@ -1,0 +1,243 @@
+"""Bilevel optimisation of a supernet (DARTS Sec. 2.3): pure, jittable steps.
+
+Weights w (`nnx.Param`) minimise the loss on the weight split; architecture logits
+alpha (`ArchParam`) minimise the loss on the architecture split. One search step is,
+as in the reference `train_search.py`, an architecture step followed by a weight step
+on the same pair of batches.
+
+  graphdef, state = init_search_state(net, w_tx, a_tx, key)
+  step = make_search_step(graphdef, w_tx, a_tx, order="second", w_lr=schedule)
+  state, metrics = step(state, batch_train, batch_val)
+
+Architecture-gradient orders:
+  first      grad_alpha L_val(w, alpha)                          (DARTS "first order")
+  second     d/d alpha L_val(w'(alpha), alpha), w' one virtual weight step (Eq. 6-7),
+             differentiated exactly through the virtual step by autodiff
+  second_fd  Eq. 7 with the Hessian-vector product by central differences (Eq. 8)
+
+The virtual step is the reference's: w' = w - eta (mu buf + grad_w L_train + wd w), with
+the current learning rate eta, momentum mu and momentum buffer buf of the weight
+optimiser, and no gradient clipping.
+
+Batches are dicts {"image": f32[N, H, W, C], "label": int32[N]}.
+"""
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from dnas.arch import ArchParam
+
+ORDERS = ("first", "second", "second_fd")
+
+
+class SearchState(NamedTuple):
+  """Everything a search step reads and writes (a pytree)."""
+  params: nnx.State        # network weights, nnx.Param
+  alphas: nnx.State        # architecture logits, ArchParam
+  batch_stats: nnx.State   # BatchNorm running statistics, nnx.BatchStat
+  w_opt_state: optax.OptState
+  a_opt_state: optax.OptState
+  step: jax.Array          # int32[], search steps taken
+  rng: jax.Array           # PRNG key; fold_in(rng, step) seeds stochastic relaxations
+
+
+def per_epoch_cosine(base_lr: float, min_lr: float, epochs: int,
+                     steps_per_epoch: int) -> optax.Schedule:
+  """Cosine annealing stepped once per epoch, as the reference runs it (PyTorch 0.3.1
+  `CosineAnnealingLR`): epoch e uses min + (base - min) (1 + cos(pi e / epochs)) / 2."""
+  def schedule(count):
+    epoch = jnp.minimum(count // steps_per_epoch, epochs)
+    return min_lr + (base_lr - min_lr) * 0.5 * (1 + jnp.cos(jnp.pi * epoch / epochs))
+  return schedule
+
+
+def make_w_tx(lr: optax.ScalarOrSchedule, momentum: float = 0.9, weight_decay: float = 3e-4,
+              grad_clip: float | None = 5.0) -> optax.GradientTransformation:
+  """The reference weight optimiser: clip the gradient's global norm, then PyTorch SGD
+  (coupled L2 weight decay, heavy-ball momentum buf = mu buf + g, step -lr buf)."""
+  parts = [optax.clip_by_global_norm(grad_clip)] if grad_clip else []
+  parts += [optax.add_decayed_weights(weight_decay), optax.trace(decay=momentum),
+            optax.scale_by_learning_rate(lr)]
+  return optax.chain(*parts)
+
+
+def make_a_tx(lr: float = 3e-4, b1: float = 0.5, b2: float = 0.999,
+              weight_decay: float = 1e-3) -> optax.GradientTransformation:
+  """The reference architecture optimiser: PyTorch Adam with coupled L2 weight decay."""
+  return optax.chain(optax.add_decayed_weights(weight_decay),
+                     optax.scale_by_adam(b1=b1, b2=b2, eps=1e-8),
+                     optax.scale_by_learning_rate(lr))
+
+
+def split_supernet(net: nnx.Module):
+  """(graphdef, params, alphas, batch_stats) of a model in train mode."""
+  graphdef, params, alphas, stats = nnx.split(net, nnx.Param, ArchParam, nnx.BatchStat)
+  return graphdef, params, alphas, stats
+
+
+def init_search_state(net: nnx.Module, w_tx: optax.GradientTransformation,
+                      a_tx: optax.GradientTransformation, key: jax.Array):
+  """Splits `net` (put in train mode) once into a graphdef and a SearchState."""
+  net.train()
+  graphdef, params, alphas, stats = split_supernet(net)
+  if not jax.tree.leaves(alphas):
+    raise ValueError("the model has no ArchParam variables to search over")
+  state = SearchState(params, alphas, stats, w_tx.init(params), a_tx.init(alphas),
+                      jnp.zeros((), jnp.int32), key)
+  return graphdef, state
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Mean softmax cross entropy, f32[N, K], int[N] -> f32[]."""
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  return jnp.mean(jnp.argmax(logits, -1) == labels)
+
+
+def make_loss_fn(graphdef) -> Callable:
+  """loss(params, alphas, stats, batch) -> (loss, (logits, new_stats)), pure."""
+  def loss_fn(params, alphas, stats, batch):
+    net = nnx.merge(graphdef, params, alphas, stats, copy=True)
+    out = net(batch["image"])
+    logits = out[0] if isinstance(out, tuple) else out
+    return cross_entropy(logits, batch["label"]), (logits, nnx.state(net, nnx.BatchStat))
+  return loss_fn
+
+
+def _trace(w_opt_state):
+  """The momentum buffer of a `make_w_tx` optimiser state (zeros before the first step)."""
+  return optax.tree_utils.tree_get(w_opt_state, "trace")
+
+
+def make_arch_grad_fn(graphdef, *, order: str, w_lr: optax.ScalarOrSchedule,
+                      momentum: float = 0.9, weight_decay: float = 3e-4,
+                      fd_r: float = 1e-2) -> Callable:
+  """Returns arch_grad(state, batch_train, batch_val) -> (d_alpha, new_stats, metrics).
+
+  `new_stats` are the running statistics after the forward passes at the current
+  weights that the order evaluates (the val batch for `first`, the train batch of the
+  virtual step otherwise); the virtual and perturbed models do not update them.
+  """
+  if order not in ORDERS:
+    raise ValueError(f"unknown order {order!r}; valid orders: {', '.join(ORDERS)}")
+  loss_fn = make_loss_fn(graphdef)
+  eta_fn = w_lr if callable(w_lr) else (lambda _: w_lr)
+
+  def virtual_step(state, batch_train, alphas):
+    # DARTS Eq. 6 with the reference's momentum SGD: w' = w - eta (mu buf + g + wd w).
+    (loss, (_, stats)), g = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params, alphas, state.batch_stats, batch_train)
+    eta = eta_fn(state.step)
+    unrolled = jax.tree.map(lambda w, gw, m: w - eta * (momentum * m + gw + weight_decay * w),
+                            state.params, g, _trace(state.w_opt_state))
+    return unrolled, stats, eta, loss
+
+  def first(state, batch_train, batch_val):
+    del batch_train
+    (loss, (logits, stats)), d_alpha = jax.value_and_grad(loss_fn, argnums=1, has_aux=True)(
+        state.params, state.alphas, state.batch_stats, batch_val)
+    return d_alpha, stats, dict(a_loss=loss, a_acc=accuracy(logits, batch_val["label"]))
+
+  def second(state, batch_train, batch_val):
+    def unrolled_loss(alphas):
+      unrolled, stats, _, _ = virtual_step(state, batch_train, alphas)
+      loss, (logits, _) = loss_fn(unrolled, alphas, stats, batch_val)
+      return loss, (logits, stats)
+    # Eq. 7, exactly: reverse-mode through the virtual step (second derivatives included).
+    (loss, (logits, stats)), d_alpha = jax.value_and_grad(unrolled_loss, has_aux=True)(
+        state.alphas)
+    return d_alpha, stats, dict(a_loss=loss, a_acc=accuracy(logits, batch_val["label"]))
+
+  def second_fd(state, batch_train, batch_val):
+    unrolled, stats, eta, _ = virtual_step(state, batch_train, state.alphas)
+    (loss, (logits, _)), (d_w, d_alpha) = jax.value_and_grad(
+        loss_fn, argnums=(0, 1), has_aux=True)(unrolled, state.alphas, stats, batch_val)
+    # Eq. 8: grad^2_{alpha,w} L_train . v ~ (grad_a L_train(w+) - grad_a L_train(w-)) / 2R,
+    # w+- = w +- R v, v = grad_w' L_val(w', alpha), R = 0.01 / ||v||.
+    R = fd_r / optax.global_norm(d_w)
+    grad_a = lambda w: jax.grad(loss_fn, argnums=1, has_aux=True)(
+        w, state.alphas, state.batch_stats, batch_train)[0]
+    g_pos = grad_a(jax.tree.map(lambda w, v: w + R * v, state.params, d_w))
+    g_neg = grad_a(jax.tree.map(lambda w, v: w - R * v, state.params, d_w))
+    d_alpha = jax.tree.map(lambda d, p, n: d - eta * (p - n) / (2 * R), d_alpha, g_pos, g_neg)
+    return d_alpha, stats, dict(a_loss=loss, a_acc=accuracy(logits, batch_val["label"]))
+
+  return dict(first=first, second=second, second_fd=second_fd)[order]
+
+
+def make_phase_steps(graphdef, w_tx: optax.GradientTransformation,
+                     a_tx: optax.GradientTransformation, *, order: str,
+                     w_lr: optax.ScalarOrSchedule, momentum: float = 0.9,
+                     weight_decay: float = 3e-4, fd_r: float = 1e-2):
+  """The two phases as pure functions (not jitted).
+
+  Returns:
+    arch_step(state, batch_train, batch_val) -> (state, metrics): updates alphas only.
+    weight_step(state, batch_train) -> (state, metrics): updates weights only.
+  """
+  arch_grad = make_arch_grad_fn(graphdef, order=order, w_lr=w_lr, momentum=momentum,
+                                weight_decay=weight_decay, fd_r=fd_r)
+  loss_fn = make_loss_fn(graphdef)
+
+  def arch_step(state, batch_train, batch_val):
+    d_alpha, stats, metrics = arch_grad(state, batch_train, batch_val)
+    updates, a_opt_state = a_tx.update(d_alpha, state.a_opt_state, state.alphas)
+    alphas = optax.apply_updates(state.alphas, updates)
+    metrics["a_grad_norm"] = optax.global_norm(d_alpha)
+    return state._replace(alphas=alphas, batch_stats=stats, a_opt_state=a_opt_state), metrics
+
+  def weight_step(state, batch_train):
+    (loss, (logits, stats)), g = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params, state.alphas, state.batch_stats, batch_train)
+    updates, w_opt_state = w_tx.update(g, state.w_opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = dict(w_loss=loss, w_acc=accuracy(logits, batch_train["label"]),
+                   w_grad_norm=optax.global_norm(g))
+    return state._replace(params=params, batch_stats=stats, w_opt_state=w_opt_state,
+                          step=state.step + 1), metrics
+
+  return arch_step, weight_step
+
+
+def make_search_step(graphdef, w_tx: optax.GradientTransformation,
+                     a_tx: optax.GradientTransformation, *, order: str = "first",
+                     w_lr: optax.ScalarOrSchedule, momentum: float = 0.9,
+                     weight_decay: float = 3e-4, fd_r: float = 1e-2, jit: bool = True):
+  """One search step (architecture step, then weight step) as one jitted function.
+
+  `w_lr`, `momentum` and `weight_decay` must be those of `w_tx`: the virtual step of
+  the second-order methods repeats the weight optimiser's step.
+
+  Returns:
+    step(state, batch_train, batch_val) -> (state, metrics), `state` donated; metrics
+    is a flat dict of f32[] scalars.
+  """
+  arch_step, weight_step = make_phase_steps(graphdef, w_tx, a_tx, order=order, w_lr=w_lr,
+                                            momentum=momentum, weight_decay=weight_decay,
+                                            fd_r=fd_r)
+
+  def step(state, batch_train, batch_val):
+    state, m_arch = arch_step(state, batch_train, batch_val)
+    state, m_weight = weight_step(state, batch_train)
+    return state, {**m_arch, **m_weight}
+
+  return jax.jit(step, donate_argnums=0) if jit else step
+
+
+def make_eval_step(graphdef_eval, jit: bool = True):
+  """eval(params, alphas, batch_stats, batch) -> (sum of losses, number correct), with
+  running BatchNorm statistics (the reference's `model.eval()`)."""
+  def eval_step(params, alphas, stats, batch):
+    net = nnx.merge(graphdef_eval, params, alphas, stats, copy=True)
+    out = net(batch["image"])
+    logits = out[0] if isinstance(out, tuple) else out
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+    return losses.sum(), jnp.sum(jnp.argmax(logits, -1) == batch["label"])
+  return jax.jit(eval_step) if jit else eval_step

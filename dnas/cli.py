@@ -1,0 +1,46 @@
+"""Shared plumbing of the entry points: flag parsing, one-line errors, compile cache."""
+
+import os
+import sys
+
+import jax
+from absl import flags
+
+from dnas.config import ConfigError
+from dnas.data.pipeline import DataError
+from dnas.spaces.darts.genotypes import GenotypeError
+
+USER_ERRORS = (ConfigError, DataError, GenotypeError)
+DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "digits.py")
+
+
+def fail(message) -> None:
+  """A user mistake: one line on stderr, exit code 2."""
+  first = str(message).strip().splitlines()[0] if str(message).strip() else repr(message)
+  print(f"dnas: error: {first}", file=sys.stderr)
+  sys.exit(2)
+
+
+def enable_compilation_cache() -> None:
+  """Persistent XLA cache: a rerun skips most of the (long, on CPU) compilation.
+  $DNAS_JAX_CACHE overrides the directory; an empty value disables it."""
+  path = os.environ.get("DNAS_JAX_CACHE", os.path.expanduser("~/.cache/dnas/jax"))
+  if path:
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+def run(main) -> None:
+  """Parses flags (errors exit 2 with one line), then calls main(argv); the user errors
+  it raises exit 2 with one line. Bugs keep their tracebacks."""
+  try:
+    argv = flags.FLAGS(sys.argv)
+  except flags.Error as e:
+    fail(e)
+  if len(argv) > 1:
+    fail(f"unexpected arguments: {' '.join(argv[1:])}")
+  enable_compilation_cache()
+  try:
+    main(argv)
+  except USER_ERRORS as e:
+    fail(e)

@@ -1,0 +1,1 @@
+"""Config files: one `get_config()` each (`--config=dnas/configs/digits.py`)."""

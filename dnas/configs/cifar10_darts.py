@@ -1,0 +1,26 @@
+"""DARTS on CIFAR-10 with the paper's hyperparameters (Liu et al. 2019, Sec. 3.1-3.2;
+reference train_search.py and train.py).
+
+python -m dnas.search --config=dnas/configs/cifar10_darts.py --workdir=runs/c10
+python -m dnas.train --config=dnas/configs/cifar10_darts.py --genotype=runs/c10/genotype.json
+
+Needs TFDS-prepared CIFAR-10 (`--config.data.data_dir`), which arrives with the TFDS
+pipelines; until then it stops with a message saying so.
+"""
+
+import ml_collections
+
+
+def get_config():
+  c = ml_collections.ConfigDict()
+  c.seed = 2
+  c.max_steps_per_epoch = 0
+  c.data = dict(name="cifar10", data_dir="", train_portion=0.5, crop_padding=4, flip=True)
+  c.model = dict(C=16, layers=8, steps=4, multiplier=4, stem_multiplier=3)
+  c.search = dict(epochs=50, batch_size=64, order="first", w_lr=0.025, w_lr_min=0.001,
+                  momentum=0.9, weight_decay=3e-4, grad_clip=5.0, a_lr=3e-4, a_b1=0.5,
+                  a_b2=0.999, a_weight_decay=1e-3, fd_r=0.01)
+  c.train = dict(network="cifar", C=36, layers=20, epochs=600, batch_size=96, lr=0.025,
+                 lr_min=0.0, momentum=0.9, weight_decay=3e-4, grad_clip=5.0, auxiliary=True,
+                 auxiliary_weight=0.4, drop_path_prob=0.2, cutout=16, label_smoothing=0.0)
+  return c

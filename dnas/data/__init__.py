@@ -1,0 +1,3 @@
+"""Input pipelines: random-access sources -> Grain -> numpy batches."""
+
+from dnas.data.pipeline import DataError, DatasetInfo, get_dataset, make_batches, search_splits

@@ -1,0 +1,1 @@
+"""Search spaces; each one is a package (`from dnas.spaces import darts`)."""

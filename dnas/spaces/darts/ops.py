@@ -1,0 +1,348 @@
+"""Candidate operations of the DARTS search space (Liu et al. 2019, Sec. 2.1).
+
+Layout is NHWC. Every op maps f32[N, H, W, C] to f32[N, ceil(H/s), ceil(W/s), C]
+(s = stride), with the reference's ReLU-Conv-BN order. `affine=False` gives the
+search-phase BatchNorm without scale and shift; final networks use `affine=True`.
+
+BatchNorm follows PyTorch (momentum 0.1 there = decay 0.9 here, eps 1e-5, unbiased
+running variance); its mode follows `model.train()` / `model.eval()`.
+
+Weights are initialised as PyTorch does (uniform, variance 1/(3 fan_in)), so that
+training runs are comparable with the reference code.
+"""
+
+import functools
+import math
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax import lax
+
+# The eight operations searched by DARTS, in the reference order (index = alpha column).
+PRIMITIVES = (
+    "none",
+    "max_pool_3x3",
+    "avg_pool_3x3",
+    "skip_connect",
+    "sep_conv_3x3",
+    "sep_conv_5x5",
+    "dil_conv_3x3",
+    "dil_conv_5x5",
+)
+
+BN_MOMENTUM = 0.9  # PyTorch BatchNorm2d(momentum=0.1).
+BN_EPS = 1e-5
+
+def uniform_init(key: jax.Array, shape, bound: float, dtype=jnp.float32) -> jax.Array:
+  """U(-bound, bound) of `shape`.
+
+  Eagerly the numbers are drawn on the host from a NumPy generator seeded by `key`:
+  jax.random would compile one XLA program per distinct shape (~0.2 s each, ~10 s for a
+  small supernet). Under tracing (`nnx.eval_shape`, `jit`) it uses jax.random.
+  """
+  if isinstance(key, jax.core.Tracer):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+  seed = np.asarray(jax.random.key_data(key)).ravel().tolist()
+  return jnp.asarray(np.random.default_rng(seed).uniform(-bound, bound, shape), dtype)
+
+
+def torch_kernel_init(key: jax.Array, shape, dtype=jnp.float32) -> jax.Array:
+  """PyTorch's default conv/linear weight init (kaiming_uniform, a=sqrt(5)):
+  U(+-1/sqrt(fan_in)), fan_in = prod(shape[:-1]) for the (kh, kw, in, out) layout."""
+  return uniform_init(key, shape, math.prod(shape[:-1]) ** -0.5, dtype)
+
+
+class BatchNorm(nnx.Module):
+  """PyTorch `BatchNorm2d` over the channel (last) axis of f32[N, H, W, C].
+
+  Train mode (`use_running_average=False`, set by `model.train()`) normalises with the
+  biased batch variance and updates the running mean and the *unbiased* running
+  variance with decay `momentum`, as PyTorch does. Eval mode uses the running values.
+  `affine=False` has no scale and shift (the supernet's BN).
+  """
+
+  def __init__(self, C: int, affine: bool = True, *, momentum: float = BN_MOMENTUM,
+               eps: float = BN_EPS):
+    self.momentum, self.eps, self.use_running_average = momentum, eps, False
+    self.scale = nnx.Param(jnp.asarray(np.ones(C, np.float32))) if affine else None
+    self.bias = nnx.Param(jnp.asarray(np.zeros(C, np.float32))) if affine else None
+    self.mean = nnx.BatchStat(jnp.asarray(np.zeros(C, np.float32)))
+    self.var = nnx.BatchStat(jnp.asarray(np.ones(C, np.float32)))
+
+  def __call__(self, x):
+    if self.use_running_average:
+      mean, var = self.mean.value, self.var.value
+    else:
+      axes = tuple(range(x.ndim - 1))
+      mean = jnp.mean(x, axes)
+      var = jnp.mean(jnp.square(x - mean), axes)
+      n = x.size // x.shape[-1]
+      m = self.momentum
+      # `.value =` (not `[...] =`): flax's indexed set asks a tracer for its sharding,
+      # which walks the whole jaxpr and makes tracing quadratic in model size.
+      self.mean.value = m * self.mean.value + (1 - m) * jax.lax.stop_gradient(mean)
+      self.var.value = m * self.var.value + (1 - m) * jax.lax.stop_gradient(var) * n / max(n - 1, 1)
+    y = (x - mean) * jax.lax.rsqrt(var + self.eps)
+    if self.scale is not None:
+      y = y * self.scale.value + self.bias.value
+    return y
+
+
+def batch_norm(C: int, affine: bool, rngs: nnx.Rngs | None = None) -> BatchNorm:
+  del rngs  # BatchNorm has no random initialisation.
+  return BatchNorm(C, affine)
+
+
+def linear(C_in: int, C_out: int, *, rngs: nnx.Rngs) -> nnx.Linear:
+  """PyTorch `nn.Linear` (weight and bias uniform in +-1/sqrt(C_in))."""
+  bias_init = lambda key, shape, dtype=jnp.float32: uniform_init(key, shape, C_in ** -0.5, dtype)
+  return nnx.Linear(C_in, C_out, kernel_init=torch_kernel_init, bias_init=bias_init, rngs=rngs)
+
+
+def _depthwise_shifts(x, kernel, stride, dilation, padding):
+  k = kernel.shape[0]
+  n, h, w, c = x.shape
+  xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+  ho = (h + 2 * padding - dilation * (k - 1) - 1) // stride + 1
+  wo = (w + 2 * padding - dilation * (k - 1) - 1) // stride + 1
+  out = None
+  for i in range(k):
+    for j in range(k):
+      di, dj = i * dilation, j * dilation
+      tap = lax.slice(xp, (0, di, dj, 0),
+                      (n, di + (ho - 1) * stride + 1, dj + (wo - 1) * stride + 1, c),
+                      (1, stride, stride, 1))
+      term = tap * kernel[i, j, 0]
+      out = term if out is None else out + term
+  return out
+
+
+def _depthwise_lax(x, kernel, stride, dilation, padding):
+  return lax.conv_general_dilated(
+      x, kernel, (stride, stride), ((padding, padding), (padding, padding)),
+      rhs_dilation=(dilation, dilation), dimension_numbers=("NHWC", "HWIO", "NHWC"),
+      feature_group_count=x.shape[-1])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def depthwise_conv2d(x: jax.Array, kernel: jax.Array, stride: int, dilation: int,
+                     padding: int) -> jax.Array:
+  """Depthwise 2-D cross-correlation, PyTorch `conv2d(groups=C)` semantics.
+
+  Forward: a sum of k*k strided shifts of the padded input, which XLA fuses into one
+  loop (~20x faster on CPU than its grouped convolution). Backward: the VJP of XLA's
+  grouped convolution, one kernel each for the input and weight gradients (autodiff
+  of the shifts would emit k*k reductions and compile very slowly). Both are the same
+  linear map, so gradients of any order are exact.
+
+  Args:
+    x: f32[N, H, W, C].
+    kernel: f32[k, k, 1, C].
+    stride, dilation, padding: ints, symmetric padding on both sides.
+
+  Returns:
+    f32[N, Ho, Wo, C], Ho = (H + 2 padding - dilation (k - 1) - 1) // stride + 1.
+  """
+  return _depthwise_shifts(x, kernel, stride, dilation, padding)
+
+
+def _depthwise_fwd(x, kernel, stride, dilation, padding):
+  return _depthwise_shifts(x, kernel, stride, dilation, padding), (x, kernel)
+
+
+def _depthwise_bwd(stride, dilation, padding, residuals, g):
+  x, kernel = residuals
+  _, vjp = jax.vjp(lambda x_, k_: _depthwise_lax(x_, k_, stride, dilation, padding), x, kernel)
+  return vjp(g)
+
+
+depthwise_conv2d.defvjp(_depthwise_fwd, _depthwise_bwd)
+
+
+class DepthwiseConv(nnx.Module):
+  """Depthwise conv, no bias: f32[N, H, W, C] -> f32[N, Ho, Wo, C]."""
+
+  def __init__(self, C: int, kernel_size: int, stride: int, padding: int,
+               dilation: int = 1, *, rngs: nnx.Rngs):
+    self.stride, self.padding, self.dilation = stride, padding, dilation
+    self.kernel = nnx.Param(torch_kernel_init(rngs.params(), (kernel_size, kernel_size, 1, C)))
+
+  def __call__(self, x):
+    return depthwise_conv2d(x, self.kernel[...], self.stride, self.dilation, self.padding)
+
+
+class Conv1x1(nnx.Module):
+  """1x1 conv, no bias, optional stride: a matmul over channels.
+
+  f32[N, H, W, C_in] -> f32[N, ceil(H/s), ceil(W/s), C_out]. Kernel f32[1, 1, C_in, C_out]
+  (the `nnx.Conv` layout).
+  """
+
+  def __init__(self, C_in: int, C_out: int, stride: int = 1, *, rngs: nnx.Rngs):
+    self.stride = stride
+    self.kernel = nnx.Param(torch_kernel_init(rngs.params(), (1, 1, C_in, C_out)))
+
+  def __call__(self, x):
+    if self.stride > 1:
+      x = x[:, ::self.stride, ::self.stride, :]
+    return jnp.einsum("nhwc,co->nhwo", x, self.kernel[0, 0])
+
+
+def conv2d(C_in: int, C_out: int, kernel_size, stride=1, padding=0, *,
+           rngs: nnx.Rngs) -> nnx.Module:
+  """PyTorch `Conv2d(bias=False)` with explicit symmetric padding (never 'SAME').
+
+  kernel_size, stride, padding: int or (h, w) pairs.
+  """
+  pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)
+  kh, kw = pair(kernel_size)
+  if (kh, kw) == (1, 1) and pair(padding) == (0, 0) and pair(stride)[0] == pair(stride)[1]:
+    return Conv1x1(C_in, C_out, pair(stride)[0], rngs=rngs)
+  ph, pw = pair(padding)
+  return nnx.Conv(C_in, C_out, (kh, kw), strides=pair(stride), padding=((ph, ph), (pw, pw)),
+                  use_bias=False, kernel_init=torch_kernel_init, rngs=rngs)
+
+
+class ReLUConvBN(nnx.Module):
+  """ReLU -> Conv -> BN (reference `ReLUConvBN`)."""
+
+  def __init__(self, C_in, C_out, kernel_size, stride, padding, affine=True, *, rngs):
+    self.conv = conv2d(C_in, C_out, kernel_size, stride, padding, rngs=rngs)
+    self.bn = batch_norm(C_out, affine, rngs)
+
+  def __call__(self, x):
+    return self.bn(self.conv(jax.nn.relu(x)))
+
+
+class DilConv(nnx.Module):
+  """ReLU -> depthwise (dilated) conv -> 1x1 conv -> BN (reference `DilConv`)."""
+
+  def __init__(self, C_in, C_out, kernel_size, stride, padding, dilation, affine=True, *, rngs):
+    self.dw = DepthwiseConv(C_in, kernel_size, stride, padding, dilation, rngs=rngs)
+    self.pw = Conv1x1(C_in, C_out, rngs=rngs)
+    self.bn = batch_norm(C_out, affine, rngs)
+
+  def __call__(self, x):
+    return self.bn(self.pw(self.dw(jax.nn.relu(x))))
+
+
+class SepConv(nnx.Module):
+  """The depthwise-separable block applied twice (reference `SepConv`).
+
+  Only the first depthwise conv is strided; the first block keeps C_in channels.
+  """
+
+  def __init__(self, C_in, C_out, kernel_size, stride, padding, affine=True, *, rngs):
+    self.block1 = DilConv(C_in, C_in, kernel_size, stride, padding, 1, affine, rngs=rngs)
+    self.block2 = DilConv(C_in, C_out, kernel_size, 1, padding, 1, affine, rngs=rngs)
+
+  def __call__(self, x):
+    return self.block2(self.block1(x))
+
+
+class Identity(nnx.Module):
+
+  def __call__(self, x):
+    return x
+
+
+class Zero(nnx.Module):
+  """The `none` op: zeros at the output resolution (x[:, ::s, ::s] * 0 in the reference).
+
+  Returns real zeros rather than x * 0, so a non-finite input cannot leak NaN through it.
+  """
+
+  def __init__(self, stride: int):
+    self.stride = stride
+
+  def __call__(self, x):
+    return jnp.zeros_like(x[:, ::self.stride, ::self.stride, :])
+
+
+class FactorizedReduce(nnx.Module):
+  """Halves the resolution with two offset 1x1 stride-2 convs, concatenated, then BN.
+
+  f32[N, H, W, C_in] -> f32[N, ceil(H/2), ceil(W/2), C_out]. The second path reads
+  the odd rows and columns (x[:, 1:, 1:] strided by 2). For odd H or W the
+  reference's two paths disagree in size and `torch.cat` fails; here the second
+  path is zero-padded at the bottom/right so both give ceil(H/2) (BUILD_NOTES.md).
+  """
+
+  def __init__(self, C_in: int, C_out: int, affine: bool = True, *, rngs: nnx.Rngs):
+    if C_out % 2:
+      raise ValueError(f"FactorizedReduce needs an even C_out, got {C_out}")
+    self.conv_1 = Conv1x1(C_in, C_out // 2, 2, rngs=rngs)
+    self.conv_2 = Conv1x1(C_in, C_out // 2, 2, rngs=rngs)
+    self.bn = batch_norm(C_out, affine, rngs)
+
+  def __call__(self, x):
+    x = jax.nn.relu(x)
+    _, h, w, _ = x.shape
+    shifted = jnp.pad(x[:, 1:, 1:, :], ((0, 0), (0, h % 2), (0, w % 2), (0, 0)))
+    return self.bn(jnp.concatenate([self.conv_1(x), self.conv_2(shifted)], axis=-1))
+
+
+class MaxPool(nnx.Module):
+  """3x3 max pool, padding 1 (padded cells never win)."""
+
+  def __init__(self, stride: int):
+    self.stride = stride
+
+  def __call__(self, x):
+    return nnx.max_pool(x, (3, 3), strides=(self.stride, self.stride), padding=((1, 1), (1, 1)))
+
+
+class AvgPool(nnx.Module):
+  """3x3 average pool, padding 1, count_include_pad=False: border cells divide by
+  the number of in-image pixels."""
+
+  def __init__(self, stride: int, kernel_size: int = 3, padding: int = 1):
+    self.stride, self.kernel_size, self.padding = stride, kernel_size, padding
+
+  def __call__(self, x):
+    k, p = self.kernel_size, self.padding
+    return nnx.avg_pool(x, (k, k), strides=(self.stride, self.stride),
+                        padding=((p, p), (p, p)), count_include_pad=False)
+
+
+class Conv7x1_1x7(nnx.Module):
+  """ReLU -> (1x7) conv -> (7x1) conv -> BN (reference `conv_7x1_1x7`, NASNet/AmoebaNet)."""
+
+  def __init__(self, C, stride, affine=True, *, rngs):
+    self.conv_a = conv2d(C, C, (1, 7), (1, stride), (0, 3), rngs=rngs)
+    self.conv_b = conv2d(C, C, (7, 1), (stride, 1), (3, 0), rngs=rngs)
+    self.bn = batch_norm(C, affine, rngs)
+
+  def __call__(self, x):
+    return self.bn(self.conv_b(self.conv_a(jax.nn.relu(x))))
+
+
+OpFactory = Callable[[int, int, bool, nnx.Rngs], nnx.Module]
+
+# name -> (C, stride, affine, rngs) -> module. PRIMITIVES plus the two extra ops of
+# the published NASNet and AmoebaNet cells.
+OPS: dict[str, OpFactory] = {
+    "none": lambda C, s, affine, rngs: Zero(s),
+    "avg_pool_3x3": lambda C, s, affine, rngs: AvgPool(s),
+    "max_pool_3x3": lambda C, s, affine, rngs: MaxPool(s),
+    "skip_connect": lambda C, s, affine, rngs: (
+        Identity() if s == 1 else FactorizedReduce(C, C, affine, rngs=rngs)),
+    "sep_conv_3x3": lambda C, s, affine, rngs: SepConv(C, C, 3, s, 1, affine, rngs=rngs),
+    "sep_conv_5x5": lambda C, s, affine, rngs: SepConv(C, C, 5, s, 2, affine, rngs=rngs),
+    "sep_conv_7x7": lambda C, s, affine, rngs: SepConv(C, C, 7, s, 3, affine, rngs=rngs),
+    "dil_conv_3x3": lambda C, s, affine, rngs: DilConv(C, C, 3, s, 2, 2, affine, rngs=rngs),
+    "dil_conv_5x5": lambda C, s, affine, rngs: DilConv(C, C, 5, s, 4, 2, affine, rngs=rngs),
+    "conv_7x1_1x7": lambda C, s, affine, rngs: Conv7x1_1x7(C, s, affine, rngs=rngs),
+}
+
+
+def make_op(name: str, C: int, stride: int, affine: bool, rngs: nnx.Rngs) -> nnx.Module:
+  """Builds the op called `name`; an unknown name lists the valid ones."""
+  if name not in OPS:
+    raise ValueError(f"unknown op {name!r}; valid ops: {', '.join(OPS)}")
+  if stride not in (1, 2):
+    raise ValueError(f"stride must be 1 or 2, got {stride}")
+  return OPS[name](C, stride, affine, rngs)

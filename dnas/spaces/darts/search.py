@@ -1,0 +1,133 @@
+"""The DARTS supernet: search cells whose edges are mixed ops (Liu et al. 2019, Sec. 2.1-2.2).
+
+Layout NHWC. Mirrors the reference `model_search.py` layer for layer (parameter
+counts equal): affine-free BatchNorm in cells, a BatchNorm after each pooling op,
+and one set of alphas shared by all normal cells and one by all reduction cells.
+"""
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from dnas.arch import ArchParam, MixedOp, batched_mixed_ops, init_alphas
+from dnas.spaces.darts import genotypes as genotypes_lib
+from dnas.spaces.darts.ops import (PRIMITIVES, FactorizedReduce, ReLUConvBN, batch_norm, conv2d,
+                                   linear, make_op)
+
+
+def num_edges(steps: int) -> int:
+  """Edges of a cell with `steps` intermediate nodes: sum_i (i + 2); 14 for steps=4."""
+  return sum(2 + i for i in range(steps))
+
+
+def search_op(name: str, C: int, stride: int, rngs: nnx.Rngs) -> nnx.Module:
+  """A candidate op as the supernet builds it: affine-free, pooling followed by BN."""
+  op = make_op(name, C, stride, affine=False, rngs=rngs)
+  if "pool" in name:
+    op = nnx.Sequential(op, batch_norm(C, affine=False, rngs=rngs))
+  return op
+
+
+class Cell(nnx.Module):
+  """Search cell: `steps` nodes, node i = sum_{j < i} MixedOp_{j,i}(state_j) (DARTS Eq. 1).
+
+  Inputs s0: f32[N, H0, W0, C_prev_prev], s1: f32[N, H, W, C_prev] and the op weights
+  f32[E, K] of this cell type. Output f32[N, H', W', multiplier * C], H' = H / 2 in a
+  reduction cell.
+  """
+
+  def __init__(self, steps: int, multiplier: int, C_prev_prev: int, C_prev: int, C: int,
+               reduction: bool, reduction_prev: bool, primitives=PRIMITIVES, *,
+               rngs: nnx.Rngs):
+    self.steps, self.multiplier, self.reduction = steps, multiplier, reduction
+    if reduction_prev:
+      self.preprocess0 = FactorizedReduce(C_prev_prev, C, affine=False, rngs=rngs)
+    else:
+      self.preprocess0 = ReLUConvBN(C_prev_prev, C, 1, 1, 0, affine=False, rngs=rngs)
+    self.preprocess1 = ReLUConvBN(C_prev, C, 1, 1, 0, affine=False, rngs=rngs)
+    ops = []
+    for i in range(steps):
+      for j in range(2 + i):
+        stride = 2 if reduction and j < 2 else 1
+        ops.append(MixedOp([search_op(p, C, stride, rngs) for p in primitives], own_alpha=False))
+    self.ops = nnx.List(ops)
+
+  def __call__(self, s0, s1, weights):
+    states = [self.preprocess0(s0), self.preprocess1(s1)]
+    offset = 0
+    for _ in range(self.steps):
+      n = len(states)
+      # Edges of one stride have identical ops and shapes: run each group as one body.
+      groups = [range(2), range(2, n)] if self.reduction else [range(n)]
+      s = sum(batched_mixed_ops([self.ops[offset + j] for j in g], [states[j] for j in g],
+                                weights[offset + g[0]:offset + g[-1] + 1])
+              for g in groups if len(g))
+      offset += n
+      states.append(s)
+    return jnp.concatenate(states[-self.multiplier:], axis=-1)
+
+
+class Network(nnx.Module):
+  """The DARTS supernet (reference `model_search.Network`).
+
+  Args:
+    C: channels of the first stage (16 in the paper).
+    num_classes: classifier outputs.
+    layers: cells; reduction cells at layers // 3 and 2 * layers // 3.
+    steps: intermediate nodes per cell.
+    multiplier: how many of the last nodes are concatenated into the cell output.
+    stem_multiplier: the stem outputs stem_multiplier * C channels.
+    in_channels: image channels (3 for CIFAR, 1 for digits).
+    primitives: candidate op names, the columns of the alphas.
+
+  Call: f32[N, H, W, in_channels] -> logits f32[N, num_classes]. BatchNorm uses batch
+  statistics after `net.train()` (the default) and running ones after `net.eval()`.
+  """
+
+  def __init__(self, C: int, num_classes: int, layers: int, steps: int = 4,
+               multiplier: int = 4, stem_multiplier: int = 3, *, in_channels: int = 3,
+               primitives=PRIMITIVES, rngs: nnx.Rngs):
+    for name, v in dict(C=C, num_classes=num_classes, layers=layers, steps=steps,
+                        multiplier=multiplier, stem_multiplier=stem_multiplier).items():
+      if v < 1:
+        raise ValueError(f"Network: {name} must be >= 1, got {v}")
+    if multiplier > steps:
+      raise ValueError(f"Network: multiplier ({multiplier}) must be <= steps ({steps})")
+    self.primitives = tuple(primitives)
+    self.steps, self.multiplier, self.layers = steps, multiplier, layers
+    C_curr = stem_multiplier * C
+    # The supernet's stem BatchNorm is affine in the reference.
+    self.stem = nnx.Sequential(conv2d(in_channels, C_curr, 3, 1, 1, rngs=rngs),
+                               batch_norm(C_curr, affine=True, rngs=rngs))
+    C_prev_prev, C_prev, C_curr = C_curr, C_curr, C
+    cells, reduction_prev = [], False
+    for i in range(layers):
+      reduction = i in (layers // 3, 2 * layers // 3)
+      if reduction:
+        C_curr *= 2
+      cells.append(Cell(steps, multiplier, C_prev_prev, C_prev, C_curr, reduction,
+                        reduction_prev, self.primitives, rngs=rngs))
+      reduction_prev = reduction
+      C_prev_prev, C_prev = C_prev, multiplier * C_curr
+    self.cells = nnx.List(cells)
+    self.classifier = linear(C_prev, num_classes, rngs=rngs)
+    shape = (num_edges(steps), len(self.primitives))
+    self.alphas_normal = init_alphas(rngs.params(), shape)
+    self.alphas_reduce = init_alphas(rngs.params(), shape)
+
+  def __call__(self, x):
+    s0 = s1 = self.stem(x)
+    w_normal = jax.nn.softmax(self.alphas_normal[...], axis=-1)
+    w_reduce = jax.nn.softmax(self.alphas_reduce[...], axis=-1)
+    for cell in self.cells:
+      s0, s1 = s1, cell(s0, s1, w_reduce if cell.reduction else w_normal)
+    return self.classifier(jnp.mean(s1, axis=(1, 2)))
+
+  def arch_parameters(self) -> tuple[ArchParam, ArchParam]:
+    return self.alphas_normal, self.alphas_reduce
+
+  def genotype(self) -> genotypes_lib.Genotype:
+    """The discrete cell that the current alphas select (DARTS Sec. 2.4)."""
+    return genotypes_lib.derive_genotype(self.alphas_normal[...], self.alphas_reduce[...],
+                                         steps=self.steps, multiplier=self.multiplier,
+                                         primitives=self.primitives)
