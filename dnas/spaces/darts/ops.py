@@ -74,20 +74,21 @@ class BatchNorm(nnx.Module):
 
   def __call__(self, x):
     if self.use_running_average:
-      mean, var = self.mean.value, self.var.value
+      mean, var = self.mean.get_value(), self.var.get_value()
     else:
       axes = tuple(range(x.ndim - 1))
       mean = jnp.mean(x, axes)
       var = jnp.mean(jnp.square(x - mean), axes)
       n = x.size // x.shape[-1]
       m = self.momentum
-      # `.value =` (not `[...] =`): flax's indexed set asks a tracer for its sharding,
+      # set_value, not `[...] =`: flax's indexed set asks a tracer for its sharding,
       # which walks the whole jaxpr and makes tracing quadratic in model size.
-      self.mean.value = m * self.mean.value + (1 - m) * jax.lax.stop_gradient(mean)
-      self.var.value = m * self.var.value + (1 - m) * jax.lax.stop_gradient(var) * n / max(n - 1, 1)
+      self.mean.set_value(m * self.mean.get_value() + (1 - m) * jax.lax.stop_gradient(mean))
+      self.var.set_value(m * self.var.get_value()
+                         + (1 - m) * jax.lax.stop_gradient(var) * n / max(n - 1, 1))
     y = (x - mean) * jax.lax.rsqrt(var + self.eps)
     if self.scale is not None:
-      y = y * self.scale.value + self.bias.value
+      y = y * self.scale.get_value() + self.bias.get_value()
     return y
 
 
