@@ -37,8 +37,18 @@ def run(main) -> None:
     argv = flags.FLAGS(sys.argv)
   except flags.Error as e:
     fail(e)
+  except SyntaxError as e:
+    fail(f"config file {e.filename} line {e.lineno}: {e.msg}")
+  except (AttributeError, KeyError) as e:  # ml_collections: override of a key that does not exist
+    fail(f"unknown config key {str(e).strip(chr(34))} in {' '.join(a for a in sys.argv[1:] if a.startswith('--config.'))}")
   if len(argv) > 1:
     fail(f"unexpected arguments: {' '.join(argv[1:])}")
+  if "config" in flags.FLAGS:
+    try:  # config_flags defers a config file's load error until first use
+      flags.FLAGS["config"].value.to_dict()
+    except Exception as e:  # pylint: disable=broad-except
+      reason = str(e).strip().splitlines()[-1].strip()
+      fail(f"cannot load config file {flags.FLAGS['config'].config_filename}: {reason}")
   enable_compilation_cache()
   try:
     main(argv)

@@ -57,7 +57,8 @@ def run_search(config, workdir: str, progress: bool = True) -> darts.Genotype:
     f.write(config.to_json(indent=1))
 
   net = darts.Network(m.C, info.num_classes, m.layers, m.steps, m.multiplier, m.stem_multiplier,
-                      in_channels=info.image_shape[-1], rngs=nnx.Rngs(config.seed))
+                      in_channels=info.image_shape[-1], primitives=tuple(m.primitives),
+                      rngs=nnx.Rngs(config.seed))
   schedule = bilevel.per_epoch_cosine(s.w_lr, s.w_lr_min, s.epochs, steps_per_epoch)
   w_tx = bilevel.make_w_tx(schedule, s.momentum, s.weight_decay, s.grad_clip)
   a_tx = bilevel.make_a_tx(s.a_lr, s.a_b1, s.a_b2, s.a_weight_decay)
@@ -96,7 +97,8 @@ def run_search(config, workdir: str, progress: bool = True) -> darts.Genotype:
     valid_loss, valid_acc = _evaluate(eval_step, state, a_src, s.batch_size, augment)
     a_normal = np.asarray(jax.device_get(state.alphas["alphas_normal"].get_value()))
     a_reduce = np.asarray(jax.device_get(state.alphas["alphas_reduce"].get_value()))
-    genotype = darts.derive_genotype(a_normal, a_reduce, steps=m.steps, multiplier=m.multiplier)
+    genotype = darts.derive_genotype(a_normal, a_reduce, steps=m.steps, multiplier=m.multiplier,
+                                     primitives=tuple(m.primitives))
     history["normal"].append(_softmax(a_normal))
     history["reduce"].append(_softmax(a_reduce))
     record = {k: v / steps_per_epoch for k, v in sums.items()}
@@ -112,5 +114,5 @@ def run_search(config, workdir: str, progress: bool = True) -> darts.Genotype:
   bar.close()
   np.savez(os.path.join(workdir, "alphas.npz"), normal=np.stack(history["normal"]),
            reduce=np.stack(history["reduce"]))
-  plotting.plot_alphas(history, darts.PRIMITIVES, os.path.join(workdir, "alphas.png"))
+  plotting.plot_alphas(history, tuple(m.primitives), os.path.join(workdir, "alphas.png"))
   return genotype

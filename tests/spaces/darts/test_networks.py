@@ -18,8 +18,7 @@ CIFAR_COUNTS = [("DARTS_V2", 3_349_342, 3_825_768), ("DARTS_V1", 3_169_414, 3_64
 # NetworkImageNet(C=48, 1000, layers=14, auxiliary=True).
 IMAGENET_COUNTS = [("DARTS_V2", 4_718_752, 5_979_528), ("DARTS_V1", 4_510_432, 5_771_208)]
 # model_search.Network(C, 10, layers): weights only (the alphas are not parameters).
-SUPERNET_COUNTS = [((16, 10, 8), 1_930_618), ((4, 10, 3), 72_854), ((8, 10, 5), 394_210),
-                   ((4, 10, 2), 65_606)]
+SUPERNET_COUNTS = [((16, 10, 8), 1_930_618), ((4, 10, 3), 72_854), ((4, 10, 2), 65_606)]
 
 
 @pytest.mark.parametrize("name,no_aux,total", CIFAR_COUNTS)
@@ -53,8 +52,9 @@ def test_supernet_param_counts(args, count):
 
 
 def test_supernet_structure_and_forward():
-  net = darts.Network(4, 10, 5, rngs=nnx.Rngs(0))
-  assert [c.reduction for c in net.cells] == [False, True, False, True, False]
+  assert [c.reduction for c in darts.Network(2, 10, 5, rngs=nnx.Rngs(0)).cells] == [
+      False, True, False, True, False]
+  net = darts.Network(4, 10, 3, rngs=nnx.Rngs(0))
   assert len(net.cells[0].ops) == 14 and len(net.cells[0].ops[0].ops) == 8
   x = jnp.asarray(np.random.default_rng().standard_normal((2, 8, 8, 3)), jnp.float32)
   logits = net(x)

@@ -1,0 +1,95 @@
+"""Times one DARTS search step (architecture step + weight step) at a config's shapes.
+
+python scripts/bench_step.py --config=dnas/configs/cifar10_darts.py --orders=first,second,second_fd
+
+For each order: trace+lower and compile time (reported apart), then the median of
+`--steps` timed steps of each phase and of the whole step, and the process's peak RSS.
+Prints one JSON line per order. Random inputs of the config's image shape (no data
+needed); the compile cache is off unless DNAS_JAX_CACHE is set.
+"""
+
+import json
+import os
+import resource
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+from flax import nnx
+from ml_collections import config_flags
+
+from dnas import bilevel
+from dnas.spaces import darts
+
+_CONFIG = config_flags.DEFINE_config_file("config", "dnas/configs/cifar10_darts.py", "Config.")
+_ORDERS = flags.DEFINE_list("orders", ["first"], "Orders to time.")
+_STEPS = flags.DEFINE_integer("steps", 5, "Timed steps per phase (after one warm-up).")
+_IMAGE = flags.DEFINE_string("image", "32,32,3", "H,W,C of the random input images.")
+_CLASSES = flags.DEFINE_integer("num_classes", 10, "Classes.")
+
+
+def _rss_gib():
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def _median_time(fn, steps):
+  times = []
+  for _ in range(steps):
+    t = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - t)
+  return float(np.median(times)), times
+
+
+def bench(config, order, steps, image, num_classes):
+  m, s = config.model, config.search
+  h, w, c = image
+  rng = np.random.default_rng(0)
+  batch = lambda: dict(image=jnp.asarray(rng.standard_normal((s.batch_size, h, w, c)), jnp.float32),
+                       label=jnp.asarray(rng.integers(0, num_classes, s.batch_size), jnp.int32))
+  net = darts.Network(m.C, num_classes, m.layers, m.steps, m.multiplier, m.stem_multiplier,
+                      in_channels=c, rngs=nnx.Rngs(0))
+  schedule = bilevel.per_epoch_cosine(s.w_lr, s.w_lr_min, s.epochs, 100)
+  w_tx = bilevel.make_w_tx(schedule, s.momentum, s.weight_decay, s.grad_clip)
+  a_tx = bilevel.make_a_tx(s.a_lr, s.a_b1, s.a_b2, s.a_weight_decay)
+  graphdef, state = bilevel.init_search_state(net, w_tx, a_tx, jax.random.key(0))
+  arch_step, weight_step = bilevel.make_phase_steps(
+      graphdef, w_tx, a_tx, order=order, w_lr=schedule, momentum=s.momentum,
+      weight_decay=s.weight_decay, fd_r=s.fd_r)
+  bt, bv = batch(), batch()
+  out = dict(order=order, device=jax.devices()[0].device_kind, devices=jax.device_count(),
+             batch=s.batch_size, image=list(image), C=m.C, layers=m.layers)
+  compiled = {}
+  for name, fn, args in (("arch", arch_step, (state, bt, bv)), ("weight", weight_step, (state, bt))):
+    t0 = time.perf_counter()
+    lowered = jax.jit(fn).lower(*args)
+    t1 = time.perf_counter()
+    compiled[name] = lowered.compile()
+    t2 = time.perf_counter()
+    out[f"{name}_trace_s"], out[f"{name}_compile_s"] = round(t1 - t0, 1), round(t2 - t1, 1)
+  # Warm up once, then time each phase from the same state (steps are pure).
+  jax.block_until_ready(compiled["arch"](state, bt, bv))
+  jax.block_until_ready(compiled["weight"](state, bt))
+  out["arch_step_s"], arch_all = _median_time(lambda: compiled["arch"](state, bt, bv), steps)
+  out["weight_step_s"], weight_all = _median_time(lambda: compiled["weight"](state, bt), steps)
+  out["search_step_s"] = out["arch_step_s"] + out["weight_step_s"]
+  out["images_per_s"] = round(s.batch_size / out["search_step_s"], 2)
+  out["arch_times"] = [round(t, 3) for t in arch_all]
+  out["weight_times"] = [round(t, 3) for t in weight_all]
+  out["peak_rss_gib"] = round(_rss_gib(), 2)
+  return out
+
+
+def main(argv):
+  del argv
+  if os.environ.get("DNAS_JAX_CACHE"):
+    jax.config.update("jax_compilation_cache_dir", os.environ["DNAS_JAX_CACHE"])
+  image = tuple(int(v) for v in _IMAGE.value.split(","))
+  for order in _ORDERS.value:
+    print(json.dumps(bench(_CONFIG.value, order, _STEPS.value, image, _CLASSES.value)), flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)
