@@ -43,7 +43,7 @@ class SearchState(NamedTuple):
   w_opt_state: optax.OptState
   a_opt_state: optax.OptState
   step: jax.Array          # int32[], search steps taken
-  rng: jax.Array           # PRNG key; fold_in(rng, step) seeds stochastic relaxations
+  rng: jax.Array           # PRNG key for stochastic relaxations; DARTS steps draw nothing
 
 
 def per_epoch_cosine(base_lr: float, min_lr: float, epochs: int,
