@@ -14,6 +14,7 @@ from dnas import bilevel, config as config_lib, plotting
 from dnas.arch import ArchParam
 from dnas.data.pipeline import Augment, get_dataset, make_batches, search_splits
 from dnas.spaces import darts
+from dnas.utils import evaluate
 
 
 def alpha_entropy(alphas: np.ndarray) -> float:
@@ -26,15 +27,6 @@ def alpha_entropy(alphas: np.ndarray) -> float:
 def _softmax(a):
   e = np.exp(a - a.max(-1, keepdims=True))
   return e / e.sum(-1, keepdims=True)
-
-
-def _evaluate(eval_step, state, source, batch_size, augment):
-  loss, correct, n = 0.0, 0, 0
-  for batch in make_batches(source, batch_size=batch_size, seed=0, epoch=0, augment=augment,
-                            train=False):
-    l, c = eval_step(state.params, state.alphas, state.batch_stats, batch)
-    loss, correct, n = loss + float(l), correct + int(c), n + len(batch["label"])
-  return loss / n, correct / n
 
 
 def run_search(config, workdir: str, progress: bool = True) -> darts.Genotype:
@@ -94,7 +86,10 @@ def run_search(config, workdir: str, progress: bool = True) -> darts.Genotype:
                       a_acc=f"{metrics['a_acc']:.2f}")
     if not all(np.isfinite(v) for v in sums.values()):
       raise FloatingPointError(f"non-finite search metrics in epoch {epoch}: {sums}")
-    valid_loss, valid_acc = _evaluate(eval_step, state, a_src, s.batch_size, augment)
+    valid_loss, valid_acc = evaluate(
+        lambda b: eval_step(state.params, state.alphas, state.batch_stats, b),
+        make_batches(a_src, batch_size=s.batch_size, seed=0, epoch=0, augment=augment,
+                     train=False))
     a_normal = np.asarray(jax.device_get(state.alphas["alphas_normal"].get_value()))
     a_reduce = np.asarray(jax.device_get(state.alphas["alphas_reduce"].get_value()))
     genotype = darts.derive_genotype(a_normal, a_reduce, steps=m.steps, multiplier=m.multiplier,

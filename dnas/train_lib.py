@@ -17,7 +17,7 @@ from flax import nnx
 from dnas import bilevel, config as config_lib
 from dnas.data.pipeline import Augment, get_dataset, make_batches
 from dnas.spaces import darts
-from dnas.utils import count_params
+from dnas.utils import count_params, evaluate
 
 NETWORKS = {"cifar": darts.NetworkCIFAR, "imagenet": darts.NetworkImageNet}
 
@@ -61,12 +61,9 @@ def make_eval_step(graphdef_eval):
 
 
 def _evaluate(eval_step, params, stats, source, batch_size, augment):
-  loss, correct, n = 0.0, 0, 0
-  for batch in make_batches(source, batch_size=batch_size, seed=0, epoch=0, augment=augment,
-                            train=False):
-    l, c = eval_step(params, stats, batch)
-    loss, correct, n = loss + float(l), correct + int(c), n + len(batch["label"])
-  return loss / n, correct / n
+  return evaluate(lambda b: eval_step(params, stats, b),
+                  make_batches(source, batch_size=batch_size, seed=0, epoch=0, augment=augment,
+                               train=False))
 
 
 def run_train(config, genotype_path: str, workdir: str | None = None,

@@ -15,3 +15,20 @@ def count_params(module: nnx.Module, exclude: str | None = "auxiliary_head") -> 
       continue
     total += math.prod(v.get_value().shape)
   return total
+
+
+def evaluate(eval_fn, batches) -> tuple[float, float]:
+  """Mean loss and accuracy over batches.
+
+  Args:
+    eval_fn: batch -> (sum of per-example losses, number correct).
+    batches: iterable of {"image", "label": int32[B]} dicts.
+
+  Returns:
+    (mean loss, accuracy) over all examples.
+  """
+  loss, correct, n = 0.0, 0, 0
+  for batch in batches:
+    l, c = eval_fn(batch)
+    loss, correct, n = loss + float(l), correct + int(c), n + len(batch["label"])
+  return loss / n, correct / n
