@@ -6,6 +6,7 @@ import sys
 import jax
 from absl import flags
 
+from dnas import utils
 from dnas.config import ConfigError
 from dnas.data.pipeline import DataError
 from dnas.spaces.darts.genotypes import GenotypeError
@@ -49,6 +50,7 @@ def run(main) -> None:
     except Exception as e:  # pylint: disable=broad-except
       reason = str(e).strip().splitlines()[-1].strip()
       fail(f"cannot load config file {flags.FLAGS['config'].config_filename}: {reason}")
+  utils.configure_xla()
   enable_compilation_cache()
   try:
     main(argv)

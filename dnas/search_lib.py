@@ -50,7 +50,7 @@ def run_search(config, workdir: str, progress: bool = True) -> darts.Genotype:
 
   net = darts.Network(m.C, info.num_classes, m.layers, m.steps, m.multiplier, m.stem_multiplier,
                       in_channels=info.image_shape[-1], primitives=tuple(m.primitives),
-                      rngs=nnx.Rngs(config.seed))
+                      remat=m.remat, rngs=nnx.Rngs(config.seed))
   schedule = bilevel.per_epoch_cosine(s.w_lr, s.w_lr_min, s.epochs, steps_per_epoch)
   w_tx = bilevel.make_w_tx(schedule, s.momentum, s.weight_decay, s.grad_clip)
   a_tx = bilevel.make_a_tx(s.a_lr, s.a_b1, s.a_b2, s.a_weight_decay)

@@ -1,8 +1,28 @@
 """Small helpers shared across dnas."""
 
 import math
+import os
 
 from flax import nnx
+
+
+# XLA:CPU's default concurrency-optimised scheduler keeps many more buffers alive.
+# Measured on 3 stacked CIFAR search cells (batch 32, gradient step): temporary memory
+# 4.43 -> 2.13 GiB and step 4.7-5.2 -> 3.2-3.5 s with it off; `jax.checkpoint` saves
+# memory only with it off. Passing it as a jit `compiler_options` has no effect in
+# jax 0.10.2; it must be in XLA_FLAGS before the backend starts.
+XLA_CPU_FLAGS = ("--xla_cpu_enable_concurrency_optimized_scheduler=false",)
+
+
+def configure_xla() -> None:
+  """Adds `XLA_CPU_FLAGS` to $XLA_FLAGS (unless the user set them). Call before the first
+  JAX computation: the entry points and the test suite do; library users may export
+  XLA_FLAGS themselves."""
+  flags = os.environ.get("XLA_FLAGS", "")
+  for flag in XLA_CPU_FLAGS:
+    if flag.split("=")[0] not in flags:
+      flags = f"{flags} {flag}".strip()
+  os.environ["XLA_FLAGS"] = flags
 
 
 def count_params(module: nnx.Module, exclude: str | None = "auxiliary_head") -> int:

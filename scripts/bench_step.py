@@ -3,7 +3,8 @@
 python scripts/bench_step.py --config=dnas/configs/cifar10_darts.py --orders=first,second,second_fd
 
 For each order: trace+lower and compile time (reported apart), then the median of
-`--steps` timed steps of each phase and of the whole step, and the process's peak RSS.
+`--steps` timed steps of each phase and of the whole step; XLA's temporary buffer size
+per phase; the process's peak RSS after compiling, and (Linux, peak reset) while stepping.
 Prints one JSON line per order. Random inputs of the config's image shape (no data
 needed); the compile cache is off unless DNAS_JAX_CACHE is set.
 """
@@ -20,7 +21,7 @@ from absl import app, flags
 from flax import nnx
 from ml_collections import config_flags
 
-from dnas import bilevel
+from dnas import bilevel, utils
 from dnas.spaces import darts
 
 _CONFIG = config_flags.DEFINE_config_file("config", "dnas/configs/cifar10_darts.py", "Config.")
@@ -31,7 +32,25 @@ _CLASSES = flags.DEFINE_integer("num_classes", 10, "Classes.")
 
 
 def _rss_gib():
+  """Peak resident memory of this process since start (or since `_reset_peak_rss`)."""
+  try:
+    with open("/proc/self/status") as f:
+      for line in f:
+        if line.startswith("VmHWM:"):
+          return int(line.split()[1]) / 2**20
+  except OSError:
+    pass
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def _reset_peak_rss():
+  """Linux: restart the VmHWM peak, so steps are measured apart from compilation."""
+  try:
+    with open("/proc/self/clear_refs", "w") as f:
+      f.write("5")
+    return True
+  except OSError:
+    return False
 
 
 def _median_time(fn, steps):
@@ -50,7 +69,7 @@ def bench(config, order, steps, image, num_classes):
   batch = lambda: dict(image=jnp.asarray(rng.standard_normal((s.batch_size, h, w, c)), jnp.float32),
                        label=jnp.asarray(rng.integers(0, num_classes, s.batch_size), jnp.int32))
   net = darts.Network(m.C, num_classes, m.layers, m.steps, m.multiplier, m.stem_multiplier,
-                      in_channels=c, rngs=nnx.Rngs(0))
+                      in_channels=c, remat=m.remat, rngs=nnx.Rngs(0))
   schedule = bilevel.per_epoch_cosine(s.w_lr, s.w_lr_min, s.epochs, 100)
   w_tx = bilevel.make_w_tx(schedule, s.momentum, s.weight_decay, s.grad_clip)
   a_tx = bilevel.make_a_tx(s.a_lr, s.a_b1, s.a_b2, s.a_weight_decay)
@@ -60,7 +79,7 @@ def bench(config, order, steps, image, num_classes):
       weight_decay=s.weight_decay, fd_r=s.fd_r)
   bt, bv = batch(), batch()
   out = dict(order=order, device=jax.devices()[0].device_kind, devices=jax.device_count(),
-             batch=s.batch_size, image=list(image), C=m.C, layers=m.layers)
+             batch=s.batch_size, image=list(image), C=m.C, layers=m.layers, remat=m.remat)
   compiled = {}
   for name, fn, args in (("arch", arch_step, (state, bt, bv)), ("weight", weight_step, (state, bt))):
     t0 = time.perf_counter()
@@ -69,6 +88,11 @@ def bench(config, order, steps, image, num_classes):
     compiled[name] = lowered.compile()
     t2 = time.perf_counter()
     out[f"{name}_trace_s"], out[f"{name}_compile_s"] = round(t1 - t0, 1), round(t2 - t1, 1)
+    mem = compiled[name].memory_analysis()
+    if mem is not None:
+      out[f"{name}_xla_temp_gib"] = round(mem.temp_size_in_bytes / 2**30, 2)
+  out["peak_rss_compile_gib"] = round(_rss_gib(), 2)
+  reset = _reset_peak_rss()
   # Warm up once, then time each phase from the same state (steps are pure).
   jax.block_until_ready(compiled["arch"](state, bt, bv))
   jax.block_until_ready(compiled["weight"](state, bt))
@@ -78,12 +102,14 @@ def bench(config, order, steps, image, num_classes):
   out["images_per_s"] = round(s.batch_size / out["search_step_s"], 2)
   out["arch_times"] = [round(t, 3) for t in arch_all]
   out["weight_times"] = [round(t, 3) for t in weight_all]
-  out["peak_rss_gib"] = round(_rss_gib(), 2)
+  # With the reset: peak while stepping; otherwise the whole run's peak.
+  out["peak_rss_steps_gib" if reset else "peak_rss_gib"] = round(_rss_gib(), 2)
   return out
 
 
 def main(argv):
   del argv
+  utils.configure_xla()
   if os.environ.get("DNAS_JAX_CACHE"):
     jax.config.update("jax_compilation_cache_dir", os.environ["DNAS_JAX_CACHE"])
   image = tuple(int(v) for v in _IMAGE.value.split(","))

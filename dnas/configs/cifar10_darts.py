@@ -19,7 +19,7 @@ def get_config():
   c.max_steps_per_epoch = 0
   c.data = dict(name="cifar10", data_dir="", train_portion=0.5, crop_padding=4, flip=True)
   c.model = dict(C=16, layers=8, steps=4, multiplier=4, stem_multiplier=3,
-                 primitives=PRIMITIVES)
+                 primitives=PRIMITIVES, remat=False)
   c.search = dict(epochs=50, batch_size=64, order="first", w_lr=0.025, w_lr_min=0.001,
                   momentum=0.9, weight_decay=3e-4, grad_clip=5.0, a_lr=3e-4, a_b1=0.5,
                   a_b2=0.999, a_weight_decay=1e-3, fd_r=0.01)

@@ -18,7 +18,7 @@ def get_config():
   # shrunk to 8x8 images. 3 cells: normal, reduction, reduction. a_lr is 10x the paper's:
   # 8 epochs give 72 architecture steps (CIFAR: ~19,500), too few for 3e-4 to move alpha.
   c.model = dict(C=8, layers=3, steps=4, multiplier=4, stem_multiplier=3,
-                 primitives=PRIMITIVES)
+                 primitives=PRIMITIVES, remat=False)
   c.search = dict(epochs=8, batch_size=64, order="first", w_lr=0.025, w_lr_min=0.001,
                   momentum=0.9, weight_decay=3e-4, grad_clip=5.0, a_lr=3e-3, a_b1=0.5,
                   a_b2=0.999, a_weight_decay=1e-3, fd_r=0.01)

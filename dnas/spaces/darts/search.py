@@ -11,7 +11,7 @@ from flax import nnx
 
 from dnas.arch import ArchParam, MixedOp, batched_mixed_ops, init_alphas
 from dnas.spaces.darts import genotypes as genotypes_lib
-from dnas.spaces.darts.ops import (PRIMITIVES, FactorizedReduce, ReLUConvBN, batch_norm, conv2d,
+from dnas.spaces.darts.ops import (PRIMITIVES, fusion_barrier, FactorizedReduce, ReLUConvBN, batch_norm, conv2d,
                                    linear, make_op)
 
 
@@ -53,7 +53,8 @@ class Cell(nnx.Module):
     self.ops = nnx.List(ops)
 
   def __call__(self, s0, s1, weights):
-    states = [self.preprocess0(s0), self.preprocess1(s1)]
+    # Each node feeds 8 ops per later edge: keep it (and its gradient) one buffer.
+    states = [fusion_barrier(self.preprocess0(s0)), fusion_barrier(self.preprocess1(s1))]
     offset = 0
     for _ in range(self.steps):
       n = len(states)
@@ -63,8 +64,21 @@ class Cell(nnx.Module):
                                 weights[offset + g[0]:offset + g[-1] + 1])
               for g in groups if len(g))
       offset += n
-      states.append(s)
+      states.append(fusion_barrier(s))
     return jnp.concatenate(states[-self.multiplier:], axis=-1)
+
+
+def _checkpointed(cell: Cell, s0, s1, weights):
+  """cell(s0, s1, weights) under `jax.checkpoint`; BatchNorm statistics are written back."""
+  graphdef, state = nnx.split(cell)
+
+  def body(state, s0, s1, weights):
+    c = nnx.merge(graphdef, state)
+    return c(s0, s1, weights), nnx.state(c)
+
+  out, new_state = jax.checkpoint(body)(state, s0, s1, weights)
+  nnx.update(cell, new_state)
+  return out
 
 
 class Network(nnx.Module):
@@ -79,6 +93,8 @@ class Network(nnx.Module):
     stem_multiplier: the stem outputs stem_multiplier * C channels.
     in_channels: image channels (3 for CIFAR, 1 for digits).
     primitives: candidate op names, the columns of the alphas.
+    remat: recompute each cell's activations in the backward pass (`jax.checkpoint`)
+      instead of keeping them: less memory for one more forward pass.
 
   Call: f32[N, H, W, in_channels] -> logits f32[N, num_classes]. BatchNorm uses batch
   statistics after `net.train()` (the default) and running ones after `net.eval()`.
@@ -86,7 +102,7 @@ class Network(nnx.Module):
 
   def __init__(self, C: int, num_classes: int, layers: int, steps: int = 4,
                multiplier: int = 4, stem_multiplier: int = 3, *, in_channels: int = 3,
-               primitives=PRIMITIVES, rngs: nnx.Rngs):
+               primitives=PRIMITIVES, remat: bool = False, rngs: nnx.Rngs):
     for name, v in dict(C=C, num_classes=num_classes, layers=layers, steps=steps,
                         multiplier=multiplier, stem_multiplier=stem_multiplier).items():
       if v < 1:
@@ -94,7 +110,7 @@ class Network(nnx.Module):
     if multiplier > steps:
       raise ValueError(f"Network: multiplier ({multiplier}) must be <= steps ({steps})")
     self.primitives = tuple(primitives)
-    self.steps, self.multiplier, self.layers = steps, multiplier, layers
+    self.steps, self.multiplier, self.layers, self.remat = steps, multiplier, layers, remat
     C_curr = stem_multiplier * C
     # The supernet's stem BatchNorm is affine in the reference.
     self.stem = nnx.Sequential(conv2d(in_channels, C_curr, 3, 1, 1, rngs=rngs),
@@ -120,7 +136,8 @@ class Network(nnx.Module):
     w_normal = jax.nn.softmax(self.alphas_normal[...], axis=-1)
     w_reduce = jax.nn.softmax(self.alphas_reduce[...], axis=-1)
     for cell in self.cells:
-      s0, s1 = s1, cell(s0, s1, w_reduce if cell.reduction else w_normal)
+      w = w_reduce if cell.reduction else w_normal
+      s0, s1 = s1, (_checkpointed(cell, s0, s1, w) if self.remat else cell(s0, s1, w))
     return self.classifier(jnp.mean(s1, axis=(1, 2)))
 
   def arch_parameters(self) -> tuple[ArchParam, ArchParam]:

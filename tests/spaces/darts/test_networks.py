@@ -98,3 +98,19 @@ def test_aux_head_needs_large_enough_map():
                            rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match="at least 5x5 after the second reduction, got 2x2"):
     net(jnp.zeros((2, 8, 8, 1)))
+
+
+def test_supernet_remat_gives_same_loss_gradients_and_statistics():
+  x = jnp.asarray(np.random.default_rng().standard_normal((2, 8, 8, 3)), jnp.float32)
+  results = []
+  for remat in (False, True):
+    net = darts.Network(2, 3, 2, steps=2, multiplier=2, remat=remat, rngs=nnx.Rngs(0))
+    graphdef, params, rest = nnx.split(net, nnx.Param, ...)
+
+    def loss(params, rest):
+      net = nnx.merge(graphdef, params, rest, copy=True)
+      return jnp.sum(net(x) ** 2), nnx.state(net, nnx.BatchStat)
+
+    (value, stats), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params, rest)
+    results.append((value, grads, stats))
+  chex.assert_trees_all_close(results[0], results[1], rtol=1e-5, atol=1e-6)

@@ -67,6 +67,56 @@ def test_depthwise_conv_matches_xla_conv(k, stride, dilation):
   chex.assert_trees_all_close(gg(ours), gg(ref), atol=1e-3, rtol=1e-4)
 
 
+@pytest.mark.parametrize("k,stride,dilation", [(5, 1, 1), (3, 2, 2)])
+def test_depthwise_kernel_gradient_differentiates_in_x(k, stride, dilation):
+  # The exact hypergradient differentiates the weight gradient in the input too.
+  C, pad = 3, dilation * (k - 1) // 2
+  x, w = _x((2, 8, 8, C)), _x((k, k, 1, C))
+  ref = lambda x, w: lax.conv_general_dilated(
+      x, w, (stride, stride), ((pad, pad), (pad, pad)), rhs_dilation=(dilation, dilation),
+      dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=C)
+  ours = lambda x, w: ops.depthwise_conv2d(x, w, stride, dilation, pad)
+  gx = lambda conv: jax.grad(
+      lambda x: jnp.sum(jax.grad(lambda w: jnp.sum(jnp.sin(conv(x, w))))(w) ** 2))(x)
+  chex.assert_trees_all_close(gx(ours), gx(ref), atol=1e-3, rtol=1e-4)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_max_pool_matches_flax_with_gradient(stride):
+  x = _x((2, 7, 7, 3))
+  ref = lambda x: nnx.max_pool(x, (3, 3), strides=(stride, stride), padding=((1, 1), (1, 1)))
+  ours = lambda x: ops.max_pool2d(x, 3, stride, 1)
+  chex.assert_trees_all_close(ours(x), ref(x))
+  f = lambda pool: jax.grad(lambda x: jnp.sum(jnp.sin(pool(x))))
+  chex.assert_trees_all_close(f(ours)(x), f(ref)(x), atol=1e-6)
+
+
+def test_max_pool_gradient_goes_to_first_max_like_pytorch():
+  # Ties: PyTorch routes the gradient to the first maximum in row-major window order.
+  g = jax.grad(lambda x: jnp.sum(ops.max_pool2d(x, 3, 2, 1)))(jnp.zeros((1, 4, 4, 1)))
+  expected = np.zeros((4, 4))
+  expected[:2, :2] = 1
+  np.testing.assert_array_equal(g[0, :, :, 0], expected)
+
+
+@pytest.mark.parametrize("k,stride,pad", [(3, 1, 1), (3, 2, 1), (5, 3, 0)])
+def test_avg_pool_matches_flax_with_gradient(k, stride, pad):
+  x = _x((2, 8, 8, 3))
+  ref = lambda x: nnx.avg_pool(x, (k, k), strides=(stride, stride), padding=((pad, pad),) * 2,
+                               count_include_pad=False)
+  ours = lambda x: ops.avg_pool2d(x, k, stride, pad)
+  chex.assert_trees_all_close(ours(x), ref(x), atol=1e-6)
+  f = lambda pool: jax.grad(lambda x: jnp.sum(jnp.sin(pool(x))))
+  chex.assert_trees_all_close(f(ours)(x), f(ref)(x), atol=1e-6)
+
+
+def test_fusion_barrier_is_identity_in_value_and_gradient():
+  x, g = _x((2, 3, 3, 5)), _x((2, 3, 3, 5))
+  y, vjp = jax.vjp(jax.jit(ops.fusion_barrier), x)
+  np.testing.assert_array_equal(y, x)
+  np.testing.assert_array_equal(vjp(g)[0], g)
+
+
 def test_factorized_reduce_odd_size_pads_second_path():
   fr = ops.FactorizedReduce(2, 4, affine=False, rngs=nnx.Rngs(0))
   x = jnp.abs(_x((3, 7, 7, 2))) + 0.1
