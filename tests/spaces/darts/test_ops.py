@@ -50,14 +50,19 @@ def test_max_pool_ignores_padding():
   np.testing.assert_array_equal(y, -jnp.ones((1, 2, 2, 2)))
 
 
+def _depthwise_pair(stride, dilation, pad):
+  """(XLA's grouped conv, ours) as functions of (x, kernel)."""
+  ref = lambda x, w: lax.conv_general_dilated(
+      x, w, (stride, stride), ((pad, pad), (pad, pad)), rhs_dilation=(dilation, dilation),
+      dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=x.shape[-1])
+  return ref, lambda x, w: ops.depthwise_conv2d(x, w, stride, dilation, pad)
+
+
 @pytest.mark.parametrize("k,stride,dilation", [(3, 1, 1), (5, 2, 1), (3, 2, 2), (5, 1, 2)])
 def test_depthwise_conv_matches_xla_conv(k, stride, dilation):
   C, pad = 5, dilation * (k - 1) // 2
   x, w = _x((2, 9, 9, C)), _x((k, k, 1, C))
-  ref = lambda x, w: lax.conv_general_dilated(
-      x, w, (stride, stride), ((pad, pad), (pad, pad)), rhs_dilation=(dilation, dilation),
-      dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=C)
-  ours = lambda x, w: ops.depthwise_conv2d(x, w, stride, dilation, pad)
+  ref, ours = _depthwise_pair(stride, dilation, pad)
   chex.assert_trees_all_close(ours(x, w), ref(x, w), atol=1e-5)
   # First and second derivatives (the second-order search differentiates twice).
   f = lambda conv: lambda x, w: jnp.sum(jnp.sin(conv(x, w)))
@@ -72,10 +77,7 @@ def test_depthwise_kernel_gradient_differentiates_in_x(k, stride, dilation):
   # The exact hypergradient differentiates the weight gradient in the input too.
   C, pad = 3, dilation * (k - 1) // 2
   x, w = _x((2, 8, 8, C)), _x((k, k, 1, C))
-  ref = lambda x, w: lax.conv_general_dilated(
-      x, w, (stride, stride), ((pad, pad), (pad, pad)), rhs_dilation=(dilation, dilation),
-      dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=C)
-  ours = lambda x, w: ops.depthwise_conv2d(x, w, stride, dilation, pad)
+  ref, ours = _depthwise_pair(stride, dilation, pad)
   gx = lambda conv: jax.grad(
       lambda x: jnp.sum(jax.grad(lambda w: jnp.sum(jnp.sin(conv(x, w))))(w) ** 2))(x)
   chex.assert_trees_all_close(gx(ours), gx(ref), atol=1e-3, rtol=1e-4)
