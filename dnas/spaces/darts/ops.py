@@ -179,9 +179,9 @@ def depthwise_conv2d(x: jax.Array, kernel: jax.Array, stride: int, dilation: int
 
   Written as k*k strided shifts of the padded input, which XLA fuses into one loop; the
   input gradient is the same kind of loop over the dilated gradient with the flipped
-  kernel, and the kernel gradient k*k reductions. On CPU this is 4-9x faster, forward
-  and backward, than XLA's grouped convolution, whose kernel gradient is lowered as a
-  dense convolution. The three maps are each other's transposes, so gradients of any
+  kernel, and the kernel gradient a matmul (`_depthwise_kernel_grad`). On CPU this is
+  4-9x faster, forward and backward, than XLA's grouped convolution, whose kernel
+  gradient is lowered as a dense convolution. The three maps are each other's transposes, so gradients of any
   order (the exact second-order hypergradient) use the same loops.
 
   Args:
@@ -295,8 +295,9 @@ def _max_pool_bwd(k, stride, padding, residuals, g):
   x, out = residuals
   ho, wo = out.shape[1:3]
   taps = list(_windows(_pad_hw(x, padding, value=-jnp.inf), k, stride, 1, ho, wo))
-  # Index of the first tap that attains the max, built back to front.
-  first = jnp.full(out.shape, len(taps) - 1, jnp.int32)
+  # Index of the first tap that attains the max, built back to front; a float (exact
+  # for these small integers) so that `_materialize` makes it one buffer.
+  first = jnp.full(out.shape, len(taps) - 1, g.dtype)
   for t in reversed(range(len(taps) - 1)):
     first = jnp.where(taps[t][2] == out, t, first)
   first, g = _materialize(first, g)

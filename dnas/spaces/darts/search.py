@@ -11,8 +11,8 @@ from flax import nnx
 
 from dnas.arch import ArchParam, MixedOp, batched_mixed_ops, init_alphas
 from dnas.spaces.darts import genotypes as genotypes_lib
-from dnas.spaces.darts.ops import (PRIMITIVES, fusion_barrier, FactorizedReduce, ReLUConvBN, batch_norm, conv2d,
-                                   linear, make_op)
+from dnas.spaces.darts.ops import (PRIMITIVES, FactorizedReduce, ReLUConvBN, batch_norm, conv2d,
+                                   fusion_barrier, linear, make_op)
 
 
 def num_edges(steps: int) -> int:
