@@ -209,11 +209,14 @@ def make_phase_steps(graphdef, w_tx: optax.GradientTransformation,
 def make_search_step(graphdef, w_tx: optax.GradientTransformation,
                      a_tx: optax.GradientTransformation, *, order: str = "first",
                      w_lr: optax.ScalarOrSchedule, momentum: float = 0.9,
-                     weight_decay: float = 3e-4, fd_r: float = 1e-2, jit: bool = True):
+                     weight_decay: float = 3e-4, fd_r: float = 1e-2, jit: bool = True,
+                     shardings=None):
   """One search step (architecture step, then weight step) as one jitted function.
 
   `w_lr`, `momentum` and `weight_decay` must be those of `w_tx`: the virtual step of
-  the second-order methods repeats the weight optimiser's step.
+  the second-order methods repeats the weight optimiser's step. `shardings`, a pair
+  (state shardings, batch sharding) from `dnas.parallel`, runs the step as one SPMD
+  program over their mesh; inputs must be placed accordingly.
 
   Returns:
     step(state, batch_train, batch_val) -> (state, metrics), `state` donated; metrics
@@ -228,16 +231,39 @@ def make_search_step(graphdef, w_tx: optax.GradientTransformation,
     state, m_weight = weight_step(state, batch_train)
     return state, {**m_arch, **m_weight}
 
-  return jax.jit(step, donate_argnums=0) if jit else step
+  if not jit:
+    return step
+  return jax.jit(step, donate_argnums=0, **_jit_shardings(shardings, 2))
 
 
-def make_eval_step(graphdef_eval, jit: bool = True):
-  """eval(params, alphas, batch_stats, batch) -> (sum of losses, number correct), with
-  running BatchNorm statistics (the reference's `model.eval()`)."""
+def _jit_shardings(shardings, num_batches):
+  """in/out shardings of f(state, *batches) -> (state, replicated metrics)."""
+  if shardings is None:
+    return {}
+  state_sh, batch_sh = shardings
+  replicated = jax.sharding.NamedSharding(batch_sh.mesh, jax.sharding.PartitionSpec())
+  return dict(in_shardings=(state_sh,) + (batch_sh,) * num_batches,
+              out_shardings=(state_sh, replicated))
+
+
+def make_eval_step(graphdef_eval, jit: bool = True, shardings=None):
+  """eval(params, alphas, batch_stats, batch) -> (sum of losses, number correct, number of
+  examples), with running BatchNorm statistics (the reference's `model.eval()`). Examples
+  whose `batch["mask"]` (f32[N], optional) is 0 are padding and not counted."""
   def eval_step(params, alphas, stats, batch):
     net = nnx.merge(graphdef_eval, params, alphas, stats, copy=True)
     out = net(batch["image"])
     logits = out[0] if isinstance(out, tuple) else out
+    mask = batch.get("mask", jnp.ones(logits.shape[:1], jnp.float32))
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
-    return losses.sum(), jnp.sum(jnp.argmax(logits, -1) == batch["label"])
-  return jax.jit(eval_step) if jit else eval_step
+    return ((losses * mask).sum(), jnp.sum((jnp.argmax(logits, -1) == batch["label"]) * mask),
+            mask.sum())
+  if not jit:
+    return eval_step
+  if shardings is None:
+    return jax.jit(eval_step)
+  state_sh, batch_sh = shardings
+  replicated = jax.sharding.NamedSharding(batch_sh.mesh, jax.sharding.PartitionSpec())
+  return jax.jit(eval_step, in_shardings=(state_sh.params, state_sh.alphas,
+                                          state_sh.batch_stats, batch_sh),
+                 out_shardings=replicated)

@@ -6,13 +6,19 @@ import sys
 import jax
 from absl import flags
 
-from dnas import utils
+from dnas import loop, parallel, utils
 from dnas.config import ConfigError
 from dnas.data.pipeline import DataError
 from dnas.spaces.darts.genotypes import GenotypeError
 
 USER_ERRORS = (ConfigError, DataError, GenotypeError)
 DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "digits.py")
+
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator", "", "Multi-host: host:port of process 0 (default: from the cluster "
+    "environment, e.g. Slurm, TPU VMs or JAX_COORDINATOR_ADDRESS).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0, "Multi-host: number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", -1, "Multi-host: this process's index.")
 
 
 def fail(message) -> None:
@@ -51,8 +57,15 @@ def run(main) -> None:
       reason = str(e).strip().splitlines()[-1].strip()
       fail(f"cannot load config file {flags.FLAGS['config'].config_filename}: {reason}")
   utils.configure_xla()
+  parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   enable_compilation_cache()
   try:
     main(argv)
   except USER_ERRORS as e:
     fail(e)
+  except loop.Preempted as e:  # the scheduler's stop: checkpoint saved, 128 + SIGTERM
+    print(f"dnas: {e}", file=sys.stderr)
+    sys.exit(143)
+  except loop.NonFiniteError as e:
+    print(f"dnas: error: {e}", file=sys.stderr)
+    sys.exit(1)

@@ -42,6 +42,12 @@ def validate(config, mode: str) -> None:
     raise ConfigError(f"data.train_portion must be in (0, 1), got {c['data.train_portion']!r}")
   _non_negative(c, "data.crop_padding")
   _non_negative(c, "max_steps_per_epoch")
+  _non_negative(c, "checkpoint.every_steps")
+  _non_negative(c, "data.workers")
+  _positive(c, "data.image_size", int)
+  _non_negative(c, "mesh.devices")
+  _positive(c, "mesh.fsdp", int)
+  _positive(c, "checkpoint.keep", int)
   if mode == "search":
     for k in ("model.C", "model.layers", "model.steps", "model.multiplier", "model.stem_multiplier",
               "search.epochs", "search.batch_size"):

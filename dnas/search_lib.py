@@ -1,8 +1,9 @@
 """The search loop behind `python -m dnas.search`: data -> supernet -> bilevel steps ->
 genotype, metrics.jsonl and alphas.png in the work directory."""
 
-import json
+import functools
 import os
+import sys
 import time
 
 import jax
@@ -10,9 +11,10 @@ import numpy as np
 import tqdm
 from flax import nnx
 
-from dnas import bilevel, config as config_lib, plotting
+from dnas import bilevel, config as config_lib, loop, parallel, plotting
 from dnas.arch import ArchParam
-from dnas.data.pipeline import Augment, get_dataset, make_batches, search_splits
+from dnas.checkpoint import Checkpointer
+from dnas.data.pipeline import get_dataset, make_augment, make_batches, search_splits
 from dnas.spaces import darts
 from dnas.utils import evaluate
 
@@ -29,24 +31,40 @@ def _softmax(a):
   return e / e.sum(-1, keepdims=True)
 
 
-def run_search(config, workdir: str, progress: bool = True) -> darts.Genotype:
+def _fresh_meta() -> dict:
+  return dict(epoch=0, batch=0, sums={}, records=[], alphas_normal=[], alphas_reduce=[],
+              elapsed=0.0)
+
+
+def run_search(config, workdir: str, progress: bool = True, resume: bool = True) -> darts.Genotype:
   """Runs a DARTS search as configured and writes its results into `workdir`.
+
+  Checkpoints (everything a step reads, the data position and the metric history) go to
+  `workdir/checkpoints` every `config.checkpoint.every_steps` steps and at each epoch
+  end; with `resume`, a run found there is continued exactly where it stopped. SIGTERM
+  saves a checkpoint and raises `loop.Preempted`.
 
   Returns the final genotype.
   """
   config_lib.validate(config, "search")
-  info, splits = get_dataset(config.data.name, config.data.data_dir)
+  info, splits = get_dataset(config.data.name, config.data.data_dir, config.data.image_size)
   w_src, a_src = search_splits(splits["train"], config.data.train_portion)
   s, m = config.search, config.model
+  mesh = parallel.make_mesh(config.mesh.devices, config.mesh.fsdp)
+  if s.batch_size % mesh.size:
+    raise config_lib.ConfigError(f"search.batch_size {s.batch_size} must be divisible by the "
+                                 f"{mesh.size} devices of the mesh")
+  process = parallel.process_slice(s.batch_size)
   steps_per_epoch = min(len(w_src), len(a_src)) // s.batch_size
   if steps_per_epoch == 0:
     raise config_lib.ConfigError(f"search.batch_size {s.batch_size} is larger than a search "
                                  f"split ({min(len(w_src), len(a_src))} examples)")
   if config.max_steps_per_epoch:
     steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json(indent=1))
+  ckpt = Checkpointer(os.path.join(os.path.abspath(workdir), "checkpoints"),
+                      keep=config.checkpoint.keep)
+  loop.prepare_workdir(workdir, config, resume=resume, has_checkpoint=bool(ckpt.steps()),
+                       what="search")
 
   net = darts.Network(m.C, info.num_classes, m.layers, m.steps, m.multiplier, m.stem_multiplier,
                       in_channels=info.image_shape[-1], primitives=tuple(m.primitives),
@@ -57,57 +75,99 @@ def run_search(config, workdir: str, progress: bool = True) -> darts.Genotype:
   net.eval()
   graphdef_eval = nnx.split(net, nnx.Param, ArchParam, nnx.BatchStat)[0]
   graphdef, state = bilevel.init_search_state(net, w_tx, a_tx, jax.random.key(config.seed))
+  shardings = (parallel.state_shardings(state, mesh), parallel.batch_sharding(mesh))
+  state = parallel.put_state(state, shardings[0])
+  found = ckpt.restore_latest(state) if resume else None
+  meta = _fresh_meta()
+  if found:
+    _, state, meta = found
+    print(f"dnas: resuming {workdir} at epoch {meta['epoch']}, step {int(state.step)}",
+          file=sys.stderr)
   step = bilevel.make_search_step(graphdef, w_tx, a_tx, order=s.order, w_lr=schedule,
-                                  momentum=s.momentum, weight_decay=s.weight_decay, fd_r=s.fd_r)
-  eval_step = bilevel.make_eval_step(graphdef_eval)
-  augment = Augment(info.mean, info.std, config.data.crop_padding, config.data.flip)
+                                  momentum=s.momentum, weight_decay=s.weight_decay, fd_r=s.fd_r,
+                                  shardings=shardings)
+  eval_step = bilevel.make_eval_step(graphdef_eval, shardings=shardings)
+  augment = make_augment(info, crop_padding=config.data.crop_padding, flip=config.data.flip)
+  batches = functools.partial(make_batches, batch_size=s.batch_size, augment=augment,
+                              workers=config.data.workers, process=process)
 
-  history = {"normal": [], "reduce": []}
   metrics_path = os.path.join(workdir, "metrics.jsonl")
-  open(metrics_path, "w").close()
-  start = time.time()
-  bar = tqdm.tqdm(total=s.epochs * steps_per_epoch, disable=not progress, unit="step",
-                  dynamic_ncols=True)
-  genotype = None
-  for epoch in range(s.epochs):
-    w_batches = make_batches(w_src, batch_size=s.batch_size, seed=config.seed, epoch=epoch,
-                             augment=augment)
-    a_batches = make_batches(a_src, batch_size=s.batch_size, seed=config.seed + 1, epoch=epoch,
-                             augment=augment)
-    sums = {}
-    for _ in range(steps_per_epoch):
-      state, metrics = step(state, next(w_batches), next(a_batches))
-      metrics = jax.device_get(metrics)
-      for k, v in metrics.items():
-        sums[k] = sums.get(k, 0.0) + float(v)
-      bar.update(1)
-      bar.set_postfix(epoch=epoch, w_loss=f"{metrics['w_loss']:.3f}",
-                      w_acc=f"{metrics['w_acc']:.2f}", a_loss=f"{metrics['a_loss']:.3f}",
-                      a_acc=f"{metrics['a_acc']:.2f}")
-    if not all(np.isfinite(v) for v in sums.values()):
-      raise FloatingPointError(f"non-finite search metrics in epoch {epoch}: {sums}")
-    valid_loss, valid_acc = evaluate(
-        lambda b: eval_step(state.params, state.alphas, state.batch_stats, b),
-        make_batches(a_src, batch_size=s.batch_size, seed=0, epoch=0, augment=augment,
-                     train=False))
-    a_normal = np.asarray(jax.device_get(state.alphas["alphas_normal"].get_value()))
-    a_reduce = np.asarray(jax.device_get(state.alphas["alphas_reduce"].get_value()))
-    genotype = darts.derive_genotype(a_normal, a_reduce, steps=m.steps, multiplier=m.multiplier,
-                                     primitives=tuple(m.primitives))
-    history["normal"].append(_softmax(a_normal))
-    history["reduce"].append(_softmax(a_reduce))
-    record = {k: v / steps_per_epoch for k, v in sums.items()}
-    record.update(epoch=epoch, lr=float(schedule(epoch * steps_per_epoch)), valid_loss=valid_loss,
-                  valid_acc=valid_acc, alpha_entropy_normal=alpha_entropy(a_normal),
-                  alpha_entropy_reduce=alpha_entropy(a_reduce), genotype=genotype.to_dict(),
-                  wall_time=time.time() - start)
-    with open(metrics_path, "a") as f:
-      f.write(json.dumps(record) + "\n")
-    darts.save_genotype(genotype, os.path.join(workdir, "genotype.json"))
-    bar.write(f"epoch {epoch}: w_acc {record['w_acc']:.3f} valid_acc {valid_acc:.3f} "
-              f"genotype {genotype}")
-  bar.close()
-  np.savez(os.path.join(workdir, "alphas.npz"), normal=np.stack(history["normal"]),
-           reduce=np.stack(history["reduce"]))
-  plotting.plot_alphas(history, tuple(m.primitives), os.path.join(workdir, "alphas.png"))
+  primary = jax.process_index() == 0  # one process writes the plain files
+  if primary:
+    loop.write_jsonl(metrics_path, meta["records"])  # drops lines past the checkpoint
+  start = time.time() - meta["elapsed"]
+  bar = tqdm.tqdm(total=s.epochs * steps_per_epoch, initial=int(state.step),
+                  disable=not progress, unit="step", dynamic_ncols=True)
+  every = config.checkpoint.every_steps
+
+  def save():
+    ckpt.save(int(state.step), state, dict(meta, elapsed=time.time() - start))
+
+  def preempted_message():
+    return (f"SIGTERM: saved checkpoint {int(state.step)} in {ckpt.directory}; rerun the "
+            f"same command to resume")
+
+  try:
+    with loop.Preemption() as preemption:
+      for epoch in range(meta["epoch"], s.epochs):
+        w_batches = batches(w_src, seed=config.seed, epoch=epoch, start=meta["batch"])
+        a_batches = batches(a_src, seed=config.seed + 1, epoch=epoch, start=meta["batch"])
+        sums = meta["sums"]
+        for _ in range(meta["batch"], steps_per_epoch):
+          state, metrics = step(state, parallel.put_batch(next(w_batches), mesh),
+                                parallel.put_batch(next(a_batches), mesh))
+          metrics = {k: float(v) for k, v in parallel.to_host(metrics).items()}
+          loop.check_finite(metrics, step=int(state.step),
+                            phases={"a_": "architecture", "w_": "weight"})
+          for k, v in metrics.items():
+            sums[k] = sums.get(k, 0.0) + v
+          meta.update(batch=meta["batch"] + 1, sums=sums)
+          bar.update(1)
+          bar.set_postfix(epoch=epoch, w_loss=f"{metrics['w_loss']:.3f}",
+                          w_acc=f"{metrics['w_acc']:.2f}", a_loss=f"{metrics['a_loss']:.3f}",
+                          a_acc=f"{metrics['a_acc']:.2f}")
+          if meta["batch"] == steps_per_epoch:
+            break  # the epoch end saves (and answers a SIGTERM)
+          if preemption.requested:
+            save()
+            raise loop.Preempted(preempted_message())
+          if every and int(state.step) % every == 0:
+            save()
+        valid_loss, valid_acc = evaluate(
+            lambda b: parallel.to_host(eval_step(state.params, state.alphas, state.batch_stats,
+                                                 parallel.put_batch(b, mesh))),
+            batches(a_src, seed=0, epoch=0, train=False))
+        alphas = parallel.to_host(state.alphas)
+        a_normal = np.asarray(alphas["alphas_normal"].get_value())
+        a_reduce = np.asarray(alphas["alphas_reduce"].get_value())
+        genotype = darts.derive_genotype(a_normal, a_reduce, steps=m.steps,
+                                         multiplier=m.multiplier, primitives=tuple(m.primitives))
+        record = {k: v / steps_per_epoch for k, v in sums.items()}
+        record.update(epoch=epoch, lr=float(schedule(epoch * steps_per_epoch)),
+                      valid_loss=valid_loss, valid_acc=valid_acc,
+                      alpha_entropy_normal=alpha_entropy(a_normal),
+                      alpha_entropy_reduce=alpha_entropy(a_reduce),
+                      genotype=genotype.to_dict(), wall_time=time.time() - start)
+        meta["records"].append(record)
+        meta["alphas_normal"].append(_softmax(a_normal).tolist())
+        meta["alphas_reduce"].append(_softmax(a_reduce).tolist())
+        meta.update(epoch=epoch + 1, batch=0, sums={})
+        save()
+        if primary:
+          loop.write_jsonl(metrics_path, meta["records"])
+          darts.save_genotype(genotype, os.path.join(workdir, "genotype.json"))
+        bar.write(f"epoch {epoch}: w_acc {record['w_acc']:.3f} valid_acc {valid_acc:.3f} "
+                  f"genotype {genotype}")
+        if preemption.requested and epoch + 1 < s.epochs:
+          raise loop.Preempted(preempted_message())
+  finally:
+    bar.close()
+    ckpt.close()
+  genotype = darts.Genotype.from_dict(meta["records"][-1]["genotype"])
+  history = {"normal": [np.asarray(a) for a in meta["alphas_normal"]],
+             "reduce": [np.asarray(a) for a in meta["alphas_reduce"]]}
+  if primary:
+    np.savez(os.path.join(workdir, "alphas.npz"), normal=np.stack(history["normal"]),
+             reduce=np.stack(history["reduce"]))
+    plotting.plot_alphas(history, tuple(m.primitives), os.path.join(workdir, "alphas.png"))
   return genotype

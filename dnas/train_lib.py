@@ -2,20 +2,23 @@
 SGD with per-epoch cosine learning rate, cutout, drop path linearly increased over the
 epochs, auxiliary loss, optional label smoothing. Reports test accuracy."""
 
+import functools
 import json
 import os
+import sys
 import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 import orbax.checkpoint as ocp
 import tqdm
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
 
-from dnas import bilevel, config as config_lib
-from dnas.data.pipeline import Augment, get_dataset, make_batches
+from dnas import bilevel, config as config_lib, loop, parallel
+from dnas.checkpoint import Checkpointer
+from dnas.data.pipeline import get_dataset, make_augment, make_batches
 from dnas.spaces import darts
 from dnas.utils import count_params, evaluate
 
@@ -29,9 +32,11 @@ def smoothed_cross_entropy(logits: jax.Array, labels: jax.Array, smoothing: floa
   return optax.softmax_cross_entropy(logits, targets).mean()
 
 
-def make_train_step(graphdef, tx, *, auxiliary_weight: float, label_smoothing: float):
+def make_train_step(graphdef, tx, *, auxiliary_weight: float, label_smoothing: float,
+                    shardings=None):
   """step(params, stats, opt_state, batch, key, drop_path_prob) -> (params, stats, opt_state,
-  metrics), jitted; params, stats and opt_state donated."""
+  metrics), jitted; params, stats and opt_state donated. `shardings`: ((params, stats,
+  opt_state) shardings, batch sharding) from `dnas.parallel`."""
   def loss_fn(params, stats, batch, key, p):
     net = nnx.merge(graphdef, params, stats, copy=True)
     logits, logits_aux = net(batch["image"], key=key, drop_path_prob=p)
@@ -48,34 +53,43 @@ def make_train_step(graphdef, tx, *, auxiliary_weight: float, label_smoothing: f
     params = optax.apply_updates(params, updates)
     return params, stats, opt_state, dict(loss=loss, acc=bilevel.accuracy(logits, batch["label"]))
 
-  return jax.jit(step, donate_argnums=(0, 1, 2))
+  if shardings is None:
+    return jax.jit(step, donate_argnums=(0, 1, 2))
+  (params_sh, stats_sh, opt_sh), batch_sh = shardings
+  rep = NamedSharding(batch_sh.mesh, P())
+  return jax.jit(step, donate_argnums=(0, 1, 2),
+                 in_shardings=(params_sh, stats_sh, opt_sh, batch_sh, rep, rep),
+                 out_shardings=(params_sh, stats_sh, opt_sh, rep))
 
 
-def make_eval_step(graphdef_eval):
-  """eval(params, stats, batch) -> (sum of losses, number correct), running BN stats."""
+
+def make_eval_step(graphdef_eval, shardings=None):
+  """eval(params, stats, batch) -> (sum of losses, number correct, number of examples),
+  running BN statistics; examples whose batch["mask"] is 0 are padding."""
   def step(params, stats, batch):
     logits, _ = nnx.merge(graphdef_eval, params, stats, copy=True)(batch["image"])
+    mask = batch.get("mask", jnp.ones(logits.shape[:1], jnp.float32))
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
-    return losses.sum(), jnp.sum(jnp.argmax(logits, -1) == batch["label"])
-  return jax.jit(step)
-
-
-def _evaluate(eval_step, params, stats, source, batch_size, augment):
-  return evaluate(lambda b: eval_step(params, stats, b),
-                  make_batches(source, batch_size=batch_size, seed=0, epoch=0, augment=augment,
-                               train=False))
+    return ((losses * mask).sum(), jnp.sum((jnp.argmax(logits, -1) == batch["label"]) * mask),
+            mask.sum())
+  if shardings is None:
+    return jax.jit(step)
+  (params_sh, stats_sh, _), batch_sh = shardings
+  return jax.jit(step, in_shardings=(params_sh, stats_sh, batch_sh),
+                 out_shardings=NamedSharding(batch_sh.mesh, P()))
 
 
 def run_train(config, genotype_path: str, workdir: str | None = None,
-              progress: bool = True) -> dict:
+              progress: bool = True, resume: bool = True) -> dict:
   """Trains NETWORKS[config.train.network] built from the genotype file; writes
   train_metrics.jsonl, train_result.json and the trained variables (Orbax) into
-  `workdir` (default: the genotype's directory). Returns the result dict."""
+  `workdir` (default: the genotype's directory). Checkpoints go to
+  `workdir/train_checkpoints` and a rerun resumes from them, as in the search.
+  Returns the result dict."""
   config_lib.validate(config, "train")
   genotype = darts.load_genotype(genotype_path)
   workdir = workdir or os.path.dirname(os.path.abspath(genotype_path))
-  os.makedirs(workdir, exist_ok=True)
-  info, splits = get_dataset(config.data.name, config.data.data_dir)
+  info, splits = get_dataset(config.data.name, config.data.data_dir, config.data.image_size)
   t = config.train
   steps_per_epoch = len(splits["train"]) // t.batch_size
   if steps_per_epoch == 0:
@@ -83,6 +97,14 @@ def run_train(config, genotype_path: str, workdir: str | None = None,
                                  f"split ({len(splits['train'])} examples)")
   if config.max_steps_per_epoch:
     steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
+  mesh = parallel.make_mesh(config.mesh.devices, config.mesh.fsdp)
+  if t.batch_size % mesh.size:
+    raise config_lib.ConfigError(f"train.batch_size {t.batch_size} must be divisible by the "
+                                 f"{mesh.size} devices of the mesh")
+  ckpt = Checkpointer(os.path.join(os.path.abspath(workdir), "train_checkpoints"),
+                      keep=config.checkpoint.keep)
+  loop.prepare_workdir(workdir, config, resume=resume, has_checkpoint=bool(ckpt.steps()),
+                       what="train")
 
   net = NETWORKS[t.network](genotype, t.C, info.num_classes, t.layers, t.auxiliary,
                             t.drop_path_prob, in_channels=info.image_shape[-1],
@@ -94,49 +116,99 @@ def run_train(config, genotype_path: str, workdir: str | None = None,
   graphdef_eval = nnx.split(net, nnx.Param, nnx.BatchStat)[0]
   net.train()
   graphdef, params, stats = nnx.split(net, nnx.Param, nnx.BatchStat)
-  opt_state = tx.init(params)
+  state = (params, stats, tx.init(params))
+  shardings = (parallel.state_shardings(state, mesh), parallel.batch_sharding(mesh))
+  state = parallel.put_state(state, shardings[0])
+  meta = dict(epoch=0, batch=0, sums={}, records=[], elapsed=0.0)
+  found = ckpt.restore_latest(state) if resume else None
+  if found:
+    _, state, meta = found
+    print(f"dnas: resuming {workdir} at epoch {meta['epoch']}, batch {meta['batch']}",
+          file=sys.stderr)
   step = make_train_step(graphdef, tx, auxiliary_weight=t.auxiliary_weight,
-                         label_smoothing=t.label_smoothing)
-  eval_step = make_eval_step(graphdef_eval)
-  augment = Augment(info.mean, info.std, config.data.crop_padding, config.data.flip, t.cutout)
+                         label_smoothing=t.label_smoothing, shardings=shardings)
+  eval_step = make_eval_step(graphdef_eval, shardings)
+  augment = make_augment(info, crop_padding=config.data.crop_padding, flip=config.data.flip,
+                         cutout=t.cutout)
+  batches = functools.partial(make_batches, batch_size=t.batch_size, augment=augment,
+                              workers=config.data.workers,
+                              process=parallel.process_slice(t.batch_size))
   key = jax.random.key(config.seed)
 
+  def evaluate_on(split):
+    params, stats, _ = state
+    return evaluate(lambda b: parallel.to_host(eval_step(params, stats,
+                                                         parallel.put_batch(b, mesh))),
+                    batches(splits[split], seed=0, epoch=0, train=False))
+
   metrics_path = os.path.join(workdir, "train_metrics.jsonl")
-  open(metrics_path, "w").close()
-  start = time.time()
-  bar = tqdm.tqdm(total=t.epochs * steps_per_epoch, disable=not progress, unit="step",
-                  dynamic_ncols=True)
-  for epoch in range(t.epochs):
-    p = t.drop_path_prob * epoch / t.epochs  # reference: linear increase over the epochs
-    batches = make_batches(splits["train"], batch_size=t.batch_size, seed=config.seed,
-                           epoch=epoch, augment=augment)
-    sums = {"loss": 0.0, "acc": 0.0}
-    for i in range(steps_per_epoch):
-      k = jax.random.fold_in(key, epoch * steps_per_epoch + i)
-      params, stats, opt_state, metrics = step(params, stats, opt_state, next(batches), k, p)
-      metrics = jax.device_get(metrics)
-      for name in sums:
-        sums[name] += float(metrics[name])
-      bar.update(1)
-      bar.set_postfix(epoch=epoch, loss=f"{metrics['loss']:.3f}", acc=f"{metrics['acc']:.2f}")
-    if not np.isfinite(sums["loss"]):
-      raise FloatingPointError(f"non-finite training loss in epoch {epoch}")
-    valid_loss, valid_acc = _evaluate(eval_step, params, stats, splits["validation"],
-                                      t.batch_size, augment)
-    record = dict(epoch=epoch, lr=float(schedule(epoch * steps_per_epoch)), drop_path_prob=p,
-                  train_loss=sums["loss"] / steps_per_epoch, train_acc=sums["acc"] / steps_per_epoch,
-                  valid_loss=valid_loss, valid_acc=valid_acc, wall_time=time.time() - start)
-    with open(metrics_path, "a") as f:
-      f.write(json.dumps(record) + "\n")
-  bar.close()
-  test_loss, test_acc = _evaluate(eval_step, params, stats, splits["test"], t.batch_size, augment)
+  primary = jax.process_index() == 0  # one process writes the plain files
+  if primary:
+    loop.write_jsonl(metrics_path, meta["records"])
+  start = time.time() - meta["elapsed"]
+  bar = tqdm.tqdm(total=t.epochs * steps_per_epoch,
+                  initial=meta["epoch"] * steps_per_epoch + meta["batch"],
+                  disable=not progress, unit="step", dynamic_ncols=True)
+
+  def save():
+    done = meta["epoch"] * steps_per_epoch + meta["batch"]
+    ckpt.save(done, state, dict(meta, elapsed=time.time() - start))
+
+  def preempted():
+    return loop.Preempted(f"SIGTERM: saved a checkpoint in {ckpt.directory}; rerun the same "
+                          f"command to resume")
+
+  try:
+    with loop.Preemption() as preemption:
+      for epoch in range(meta["epoch"], t.epochs):
+        p = t.drop_path_prob * epoch / t.epochs  # reference: linear increase over the epochs
+        train_batches = batches(splits["train"], seed=config.seed, epoch=epoch,
+                                start=meta["batch"])
+        sums = meta["sums"]
+        for i in range(meta["batch"], steps_per_epoch):
+          k = jax.random.fold_in(key, epoch * steps_per_epoch + i)
+          *out, metrics = step(*state, parallel.put_batch(next(train_batches), mesh), k, p)
+          state = tuple(out)
+          metrics = {n: float(v) for n, v in parallel.to_host(metrics).items()}
+          loop.check_finite(metrics, step=epoch * steps_per_epoch + i + 1, phases={})
+          for n, v in metrics.items():
+            sums[n] = sums.get(n, 0.0) + v
+          meta.update(batch=i + 1, sums=sums)
+          bar.update(1)
+          bar.set_postfix(epoch=epoch, loss=f"{metrics['loss']:.3f}", acc=f"{metrics['acc']:.2f}")
+          if meta["batch"] == steps_per_epoch:
+            break  # the epoch end saves (and answers a SIGTERM)
+          if preemption.requested:
+            save()
+            raise preempted()
+          if config.checkpoint.every_steps and (i + 1) % config.checkpoint.every_steps == 0:
+            save()
+        valid_loss, valid_acc = evaluate_on("validation")
+        record = dict(epoch=epoch, lr=float(schedule(epoch * steps_per_epoch)), drop_path_prob=p,
+                      train_loss=sums["loss"] / steps_per_epoch,
+                      train_acc=sums["acc"] / steps_per_epoch, valid_loss=valid_loss,
+                      valid_acc=valid_acc, wall_time=time.time() - start)
+        meta["records"].append(record)
+        meta.update(epoch=epoch + 1, batch=0, sums={})
+        save()
+        if primary:
+          loop.write_jsonl(metrics_path, meta["records"])
+        if preemption.requested and epoch + 1 < t.epochs:
+          raise preempted()
+  finally:
+    bar.close()
+    ckpt.close()
+  test_loss, test_acc = evaluate_on("test")
+  params, stats, _ = state
   nnx.update(net, params, stats)
   ckpt_dir = os.path.join(os.path.abspath(workdir), "trained")
   with ocp.StandardCheckpointer() as ckptr:
     ckptr.save(ckpt_dir, nnx.state(net), force=True)
   result = dict(genotype=genotype.to_dict(), network=t.network, params=count_params(net),
-                test_loss=test_loss, test_acc=test_acc, valid_acc=valid_acc, epochs=t.epochs,
+                test_loss=test_loss, test_acc=test_acc,
+                valid_acc=meta["records"][-1]["valid_acc"], epochs=t.epochs,
                 wall_time=time.time() - start, checkpoint=ckpt_dir)
-  with open(os.path.join(workdir, "train_result.json"), "w") as f:
-    json.dump(result, f, indent=1)
+  if primary:
+    with open(os.path.join(workdir, "train_result.json"), "w") as f:
+      json.dump(result, f, indent=1)
   return result

@@ -12,6 +12,7 @@ from dnas.spaces import darts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "dnas", "configs", "tiny.py")
+FAST_OPS = "--config.model.primitives=('none','max_pool_3x3','avg_pool_3x3','skip_connect','dil_conv_3x3')"
 
 
 def _run(module, *args, cache=None, timeout=600):
@@ -24,7 +25,7 @@ def _run(module, *args, cache=None, timeout=600):
 def searched(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("search")
   out = _run("dnas.search", f"--config={TINY}", f"--workdir={workdir}",
-             "--config.search.epochs=2", cache=str(tmp_path_factory.mktemp("cache")))
+             "--config.search.epochs=2", FAST_OPS, cache=str(tmp_path_factory.mktemp("cache")))
   assert out.returncode == 0, out.stderr[-3000:]
   return workdir
 
@@ -59,7 +60,9 @@ def test_train_accepts_searched_genotype(searched, tmp_path):
     ("dnas.search", ["--config.model.primitives=('max_pool_3x3','conv_9x9')"],
      "unknown op 'conv_9x9'; valid ops: none, max_pool_3x3"),
     ("dnas.search", ["--config.data.name=mnist"], "data.name 'mnist' is unknown"),
-    ("dnas.search", ["--config.data.name=cifar10"], "needs TFDS-prepared data"),
+    ("dnas.search", ["--config.data.name=cifar10", "--config.data.data_dir=/nonexistent"],
+     "data set 'cifar10' (cifar10) is not prepared in /nonexistent: run python -m "
+     "dnas.data.prepare cifar10 --data_dir=/nonexistent"),
     ("dnas.search", ["--config=does/not/exist.py"], "exist.py"),
     ("dnas.train", ["--genotype=/nonexistent/genotype.json"], "cannot read genotype file"),
     ("dnas.train", ["--config.train.epochs=-3", "--genotype=x.json"],

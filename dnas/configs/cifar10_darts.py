@@ -17,7 +17,8 @@ def get_config():
   c = ml_collections.ConfigDict()
   c.seed = 2
   c.max_steps_per_epoch = 0
-  c.data = dict(name="cifar10", data_dir="", train_portion=0.5, crop_padding=4, flip=True)
+  c.data = dict(name="cifar10", data_dir="", train_portion=0.5, image_size=224, workers=0,
+                crop_padding=4, flip=True)
   c.model = dict(C=16, layers=8, steps=4, multiplier=4, stem_multiplier=3,
                  primitives=PRIMITIVES, remat=False)
   c.search = dict(epochs=50, batch_size=64, order="first", w_lr=0.025, w_lr_min=0.001,
@@ -26,4 +27,7 @@ def get_config():
   c.train = dict(network="cifar", C=36, layers=20, epochs=600, batch_size=96, lr=0.025,
                  lr_min=0.0, momentum=0.9, weight_decay=3e-4, grad_clip=5.0, auxiliary=True,
                  auxiliary_weight=0.4, drop_path_prob=0.2, cutout=16, label_smoothing=0.0)
+  # Devices of the data-parallel mesh (0: all) and how many of them shard large weights.
+  c.mesh = dict(devices=0, fsdp=1)
+  c.checkpoint = dict(every_steps=100, keep=3)
   return c

@@ -1,3 +1,4 @@
-"""Input pipelines: random-access sources -> Grain -> numpy batches."""
+"""Input pipelines: random-access sources (embedded digits, TFDS) -> Grain -> numpy batches."""
 
-from dnas.data.pipeline import DataError, DatasetInfo, get_dataset, make_batches, search_splits
+from dnas.data.pipeline import (DATASETS, DataError, DatasetInfo, get_dataset, make_augment,
+                                make_batches, search_splits)

@@ -1,17 +1,25 @@
-"""The input-pipeline interface shared by all data sets.
+"""The input pipeline shared by all data sets: random-access sources -> Grain -> batches.
 
-A data set is a set of random-access sources, one per split, each returning
+A data set is one random-access source per split, each returning
 {"image": uint8[H, W, C], "label": int} (the layout of `tfds.data_source`), and a
-`DatasetInfo`. `make_batches` turns a source into shuffled, augmented batches with
-Grain: {"image": f32[B, H, W, C] normalised, "label": int32[B]}.
+`DatasetInfo`. `make_batches` turns a source into this process's slices of shuffled,
+augmented global batches: {"image": f32[B, H, W, C] normalised, "label": int32[B]}.
+
+Determinism: the shuffle is one global permutation per (seed, epoch), and each example's
+augmentation draws from a generator seeded by (seed, epoch, global position). A batch is
+therefore the same whatever the number of processes, Grain worker processes or the point
+where a run was resumed; (epoch, batch index) is the whole iterator state.
 """
 
 import dataclasses
 
 import grain
 import numpy as np
+from absl import logging as absl_logging
 
+from dnas.data import augment as augment_lib
 from dnas.data import digits
+from dnas.data.augment import Augment, ImageNetAugment  # noqa: F401  (re-exported)
 
 
 class DataError(ValueError):
@@ -21,10 +29,11 @@ class DataError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
   name: str
-  image_shape: tuple[int, int, int]
+  image_shape: tuple[int, int, int]  # of the batches (after resizing, for ImageNet)
   num_classes: int
   mean: tuple[float, ...]
   std: tuple[float, ...]
+  kind: str = "cifar"  # augmentation family: "cifar" (pad-crop-flip) or "imagenet"
 
 
 class ArraySource:
@@ -41,81 +50,171 @@ class ArraySource:
   def __getitem__(self, i):
     return {"image": self.images[i], "label": self.labels[i]}
 
-  def subset(self, start: int, stop: int) -> "ArraySource":
-    return ArraySource(self.images[start:stop], self.labels[start:stop])
+
+class SubsetSource:
+  """Examples [start, stop) of another source."""
+
+  def __init__(self, source, start: int, stop: int):
+    if not 0 <= start <= stop <= len(source):
+      raise ValueError(f"subset [{start}, {stop}) of a source of {len(source)}")
+    self.source, self.start, self.stop = source, start, stop
+
+  def __len__(self):
+    return self.stop - self.start
+
+  def __getitem__(self, i):
+    if not 0 <= i < len(self):
+      raise IndexError(i)
+    return self.source[self.start + i]
 
 
-DATASETS = ("digits", "cifar10")
+class TfdsSource:
+  """A `tfds.data_source` split as {"image", "label"} examples (no TensorFlow needed)."""
+
+  def __init__(self, source):
+    self.source = source
+
+  def __len__(self):
+    return len(self.source)
+
+  def __getitem__(self, i):
+    ex = self.source[int(i)]
+    return {"image": ex["image"], "label": ex["label"]}
 
 
-def get_dataset(name: str, data_dir: str = "") -> tuple[DatasetInfo, dict[str, ArraySource]]:
-  """(info, {"train", "validation", "test": source}) for a data set name."""
+_CIFAR10 = ((0.49139968, 0.48215827, 0.44653124), (0.24703233, 0.24348505, 0.26158768))
+_CIFAR100 = ((0.50707516, 0.48654887, 0.44091784), (0.26733429, 0.25643846, 0.27615047))
+_IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+# name -> (TFDS name, {our split: TFDS split}, num_classes, stats, kind). As in the
+# reference train.py, "validation" of the CIFAR sets is their test split (the
+# reference reports per-epoch test accuracy); ImageNet's labelled test is its validation.
+TFDS_DATASETS = {
+    "cifar10": ("cifar10", {"train": "train", "validation": "test", "test": "test"}, 10,
+                _CIFAR10, "cifar"),
+    "cifar100": ("cifar100", {"train": "train", "validation": "test", "test": "test"}, 100,
+                 _CIFAR100, "cifar"),
+    "imagenet2012": ("imagenet2012", {"train": "train", "validation": "validation",
+                                      "test": "validation"}, 1000, _IMAGENET, "imagenet"),
+    "imagenette": ("imagenette/320px-v2", {"train": "train", "validation": "validation",
+                                           "test": "validation"}, 10, _IMAGENET, "imagenet"),
+}
+DATASETS = ("digits",) + tuple(TFDS_DATASETS)
+
+
+def get_dataset(name: str, data_dir: str = "", image_size: int = 224
+                ) -> tuple[DatasetInfo, dict[str, object]]:
+  """(info, {"train", "validation", "test": source}) for a data set name.
+
+  `data_dir` holds TFDS-prepared data (default: TFDS's, ~/tensorflow_datasets);
+  `image_size` is the side of ImageNet-style crops.
+  """
   if name == "digits":
     splits = digits.load_splits()
     info = DatasetInfo("digits", (8, 8, 1), 10, digits.MEAN, digits.STD)
     return info, {k: ArraySource(*v) for k, v in splits.items()}
-  if name == "cifar10":
-    raise DataError("data set 'cifar10' needs TFDS-prepared data, and dnas cannot read "
-                    "TFDS data yet (the TFDS + Grain pipelines are the next milestone); "
-                    "use data.name=digits")
-  raise DataError(f"unknown data set {name!r}; available: {', '.join(DATASETS)}")
+  if name not in TFDS_DATASETS:
+    raise DataError(f"unknown data set {name!r}; available: {', '.join(DATASETS)}")
+  tfds_name, split_names, num_classes, (mean, std), kind = TFDS_DATASETS[name]
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  verbosity = absl_logging.get_verbosity()
+  absl_logging.set_verbosity(absl_logging.ERROR)  # TFDS warns about every folder it probes
+  try:
+    sources = {s: tfds.data_source(tfds_name, split=split_names[s], data_dir=data_dir or None,
+                                   download=False)
+               for s in ("train", "validation", "test")}
+  except Exception:  # pylint: disable=broad-except  (TFDS raises several kinds)
+    where = data_dir or "the default TFDS directory (~/tensorflow_datasets)"
+    flag = f" --data_dir={data_dir}" if data_dir else ""
+    raise DataError(f"data set {name!r} ({tfds_name}) is not prepared in {where}: run "
+                    f"python -m dnas.data.prepare {name}{flag}  (needs pip install "
+                    f"'dnas[prepare]')") from None
+  finally:
+    absl_logging.set_verbosity(verbosity)
+  shape = (32, 32, 3) if kind == "cifar" else (image_size, image_size, 3)
+  info = DatasetInfo(name, shape, num_classes, mean, std, kind)
+  return info, {k: TfdsSource(v) for k, v in sources.items()}
 
 
-def search_splits(train: ArraySource, portion: float) -> tuple[ArraySource, ArraySource]:
+def search_splits(train, portion: float):
   """The reference's search split: the first `portion` of the training set trains the
   weights, the rest the architecture (train_search.py, train_portion=0.5)."""
   n = int(np.floor(portion * len(train)))
-  return train.subset(0, n), train.subset(n, len(train))
+  return SubsetSource(train, 0, n), SubsetSource(train, n, len(train))
 
 
-@dataclasses.dataclass(frozen=True)
-class Augment:
-  """DARTS augmentation, per example: random crop after zero padding, optional
-  horizontal flip, normalisation, then cutout (in normalised space, as the reference)."""
-  mean: tuple[float, ...]
-  std: tuple[float, ...]
-  crop_padding: int = 0
-  flip: bool = False
-  cutout: int = 0
-
-  def __call__(self, example, rng: np.random.Generator):
-    image = example["image"]
-    h, w, _ = image.shape
-    if self.crop_padding:
-      p = self.crop_padding
-      padded = np.pad(image, ((p, p), (p, p), (0, 0)))
-      y, x = rng.integers(0, 2 * p + 1, size=2)
-      image = padded[y:y + h, x:x + w]
-    if self.flip and rng.random() < 0.5:
-      image = image[:, ::-1]
-    image = self.normalize(image)
-    if self.cutout:
-      # Reference utils.Cutout: centre uniform over the image, square clipped at borders.
-      cy, cx = rng.integers(0, h), rng.integers(0, w)
-      half = self.cutout // 2
-      image[max(cy - half, 0):min(cy + half, h), max(cx - half, 0):min(cx + half, w)] = 0.0
-    return {"image": image, "label": np.int32(example["label"])}
-
-  def normalize(self, image: np.ndarray) -> np.ndarray:
-    return ((image.astype(np.float32) / 255.0 - np.asarray(self.mean, np.float32))
-            / np.asarray(self.std, np.float32))
+def make_augment(info: DatasetInfo, *, crop_padding: int = 0, flip: bool = False,
+                 cutout: int = 0):
+  """The training augmentation of a data set's family (DARTS or ImageNet)."""
+  if info.kind == "imagenet":
+    return ImageNetAugment(info.mean, info.std, info.image_shape[0])
+  return Augment(info.mean, info.std, crop_padding, flip, cutout)
 
 
-def make_batches(source, *, batch_size: int, seed: int, epoch: int, augment: Augment,
-                 train: bool = True):
-  """Batches of one epoch through Grain.
+class _ProcessView:
+  """This process's examples of the shuffled epoch: global batch b holds permuted
+  positions [b G, (b + 1) G); this process reads [b G + offset, b G + offset + L)."""
 
-  Train: a fresh shuffle and augmentation per (seed, epoch), last partial batch dropped.
-  Eval (train=False): in order, no augmentation, every example once.
+  def __init__(self, num_examples, global_batch, offset, local_batch, num_batches, perm):
+    self.G, self.offset, self.L, self.n, self.perm = (global_batch, offset, local_batch,
+                                                      num_batches * local_batch, perm)
+    self.num_examples = num_examples
+
+  def __len__(self):
+    return self.n
+
+  def __getitem__(self, i):
+    pos = (i // self.L) * self.G + self.offset + i % self.L
+    return pos, (self.perm[pos] if pos < self.num_examples else -1)
+
+
+def make_batches(source, *, batch_size: int, seed: int, epoch: int, augment,
+                 train: bool = True, start: int = 0, workers: int = 0,
+                 process: tuple[int, int] | None = None):
+  """This process's batches of one epoch, through Grain.
+
+  Train: a fresh permutation and augmentation per (seed, epoch); the last partial global
+  batch is dropped. Eval (train=False): every example once in order, no augmentation;
+  the last batch is padded to full size with `mask` 0 (f32[B], 1 for real examples), so
+  every batch has one shape (one compile) that divides over devices.
+
+  Args:
+    source: random-access source of {"image", "label"}.
+    batch_size: the global batch size.
+    start: first batch to yield: (epoch, start) is the iterator state a checkpoint keeps.
+    workers: Grain worker processes for reading and augmenting (0: in this process).
+    process: (offset, size) of this process's slice of each global batch (default all).
 
   Yields:
-    {"image": f32[B, H, W, C], "label": int32[B]}.
+    {"image": f32[L, H, W, C], "label": int32[L]} (+ "mask" in eval), L the slice size.
   """
-  ds = grain.MapDataset.source(source)
+  n = len(source)
+  offset, local = process or (0, batch_size)
   if train:
-    ds = ds.shuffle(seed=seed * 100_003 + epoch)
-    ds = ds.random_map(lambda ex, rng: augment(ex, rng), seed=seed * 100_003 + epoch + 1)
+    num_batches = n // batch_size
+    perm = np.random.default_rng([seed, epoch]).permutation(n)
   else:
-    ds = ds.map(lambda ex: {"image": augment.normalize(ex["image"]),
-                            "label": np.int32(ex["label"])})
-  yield from ds.batch(batch_size, drop_remainder=train)
+    num_batches = -(-n // batch_size)
+    perm = np.arange(n)
+  view = _ProcessView(n, batch_size, offset, local, num_batches, perm)
+
+  def load(item):
+    pos, index = item
+    if index < 0:  # eval padding past the end
+      ex = source[0]
+      out = augment.evaluate(ex)
+      return {"image": np.zeros_like(out["image"]), "label": np.int32(0),
+              "mask": np.float32(0)}
+    ex = source[int(index)]
+    if train:
+      return augment(ex, np.random.default_rng([seed, epoch, pos]))
+    return dict(augment.evaluate(ex), mask=np.float32(1))
+
+  ds = grain.MapDataset.source(view).map(load).batch(local, drop_remainder=False)[start:]
+  if workers:
+    ds = ds.to_iter_dataset().mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+  yield from ds
+
+
+__all__ = ["DataError", "DatasetInfo", "ArraySource", "SubsetSource", "TfdsSource", "DATASETS",
+           "TFDS_DATASETS", "get_dataset", "search_splits", "make_batches", "make_augment",
+           "Augment", "ImageNetAugment", "augment_lib"]

@@ -1,0 +1,108 @@
+"""Checkpoints that let a search or a retraining survive any crash (Orbax).
+
+A checkpoint is one Orbax step directory holding two items:
+  state  the pytree of arrays a step reads and writes (weights, BatchNorm statistics,
+         alphas, both optimiser states, RNG key data, step counter)
+  meta   a JSON dict: data-iterator position (epoch, batch within the epoch), partial
+         epoch sums, metric history, elapsed time
+
+Orbax writes each step into a temporary directory and renames it when complete, so a
+kill mid-write never leaves a half checkpoint that looks finished. A finished one that
+cannot be read any more (truncated or edited files) is reported in one line and the
+previous one is used; only the keep-K policy deletes checkpoints.
+
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=3)
+  found = ckpt.restore_latest(target)        # None, or (step, state, meta)
+  ckpt.save(step, state, meta)               # asynchronous
+  ckpt.close()                               # waits for pending writes
+"""
+
+import logging
+import sys
+
+import jax
+import jax.numpy as jnp
+import orbax.checkpoint as ocp
+
+_log = logging.getLogger(__name__)
+
+
+def _is_key(x) -> bool:
+  return isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def to_saveable(tree):
+  """Typed PRNG keys -> their uint32 key data (Orbax stores plain arrays)."""
+  return jax.tree.map(lambda x: jax.random.key_data(x) if _is_key(x) else x, tree)
+
+
+def from_saveable(tree, like):
+  """Inverse of `to_saveable`, with `like` (the original tree) giving the key leaves."""
+  return jax.tree.map(
+      lambda x, l: jax.random.wrap_key_data(x, impl=jax.random.key_impl(l)) if _is_key(l) else x,
+      tree, like)
+
+
+class Checkpointer:
+  """Keeps the last `keep` checkpoints of a run in `directory`; asynchronous saves."""
+
+  def __init__(self, directory: str, *, keep: int = 3):
+    if keep < 1:
+      raise ValueError(f"keep must be >= 1, got {keep}")
+    self.directory = directory
+    self._mngr = ocp.CheckpointManager(
+        directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                                        enable_async_checkpointing=True))
+
+  def steps(self) -> list[int]:
+    """Finished checkpoints, oldest first."""
+    return sorted(self._mngr.all_steps())
+
+  def save(self, step: int, state, meta: dict) -> bool:
+    """Starts writing checkpoint `step`; returns once the arrays are copied. A step
+    that already has a checkpoint keeps it (returns False): nothing is rewritten.
+
+    The arrays are first copied on device: the step functions donate their input
+    state, and an asynchronous write must not read a buffer that the next step reuses.
+    """
+    if step in self._mngr.all_steps():
+      return False
+    state = jax.tree.map(jnp.copy, to_saveable(state))
+    return self._mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                  meta=ocp.args.JsonSave(meta)), force=True)
+
+  def restore_latest(self, target):
+    """(step, state, meta) of the newest readable checkpoint, or None if there is none.
+
+    `target` is a state pytree of the right structure, shapes and shardings (for example
+    the freshly initialised state); the restored arrays take its shardings.
+    """
+    for step in reversed(self.steps()):
+      try:
+        restored = self._mngr.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(to_saveable(target)), meta=ocp.args.JsonRestore()))
+        state = from_saveable(restored["state"], target)
+        _check_same_structure(state, target)
+      except Exception as e:  # pylint: disable=broad-except
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        print(f"dnas: warning: checkpoint {step} in {self.directory} is unreadable "
+              f"({type(e).__name__}: {reason}); trying the previous one", file=sys.stderr)
+        continue
+      return step, state, restored["meta"]
+    return None
+
+  def wait(self) -> None:
+    self._mngr.wait_until_finished()
+
+  def close(self) -> None:
+    self._mngr.wait_until_finished()
+    self._mngr.close()
+
+
+def _check_same_structure(state, target) -> None:
+  if jax.tree.structure(state) != jax.tree.structure(target):
+    raise ValueError("checkpoint holds a different state structure")
+  for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(target)):
+    if a.shape != b.shape or a.dtype != b.dtype:
+      raise ValueError(f"checkpoint array {a.shape} {a.dtype} where the run has "
+                       f"{b.shape} {b.dtype}")

@@ -1,0 +1,77 @@
+"""Running the entry points as a user does, in subprocesses, for the CLI, resume and
+multi-host tests."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(ROOT, "dnas", "configs", "tiny.py")
+# The tiny config with four kinds of op (compiles in a third of the time), 2 epochs of 3
+# steps and a checkpoint after every step.
+FAST = [f"--config={TINY}", "--config.search.epochs=2", "--config.checkpoint.every_steps=1",
+        "--config.model.primitives=('none','max_pool_3x3','skip_connect','sep_conv_3x3')",
+        "--progress=false"]
+
+
+def env(cache="", **extra):
+  return dict(os.environ, JAX_PLATFORMS="cpu", DNAS_JAX_CACHE=str(cache), **extra)
+
+
+def run(module, *args, cache="", timeout=600, extra_env=None):
+  return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT,
+                        env=env(cache, **(extra_env or {})), capture_output=True, text=True,
+                        timeout=timeout)
+
+
+def start(module, *args, cache="", extra_env=None):
+  return subprocess.Popen([sys.executable, "-m", module, *args], cwd=ROOT,
+                          env=env(cache, **(extra_env or {})), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_checkpoint(workdir, proc, timeout=300):
+  ckpts = os.path.join(workdir, "checkpoints")
+  t = time.time()
+  while time.time() - t < timeout:
+    if os.path.isdir(ckpts) and any(d.isdigit() for d in os.listdir(ckpts)):
+      return
+    assert proc.poll() is None, proc.communicate()[1][-3000:]
+    time.sleep(0.05)
+  raise TimeoutError("no checkpoint appeared")
+
+
+def final(workdir):
+  """(step, arrays of the newest checkpoint, genotype dict, metric records without wall
+  times) of a search work directory."""
+  ckpts = os.path.join(workdir, "checkpoints")
+  last = max(int(d) for d in os.listdir(ckpts) if d.isdigit())
+  path = os.path.join(ckpts, str(last), "state")
+  with ocp.PyTreeCheckpointer() as c:  # as numpy: the saving run may have had other devices
+    tree = c.metadata(path).item_metadata.tree
+    args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+    state = c.restore(path, args=ocp.args.PyTreeRestore(restore_args=args))
+  leaves = [np.asarray(x) for x in jax.tree.leaves(state)]
+  with open(os.path.join(workdir, "genotype.json")) as f:
+    genotype = json.load(f)
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    records = [json.loads(l) for l in f]
+  for r in records:
+    del r["wall_time"]
+  return last, leaves, genotype, records
+
+
+def assert_same_run(a, b, steps=6):
+  (step_a, leaves_a, g_a, rec_a), (step_b, leaves_b, g_b, rec_b) = a, b
+  assert step_a == step_b == steps
+  assert len(leaves_a) == len(leaves_b)
+  for x, y in zip(leaves_a, leaves_b):
+    assert x.dtype == y.dtype and np.array_equal(x, y)  # bitwise
+  assert g_a == g_b
+  assert rec_a == rec_b

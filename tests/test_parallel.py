@@ -1,0 +1,63 @@
+"""Data parallelism: the search step over 8 host devices (and FSDP) equals one device;
+a search split over two processes with jax.distributed equals a one-process search."""
+
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from tests.cli_helpers import FAST, ROOT, assert_same_run, env, final, run
+
+
+@pytest.fixture(scope="module")
+def mesh_results():
+  e = env(PYTHONPATH=ROOT)
+  e["XLA_FLAGS"] = (e.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+  out = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "mesh_worker.py"),
+                        str(random.randrange(2**31))], env=e, capture_output=True, text=True,
+                       timeout=900, cwd=ROOT)
+  assert out.returncode == 0, out.stderr[-3000:]
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("case,tol", [
+    ("first_f32/data8", 1e-4), ("first_f32/data4_fsdp2", 1e-4),
+    ("second_f64/data8", 1e-9), ("second_fd_f64/data8", 1e-9)])
+def test_search_step_on_8_devices_equals_1_device(mesh_results, case, tol):
+  r = mesh_results[case]
+  for what in ("losses", "params", "alphas", "batch_stats"):
+    assert r[what] < tol, (case, what, r)
+  if "fsdp" in case:
+    assert r["sharded_leaves"] > 0  # weights really were sharded
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_equal_one_process_with_two_devices(tmp_path):
+  """Multi-host: two processes (one CPU device each) joined by jax.distributed, each
+  reading only its half of every batch and writing checkpoints together, end exactly
+  where one process with two devices does (same SPMD program, same reductions)."""
+  one = run("dnas.search", *FAST, f"--workdir={tmp_path / 'one'}", extra_env={
+      "XLA_FLAGS": (os.environ.get("XLA_FLAGS", "") +
+                    " --xla_force_host_platform_device_count=2").strip()})
+  assert one.returncode == 0, one.stderr[-3000:]
+  port = _free_port()
+  logs = [open(tmp_path / f"log{i}.txt", "w+") for i in range(2)]  # pipes could fill and block
+  procs = [subprocess.Popen([sys.executable, "-m", "dnas.search", *FAST,
+                             f"--workdir={tmp_path / 'two'}", f"--coordinator=localhost:{port}",
+                             "--num_processes=2", f"--process_id={i}"],
+                            cwd=ROOT, env=env(), stdout=logs[i], stderr=subprocess.STDOUT)
+           for i in range(2)]
+  for p, log in zip(procs, logs):
+    p.wait(timeout=600)
+    log.seek(0)
+    assert p.returncode == 0, log.read()[-3000:]
+  assert_same_run(final(tmp_path / "one"), final(tmp_path / "two"))

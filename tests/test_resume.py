@@ -1,0 +1,88 @@
+"""No search is lost: real subprocesses killed with SIGKILL or stopped with SIGTERM, then
+resumed, end bitwise equal to an uninterrupted run; the same seed gives the same run."""
+
+import os
+import random
+import signal
+import time
+
+import pytest
+
+from tests.cli_helpers import FAST, assert_same_run, final, run, start, wait_for_checkpoint
+
+
+def _search(workdir, cache, *extra):
+  return run("dnas.search", *FAST, f"--workdir={workdir}", *extra, cache=cache)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+  return tmp_path_factory.mktemp("jax_cache")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, cache):
+  workdir = tmp_path_factory.mktemp("uninterrupted")
+  out = _search(workdir, cache)
+  assert out.returncode == 0, out.stderr[-3000:]
+  return final(workdir)
+
+
+def test_same_seed_same_search(uninterrupted, tmp_path, cache):
+  out = _search(tmp_path, cache)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert_same_run(uninterrupted, final(tmp_path))
+
+
+def test_sigkill_at_a_random_moment_then_resume_is_bitwise_equal(uninterrupted, tmp_path, cache):
+  proc = start("dnas.search", *FAST, f"--workdir={tmp_path}", cache=cache)
+  wait_for_checkpoint(tmp_path, proc)
+  time.sleep(random.uniform(0.0, 2.0))  # somewhere in the 6 steps, the saves and evals
+  proc.send_signal(signal.SIGKILL)
+  proc.communicate()
+  out = _search(tmp_path, cache)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "resuming" in out.stderr
+  assert_same_run(uninterrupted, final(tmp_path))
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_143(uninterrupted, tmp_path, cache):
+  proc = start("dnas.search", *FAST, f"--workdir={tmp_path}", cache=cache)
+  wait_for_checkpoint(tmp_path, proc)
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=300)
+  if proc.returncode == 0:
+    pytest.skip("the run finished before SIGTERM arrived")
+  assert proc.returncode == 143, err[-3000:]
+  assert "SIGTERM: saved checkpoint" in err and "rerun the same command" in err
+  out = _search(tmp_path, cache)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "resuming" in out.stderr
+  assert_same_run(uninterrupted, final(tmp_path))
+
+
+def test_resume_false_refuses_an_existing_run(tmp_path, cache):
+  one = ["--config.search.epochs=1", "--config.max_steps_per_epoch=1"]
+  out = _search(tmp_path, cache, *one)
+  assert out.returncode == 0, out.stderr[-3000:]
+  out = _search(tmp_path, cache, *one, "--resume=false")
+  assert out.returncode == 2
+  assert out.stderr.strip().splitlines() == [
+      f"dnas: error: --workdir {tmp_path} already holds a search run with checkpoints; rerun "
+      f"with --resume to continue it, or choose another --workdir"]
+  out = _search(tmp_path, cache, "--config.search.epochs=1", "--config.max_steps_per_epoch=2")
+  assert out.returncode == 2
+  assert "another config (max_steps_per_epoch: 1 there, 2 now)" in out.stderr
+
+
+def test_non_finite_loss_stops_naming_step_and_phase(tmp_path, cache):
+  # A huge learning rate makes the weights overflow in the first weight step.
+  out = _search(tmp_path, cache, "--config.search.w_lr=1e38", "--config.search.w_lr_min=0",
+                "--config.search.grad_clip=0")
+  assert out.returncode == 1, out.stderr[-3000:]
+  line = out.stderr.strip().splitlines()[-1]
+  assert line.startswith("dnas: error: non-finite ") and "step of step " in line, line
+  assert "Traceback" not in out.stderr
+  failed = int(line.split("step of step ")[1].split(";")[0])
+  steps = sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit())
+  assert steps == list(range(1, failed))  # every good step, nothing after them
