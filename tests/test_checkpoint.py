@@ -1,0 +1,49 @@
+"""The Checkpointer: round trip with typed PRNG keys, keep-K, no rewrite of a step, and a
+corrupt newest checkpoint reported in one line and skipped for the previous one."""
+
+import glob
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dnas.checkpoint import Checkpointer
+
+
+def _state(rng):
+  return {"w": jnp.asarray(rng.standard_normal((3, 4)), jnp.float32),
+          "step": jnp.asarray(rng.integers(0, 100), jnp.int32),
+          "key": jax.random.key(int(rng.integers(0, 2**31)))}
+
+
+def _equal(a, b):
+  assert np.array_equal(a["w"], b["w"]) and int(a["step"]) == int(b["step"])
+  assert np.array_equal(jax.random.key_data(a["key"]), jax.random.key_data(b["key"]))
+
+
+def test_round_trip_keep_k_and_corrupt_newest_falls_back(tmp_path, capsys):
+  rng = np.random.default_rng()
+  states = [_state(rng) for _ in range(4)]
+  ckpt = Checkpointer(str(tmp_path), keep=3)
+  for i, st in enumerate(states):
+    assert ckpt.save(i + 1, st, {"epoch": i, "history": [0.1, 1 / 3]})
+  assert not ckpt.save(4, states[0], {})  # a step's checkpoint is never rewritten
+  ckpt.close()
+  ckpt = Checkpointer(str(tmp_path), keep=3)
+  assert ckpt.steps() == [2, 3, 4]  # keep K
+  step, restored, meta = ckpt.restore_latest(states[0])
+  assert step == 4 and meta == {"epoch": 3, "history": [0.1, 1 / 3]}
+  _equal(restored, states[3])
+  for f in glob.glob(os.path.join(tmp_path, "4", "state", "**"), recursive=True):
+    if os.path.isfile(f):
+      with open(f, "wb") as fh:
+        fh.write(b"\0garbage")
+  step, restored, meta = ckpt.restore_latest(states[0])
+  assert step == 3 and meta["epoch"] == 2
+  _equal(restored, states[2])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith(f"dnas: warning: checkpoint 4 in {tmp_path} is "
+                                             f"unreadable") and "previous one" in err[0]
+  assert sorted(os.listdir(tmp_path)).count("4") == 1  # reported, not deleted
+  ckpt.close()
