@@ -46,6 +46,13 @@ def run_search(config, workdir: str, progress: bool = True, resume: bool = True)
 
   Returns the final genotype.
   """
+  # SIGTERM from the start: one arriving while data load or compilation runs is answered
+  # after the first step, with a checkpoint.
+  with loop.Preemption() as preemption:
+    return _search(config, workdir, progress, resume, preemption)
+
+
+def _search(config, workdir, progress, resume, preemption):
   config_lib.validate(config, "search")
   info, splits = get_dataset(config.data.name, config.data.data_dir, config.data.image_size)
   w_src, a_src = search_splits(splits["train"], config.data.train_portion)
@@ -108,58 +115,57 @@ def run_search(config, workdir: str, progress: bool = True, resume: bool = True)
             f"same command to resume")
 
   try:
-    with loop.Preemption() as preemption:
-      for epoch in range(meta["epoch"], s.epochs):
-        w_batches = batches(w_src, seed=config.seed, epoch=epoch, start=meta["batch"])
-        a_batches = batches(a_src, seed=config.seed + 1, epoch=epoch, start=meta["batch"])
-        sums = meta["sums"]
-        for _ in range(meta["batch"], steps_per_epoch):
-          state, metrics = step(state, parallel.put_batch(next(w_batches), mesh),
-                                parallel.put_batch(next(a_batches), mesh))
-          metrics = {k: float(v) for k, v in parallel.to_host(metrics).items()}
-          loop.check_finite(metrics, step=int(state.step),
-                            phases={"a_": "architecture", "w_": "weight"})
-          for k, v in metrics.items():
-            sums[k] = sums.get(k, 0.0) + v
-          meta.update(batch=meta["batch"] + 1, sums=sums)
-          bar.update(1)
-          bar.set_postfix(epoch=epoch, w_loss=f"{metrics['w_loss']:.3f}",
-                          w_acc=f"{metrics['w_acc']:.2f}", a_loss=f"{metrics['a_loss']:.3f}",
-                          a_acc=f"{metrics['a_acc']:.2f}")
-          if meta["batch"] == steps_per_epoch:
-            break  # the epoch end saves (and answers a SIGTERM)
-          if preemption.requested:
-            save()
-            raise loop.Preempted(preempted_message())
-          if every and int(state.step) % every == 0:
-            save()
-        valid_loss, valid_acc = evaluate(
-            lambda b: parallel.to_host(eval_step(state.params, state.alphas, state.batch_stats,
-                                                 parallel.put_batch(b, mesh))),
-            batches(a_src, seed=0, epoch=0, train=False))
-        alphas = parallel.to_host(state.alphas)
-        a_normal = np.asarray(alphas["alphas_normal"].get_value())
-        a_reduce = np.asarray(alphas["alphas_reduce"].get_value())
-        genotype = darts.derive_genotype(a_normal, a_reduce, steps=m.steps,
-                                         multiplier=m.multiplier, primitives=tuple(m.primitives))
-        record = {k: v / steps_per_epoch for k, v in sums.items()}
-        record.update(epoch=epoch, lr=float(schedule(epoch * steps_per_epoch)),
-                      valid_loss=valid_loss, valid_acc=valid_acc,
-                      alpha_entropy_normal=alpha_entropy(a_normal),
-                      alpha_entropy_reduce=alpha_entropy(a_reduce),
-                      genotype=genotype.to_dict(), wall_time=time.time() - start)
-        meta["records"].append(record)
-        meta["alphas_normal"].append(_softmax(a_normal).tolist())
-        meta["alphas_reduce"].append(_softmax(a_reduce).tolist())
-        meta.update(epoch=epoch + 1, batch=0, sums={})
-        save()
-        if primary:
-          loop.write_jsonl(metrics_path, meta["records"])
-          darts.save_genotype(genotype, os.path.join(workdir, "genotype.json"))
-        bar.write(f"epoch {epoch}: w_acc {record['w_acc']:.3f} valid_acc {valid_acc:.3f} "
-                  f"genotype {genotype}")
-        if preemption.requested and epoch + 1 < s.epochs:
+    for epoch in range(meta["epoch"], s.epochs):
+      w_batches = batches(w_src, seed=config.seed, epoch=epoch, start=meta["batch"])
+      a_batches = batches(a_src, seed=config.seed + 1, epoch=epoch, start=meta["batch"])
+      sums = meta["sums"]
+      for _ in range(meta["batch"], steps_per_epoch):
+        state, metrics = step(state, parallel.put_batch(next(w_batches), mesh),
+                              parallel.put_batch(next(a_batches), mesh))
+        metrics = {k: float(v) for k, v in parallel.to_host(metrics).items()}
+        loop.check_finite(metrics, step=int(state.step),
+                          phases={"a_": "architecture", "w_": "weight"})
+        for k, v in metrics.items():
+          sums[k] = sums.get(k, 0.0) + v
+        meta.update(batch=meta["batch"] + 1, sums=sums)
+        bar.update(1)
+        bar.set_postfix(epoch=epoch, w_loss=f"{metrics['w_loss']:.3f}",
+                        w_acc=f"{metrics['w_acc']:.2f}", a_loss=f"{metrics['a_loss']:.3f}",
+                        a_acc=f"{metrics['a_acc']:.2f}")
+        if meta["batch"] == steps_per_epoch:
+          break  # the epoch end saves (and answers a SIGTERM)
+        if preemption.requested:
+          save()
           raise loop.Preempted(preempted_message())
+        if every and int(state.step) % every == 0:
+          save()
+      valid_loss, valid_acc = evaluate(
+          lambda b: parallel.to_host(eval_step(state.params, state.alphas, state.batch_stats,
+                                               parallel.put_batch(b, mesh))),
+          batches(a_src, seed=0, epoch=0, train=False))
+      alphas = parallel.to_host(state.alphas)
+      a_normal = np.asarray(alphas["alphas_normal"].get_value())
+      a_reduce = np.asarray(alphas["alphas_reduce"].get_value())
+      genotype = darts.derive_genotype(a_normal, a_reduce, steps=m.steps,
+                                       multiplier=m.multiplier, primitives=tuple(m.primitives))
+      record = {k: v / steps_per_epoch for k, v in sums.items()}
+      record.update(epoch=epoch, lr=float(schedule(epoch * steps_per_epoch)),
+                    valid_loss=valid_loss, valid_acc=valid_acc,
+                    alpha_entropy_normal=alpha_entropy(a_normal),
+                    alpha_entropy_reduce=alpha_entropy(a_reduce),
+                    genotype=genotype.to_dict(), wall_time=time.time() - start)
+      meta["records"].append(record)
+      meta["alphas_normal"].append(_softmax(a_normal).tolist())
+      meta["alphas_reduce"].append(_softmax(a_reduce).tolist())
+      meta.update(epoch=epoch + 1, batch=0, sums={})
+      save()
+      if primary:
+        loop.write_jsonl(metrics_path, meta["records"])
+        darts.save_genotype(genotype, os.path.join(workdir, "genotype.json"))
+      bar.write(f"epoch {epoch}: w_acc {record['w_acc']:.3f} valid_acc {valid_acc:.3f} "
+                f"genotype {genotype}")
+      if preemption.requested and epoch + 1 < s.epochs:
+        raise loop.Preempted(preempted_message())
   finally:
     bar.close()
     ckpt.close()

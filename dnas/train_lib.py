@@ -86,6 +86,13 @@ def run_train(config, genotype_path: str, workdir: str | None = None,
   `workdir` (default: the genotype's directory). Checkpoints go to
   `workdir/train_checkpoints` and a rerun resumes from them, as in the search.
   Returns the result dict."""
+  # SIGTERM from the start: one arriving while data load or compilation runs is answered
+  # after the first step, with a checkpoint.
+  with loop.Preemption() as preemption:
+    return _train(config, genotype_path, workdir, progress, resume, preemption)
+
+
+def _train(config, genotype_path, workdir, progress, resume, preemption):
   config_lib.validate(config, "train")
   genotype = darts.load_genotype(genotype_path)
   workdir = workdir or os.path.dirname(os.path.abspath(genotype_path))
@@ -159,42 +166,41 @@ def run_train(config, genotype_path: str, workdir: str | None = None,
                           f"command to resume")
 
   try:
-    with loop.Preemption() as preemption:
-      for epoch in range(meta["epoch"], t.epochs):
-        p = t.drop_path_prob * epoch / t.epochs  # reference: linear increase over the epochs
-        train_batches = batches(splits["train"], seed=config.seed, epoch=epoch,
-                                start=meta["batch"])
-        sums = meta["sums"]
-        for i in range(meta["batch"], steps_per_epoch):
-          k = jax.random.fold_in(key, epoch * steps_per_epoch + i)
-          *out, metrics = step(*state, parallel.put_batch(next(train_batches), mesh), k, p)
-          state = tuple(out)
-          metrics = {n: float(v) for n, v in parallel.to_host(metrics).items()}
-          loop.check_finite(metrics, step=epoch * steps_per_epoch + i + 1, phases={})
-          for n, v in metrics.items():
-            sums[n] = sums.get(n, 0.0) + v
-          meta.update(batch=i + 1, sums=sums)
-          bar.update(1)
-          bar.set_postfix(epoch=epoch, loss=f"{metrics['loss']:.3f}", acc=f"{metrics['acc']:.2f}")
-          if meta["batch"] == steps_per_epoch:
-            break  # the epoch end saves (and answers a SIGTERM)
-          if preemption.requested:
-            save()
-            raise preempted()
-          if config.checkpoint.every_steps and (i + 1) % config.checkpoint.every_steps == 0:
-            save()
-        valid_loss, valid_acc = evaluate_on("validation")
-        record = dict(epoch=epoch, lr=float(schedule(epoch * steps_per_epoch)), drop_path_prob=p,
-                      train_loss=sums["loss"] / steps_per_epoch,
-                      train_acc=sums["acc"] / steps_per_epoch, valid_loss=valid_loss,
-                      valid_acc=valid_acc, wall_time=time.time() - start)
-        meta["records"].append(record)
-        meta.update(epoch=epoch + 1, batch=0, sums={})
-        save()
-        if primary:
-          loop.write_jsonl(metrics_path, meta["records"])
-        if preemption.requested and epoch + 1 < t.epochs:
+    for epoch in range(meta["epoch"], t.epochs):
+      p = t.drop_path_prob * epoch / t.epochs  # reference: linear increase over the epochs
+      train_batches = batches(splits["train"], seed=config.seed, epoch=epoch,
+                              start=meta["batch"])
+      sums = meta["sums"]
+      for i in range(meta["batch"], steps_per_epoch):
+        k = jax.random.fold_in(key, epoch * steps_per_epoch + i)
+        *out, metrics = step(*state, parallel.put_batch(next(train_batches), mesh), k, p)
+        state = tuple(out)
+        metrics = {n: float(v) for n, v in parallel.to_host(metrics).items()}
+        loop.check_finite(metrics, step=epoch * steps_per_epoch + i + 1, phases={})
+        for n, v in metrics.items():
+          sums[n] = sums.get(n, 0.0) + v
+        meta.update(batch=i + 1, sums=sums)
+        bar.update(1)
+        bar.set_postfix(epoch=epoch, loss=f"{metrics['loss']:.3f}", acc=f"{metrics['acc']:.2f}")
+        if meta["batch"] == steps_per_epoch:
+          break  # the epoch end saves (and answers a SIGTERM)
+        if preemption.requested:
+          save()
           raise preempted()
+        if config.checkpoint.every_steps and (i + 1) % config.checkpoint.every_steps == 0:
+          save()
+      valid_loss, valid_acc = evaluate_on("validation")
+      record = dict(epoch=epoch, lr=float(schedule(epoch * steps_per_epoch)), drop_path_prob=p,
+                    train_loss=sums["loss"] / steps_per_epoch,
+                    train_acc=sums["acc"] / steps_per_epoch, valid_loss=valid_loss,
+                    valid_acc=valid_acc, wall_time=time.time() - start)
+      meta["records"].append(record)
+      meta.update(epoch=epoch + 1, batch=0, sums={})
+      save()
+      if primary:
+        loop.write_jsonl(metrics_path, meta["records"])
+      if preemption.requested and epoch + 1 < t.epochs:
+        raise preempted()
   finally:
     bar.close()
     ckpt.close()

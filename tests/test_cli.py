@@ -3,22 +3,18 @@ and user mistakes that exit 2 with one line and no traceback."""
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
 from dnas.spaces import darts
+from tests import cli_helpers
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(ROOT, "dnas", "configs", "tiny.py")
+TINY = cli_helpers.TINY
 FAST_OPS = "--config.model.primitives=('none','max_pool_3x3','avg_pool_3x3','skip_connect','dil_conv_3x3')"
 
 
 def _run(module, *args, cache=None, timeout=600):
-  env = dict(os.environ, JAX_PLATFORMS="cpu", DNAS_JAX_CACHE=cache or "")
-  return subprocess.run([sys.executable, "-m", module, *args, "--progress=false"], cwd=ROOT,
-                        env=env, capture_output=True, text=True, timeout=timeout)
+  return cli_helpers.run(module, *args, "--progress=false", cache=cache or "", timeout=timeout)
 
 
 @pytest.fixture(scope="module")
