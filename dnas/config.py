@@ -23,11 +23,12 @@ def _non_negative(c, key):
     raise ConfigError(f"{key} must be >= 0, got {v!r}")
 
 
-def _flat(config) -> dict:
+def flatten(config) -> dict:
+  """Nested dict or ConfigDict -> {'a.b': value}."""
   out = {}
   for k, v in config.items():
     if hasattr(v, "items"):
-      out.update({f"{k}.{kk}": vv for kk, vv in _flat(v).items()})
+      out.update({f"{k}.{kk}": vv for kk, vv in flatten(v).items()})
     else:
       out[k] = v
   return out
@@ -35,7 +36,7 @@ def _flat(config) -> dict:
 
 def validate(config, mode: str) -> None:
   """Checks the parts of `config` that `mode` ("search" or "train") uses."""
-  c = _flat(config)
+  c = flatten(config)
   if c["data.name"] not in DATASETS:
     raise ConfigError(f"data.name {c['data.name']!r} is unknown; available: {', '.join(DATASETS)}")
   if not 0 < c["data.train_portion"] < 1:

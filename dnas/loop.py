@@ -9,7 +9,7 @@ import threading
 
 import jax
 
-from dnas.config import ConfigError
+from dnas.config import ConfigError, flatten
 
 
 class Preempted(Exception):
@@ -32,8 +32,8 @@ def prepare_workdir(workdir: str, config, *, resume: bool, has_checkpoint: bool,
                         f"rerun with --resume to continue it, or choose another --workdir")
     if os.path.exists(path):
       with open(path) as f:
-        old = _flat(json.load(f))
-      new = _flat(json.loads(config.to_json()))
+        old = flatten(json.load(f))
+      new = flatten(json.loads(config.to_json()))
       diff = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
       if diff:
         k = diff[0]
@@ -43,16 +43,6 @@ def prepare_workdir(workdir: str, config, *, resume: bool, has_checkpoint: bool,
                           f"choose another --workdir")
   if jax.process_index() == 0:
     write_atomic(path, config.to_json(indent=1))
-
-
-def _flat(d, prefix=""):
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flat(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
 
 
 def write_atomic(path: str, text: str) -> None:
