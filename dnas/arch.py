@@ -41,13 +41,15 @@ def mix(weights: jax.Array, outputs: Sequence[jax.Array]) -> jax.Array:
 
   Args:
     weights: f32[K].
-    outputs: K arrays of one shape.
+    outputs: K arrays of one shape and dtype.
 
   Returns:
-    Array of that shape.
+    Array of that shape and dtype: the weights are cast to the outputs' dtype, so
+    bfloat16 activations stay bfloat16 (the alphas and their softmax stay float32).
   """
   if len(outputs) != weights.shape[-1]:
     raise ValueError(f"{len(outputs)} op outputs but {weights.shape[-1]} weights")
+  weights = weights.astype(outputs[0].dtype)
   out = weights[0] * outputs[0]
   for k in range(1, len(outputs)):
     out = out + weights[k] * outputs[k]

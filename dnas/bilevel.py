@@ -12,7 +12,7 @@ on the same pair of batches.
 Architecture-gradient orders:
   first      grad_alpha L_val(w, alpha)                          (DARTS "first order")
   second     d/d alpha L_val(w'(alpha), alpha), w' one virtual weight step (Eq. 6-7),
-             differentiated exactly through the virtual step by autodiff
+             exactly: Eq. 7's Hessian-vector product by forward-over-reverse autodiff
   second_fd  Eq. 7 with the Hessian-vector product by central differences (Eq. 8)
 
 The virtual step is the reference's: w' = w - eta (mu buf + grad_w L_train + wd w), with
@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from dnas import autodiff, utils
 from dnas.arch import ArchParam
 
 ORDERS = ("first", "second", "second_fd")
@@ -101,12 +102,17 @@ def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return jnp.mean(jnp.argmax(logits, -1) == labels)
 
 
-def make_loss_fn(graphdef) -> Callable:
-  """loss(params, alphas, stats, batch) -> (loss, (logits, new_stats)), pure."""
+def make_loss_fn(graphdef, dtype=None) -> Callable:
+  """loss(params, alphas, stats, batch) -> (loss, (logits, new_stats)), pure.
+
+  `dtype` is the activations' dtype (None: the weights' own): the weights are cast to it
+  where they are used (so their gradients keep the weights' dtype), the alphas and
+  statistics are not cast, and the loss is computed from float32 (or wider) logits.
+  """
   def loss_fn(params, alphas, stats, batch):
-    net = nnx.merge(graphdef, params, alphas, stats, copy=True)
-    out = net(batch["image"])
-    logits = out[0] if isinstance(out, tuple) else out
+    net = nnx.merge(graphdef, utils.cast_floating(params, dtype), alphas, stats, copy=True)
+    out = net(utils.cast_floating(batch["image"], dtype))
+    logits = utils.at_least_float32(out[0] if isinstance(out, tuple) else out)
     return cross_entropy(logits, batch["label"]), (logits, nnx.state(net, nnx.BatchStat))
   return loss_fn
 
@@ -118,7 +124,7 @@ def _trace(w_opt_state):
 
 def make_arch_grad_fn(graphdef, *, order: str, w_lr: optax.ScalarOrSchedule,
                       momentum: float = 0.9, weight_decay: float = 3e-4,
-                      fd_r: float = 1e-2) -> Callable:
+                      fd_r: float = 1e-2, dtype=None) -> Callable:
   """Returns arch_grad(state, batch_train, batch_val) -> (d_alpha, new_stats, metrics).
 
   `new_stats` are the running statistics after the forward passes at the current
@@ -127,7 +133,7 @@ def make_arch_grad_fn(graphdef, *, order: str, w_lr: optax.ScalarOrSchedule,
   """
   if order not in ORDERS:
     raise ValueError(f"unknown order {order!r}; valid orders: {', '.join(ORDERS)}")
-  loss_fn = make_loss_fn(graphdef)
+  loss_fn = make_loss_fn(graphdef, dtype)
   eta_fn = w_lr if callable(w_lr) else (lambda _: w_lr)
 
   def virtual_step(state, batch_train, alphas):
@@ -135,9 +141,9 @@ def make_arch_grad_fn(graphdef, *, order: str, w_lr: optax.ScalarOrSchedule,
     (loss, (_, stats)), g = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params, alphas, state.batch_stats, batch_train)
     eta = eta_fn(state.step)
-    unrolled = jax.tree.map(lambda w, gw, m: w - eta * (momentum * m + gw + weight_decay * w),
-                            state.params, g, _trace(state.w_opt_state))
-    return unrolled, stats, eta, loss
+    w_virtual = jax.tree.map(lambda w, gw, m: w - eta * (momentum * m + gw + weight_decay * w),
+                             state.params, g, _trace(state.w_opt_state))
+    return w_virtual, stats, eta, loss
 
   def first(state, batch_train, batch_val):
     del batch_train
@@ -145,46 +151,57 @@ def make_arch_grad_fn(graphdef, *, order: str, w_lr: optax.ScalarOrSchedule,
         state.params, state.alphas, state.batch_stats, batch_val)
     return d_alpha, stats, dict(a_loss=loss, a_acc=accuracy(logits, batch_val["label"]))
 
-  def second(state, batch_train, batch_val):
-    def unrolled_loss(alphas):
-      unrolled, stats, _, _ = virtual_step(state, batch_train, alphas)
-      loss, (logits, _) = loss_fn(unrolled, alphas, stats, batch_val)
-      return loss, (logits, stats)
-    # Eq. 7, exactly: reverse-mode through the virtual step (second derivatives included).
-    (loss, (logits, stats)), d_alpha = jax.value_and_grad(unrolled_loss, has_aux=True)(
-        state.alphas)
-    return d_alpha, stats, dict(a_loss=loss, a_acc=accuracy(logits, batch_val["label"]))
+  def train_alpha_grad(state, batch_train, params):
+    return jax.grad(loss_fn, argnums=1, has_aux=True)(
+        params, state.alphas, state.batch_stats, batch_train)[0]
 
-  def second_fd(state, batch_train, batch_val):
-    unrolled, stats, eta, _ = virtual_step(state, batch_train, state.alphas)
-    (loss, (logits, _)), (d_w, d_alpha) = jax.value_and_grad(
-        loss_fn, argnums=(0, 1), has_aux=True)(unrolled, state.alphas, stats, batch_val)
-    # Eq. 8: grad^2_{alpha,w} L_train . v ~ (grad_a L_train(w+) - grad_a L_train(w-)) / 2R,
-    # w+- = w +- R v, v = grad_w' L_val(w', alpha), R = 0.01 / ||v||.
-    R = fd_r / optax.global_norm(d_w)
-    grad_a = lambda w: jax.grad(loss_fn, argnums=1, has_aux=True)(
-        w, state.alphas, state.batch_stats, batch_train)[0]
-    g_pos = grad_a(jax.tree.map(lambda w, v: w + R * v, state.params, d_w))
-    g_neg = grad_a(jax.tree.map(lambda w, v: w - R * v, state.params, d_w))
-    d_alpha = jax.tree.map(lambda d, p, n: d - eta * (p - n) / (2 * R), d_alpha, g_pos, g_neg)
-    return d_alpha, stats, dict(a_loss=loss, a_acc=accuracy(logits, batch_val["label"]))
+  def exact_hvp(state, batch_train, v):
+    # grad^2_{alpha,w} L_train(w, alpha) v exactly: forward mode (a jvp along v in w) over
+    # the reverse-mode alpha-gradient; memory of about one gradient with tangents.
+    with autodiff.forward_mode_autodiff():
+      return jax.jvp(lambda w: train_alpha_grad(state, batch_train, w), (state.params,),
+                     (v,))[1]
 
-  return dict(first=first, second=second, second_fd=second_fd)[order]
+  def fd_hvp(state, batch_train, v):
+    # DARTS Eq. 8: (grad_a L_train(w+) - grad_a L_train(w-)) / 2R, w+- = w +- R v,
+    # R = 0.01 / ||v||.
+    R = fd_r / optax.global_norm(v)
+    g_pos = train_alpha_grad(state, batch_train, jax.tree.map(lambda w, d: w + R * d,
+                                                              state.params, v))
+    g_neg = train_alpha_grad(state, batch_train, jax.tree.map(lambda w, d: w - R * d,
+                                                              state.params, v))
+    return jax.tree.map(lambda p, n: (p - n) / (2 * R), g_pos, g_neg)
+
+  def unrolled(hvp_fn):
+    def arch_grad(state, batch_train, batch_val):
+      # DARTS Eq. 7: dL_val(w'(alpha), alpha)/d alpha
+      #   = grad_a L_val(w', alpha) - eta grad^2_{alpha,w} L_train(w, alpha) v,
+      # v = grad_w' L_val(w', alpha); the momentum buffer and decay term of the virtual
+      # step do not depend on alpha, so this is the whole derivative.
+      w_virtual, stats, eta, _ = virtual_step(state, batch_train, state.alphas)
+      (loss, (logits, _)), (v, d_alpha) = jax.value_and_grad(
+          loss_fn, argnums=(0, 1), has_aux=True)(w_virtual, state.alphas, stats, batch_val)
+      hvp = hvp_fn(state, batch_train, v)
+      d_alpha = jax.tree.map(lambda d, h: d - eta * h, d_alpha, hvp)
+      return d_alpha, stats, dict(a_loss=loss, a_acc=accuracy(logits, batch_val["label"]))
+    return arch_grad
+
+  return dict(first=first, second=unrolled(exact_hvp), second_fd=unrolled(fd_hvp))[order]
 
 
 def make_phase_steps(graphdef, w_tx: optax.GradientTransformation,
                      a_tx: optax.GradientTransformation, *, order: str,
                      w_lr: optax.ScalarOrSchedule, momentum: float = 0.9,
-                     weight_decay: float = 3e-4, fd_r: float = 1e-2):
-  """The two phases as pure functions (not jitted).
+                     weight_decay: float = 3e-4, fd_r: float = 1e-2, dtype=None):
+  """The two phases as pure functions (not jitted); `dtype` as in `make_loss_fn`.
 
   Returns:
     arch_step(state, batch_train, batch_val) -> (state, metrics): updates alphas only.
     weight_step(state, batch_train) -> (state, metrics): updates weights only.
   """
   arch_grad = make_arch_grad_fn(graphdef, order=order, w_lr=w_lr, momentum=momentum,
-                                weight_decay=weight_decay, fd_r=fd_r)
-  loss_fn = make_loss_fn(graphdef)
+                                weight_decay=weight_decay, fd_r=fd_r, dtype=dtype)
+  loss_fn = make_loss_fn(graphdef, dtype)
 
   def arch_step(state, batch_train, batch_val):
     d_alpha, stats, metrics = arch_grad(state, batch_train, batch_val)
@@ -210,13 +227,14 @@ def make_search_step(graphdef, w_tx: optax.GradientTransformation,
                      a_tx: optax.GradientTransformation, *, order: str = "first",
                      w_lr: optax.ScalarOrSchedule, momentum: float = 0.9,
                      weight_decay: float = 3e-4, fd_r: float = 1e-2, jit: bool = True,
-                     shardings=None):
+                     shardings=None, dtype=None):
   """One search step (architecture step, then weight step) as one jitted function.
 
   `w_lr`, `momentum` and `weight_decay` must be those of `w_tx`: the virtual step of
   the second-order methods repeats the weight optimiser's step. `shardings`, a pair
   (state shardings, batch sharding) from `dnas.parallel`, runs the step as one SPMD
-  program over their mesh; inputs must be placed accordingly.
+  program over their mesh; inputs must be placed accordingly. `dtype`: the activations'
+  dtype (`make_loss_fn`).
 
   Returns:
     step(state, batch_train, batch_val) -> (state, metrics), `state` donated; metrics
@@ -224,7 +242,7 @@ def make_search_step(graphdef, w_tx: optax.GradientTransformation,
   """
   arch_step, weight_step = make_phase_steps(graphdef, w_tx, a_tx, order=order, w_lr=w_lr,
                                             momentum=momentum, weight_decay=weight_decay,
-                                            fd_r=fd_r)
+                                            fd_r=fd_r, dtype=dtype)
 
   def step(state, batch_train, batch_val):
     state, m_arch = arch_step(state, batch_train, batch_val)
@@ -246,14 +264,15 @@ def _jit_shardings(shardings, num_batches):
               out_shardings=(state_sh, replicated))
 
 
-def make_eval_step(graphdef_eval, jit: bool = True, shardings=None):
+def make_eval_step(graphdef_eval, jit: bool = True, shardings=None, dtype=None):
   """eval(params, alphas, batch_stats, batch) -> (sum of losses, number correct, number of
   examples), with running BatchNorm statistics (the reference's `model.eval()`). Examples
-  whose `batch["mask"]` (f32[N], optional) is 0 are padding and not counted."""
+  whose `batch["mask"]` (f32[N], optional) is 0 are padding and not counted. `dtype`:
+  the activations' dtype."""
   def eval_step(params, alphas, stats, batch):
-    net = nnx.merge(graphdef_eval, params, alphas, stats, copy=True)
-    out = net(batch["image"])
-    logits = out[0] if isinstance(out, tuple) else out
+    net = nnx.merge(graphdef_eval, utils.cast_floating(params, dtype), alphas, stats, copy=True)
+    out = net(utils.cast_floating(batch["image"], dtype))
+    logits = utils.at_least_float32(out[0] if isinstance(out, tuple) else out)
     mask = batch.get("mask", jnp.ones(logits.shape[:1], jnp.float32))
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
     return ((losses * mask).sum(), jnp.sum((jnp.argmax(logits, -1) == batch["label"]) * mask),

@@ -1,6 +1,6 @@
 """Config validation: every user mistake becomes one ConfigError line, before compiling."""
 
-from dnas import bilevel
+from dnas import bilevel, utils
 from dnas.data.pipeline import DATASETS
 from dnas.spaces.darts.ops import PRIMITIVES
 
@@ -49,6 +49,8 @@ def validate(config, mode: str) -> None:
   _non_negative(c, "mesh.devices")
   _positive(c, "mesh.fsdp", int)
   _positive(c, "checkpoint.keep", int)
+  if c["dtype"] not in utils.DTYPES:
+    raise ConfigError(f"dtype {c['dtype']!r} is unknown; valid: {', '.join(utils.DTYPES)}")
   if mode == "search":
     for k in ("model.C", "model.layers", "model.steps", "model.multiplier", "model.stem_multiplier",
               "search.epochs", "search.batch_size"):

@@ -11,7 +11,7 @@ import numpy as np
 import tqdm
 from flax import nnx
 
-from dnas import bilevel, config as config_lib, loop, parallel, plotting
+from dnas import bilevel, config as config_lib, loop, parallel, plotting, utils
 from dnas.arch import ArchParam
 from dnas.checkpoint import Checkpointer
 from dnas.data.pipeline import get_dataset, make_augment, make_batches, search_splits
@@ -92,8 +92,9 @@ def _search(config, workdir, progress, resume, preemption):
           file=sys.stderr)
   step = bilevel.make_search_step(graphdef, w_tx, a_tx, order=s.order, w_lr=schedule,
                                   momentum=s.momentum, weight_decay=s.weight_decay, fd_r=s.fd_r,
-                                  shardings=shardings)
-  eval_step = bilevel.make_eval_step(graphdef_eval, shardings=shardings)
+                                  shardings=shardings, dtype=utils.DTYPES[config.dtype])
+  eval_step = bilevel.make_eval_step(graphdef_eval, shardings=shardings,
+                                     dtype=utils.DTYPES[config.dtype])
   augment = make_augment(info, crop_padding=config.data.crop_padding, flip=config.data.flip)
   batches = functools.partial(make_batches, batch_size=s.batch_size, augment=augment,
                               workers=config.data.workers, process=process)

@@ -16,7 +16,7 @@ import tqdm
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from dnas import bilevel, config as config_lib, loop, parallel
+from dnas import bilevel, config as config_lib, loop, parallel, utils
 from dnas.checkpoint import Checkpointer
 from dnas.data.pipeline import get_dataset, make_augment, make_batches
 from dnas.spaces import darts
@@ -33,13 +33,17 @@ def smoothed_cross_entropy(logits: jax.Array, labels: jax.Array, smoothing: floa
 
 
 def make_train_step(graphdef, tx, *, auxiliary_weight: float, label_smoothing: float,
-                    shardings=None):
+                    shardings=None, dtype=None):
   """step(params, stats, opt_state, batch, key, drop_path_prob) -> (params, stats, opt_state,
   metrics), jitted; params, stats and opt_state donated. `shardings`: ((params, stats,
-  opt_state) shardings, batch sharding) from `dnas.parallel`."""
+  opt_state) shardings, batch sharding) from `dnas.parallel`. `dtype`: the activations'
+  dtype (weights cast where used, float32 logits, loss and gradients)."""
   def loss_fn(params, stats, batch, key, p):
-    net = nnx.merge(graphdef, params, stats, copy=True)
-    logits, logits_aux = net(batch["image"], key=key, drop_path_prob=p)
+    net = nnx.merge(graphdef, utils.cast_floating(params, dtype), stats, copy=True)
+    logits, logits_aux = net(utils.cast_floating(batch["image"], dtype), key=key,
+                             drop_path_prob=p)
+    logits = utils.at_least_float32(logits)
+    logits_aux = None if logits_aux is None else utils.at_least_float32(logits_aux)
     loss = smoothed_cross_entropy(logits, batch["label"], label_smoothing)
     if logits_aux is not None:
       loss = loss + auxiliary_weight * smoothed_cross_entropy(logits_aux, batch["label"],
@@ -63,11 +67,13 @@ def make_train_step(graphdef, tx, *, auxiliary_weight: float, label_smoothing: f
 
 
 
-def make_eval_step(graphdef_eval, shardings=None):
+def make_eval_step(graphdef_eval, shardings=None, dtype=None):
   """eval(params, stats, batch) -> (sum of losses, number correct, number of examples),
   running BN statistics; examples whose batch["mask"] is 0 are padding."""
   def step(params, stats, batch):
-    logits, _ = nnx.merge(graphdef_eval, params, stats, copy=True)(batch["image"])
+    net = nnx.merge(graphdef_eval, utils.cast_floating(params, dtype), stats, copy=True)
+    logits, _ = net(utils.cast_floating(batch["image"], dtype))
+    logits = utils.at_least_float32(logits)
     mask = batch.get("mask", jnp.ones(logits.shape[:1], jnp.float32))
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
     return ((losses * mask).sum(), jnp.sum((jnp.argmax(logits, -1) == batch["label"]) * mask),
@@ -133,8 +139,9 @@ def _train(config, genotype_path, workdir, progress, resume, preemption):
     print(f"dnas: resuming {workdir} at epoch {meta['epoch']}, batch {meta['batch']}",
           file=sys.stderr)
   step = make_train_step(graphdef, tx, auxiliary_weight=t.auxiliary_weight,
-                         label_smoothing=t.label_smoothing, shardings=shardings)
-  eval_step = make_eval_step(graphdef_eval, shardings)
+                         label_smoothing=t.label_smoothing, shardings=shardings,
+                         dtype=utils.DTYPES[config.dtype])
+  eval_step = make_eval_step(graphdef_eval, shardings, dtype=utils.DTYPES[config.dtype])
   augment = make_augment(info, crop_padding=config.data.crop_padding, flip=config.data.flip,
                          cutout=t.cutout)
   batches = functools.partial(make_batches, batch_size=t.batch_size, augment=augment,

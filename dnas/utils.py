@@ -3,7 +3,27 @@
 import math
 import os
 
+import jax
+import jax.numpy as jnp
 from flax import nnx
+
+# `config.dtype`: the activations' dtype. Weights, alphas, BatchNorm statistics and
+# optimiser states stay float32 (mixed precision).
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def cast_floating(tree, dtype):
+  """Casts the floating-point leaves of `tree` to `dtype` (others, or all if `dtype` is
+  None, unchanged)."""
+  if dtype is None:
+    return tree
+  return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating)
+                      else x, tree)
+
+
+def at_least_float32(x: jax.Array) -> jax.Array:
+  """bfloat16 logits -> float32 for the loss; float32 and float64 unchanged."""
+  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
 # XLA:CPU's default concurrency-optimised scheduler keeps many more buffers alive.

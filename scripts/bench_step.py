@@ -1,12 +1,21 @@
 """Times one DARTS search step (architecture step + weight step) at a config's shapes.
 
 python scripts/bench_step.py --config=dnas/configs/cifar10_darts.py --orders=first,second,second_fd
+python scripts/bench_step.py --devices=1,2,4,8 --dtypes=float32,bfloat16
 
-For each order: trace+lower and compile time (reported apart), then the median of
-`--steps` timed steps of each phase and of the whole step; XLA's temporary buffer size
-per phase; the process's peak RSS after compiling, and (Linux, peak reset) while stepping.
-Prints one JSON line per order. Random inputs of the config's image shape (no data
-needed); the compile cache is off unless DNAS_JAX_CACHE is set.
+For each order, dtype and device count: trace+lower and compile time (reported apart),
+then the median of `--steps` timed steps of each phase and of the whole step; XLA's
+temporary buffer size per phase; the process's peak RSS after compiling, and (Linux,
+peak reset) while stepping. Prints one JSON line per case. Random inputs of the
+config's image shape (no data needed); the compile cache is off unless DNAS_JAX_CACHE
+is set.
+
+`--devices`: the phases run as SPMD programs over a data-parallel mesh of that many
+devices with the config's global batch (strong scaling: the search's batch is a
+hyperparameter), and `scaling_efficiency` = t(1 device) / (n t(n devices)). On a CPU
+host the devices are `--xla_force_host_platform_device_count` slices of the same cores,
+so that figure measures partitioning overhead, not speed-up; on a GPU/TPU host they are
+real devices.
 """
 
 import json
@@ -21,7 +30,7 @@ from absl import app, flags
 from flax import nnx
 from ml_collections import config_flags
 
-from dnas import bilevel, utils
+from dnas import bilevel, parallel, utils
 from dnas.spaces import darts
 
 _CONFIG = config_flags.DEFINE_config_file("config", "dnas/configs/cifar10_darts.py", "Config.")
@@ -29,6 +38,9 @@ _ORDERS = flags.DEFINE_list("orders", ["first"], "Orders to time.")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps per phase (after one warm-up).")
 _IMAGE = flags.DEFINE_string("image", "32,32,3", "H,W,C of the random input images.")
 _CLASSES = flags.DEFINE_integer("num_classes", 10, "Classes.")
+_DEVICES = flags.DEFINE_list("devices", [], "Device counts of the mesh (empty: no mesh, "
+                             "one device, as before).")
+_DTYPES = flags.DEFINE_list("dtypes", [], "Activation dtypes (empty: the config's).")
 
 
 def _rss_gib():
@@ -62,7 +74,7 @@ def _median_time(fn, steps):
   return float(np.median(times)), times
 
 
-def bench(config, order, steps, image, num_classes):
+def bench(config, order, steps, image, num_classes, dtype, devices=0):
   m, s = config.model, config.search
   h, w, c = image
   rng = np.random.default_rng(0)
@@ -76,14 +88,23 @@ def bench(config, order, steps, image, num_classes):
   graphdef, state = bilevel.init_search_state(net, w_tx, a_tx, jax.random.key(0))
   arch_step, weight_step = bilevel.make_phase_steps(
       graphdef, w_tx, a_tx, order=order, w_lr=schedule, momentum=s.momentum,
-      weight_decay=s.weight_decay, fd_r=s.fd_r)
+      weight_decay=s.weight_decay, fd_r=s.fd_r, dtype=utils.DTYPES[dtype])
   bt, bv = batch(), batch()
-  out = dict(order=order, device=jax.devices()[0].device_kind, devices=jax.device_count(),
-             batch=s.batch_size, image=list(image), C=m.C, layers=m.layers, remat=m.remat)
+  out = dict(order=order, dtype=dtype, device=jax.devices()[0].device_kind,
+             devices=devices or 1, batch=s.batch_size, image=list(image), C=m.C,
+             layers=m.layers, remat=m.remat)
+  jit = {"arch": {}, "weight": {}}
+  if devices:
+    mesh = parallel.make_mesh(devices)
+    shardings = (parallel.state_shardings(state, mesh), parallel.batch_sharding(mesh))
+    state = parallel.put_state(state, shardings[0])
+    bt, bv = (parallel.put_batch(jax.device_get(b), mesh) for b in (bt, bv))
+    jit = {"arch": bilevel._jit_shardings(shardings, 2),
+           "weight": bilevel._jit_shardings(shardings, 1)}
   compiled = {}
   for name, fn, args in (("arch", arch_step, (state, bt, bv)), ("weight", weight_step, (state, bt))):
     t0 = time.perf_counter()
-    lowered = jax.jit(fn).lower(*args)
+    lowered = jax.jit(fn, **jit[name]).lower(*args)
     t1 = time.perf_counter()
     compiled[name] = lowered.compile()
     t2 = time.perf_counter()
@@ -109,12 +130,25 @@ def bench(config, order, steps, image, num_classes):
 
 def main(argv):
   del argv
+  devices = [int(d) for d in _DEVICES.value]
+  if devices and "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    # Host devices for a CPU-only machine; ignored by GPU/TPU backends.
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                               f" --xla_force_host_platform_device_count={max(devices)}")
   utils.configure_xla()
   if os.environ.get("DNAS_JAX_CACHE"):
     jax.config.update("jax_compilation_cache_dir", os.environ["DNAS_JAX_CACHE"])
   image = tuple(int(v) for v in _IMAGE.value.split(","))
-  for order in _ORDERS.value:
-    print(json.dumps(bench(_CONFIG.value, order, _STEPS.value, image, _CLASSES.value)), flush=True)
+  for dtype in _DTYPES.value or [_CONFIG.value.get("dtype", "float32")]:
+    for order in _ORDERS.value:
+      base = None
+      for n in devices or [0]:
+        out = bench(_CONFIG.value, order, _STEPS.value, image, _CLASSES.value, dtype, n)
+        if devices:
+          # Device-seconds per step of the first count (normally 1) over those of n.
+          base = base or n * out["search_step_s"]
+          out["scaling_efficiency"] = round(base / (n * out["search_step_s"]), 3)
+        print(json.dumps(out), flush=True)
 
 
 if __name__ == "__main__":

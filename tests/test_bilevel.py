@@ -9,6 +9,7 @@ import textwrap
 
 import chex
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -78,6 +79,37 @@ def test_same_inputs_same_outputs(setup):
   chex.assert_trees_all_equal(s1.params, s2.params)
 
 
+def test_bfloat16_activations_float32_state():
+  # Mixed precision: nothing promotes the activations back to float32 on the way
+  # through the supernet (a bfloat16 network output proves it), while weights, alphas,
+  # statistics and optimiser states stay float32 through a whole search step.
+  net = darts.Network(2, 3, 2, steps=1, multiplier=1, stem_multiplier=1, in_channels=1,
+                      rngs=nnx.Rngs(0))
+  w_tx, a_tx = bilevel.make_w_tx(0.1), bilevel.make_a_tx()
+  graphdef, state = bilevel.init_search_state(net, w_tx, a_tx, jax.random.key(0))
+  rng = np.random.default_rng()
+  bt, bv = _batch(rng), _batch(rng)
+  params16 = jax.tree.map(lambda x: x.astype(jnp.bfloat16), state.params)
+  net16 = nnx.merge(graphdef, params16, state.alphas, state.batch_stats, copy=True)
+  assert net16(bt["image"].astype(jnp.bfloat16)).dtype == jnp.bfloat16
+  results = {}
+  for dtype in (jnp.float32, jnp.bfloat16):
+    step = bilevel.make_search_step(graphdef, w_tx, a_tx, order="second", w_lr=0.1,
+                                    dtype=dtype, jit=False)
+    results[dtype] = jax.jit(step)(state, bt, bv)
+  (s32, m32), (s16, m16) = results[jnp.float32], results[jnp.bfloat16]
+  for leaf in jax.tree.leaves((s16.params, s16.alphas, s16.batch_stats, s16.w_opt_state,
+                               s16.a_opt_state)):
+    if jnp.issubdtype(leaf.dtype, jnp.floating):
+      assert leaf.dtype == jnp.float32
+  # Same step up to bfloat16 rounding (8 bits of mantissa).
+  for k in ("w_loss", "a_loss"):
+    np.testing.assert_allclose(m16[k], m32[k], rtol=0.05)
+  d32 = jax.flatten_util.ravel_pytree(jax.tree.map(lambda a, b: a - b, s32.params, state.params))[0]
+  d16 = jax.flatten_util.ravel_pytree(jax.tree.map(lambda a, b: a - b, s16.params, state.params))[0]
+  assert float(jnp.dot(d32, d16) / (jnp.linalg.norm(d32) * jnp.linalg.norm(d16))) > 0.95
+
+
 def test_cosine_schedule_is_per_epoch_reference():
   s = bilevel.per_epoch_cosine(0.025, 0.001, 50, 10)
   np.testing.assert_allclose(s(0), 0.025)
@@ -132,7 +164,10 @@ HYPERGRAD_SCRIPT = textwrap.dedent("""
                         for e in np.eye(flat.size)])
     ravel = lambda t: np.asarray(jax.flatten_util.ravel_pytree(t)[0])
     rel = lambda a, b: float(np.linalg.norm(a - b) / np.linalg.norm(b))
+    # Reverse mode through the whole virtual step: the same derivative by another route.
+    reverse = ravel(jax.jit(jax.grad(f))(state.alphas))
     print(json.dumps(dict(exact_vs_central=rel(ravel(exact), central),
+                          exact_vs_reverse=rel(ravel(exact), reverse),
                           fd_vs_exact=rel(ravel(fd), ravel(exact)),
                           first_vs_exact=rel(ravel(first), ravel(exact)),
                           dtype=str(ravel(exact).dtype))))
@@ -149,6 +184,8 @@ def test_second_order_hypergradient_is_exact():
   assert r["dtype"] == "float64"
   # Exact autodiff through the virtual step vs a float64 central difference of f.
   assert r["exact_vs_central"] < 1e-4, r
+  # Forward-over-reverse Hessian-vector product vs reverse-over-reverse: rounding only.
+  assert r["exact_vs_reverse"] < 1e-10, r
   # DARTS Eq. 8 approximates the same quantity; first order is a different one.
   assert r["fd_vs_exact"] < 1e-5, r
   assert r["first_vs_exact"] > 10 * r["fd_vs_exact"], r

@@ -56,6 +56,8 @@ def test_train_accepts_searched_genotype(searched, tmp_path):
     ("dnas.search", ["--config.model.primitives=('max_pool_3x3','conv_9x9')"],
      "unknown op 'conv_9x9'; valid ops: none, max_pool_3x3"),
     ("dnas.search", ["--config.data.name=mnist"], "data.name 'mnist' is unknown"),
+    ("dnas.search", ["--config.dtype=float16"],
+     "dtype 'float16' is unknown; valid: float32, bfloat16"),
     ("dnas.search", ["--config.data.name=cifar10", "--config.data.data_dir=/nonexistent"],
      "data set 'cifar10' (cifar10) is not prepared in /nonexistent: run python -m "
      "dnas.data.prepare cifar10 --data_dir=/nonexistent"),

@@ -16,6 +16,9 @@ from dnas.spaces.darts.ops import PRIMITIVES
 def get_config():
   c = ml_collections.ConfigDict()
   c.seed = 2
+  # Activations' dtype: "float32" or "bfloat16" (weights, alphas, BatchNorm statistics and
+  # optimiser states stay float32).
+  c.dtype = "float32"
   c.max_steps_per_epoch = 0
   c.data = dict(name="cifar10", data_dir="", train_portion=0.5, image_size=224, workers=0,
                 crop_padding=4, flip=True)

@@ -21,6 +21,8 @@ import numpy as np
 from flax import nnx
 from jax import lax
 
+from dnas import autodiff
+
 # The eight operations searched by DARTS, in the reference order (index = alpha column).
 PRIMITIVES = (
     "none",
@@ -76,9 +78,11 @@ class BatchNorm(nnx.Module):
     if self.use_running_average:
       mean, var = self.mean.get_value(), self.var.get_value()
     else:
+      # Statistics in at least float32 (bfloat16 activations; float64 stays float64).
       axes = tuple(range(x.ndim - 1))
-      mean = jnp.mean(x, axes)
-      var = jnp.mean(jnp.square(x - mean), axes)
+      stat_dtype = jnp.promote_types(x.dtype, jnp.float32)
+      mean = jnp.mean(x, axes, dtype=stat_dtype)
+      var = jnp.mean(jnp.square(x.astype(stat_dtype) - mean), axes)
       n = x.size // x.shape[-1]
       m = self.momentum
       # set_value, not `[...] =`: flax's indexed set asks a tracer for its sharding,
@@ -86,7 +90,7 @@ class BatchNorm(nnx.Module):
       self.mean.set_value(m * self.mean.get_value() + (1 - m) * jax.lax.stop_gradient(mean))
       self.var.set_value(m * self.var.get_value()
                          + (1 - m) * jax.lax.stop_gradient(var) * n / max(n - 1, 1))
-    y = (x - mean) * jax.lax.rsqrt(var + self.eps)
+    y = (x - mean.astype(x.dtype)) * jax.lax.rsqrt(var + self.eps).astype(x.dtype)
     if self.scale is not None:
       y = y * self.scale.get_value() + self.bias.get_value()
     return y
@@ -123,7 +127,6 @@ def _dot_identity(x):
                     precision=lax.Precision.HIGHEST)
 
 
-@jax.custom_vjp
 def fusion_barrier(x: jax.Array) -> jax.Array:
   """Identity whose value and gradient each become a buffer of their own.
 
@@ -132,12 +135,9 @@ def fusion_barrier(x: jax.Array) -> jax.Array:
   all of them: fused, each consumer recomputes hundreds of shifted slices. In the
   CIFAR normal cell that made the weight gradient 20x slower. `lax.optimization_barrier`
   does not help here: XLA:CPU removes it before fusion. A matmul by the identity costs
-  one memory pass and is never fused.
+  one memory pass and is never fused; its derivatives (x @ I again) are matmuls too.
   """
   return _dot_identity(x)
-
-
-fusion_barrier.defvjp(lambda x: (_dot_identity(x), None), lambda _, g: (_dot_identity(g),))
 
 
 def _materialize(*xs):
@@ -172,7 +172,6 @@ def _depthwise_fwd_impl(x, kernel, stride, dilation, padding):
   return _materialize(out)[0]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def depthwise_conv2d(x: jax.Array, kernel: jax.Array, stride: int, dilation: int,
                      padding: int) -> jax.Array:
   """Depthwise 2-D cross-correlation, PyTorch `conv2d(groups=C)` semantics.
@@ -181,8 +180,8 @@ def depthwise_conv2d(x: jax.Array, kernel: jax.Array, stride: int, dilation: int
   input gradient is the same kind of loop over the dilated gradient with the flipped
   kernel, and the kernel gradient a matmul (`_depthwise_kernel_grad`). On CPU this is
   4-9x faster, forward and backward, than XLA's grouped convolution, whose kernel
-  gradient is lowered as a dense convolution. The three maps are each other's transposes, so gradients of any
-  order (the exact second-order hypergradient) use the same loops.
+  gradient is lowered as a dense convolution. Under
+  `dnas.autodiff.forward_mode_autodiff()` JAX differentiates the forward loop itself.
 
   Args:
     x: f32[N, H, W, C].
@@ -192,6 +191,13 @@ def depthwise_conv2d(x: jax.Array, kernel: jax.Array, stride: int, dilation: int
   Returns:
     f32[N, Ho, Wo, C], Ho = (H + 2 padding - dilation (k - 1) - 1) // stride + 1.
   """
+  if autodiff.plain_autodiff():
+    return _depthwise_fwd_impl(x, kernel, stride, dilation, padding)
+  return _depthwise_conv2d_vjp(x, kernel, stride, dilation, padding)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _depthwise_conv2d_vjp(x, kernel, stride, dilation, padding):
   return _depthwise_fwd_impl(x, kernel, stride, dilation, padding)
 
 
@@ -206,10 +212,9 @@ def _depthwise_transpose(g, kernel, in_hw, stride, dilation, padding):
   (h, w), (ho, wo) = in_hw, g.shape[1:3]
   cfg = lambda size, o: (lo, size + padding - (o - 1) * stride - 1, stride - 1)
   gp = lax.pad(g, jnp.zeros((), g.dtype), ((0, 0, 0), cfg(h, ho), cfg(w, wo), (0, 0, 0)))
-  return depthwise_conv2d(gp, kernel[::-1, ::-1], 1, dilation, 0)
+  return _depthwise_fwd_impl(gp, kernel[::-1, ::-1], 1, dilation, 0)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
 def _depthwise_kernel_grad(x, g, k, stride, dilation, padding):
   """Kernel gradient of `depthwise_conv2d`, f32[k, k, 1, C]:
   dw[i, j, c] = sum_{n, y, x} xp[n, y*s + i*d, x*s + j*d, c] g[n, y, x, c].
@@ -234,20 +239,6 @@ def _depthwise_kernel_grad(x, g, k, stride, dilation, padding):
   return jnp.einsum("ciab,jab->ijc", s, jnp.asarray(select, s.dtype))[:, :, None, :]
 
 
-def _depthwise_kernel_grad_fwd(x, g, k, stride, dilation, padding):
-  return _depthwise_kernel_grad(x, g, k, stride, dilation, padding), (x, g)
-
-
-def _depthwise_kernel_grad_bwd(k, stride, dilation, padding, residuals, ct):
-  # The map is bilinear in (x, g): its transposes are the conv's transpose and the conv.
-  x, g = residuals
-  return (_depthwise_transpose(g, ct, x.shape[1:3], stride, dilation, padding),
-          depthwise_conv2d(x, ct, stride, dilation, padding))
-
-
-_depthwise_kernel_grad.defvjp(_depthwise_kernel_grad_fwd, _depthwise_kernel_grad_bwd)
-
-
 def _depthwise_fwd(x, kernel, stride, dilation, padding):
   return _depthwise_fwd_impl(x, kernel, stride, dilation, padding), (x, kernel)
 
@@ -258,7 +249,7 @@ def _depthwise_bwd(stride, dilation, padding, residuals, g):
           _depthwise_kernel_grad(x, g, kernel.shape[0], stride, dilation, padding))
 
 
-depthwise_conv2d.defvjp(_depthwise_fwd, _depthwise_bwd)
+_depthwise_conv2d_vjp.defvjp(_depthwise_fwd, _depthwise_bwd)
 
 
 def _place(tap_grad, i, j, stride, dilation, padding, in_hw):
@@ -270,14 +261,26 @@ def _place(tap_grad, i, j, stride, dilation, padding, in_hw):
                   (0, 0, 0)))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
 def max_pool2d(x: jax.Array, k: int, stride: int, padding: int) -> jax.Array:
   """k x k max pool, PyTorch `MaxPool2d` semantics: f32[N, H, W, C] -> f32[N, Ho, Wo, C].
 
   Padded cells never win. As a max of strided shifts it is one fused loop on CPU; the
   gradient goes to the first maximum in row-major window order, as PyTorch routes it
-  (XLA's select-and-scatter is several times slower here).
+  (XLA's select-and-scatter is several times slower here). Under
+  `dnas.autodiff.forward_mode_autodiff()` JAX differentiates the max of shifts itself
+  (ties split the gradient).
   """
+  if autodiff.plain_autodiff():
+    return _max_pool_impl(x, k, stride, padding)
+  return _max_pool2d_vjp(x, k, stride, padding)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _max_pool2d_vjp(x, k, stride, padding):
+  return _max_pool_impl(x, k, stride, padding)
+
+
+def _max_pool_impl(x, k, stride, padding):
   ho, wo = (_out_size(s, k, stride, 1, padding) for s in x.shape[1:3])
   (x,) = _materialize(x)
   out = None
@@ -287,7 +290,7 @@ def max_pool2d(x: jax.Array, k: int, stride: int, padding: int) -> jax.Array:
 
 
 def _max_pool_fwd(x, k, stride, padding):
-  out = max_pool2d(x, k, stride, padding)
+  out = _max_pool_impl(x, k, stride, padding)
   return out, (x, out)
 
 
@@ -308,7 +311,7 @@ def _max_pool_bwd(k, stride, padding, residuals, g):
   return _materialize(dx)
 
 
-max_pool2d.defvjp(_max_pool_fwd, _max_pool_bwd)
+_max_pool2d_vjp.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
 def avg_pool2d(x: jax.Array, k: int, stride: int, padding: int) -> jax.Array:

@@ -8,6 +8,7 @@ import pytest
 from flax import nnx
 from jax import lax
 
+from dnas import autodiff
 from dnas.spaces.darts import ops
 from dnas.spaces.darts.search import search_op
 
@@ -81,6 +82,19 @@ def test_depthwise_kernel_gradient_differentiates_in_x(k, stride, dilation):
   gx = lambda conv: jax.grad(
       lambda x: jnp.sum(jax.grad(lambda w: jnp.sum(jnp.sin(conv(x, w))))(w) ** 2))(x)
   chex.assert_trees_all_close(gx(ours), gx(ref), atol=1e-3, rtol=1e-4)
+
+
+@pytest.mark.parametrize("k,stride,dilation", [(3, 1, 1), (5, 2, 2)])
+def test_depthwise_conv_forward_over_reverse(k, stride, dilation):
+  # order="second" takes a jvp of the gradient, traced inside forward_mode_autodiff
+  # (JAX refuses forward mode over a custom_vjp function whose inputs it alone traces).
+  C, pad = 3, dilation * (k - 1) // 2
+  x, w, dx, dw = _x((2, 8, 8, C)), _x((k, k, 1, C)), _x((2, 8, 8, C)), _x((k, k, 1, C))
+  ref, ours = _depthwise_pair(stride, dilation, pad)
+  hvp = lambda conv: jax.jvp(jax.grad(lambda x, w: jnp.sum(jnp.sin(conv(x, w))), (0, 1)),
+                             (x, w), (dx, dw))
+  with autodiff.forward_mode_autodiff():
+    chex.assert_trees_all_close(hvp(ours), hvp(ref), atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("stride", [1, 2])

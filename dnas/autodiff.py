@@ -1,0 +1,30 @@
+"""A trace-time switch for ops that carry custom VJPs.
+
+Custom backward rules make first-order gradients fast (`dnas.spaces.darts.ops`), but JAX
+cannot apply forward mode to a `jax.custom_vjp` function. The exact second-order
+hypergradient is a jvp of a gradient (`dnas.bilevel`), so it traces the model inside
+`forward_mode_autodiff()`, and ops with custom VJPs check `plain_autodiff()` and trace
+as plain JAX functions there (same values; JAX derives their derivatives). A researcher's
+own custom-VJP op does the same to work with `order="second"`.
+"""
+
+import contextlib
+
+_PLAIN = [False]
+
+
+def plain_autodiff() -> bool:
+  """True while tracing inside `forward_mode_autodiff()`."""
+  return _PLAIN[0]
+
+
+@contextlib.contextmanager
+def forward_mode_autodiff():
+  """Ops trace without custom VJPs, so `jax.jvp` can go through their gradients. Wrap the
+  code that traces, not a call of an already compiled function."""
+  before = _PLAIN[0]
+  _PLAIN[0] = True
+  try:
+    yield
+  finally:
+    _PLAIN[0] = before
