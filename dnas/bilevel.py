@@ -165,7 +165,7 @@ def make_arch_grad_fn(graphdef, *, order: str, w_lr: optax.ScalarOrSchedule,
   def fd_hvp(state, batch_train, v):
     # DARTS Eq. 8: (grad_a L_train(w+) - grad_a L_train(w-)) / 2R, w+- = w +- R v,
     # R = 0.01 / ||v||.
-    R = fd_r / optax.global_norm(v)
+    R = fd_r / optax.tree.norm(v)
     g_pos = train_alpha_grad(state, batch_train, jax.tree.map(lambda w, d: w + R * d,
                                                               state.params, v))
     g_neg = train_alpha_grad(state, batch_train, jax.tree.map(lambda w, d: w - R * d,
@@ -207,7 +207,7 @@ def make_phase_steps(graphdef, w_tx: optax.GradientTransformation,
     d_alpha, stats, metrics = arch_grad(state, batch_train, batch_val)
     updates, a_opt_state = a_tx.update(d_alpha, state.a_opt_state, state.alphas)
     alphas = optax.apply_updates(state.alphas, updates)
-    metrics["a_grad_norm"] = optax.global_norm(d_alpha)
+    metrics["a_grad_norm"] = optax.tree.norm(d_alpha)
     return state._replace(alphas=alphas, batch_stats=stats, a_opt_state=a_opt_state), metrics
 
   def weight_step(state, batch_train):
@@ -216,7 +216,7 @@ def make_phase_steps(graphdef, w_tx: optax.GradientTransformation,
     updates, w_opt_state = w_tx.update(g, state.w_opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = dict(w_loss=loss, w_acc=accuracy(logits, batch_train["label"]),
-                   w_grad_norm=optax.global_norm(g))
+                   w_grad_norm=optax.tree.norm(g))
     return state._replace(params=params, batch_stats=stats, w_opt_state=w_opt_state,
                           step=state.step + 1), metrics
 

@@ -1,5 +1,6 @@
 """Small helpers shared across dnas."""
 
+import ctypes
 import math
 import os
 
@@ -43,6 +44,38 @@ def configure_xla() -> None:
     if flag.split("=")[0] not in flags:
       flags = f"{flags} {flag}".strip()
   os.environ["XLA_FLAGS"] = flags
+
+
+def release_free_memory() -> None:
+  """glibc: returns freed heap pages to the OS (`malloc_trim(0)`); elsewhere nothing.
+
+  XLA:CPU compilation of a supernet peaks at several GiB and leaves its freed memory
+  resident in the heap (5.1 -> 2.6 GiB resident after trimming, CIFAR-10 search step).
+  """
+  try:
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+  except (OSError, AttributeError):
+    pass
+
+
+def compile_then_trim(jitted):
+  """`jitted` (a `jax.jit` function) compiled ahead of its first call, after which the
+  compiler's freed memory goes back to the OS (`release_free_memory`).
+
+  Compiling on the first call instead would leave that memory resident while the
+  first execution allocates its buffers beside it. At CIFAR-10 search shapes on CPU this
+  took the first-order step's peak RSS from 11.74 to 9.24 GiB (BUILD_NOTES.md). Later
+  calls must pass arguments of the same shapes, dtypes and shardings.
+  """
+  compiled = None
+
+  def call(*args):
+    nonlocal compiled
+    if compiled is None:
+      compiled = jitted.lower(*args).compile()
+      release_free_memory()
+    return compiled(*args)
+  return call
 
 
 def count_params(module: nnx.Module, exclude: str | None = "auxiliary_head") -> int:

@@ -40,15 +40,18 @@ _IMAGE = flags.DEFINE_string("image", "32,32,3", "H,W,C of the random input imag
 _CLASSES = flags.DEFINE_integer("num_classes", 10, "Classes.")
 _DEVICES = flags.DEFINE_list("devices", [], "Device counts of the mesh (empty: no mesh, "
                              "one device, as before).")
+_TRIM = flags.DEFINE_bool("malloc_trim", False, "Return freed heap memory to the OS after "
+                          "compiling (what the search loop does), before stepping.")
 _DTYPES = flags.DEFINE_list("dtypes", [], "Activation dtypes (empty: the config's).")
 
 
-def _rss_gib():
-  """Peak resident memory of this process since start (or since `_reset_peak_rss`)."""
+def _rss_gib(field="VmHWM"):
+  """Peak resident memory of this process since start (or since `_reset_peak_rss`);
+  field="VmRSS": the current one."""
   try:
     with open("/proc/self/status") as f:
       for line in f:
-        if line.startswith("VmHWM:"):
+        if line.startswith(field + ":"):
           return int(line.split()[1]) / 2**20
   except OSError:
     pass
@@ -113,6 +116,9 @@ def bench(config, order, steps, image, num_classes, dtype, devices=0):
     if mem is not None:
       out[f"{name}_xla_temp_gib"] = round(mem.temp_size_in_bytes / 2**30, 2)
   out["peak_rss_compile_gib"] = round(_rss_gib(), 2)
+  if _TRIM.value:
+    utils.release_free_memory()
+  out["rss_before_steps_gib"] = round(_rss_gib("VmRSS"), 2)
   reset = _reset_peak_rss()
   # Warm up once, then time each phase from the same state (steps are pure).
   jax.block_until_ready(compiled["arch"](state, bt, bv))

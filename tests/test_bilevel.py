@@ -27,12 +27,19 @@ def _batch(rng, n=N):
 
 
 @pytest.fixture(scope="module")
-def setup():
+def parts():
+  """(graphdef, state, w_tx, a_tx, schedule) of the tiny supernet the tests step."""
   net = darts.Network(2, 3, 2, steps=1, multiplier=1, stem_multiplier=1, in_channels=1,
                       rngs=nnx.Rngs(0))
   schedule = bilevel.per_epoch_cosine(0.1, 0.001, 4, 2)
   w_tx, a_tx = bilevel.make_w_tx(schedule), bilevel.make_a_tx(lr=0.01)
   graphdef, state = bilevel.init_search_state(net, w_tx, a_tx, jax.random.key(0))
+  return graphdef, state, w_tx, a_tx, schedule
+
+
+@pytest.fixture(scope="module")
+def setup(parts):
+  graphdef, state, w_tx, a_tx, schedule = parts
   arch_step, weight_step = bilevel.make_phase_steps(graphdef, w_tx, a_tx, order="first",
                                                     w_lr=schedule)
   search_step = bilevel.make_search_step(graphdef, w_tx, a_tx, order="first", w_lr=schedule,
@@ -79,24 +86,20 @@ def test_same_inputs_same_outputs(setup):
   chex.assert_trees_all_equal(s1.params, s2.params)
 
 
-def test_bfloat16_activations_float32_state():
+def test_bfloat16_activations_float32_state(parts, setup):
   # Mixed precision: nothing promotes the activations back to float32 on the way
   # through the supernet (a bfloat16 network output proves it), while weights, alphas,
   # statistics and optimiser states stay float32 through a whole search step.
-  net = darts.Network(2, 3, 2, steps=1, multiplier=1, stem_multiplier=1, in_channels=1,
-                      rngs=nnx.Rngs(0))
-  w_tx, a_tx = bilevel.make_w_tx(0.1), bilevel.make_a_tx()
-  graphdef, state = bilevel.init_search_state(net, w_tx, a_tx, jax.random.key(0))
+  graphdef, state, w_tx, a_tx, schedule = parts
+  step32 = setup[3]
   rng = np.random.default_rng()
   bt, bv = _batch(rng), _batch(rng)
   params16 = jax.tree.map(lambda x: x.astype(jnp.bfloat16), state.params)
-  net16 = nnx.merge(graphdef, params16, state.alphas, state.batch_stats, copy=True)
-  assert net16(bt["image"].astype(jnp.bfloat16)).dtype == jnp.bfloat16
-  results = {}
-  for dtype in (jnp.float32, jnp.bfloat16):
-    step = bilevel.make_search_step(graphdef, w_tx, a_tx, order="second", w_lr=0.1,
-                                    dtype=dtype, jit=False)
-    results[dtype] = jax.jit(step)(state, bt, bv)
+  forward = lambda p, x: nnx.merge(graphdef, p, state.alphas, state.batch_stats, copy=True)(x)
+  assert jax.eval_shape(forward, params16, bt["image"].astype(jnp.bfloat16)).dtype == jnp.bfloat16
+  step16 = jax.jit(bilevel.make_search_step(graphdef, w_tx, a_tx, order="first", w_lr=schedule,
+                                            dtype=jnp.bfloat16, jit=False))
+  results = {jnp.float32: step32(state, bt, bv), jnp.bfloat16: step16(state, bt, bv)}
   (s32, m32), (s16, m16) = results[jnp.float32], results[jnp.bfloat16]
   for leaf in jax.tree.leaves((s16.params, s16.alphas, s16.batch_stats, s16.w_opt_state,
                                s16.a_opt_state)):
