@@ -44,12 +44,16 @@ def mix(weights: jax.Array, outputs: Sequence[jax.Array]) -> jax.Array:
     outputs: K arrays of one shape and dtype.
 
   Returns:
-    Array of that shape and dtype: the weights are cast to the outputs' dtype, so
-    bfloat16 activations stay bfloat16 (the alphas and their softmax stay float32).
+    Array of that shape and dtype. Weights wider than the outputs are cast down to
+    them, so bfloat16 activations stay bfloat16 (the alphas and their softmax stay
+    float32; the products, and so the alpha gradients, are bfloat16-precise).
   """
   if len(outputs) != weights.shape[-1]:
     raise ValueError(f"{len(outputs)} op outputs but {weights.shape[-1]} weights")
-  weights = weights.astype(outputs[0].dtype)
+  out_dtype = outputs[0].dtype
+  if (jnp.issubdtype(out_dtype, jnp.floating)
+      and jnp.finfo(out_dtype).bits < jnp.finfo(weights.dtype).bits):
+    weights = weights.astype(out_dtype)
   out = weights[0] * outputs[0]
   for k in range(1, len(outputs)):
     out = out + weights[k] * outputs[k]

@@ -134,6 +134,7 @@ def make_arch_grad_fn(graphdef, *, order: str, w_lr: optax.ScalarOrSchedule,
   if order not in ORDERS:
     raise ValueError(f"unknown order {order!r}; valid orders: {', '.join(ORDERS)}")
   loss_fn = make_loss_fn(graphdef, dtype)
+  full_loss_fn = make_loss_fn(graphdef)
   eta_fn = w_lr if callable(w_lr) else (lambda _: w_lr)
 
   def virtual_step(state, batch_train, alphas):
@@ -164,12 +165,13 @@ def make_arch_grad_fn(graphdef, *, order: str, w_lr: optax.ScalarOrSchedule,
 
   def fd_hvp(state, batch_train, v):
     # DARTS Eq. 8: (grad_a L_train(w+) - grad_a L_train(w-)) / 2R, w+- = w +- R v,
-    # R = 0.01 / ||v||.
+    # R = 0.01 / ||v||. In the weights' own dtype: a perturbation of norm 0.01 is far
+    # below bfloat16's resolution of the weights, and w+ and w- would round together.
     R = fd_r / optax.tree.norm(v)
-    g_pos = train_alpha_grad(state, batch_train, jax.tree.map(lambda w, d: w + R * d,
-                                                              state.params, v))
-    g_neg = train_alpha_grad(state, batch_train, jax.tree.map(lambda w, d: w - R * d,
-                                                              state.params, v))
+    grad_a = lambda w: jax.grad(full_loss_fn, argnums=1, has_aux=True)(
+        w, state.alphas, state.batch_stats, batch_train)[0]
+    g_pos = grad_a(jax.tree.map(lambda w, d: w + R * d, state.params, v))
+    g_neg = grad_a(jax.tree.map(lambda w, d: w - R * d, state.params, v))
     return jax.tree.map(lambda p, n: (p - n) / (2 * R), g_pos, g_neg)
 
   def unrolled(hvp_fn):

@@ -49,7 +49,7 @@ def validate(config, mode: str) -> None:
   _non_negative(c, "mesh.devices")
   _positive(c, "mesh.fsdp", int)
   _positive(c, "checkpoint.keep", int)
-  if c["dtype"] not in utils.DTYPES:
+  if c.get("dtype", "float32") not in utils.DTYPES:
     raise ConfigError(f"dtype {c['dtype']!r} is unknown; valid: {', '.join(utils.DTYPES)}")
   if mode == "search":
     for k in ("model.C", "model.layers", "model.steps", "model.multiplier", "model.stem_multiplier",

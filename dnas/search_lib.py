@@ -93,9 +93,9 @@ def _search(config, workdir, progress, resume, preemption):
   step = utils.compile_then_trim(bilevel.make_search_step(
       graphdef, w_tx, a_tx, order=s.order, w_lr=schedule, momentum=s.momentum,
       weight_decay=s.weight_decay, fd_r=s.fd_r, shardings=shardings,
-      dtype=utils.DTYPES[config.dtype]))
+      dtype=utils.compute_dtype(config)))
   eval_step = utils.compile_then_trim(bilevel.make_eval_step(
-      graphdef_eval, shardings=shardings, dtype=utils.DTYPES[config.dtype]))
+      graphdef_eval, shardings=shardings, dtype=utils.compute_dtype(config)))
   augment = make_augment(info, crop_padding=config.data.crop_padding, flip=config.data.flip)
   batches = functools.partial(make_batches, batch_size=s.batch_size, augment=augment,
                               workers=config.data.workers, process=process)

@@ -140,9 +140,9 @@ def _train(config, genotype_path, workdir, progress, resume, preemption):
           file=sys.stderr)
   step = utils.compile_then_trim(make_train_step(
       graphdef, tx, auxiliary_weight=t.auxiliary_weight, label_smoothing=t.label_smoothing,
-      shardings=shardings, dtype=utils.DTYPES[config.dtype]))
+      shardings=shardings, dtype=utils.compute_dtype(config)))
   eval_step = utils.compile_then_trim(make_eval_step(graphdef_eval, shardings,
-                                                     dtype=utils.DTYPES[config.dtype]))
+                                                     dtype=utils.compute_dtype(config)))
   augment = make_augment(info, crop_padding=config.data.crop_padding, flip=config.data.flip,
                          cutout=t.cutout)
   batches = functools.partial(make_batches, batch_size=t.batch_size, augment=augment,

@@ -9,8 +9,13 @@ import jax.numpy as jnp
 from flax import nnx
 
 # `config.dtype`: the activations' dtype. Weights, alphas, BatchNorm statistics and
-# optimiser states stay float32 (mixed precision).
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# optimiser states stay float32 (mixed precision). "float32" casts nothing (None).
+DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
+
+
+def compute_dtype(config):
+  """The activations' dtype of a config (`dtype`, default float32) for the step makers."""
+  return DTYPES[config.get("dtype", "float32")]
 
 
 def cast_floating(tree, dtype):

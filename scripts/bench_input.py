@@ -38,9 +38,9 @@ _EXAMPLES = flags.DEFINE_integer("examples", 8192, "Synthetic examples per data 
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", 224, "ImageNet crop side.")
 _IMAGENET_HW = flags.DEFINE_string("imagenet_hw", "375,500", "Synthetic ImageNet H,W.")
 _STEP_S = flags.DEFINE_list(
-    "step_s", ["cifar10=19.95", "imagenet2012=19.95"],
+    "step_s", ["cifar10=19.95"],
     "name=seconds: search step time on the target device (default: this machine's "
-    "first-order CIFAR-10 step, BUILD_NOTES.md).")
+    "first-order CIFAR-10 step, BUILD_NOTES.md; no ImageNet step was measured).")
 
 
 class EncodedSource:

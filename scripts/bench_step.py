@@ -12,10 +12,11 @@ is set.
 
 `--devices`: the phases run as SPMD programs over a data-parallel mesh of that many
 devices with the config's global batch (strong scaling: the search's batch is a
-hyperparameter), and `scaling_efficiency` = t(1 device) / (n t(n devices)). On a CPU
-host the devices are `--xla_force_host_platform_device_count` slices of the same cores,
-so that figure measures partitioning overhead, not speed-up; on a GPU/TPU host they are
-real devices.
+hyperparameter); `speedup` = t(n0) / t(n) and `scaling_efficiency` = n0 t(n0) / (n t(n)),
+n0 the smallest count asked for (normally 1). On a CPU host the devices are
+`--xla_force_host_platform_device_count` slices of the same cores: the best possible
+efficiency there is n0 / n (speed-up 1), and the shortfall is partitioning overhead. On
+a GPU/TPU host they are real devices.
 """
 
 import json
@@ -136,7 +137,7 @@ def bench(config, order, steps, image, num_classes, dtype, devices=0):
 
 def main(argv):
   del argv
-  devices = [int(d) for d in _DEVICES.value]
+  devices = sorted(int(d) for d in _DEVICES.value)
   if devices and "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     # Host devices for a CPU-only machine; ignored by GPU/TPU backends.
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
@@ -151,9 +152,9 @@ def main(argv):
       for n in devices or [0]:
         out = bench(_CONFIG.value, order, _STEPS.value, image, _CLASSES.value, dtype, n)
         if devices:
-          # Device-seconds per step of the first count (normally 1) over those of n.
-          base = base or n * out["search_step_s"]
-          out["scaling_efficiency"] = round(base / (n * out["search_step_s"]), 3)
+          base = base or (n, out["search_step_s"])  # the smallest count, normally 1
+          out["speedup"] = round(base[1] / out["search_step_s"], 3)
+          out["scaling_efficiency"] = round(base[0] * base[1] / (n * out["search_step_s"]), 3)
         print(json.dumps(out), flush=True)
 
 

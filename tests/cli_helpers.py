@@ -36,8 +36,8 @@ def start(module, *args, cache="", extra_env=None):
                           stderr=subprocess.PIPE, text=True)
 
 
-def wait_for_checkpoint(workdir, proc, timeout=300):
-  ckpts = os.path.join(workdir, "checkpoints")
+def wait_for_checkpoint(workdir, proc, timeout=300, subdir="checkpoints"):
+  ckpts = os.path.join(workdir, subdir)
   t = time.time()
   while time.time() - t < timeout:
     if os.path.isdir(ckpts) and any(d.isdigit() for d in os.listdir(ckpts)):
@@ -47,17 +47,21 @@ def wait_for_checkpoint(workdir, proc, timeout=300):
   raise TimeoutError("no checkpoint appeared")
 
 
+def read_checkpoint(path):
+  """The arrays of a saved state, as numpy (the saving run may have had other devices)."""
+  with ocp.PyTreeCheckpointer() as c:
+    tree = c.metadata(path).item_metadata.tree
+    args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+    state = c.restore(path, args=ocp.args.PyTreeRestore(restore_args=args))
+  return [np.asarray(x) for x in jax.tree.leaves(state)]
+
+
 def final(workdir):
   """(step, arrays of the newest checkpoint, genotype dict, metric records without wall
   times) of a search work directory."""
   ckpts = os.path.join(workdir, "checkpoints")
   last = max(int(d) for d in os.listdir(ckpts) if d.isdigit())
-  path = os.path.join(ckpts, str(last), "state")
-  with ocp.PyTreeCheckpointer() as c:  # as numpy: the saving run may have had other devices
-    tree = c.metadata(path).item_metadata.tree
-    args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-    state = c.restore(path, args=ocp.args.PyTreeRestore(restore_args=args))
-  leaves = [np.asarray(x) for x in jax.tree.leaves(state)]
+  leaves = read_checkpoint(os.path.join(ckpts, str(last), "state"))
   with open(os.path.join(workdir, "genotype.json")) as f:
     genotype = json.load(f)
   with open(os.path.join(workdir, "metrics.jsonl")) as f:

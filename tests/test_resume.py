@@ -1,14 +1,18 @@
 """No search is lost: real subprocesses killed with SIGKILL or stopped with SIGTERM, then
 resumed, end bitwise equal to an uninterrupted run; the same seed gives the same run."""
 
+import json
 import os
 import random
 import signal
 import time
 
+import numpy as np
 import pytest
 
-from tests.cli_helpers import FAST, assert_same_run, final, run, start, wait_for_checkpoint
+from dnas.spaces import darts
+from tests.cli_helpers import (FAST, TINY, assert_same_run, final, read_checkpoint, run, start,
+                               wait_for_checkpoint)
 
 
 def _search(workdir, cache, *extra):
@@ -89,3 +93,40 @@ def test_non_finite_loss_stops_naming_step_and_phase(tmp_path, cache):
   failed = int(line.split("step of step ")[1].split(";")[0])
   steps = sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit())
   assert steps == list(range(1, failed))  # every good step, nothing after them
+
+
+def _final_train(workdir):
+  """(step, arrays of the newest retraining checkpoint, metric records, test loss and
+  accuracy) of a `dnas.train` work directory."""
+  ckpts = os.path.join(workdir, "train_checkpoints")
+  last = max(int(d) for d in os.listdir(ckpts) if d.isdigit())
+  leaves = read_checkpoint(os.path.join(ckpts, str(last), "state"))
+  with open(os.path.join(workdir, "train_metrics.jsonl")) as f:
+    records = [json.loads(l) for l in f]
+  for r in records:
+    del r["wall_time"]
+  with open(os.path.join(workdir, "train_result.json")) as f:
+    result = json.load(f)
+  return last, leaves, records, (result["test_loss"], result["test_acc"])
+
+
+def test_retraining_sigkill_then_resume_is_bitwise_equal(tmp_path, cache):
+  genotype = tmp_path / "genotype.json"
+  darts.save_genotype(darts.DARTS_V2, str(genotype))
+  args = [f"--config={TINY}", f"--genotype={genotype}", "--config.train.epochs=2",
+          "--config.checkpoint.every_steps=1", "--progress=false"]
+  out = run("dnas.train", *args, f"--workdir={tmp_path / 'a'}", cache=cache)
+  assert out.returncode == 0, out.stderr[-3000:]
+  proc = start("dnas.train", *args, f"--workdir={tmp_path / 'b'}", cache=cache)
+  wait_for_checkpoint(tmp_path / "b", proc, subdir="train_checkpoints")
+  time.sleep(random.uniform(0.0, 2.0))
+  proc.send_signal(signal.SIGKILL)
+  proc.communicate()
+  out = run("dnas.train", *args, f"--workdir={tmp_path / 'b'}", cache=cache)
+  assert out.returncode == 0, out.stderr[-3000:]
+  (step_a, leaves_a, rec_a, test_a), (step_b, leaves_b, rec_b, test_b) = (
+      _final_train(tmp_path / "a"), _final_train(tmp_path / "b"))
+  assert step_a == step_b and len(leaves_a) == len(leaves_b) and rec_a == rec_b
+  for x, y in zip(leaves_a, leaves_b):
+    assert x.dtype == y.dtype and np.array_equal(x, y)  # bitwise
+  assert test_a == test_b

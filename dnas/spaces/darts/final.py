@@ -29,9 +29,9 @@ def drop_path(x: jax.Array, drop_prob: jax.Array | float, key: jax.Array) -> jax
   Returns:
     x / keep * Bernoulli(keep) with a per-sample mask f32[N, 1, 1, 1], keep = 1 - drop_prob.
   """
-  keep = jnp.asarray(1.0 - drop_prob, x.dtype)
-  mask = jax.random.bernoulli(key, keep, (x.shape[0], 1, 1, 1)).astype(x.dtype)
-  return x / keep * mask
+  keep = 1.0 - jnp.asarray(drop_prob, jnp.float32)  # drawn in float32 even for bf16 x
+  mask = jax.random.bernoulli(key, keep, (x.shape[0], 1, 1, 1))
+  return x * (mask / keep).astype(x.dtype)
 
 
 class Cell(nnx.Module):
