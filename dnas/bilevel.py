@@ -152,24 +152,23 @@ def make_arch_grad_fn(graphdef, *, order: str, w_lr: optax.ScalarOrSchedule,
         state.params, state.alphas, state.batch_stats, batch_val)
     return d_alpha, stats, dict(a_loss=loss, a_acc=accuracy(logits, batch_val["label"]))
 
-  def train_alpha_grad(state, batch_train, params):
-    return jax.grad(loss_fn, argnums=1, has_aux=True)(
+  def train_alpha_grad(loss, state, batch_train, params):
+    return jax.grad(loss, argnums=1, has_aux=True)(
         params, state.alphas, state.batch_stats, batch_train)[0]
 
   def exact_hvp(state, batch_train, v):
     # grad^2_{alpha,w} L_train(w, alpha) v exactly: forward mode (a jvp along v in w) over
     # the reverse-mode alpha-gradient; memory of about one gradient with tangents.
     with autodiff.forward_mode_autodiff():
-      return jax.jvp(lambda w: train_alpha_grad(state, batch_train, w), (state.params,),
-                     (v,))[1]
+      return jax.jvp(lambda w: train_alpha_grad(loss_fn, state, batch_train, w),
+                     (state.params,), (v,))[1]
 
   def fd_hvp(state, batch_train, v):
     # DARTS Eq. 8: (grad_a L_train(w+) - grad_a L_train(w-)) / 2R, w+- = w +- R v,
     # R = 0.01 / ||v||. In the weights' own dtype: a perturbation of norm 0.01 is far
     # below bfloat16's resolution of the weights, and w+ and w- would round together.
     R = fd_r / optax.tree.norm(v)
-    grad_a = lambda w: jax.grad(full_loss_fn, argnums=1, has_aux=True)(
-        w, state.alphas, state.batch_stats, batch_train)[0]
+    grad_a = lambda w: train_alpha_grad(full_loss_fn, state, batch_train, w)
     g_pos = grad_a(jax.tree.map(lambda w, d: w + R * d, state.params, v))
     g_neg = grad_a(jax.tree.map(lambda w, d: w - R * d, state.params, v))
     return jax.tree.map(lambda p, n: (p - n) / (2 * R), g_pos, g_neg)

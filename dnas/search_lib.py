@@ -90,12 +90,13 @@ def _search(config, workdir, progress, resume, preemption):
     _, state, meta = found
     print(f"dnas: resuming {workdir} at epoch {meta['epoch']}, step {int(state.step)}",
           file=sys.stderr)
+  dtype = utils.compute_dtype(config)
   step = utils.compile_then_trim(bilevel.make_search_step(
       graphdef, w_tx, a_tx, order=s.order, w_lr=schedule, momentum=s.momentum,
       weight_decay=s.weight_decay, fd_r=s.fd_r, shardings=shardings,
-      dtype=utils.compute_dtype(config)))
+      dtype=dtype))
   eval_step = utils.compile_then_trim(bilevel.make_eval_step(
-      graphdef_eval, shardings=shardings, dtype=utils.compute_dtype(config)))
+      graphdef_eval, shardings=shardings, dtype=dtype))
   augment = make_augment(info, crop_padding=config.data.crop_padding, flip=config.data.flip)
   batches = functools.partial(make_batches, batch_size=s.batch_size, augment=augment,
                               workers=config.data.workers, process=process)

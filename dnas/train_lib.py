@@ -138,11 +138,12 @@ def _train(config, genotype_path, workdir, progress, resume, preemption):
     _, state, meta = found
     print(f"dnas: resuming {workdir} at epoch {meta['epoch']}, batch {meta['batch']}",
           file=sys.stderr)
+  dtype = utils.compute_dtype(config)
   step = utils.compile_then_trim(make_train_step(
       graphdef, tx, auxiliary_weight=t.auxiliary_weight, label_smoothing=t.label_smoothing,
-      shardings=shardings, dtype=utils.compute_dtype(config)))
+      shardings=shardings, dtype=dtype))
   eval_step = utils.compile_then_trim(make_eval_step(graphdef_eval, shardings,
-                                                     dtype=utils.compute_dtype(config)))
+                                                     dtype=dtype))
   augment = make_augment(info, crop_padding=config.data.crop_padding, flip=config.data.flip,
                          cutout=t.cutout)
   batches = functools.partial(make_batches, batch_size=t.batch_size, augment=augment,
