@@ -1,5 +1,5 @@
 """dnas: differentiable neural architecture search in JAX and Flax NNX."""
 
-from dnas.arch import ArchParam, MixedOp, init_alphas, mix
+from dnas.arch import ArchParam, MixedOp, PartialMixedOp, init_alphas, mix
 
 __version__ = "0.1.0"

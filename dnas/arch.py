@@ -8,7 +8,8 @@ bilevel problem apart:
   a_opt = nnx.Optimizer(net, a_tx, wrt=ArchParam)
 
 `MixedOp` works in any NNX model: give it a list of modules that map the same input
-to outputs of one shape.
+to outputs of one shape. `PartialMixedOp` is PC-DARTS's partial channel connection,
+and `node_softmax` its edge normalisation.
 """
 
 from collections.abc import Sequence
@@ -110,10 +111,71 @@ class MixedOp(nnx.Module):
     return int(jnp.argmax(self.alpha[...]))
 
 
+def channel_shuffle(x: jax.Array, groups: int) -> jax.Array:
+  """ShuffleNet's channel shuffle as PC-DARTS applies it, NHWC: output channel
+  i * groups + g is input channel g * (C / groups) + i. f32[N, H, W, C] -> same."""
+  *lead, c = x.shape
+  if c % groups:
+    raise ValueError(f"channel_shuffle: {c} channels do not split into {groups} groups")
+  return x.reshape(*lead, groups, c // groups).swapaxes(-1, -2).reshape(*lead, c)
+
+
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+  """2x2 max pooling with stride 2, NHWC (PyTorch `MaxPool2d(2, 2)`); odd sizes are
+  padded at the bottom/right so the output is ceil(H/2) x ceil(W/2), the size a
+  stride-2 candidate op gives (PyTorch floors and PC-DARTS then fails to concatenate)."""
+  n, h, w, c = x.shape
+  if h % 2 or w % 2:
+    x = jnp.pad(x, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), constant_values=-jnp.inf)
+  return x.reshape(n, (h + 1) // 2, 2, (w + 1) // 2, 2, c).max(axis=(2, 4))
+
+
+class PartialMixedOp(MixedOp):
+  """PC-DARTS partial channel connection (Xu et al., ICLR 2020, Eq. 2): the candidate
+  ops mix only the first C/K channels of the input; the other channels bypass them
+  (2x2 max-pooled when the ops halve the resolution), and a channel shuffle with K
+  groups interleaves the two parts.
+
+  The ops are built for C/K input and output channels (reference `MixedOp`, k=4).
+  Call: f32[N, H, W, C] -> f32[N, H', W', C], H' = H or ceil(H / 2).
+  """
+
+  def __init__(self, ops: Sequence[nnx.Module], k: int, **kwargs):
+    if k < 1:
+      raise ValueError(f"PartialMixedOp: k must be >= 1, got {k}")
+    super().__init__(ops, **kwargs)
+    self.k = k
+
+  def __call__(self, x, weights: jax.Array | None = None, **kwargs):
+    c = x.shape[-1]
+    if c % self.k:
+      raise ValueError(f"PartialMixedOp: {c} channels are not divisible by k={self.k}")
+    mixed = super().__call__(x[..., :c // self.k], weights, **kwargs)
+    bypass = x[..., c // self.k:]
+    if mixed.shape[1:3] != bypass.shape[1:3]:
+      bypass = max_pool_2x2(bypass)
+    return channel_shuffle(jnp.concatenate([mixed, bypass.astype(mixed.dtype)], axis=-1),
+                           self.k)
+
+
+def node_softmax(betas: jax.Array, steps: int) -> jax.Array:
+  """PC-DARTS edge normalisation (Xu et al. 2020, Eq. 4): the weights of the edges into
+  each intermediate node are a softmax over that node's inputs. f32[E] -> f32[E],
+  E = sum_{i < steps} (i + 2), edges ordered node by node as in the DARTS cell."""
+  out, start = [], 0
+  for i in range(steps):
+    out.append(jax.nn.softmax(betas[start:start + i + 2]))
+    start += i + 2
+  if start != betas.shape[0]:
+    raise ValueError(f"node_softmax: {betas.shape[0]} edge logits, {steps} nodes need {start}")
+  return jnp.concatenate(out)
+
+
 def batched_mixed_ops(ops: Sequence[MixedOp], xs: Sequence[jax.Array],
-                      weights: jax.Array) -> jax.Array:
+                      weights: jax.Array, edge_weights: jax.Array | None = None) -> jax.Array:
   """sum_e ops[e](xs[e], weights[e]) for structurally identical mixed ops, run as one
-  `jax.vmap`-ed body over their stacked variables.
+  `jax.vmap`-ed body over their stacked variables; with `edge_weights` (f32[E]) the sum
+  is weighted, sum_e edge_weights[e] ops[e](...) (PC-DARTS edge normalisation).
 
   Same result as the plain sum, but XLA compiles each candidate op once per group
   instead of once per edge: on CPU, compile time grows with the number of kernels.
@@ -127,8 +189,11 @@ def batched_mixed_ops(ops: Sequence[MixedOp], xs: Sequence[jax.Array],
   Returns:
     The sum over the E edges of their mixed outputs.
   """
+  def scale(e, y):
+    return y if edge_weights is None else edge_weights[e].astype(y.dtype) * y
+
   if len(ops) == 1:
-    return ops[0](xs[0], weights[0])
+    return scale(0, ops[0](xs[0], weights[0]))
   graphdef, _ = nnx.split(ops[0])
   stacked = jax.tree.map(lambda *v: jnp.stack(v), *[nnx.state(op) for op in ops])
 
@@ -140,4 +205,6 @@ def batched_mixed_ops(ops: Sequence[MixedOp], xs: Sequence[jax.Array],
   ys, new_state = jax.vmap(body)(stacked, jnp.stack(xs), weights)
   for e, op in enumerate(ops):
     nnx.update(op, jax.tree.map(lambda v: v[e], new_state))
+  if edge_weights is not None:
+    ys = edge_weights.astype(ys.dtype).reshape((-1,) + (1,) * (ys.ndim - 1)) * ys
   return jnp.sum(ys, axis=0)

@@ -11,6 +11,7 @@ own custom-VJP op does the same to work with `order="second"`.
 import contextlib
 
 _PLAIN = [False]
+_REMAT = [False]
 
 
 def plain_autodiff() -> bool:
@@ -28,3 +29,22 @@ def forward_mode_autodiff():
     yield
   finally:
     _PLAIN[0] = before
+
+
+def remat_requested() -> bool:
+  """True while tracing inside `rematerialize()`."""
+  return _REMAT[0]
+
+
+@contextlib.contextmanager
+def rematerialize(enabled: bool = True):
+  """Models that support it (`darts.Network`) recompute each cell's activations in the
+  backward pass (`jax.checkpoint`) while tracing in this context, whatever their
+  `remat` setting: the exact Hessian-vector product asks for it, since its tangents
+  double the activations it keeps. `enabled=False` changes nothing."""
+  before = _REMAT[0]
+  _REMAT[0] = before or enabled
+  try:
+    yield
+  finally:
+    _REMAT[0] = before

@@ -122,29 +122,63 @@ def _trace(w_opt_state):
   return optax.tree_utils.tree_get(w_opt_state, "trace")
 
 
+def _identity_piece(fn, state_update=False):
+  del state_update
+  return fn
+
+
+def make_grads_fn(graphdef, dtype=None) -> Callable:
+  """grads(params, alphas, stats, batch) -> (loss, logits, new_stats, d_params, d_alphas).
+
+  The one gradient program of a search: every phase reads some of its outputs (jit
+  drops the rest when it is traced inside a bigger function)."""
+  loss_fn = make_loss_fn(graphdef, dtype)
+
+  def grads(params, alphas, stats, batch):
+    (loss, (logits, new_stats)), (d_params, d_alphas) = jax.value_and_grad(
+        loss_fn, argnums=(0, 1), has_aux=True)(params, alphas, stats, batch)
+    return loss, logits, new_stats, d_params, d_alphas
+  return grads
+
+
 def make_arch_grad_fn(graphdef, *, order: str, w_lr: optax.ScalarOrSchedule,
                       momentum: float = 0.9, weight_decay: float = 3e-4,
-                      fd_r: float = 1e-2, dtype=None) -> Callable:
+                      fd_r: float = 1e-2, dtype=None, hvp_remat: bool = False,
+                      arch_objective: Callable | None = None,
+                      piece: Callable = _identity_piece, grads: Callable | None = None
+                      ) -> Callable:
   """Returns arch_grad(state, batch_train, batch_val) -> (d_alpha, new_stats, metrics).
+
+  `arch_objective(ce, alphas) -> (loss, metrics)`, if given, is what the architecture
+  step minimises instead of the validation cross entropy ce = L_val (e.g. FBNet's
+  latency-aware loss, `dnas.latency_lib`). Its gradient is exact for every order:
+  d obj/d alpha = (d obj/d ce) (dL_val/d alpha, as the order computes it) + d obj/d alpha
+  directly.
 
   `new_stats` are the running statistics after the forward passes at the current
   weights that the order evaluates (the val batch for `first`, the train batch of the
   virtual step otherwise); the virtual and perturbed models do not update them.
+
+  `hvp_remat`: the exact Hessian-vector product recomputes each cell's activations
+  (`autodiff.rematerialize`; its tangents double them). `piece(fn, state_update=False)`
+  wraps each sub-computation of the second-order methods (the gradient program, the
+  virtual step, the Hessian-vector product); the default leaves them to the caller's
+  jit, and `make_search_step(split=True)` compiles each one alone. `grads`: the
+  (wrapped) `make_grads_fn` program to call, so that callers can share one.
   """
   if order not in ORDERS:
     raise ValueError(f"unknown order {order!r}; valid orders: {', '.join(ORDERS)}")
   loss_fn = make_loss_fn(graphdef, dtype)
   full_loss_fn = make_loss_fn(graphdef)
   eta_fn = w_lr if callable(w_lr) else (lambda _: w_lr)
+  grads = grads or piece(make_grads_fn(graphdef, dtype))
 
-  def virtual_step(state, batch_train, alphas):
+  def virtual_weights(params, d_params, w_opt_state, step):
     # DARTS Eq. 6 with the reference's momentum SGD: w' = w - eta (mu buf + g + wd w).
-    (loss, (_, stats)), g = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params, alphas, state.batch_stats, batch_train)
-    eta = eta_fn(state.step)
-    w_virtual = jax.tree.map(lambda w, gw, m: w - eta * (momentum * m + gw + weight_decay * w),
-                             state.params, g, _trace(state.w_opt_state))
-    return w_virtual, stats, eta, loss
+    eta = eta_fn(step)
+    return jax.tree.map(lambda w, g, m: w - eta * (momentum * m + g + weight_decay * w),
+                        params, d_params, _trace(w_opt_state)), eta
+  virtual_weights = piece(virtual_weights)
 
   def first(state, batch_train, batch_val):
     del batch_train
@@ -152,25 +186,26 @@ def make_arch_grad_fn(graphdef, *, order: str, w_lr: optax.ScalarOrSchedule,
         state.params, state.alphas, state.batch_stats, batch_val)
     return d_alpha, stats, dict(a_loss=loss, a_acc=accuracy(logits, batch_val["label"]))
 
-  def train_alpha_grad(loss, state, batch_train, params):
-    return jax.grad(loss, argnums=1, has_aux=True)(
-        params, state.alphas, state.batch_stats, batch_train)[0]
+  def train_alpha_grad(loss, params, alphas, stats, batch_train):
+    return jax.grad(loss, argnums=1, has_aux=True)(params, alphas, stats, batch_train)[0]
 
-  def exact_hvp(state, batch_train, v):
+  def exact_hvp(params, alphas, stats, batch_train, v):
     # grad^2_{alpha,w} L_train(w, alpha) v exactly: forward mode (a jvp along v in w) over
     # the reverse-mode alpha-gradient; memory of about one gradient with tangents.
-    with autodiff.forward_mode_autodiff():
-      return jax.jvp(lambda w: train_alpha_grad(loss_fn, state, batch_train, w),
-                     (state.params,), (v,))[1]
+    with autodiff.forward_mode_autodiff(), autodiff.rematerialize(hvp_remat):
+      return jax.jvp(lambda w: train_alpha_grad(loss_fn, w, alphas, stats, batch_train),
+                     (params,), (v,))[1]
 
-  def fd_hvp(state, batch_train, v):
+  alpha_grad = piece(lambda p, a, s, b: train_alpha_grad(full_loss_fn, p, a, s, b))
+  perturb = piece(lambda params, v, scale: jax.tree.map(lambda w, d: w + scale * d, params, v))
+
+  def fd_hvp(params, alphas, stats, batch_train, v):
     # DARTS Eq. 8: (grad_a L_train(w+) - grad_a L_train(w-)) / 2R, w+- = w +- R v,
     # R = 0.01 / ||v||. In the weights' own dtype: a perturbation of norm 0.01 is far
     # below bfloat16's resolution of the weights, and w+ and w- would round together.
     R = fd_r / optax.tree.norm(v)
-    grad_a = lambda w: train_alpha_grad(full_loss_fn, state, batch_train, w)
-    g_pos = grad_a(jax.tree.map(lambda w, d: w + R * d, state.params, v))
-    g_neg = grad_a(jax.tree.map(lambda w, d: w - R * d, state.params, v))
+    g_pos = alpha_grad(perturb(params, v, R), alphas, stats, batch_train)
+    g_neg = alpha_grad(perturb(params, v, -R), alphas, stats, batch_train)
     return jax.tree.map(lambda p, n: (p - n) / (2 * R), g_pos, g_neg)
 
   def unrolled(hvp_fn):
@@ -179,47 +214,81 @@ def make_arch_grad_fn(graphdef, *, order: str, w_lr: optax.ScalarOrSchedule,
       #   = grad_a L_val(w', alpha) - eta grad^2_{alpha,w} L_train(w, alpha) v,
       # v = grad_w' L_val(w', alpha); the momentum buffer and decay term of the virtual
       # step do not depend on alpha, so this is the whole derivative.
-      w_virtual, stats, eta, _ = virtual_step(state, batch_train, state.alphas)
-      (loss, (logits, _)), (v, d_alpha) = jax.value_and_grad(
-          loss_fn, argnums=(0, 1), has_aux=True)(w_virtual, state.alphas, stats, batch_val)
-      hvp = hvp_fn(state, batch_train, v)
+      _, _, stats, d_params, _ = grads(state.params, state.alphas, state.batch_stats,
+                                       batch_train)
+      w_virtual, eta = virtual_weights(state.params, d_params, state.w_opt_state, state.step)
+      loss, logits, _, v, d_alpha = grads(w_virtual, state.alphas, stats, batch_val)
+      hvp = hvp_fn(state.params, state.alphas, state.batch_stats, batch_train, v)
       d_alpha = jax.tree.map(lambda d, h: d - eta * h, d_alpha, hvp)
       return d_alpha, stats, dict(a_loss=loss, a_acc=accuracy(logits, batch_val["label"]))
     return arch_grad
 
-  return dict(first=first, second=unrolled(exact_hvp), second_fd=unrolled(fd_hvp))[order]
+  arch_grad = dict(first=first, second=unrolled(piece(exact_hvp)),
+                   second_fd=unrolled(fd_hvp))[order]
+  if arch_objective is None:
+    return arch_grad
+
+  def with_objective(d_alpha, ce, alphas):
+    loss, vjp, metrics = jax.vjp(arch_objective, ce, alphas, has_aux=True)
+    d_ce, d_direct = vjp(jnp.ones_like(loss))
+    return jax.tree.map(lambda d, g: d_ce * d + g, d_alpha, d_direct), loss, metrics
+  with_objective = piece(with_objective)
+
+  def objective_grad(state, batch_train, batch_val):
+    d_alpha, stats, metrics = arch_grad(state, batch_train, batch_val)
+    d_alpha, loss, extra = with_objective(d_alpha, metrics["a_loss"], state.alphas)
+    return d_alpha, stats, {**metrics, **extra, "a_objective": loss}
+  return objective_grad
 
 
 def make_phase_steps(graphdef, w_tx: optax.GradientTransformation,
                      a_tx: optax.GradientTransformation, *, order: str,
                      w_lr: optax.ScalarOrSchedule, momentum: float = 0.9,
-                     weight_decay: float = 3e-4, fd_r: float = 1e-2, dtype=None):
-  """The two phases as pure functions (not jitted); `dtype` as in `make_loss_fn`.
+                     weight_decay: float = 3e-4, fd_r: float = 1e-2, dtype=None,
+                     hvp_remat: bool = False, arch_objective: Callable | None = None,
+                     piece: Callable = _identity_piece):
+  """The two phases as pure functions (not jitted); `dtype` as in `make_loss_fn`,
+  `hvp_remat`, `arch_objective` and `piece` as in `make_arch_grad_fn` (`piece` also wraps
+  the weight step's gradient and, with `state_update=True`, each phase's update
+  (state, ...) -> (state, f32[])).
 
   Returns:
     arch_step(state, batch_train, batch_val) -> (state, metrics): updates alphas only.
     weight_step(state, batch_train) -> (state, metrics): updates weights only.
   """
+  # One gradient program for the virtual step, the validation gradient and the weight step.
+  grads = piece(make_grads_fn(graphdef, dtype))
   arch_grad = make_arch_grad_fn(graphdef, order=order, w_lr=w_lr, momentum=momentum,
-                                weight_decay=weight_decay, fd_r=fd_r, dtype=dtype)
-  loss_fn = make_loss_fn(graphdef, dtype)
+                                weight_decay=weight_decay, fd_r=fd_r, dtype=dtype,
+                                hvp_remat=hvp_remat, arch_objective=arch_objective,
+                                piece=piece, grads=grads)
+
+  def arch_update(state, d_alpha, stats):
+    updates, a_opt_state = a_tx.update(d_alpha, state.a_opt_state, state.alphas)
+    alphas = optax.apply_updates(state.alphas, updates)
+    return (state._replace(alphas=alphas, batch_stats=stats, a_opt_state=a_opt_state),
+            optax.tree.norm(d_alpha))
+  arch_update = piece(arch_update, state_update=True)
 
   def arch_step(state, batch_train, batch_val):
     d_alpha, stats, metrics = arch_grad(state, batch_train, batch_val)
-    updates, a_opt_state = a_tx.update(d_alpha, state.a_opt_state, state.alphas)
-    alphas = optax.apply_updates(state.alphas, updates)
-    metrics["a_grad_norm"] = optax.tree.norm(d_alpha)
-    return state._replace(alphas=alphas, batch_stats=stats, a_opt_state=a_opt_state), metrics
+    state, metrics["a_grad_norm"] = arch_update(state, d_alpha, stats)
+    return state, metrics
 
-  def weight_step(state, batch_train):
-    (loss, (logits, stats)), g = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params, state.alphas, state.batch_stats, batch_train)
+  def weight_update(state, g, stats):
     updates, w_opt_state = w_tx.update(g, state.w_opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    return (state._replace(params=params, batch_stats=stats, w_opt_state=w_opt_state,
+                           step=state.step + 1), optax.tree.norm(g))
+  weight_update = piece(weight_update, state_update=True)
+
+  def weight_step(state, batch_train):
+    loss, logits, stats, g, _ = grads(state.params, state.alphas, state.batch_stats,
+                                      batch_train)
+    state, g_norm = weight_update(state, g, stats)
     metrics = dict(w_loss=loss, w_acc=accuracy(logits, batch_train["label"]),
-                   w_grad_norm=optax.tree.norm(g))
-    return state._replace(params=params, batch_stats=stats, w_opt_state=w_opt_state,
-                          step=state.step + 1), metrics
+                   w_grad_norm=g_norm)
+    return state, metrics
 
   return arch_step, weight_step
 
@@ -228,31 +297,66 @@ def make_search_step(graphdef, w_tx: optax.GradientTransformation,
                      a_tx: optax.GradientTransformation, *, order: str = "first",
                      w_lr: optax.ScalarOrSchedule, momentum: float = 0.9,
                      weight_decay: float = 3e-4, fd_r: float = 1e-2, jit: bool = True,
-                     shardings=None, dtype=None):
-  """One search step (architecture step, then weight step) as one jitted function.
+                     split: bool | None = None, shardings=None, dtype=None,
+                     hvp_remat: bool = False, arch_objective: Callable | None = None,
+                     arch: bool = True):
+  """One search step (architecture step, then weight step; with `arch=False` the weight
+  step alone, for warm-up epochs such as PC-DARTS's first 15).
 
   `w_lr`, `momentum` and `weight_decay` must be those of `w_tx`: the virtual step of
   the second-order methods repeats the weight optimiser's step. `shardings`, a pair
-  (state shardings, batch sharding) from `dnas.parallel`, runs the step as one SPMD
-  program over their mesh; inputs must be placed accordingly. `dtype`: the activations'
-  dtype (`make_loss_fn`).
+  (state shardings, batch sharding) from `dnas.parallel`, runs the step as SPMD
+  programs over their mesh; inputs must be placed accordingly. `dtype`: the activations'
+  dtype (`make_loss_fn`); `hvp_remat`, `arch_objective`: `make_arch_grad_fn`.
+
+  `jit=False` returns the pure step. With `jit=True` it is one jitted function, unless
+  `split` (default: for the second-order methods): then the step runs as a handful of
+  jitted programs, the gradient program (called three times, compiled once), the
+  Hessian-vector product, the virtual step and the two updates, each compiled ahead of
+  its first call with the compiler's freed memory given back (`utils.compile_then_trim`).
+  On XLA:CPU one program of a whole second-order step compiles for 10+ minutes and holds
+  the buffers of its three gradient passes at once (BUILD_NOTES.md).
 
   Returns:
     step(state, batch_train, batch_val) -> (state, metrics), `state` donated; metrics
     is a flat dict of f32[] scalars.
   """
-  arch_step, weight_step = make_phase_steps(graphdef, w_tx, a_tx, order=order, w_lr=w_lr,
-                                            momentum=momentum, weight_decay=weight_decay,
-                                            fd_r=fd_r, dtype=dtype)
+  if split is None:
+    split = jit and order != "first"
+  kwargs = dict(order=order, w_lr=w_lr, momentum=momentum, weight_decay=weight_decay,
+                fd_r=fd_r, dtype=dtype, hvp_remat=hvp_remat, arch_objective=arch_objective)
+  if split:
+    arch_step, weight_step = make_phase_steps(graphdef, w_tx, a_tx,
+                                              piece=split_piece(shardings), **kwargs)
+  else:
+    arch_step, weight_step = make_phase_steps(graphdef, w_tx, a_tx, **kwargs)
 
   def step(state, batch_train, batch_val):
-    state, m_arch = arch_step(state, batch_train, batch_val)
+    m_arch = {}
+    if arch:
+      state, m_arch = arch_step(state, batch_train, batch_val)
     state, m_weight = weight_step(state, batch_train)
     return state, {**m_arch, **m_weight}
 
-  if not jit:
+  if not jit or split:
     return step
   return jax.jit(step, donate_argnums=0, **_jit_shardings(shardings, 2))
+
+
+def split_piece(shardings=None, donate: bool = True):
+  """`piece` for `make_phase_steps`: each piece its own program, compiled ahead of its
+  first call per argument signature; state updates keep the state's shardings and
+  donate it (unless `donate=False`, for benchmarks that rerun a step)."""
+  def piece(fn, state_update=False):
+    kwargs = {}
+    if state_update:
+      if donate:
+        kwargs["donate_argnums"] = 0
+      if shardings is not None:
+        replicated = jax.sharding.NamedSharding(shardings[1].mesh, jax.sharding.PartitionSpec())
+        kwargs["out_shardings"] = (shardings[0], replicated)
+    return utils.compile_then_trim(jax.jit(fn, **kwargs))
+  return piece
 
 
 def _jit_shardings(shardings, num_batches):

@@ -9,9 +9,10 @@ from absl import flags
 from dnas import loop, parallel, utils
 from dnas.config import ConfigError
 from dnas.data.pipeline import DataError
+from dnas.latency_lib import LatencyError
 from dnas.spaces.darts.genotypes import GenotypeError
 
-USER_ERRORS = (ConfigError, DataError, GenotypeError)
+USER_ERRORS = (ConfigError, DataError, GenotypeError, LatencyError)
 DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "digits.py")
 
 _COORDINATOR = flags.DEFINE_string(
@@ -37,9 +38,10 @@ def enable_compilation_cache() -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
-def run(main) -> None:
+def run(main, commands: tuple[str, ...] = ()) -> None:
   """Parses flags (errors exit 2 with one line), then calls main(argv); the user errors
-  it raises exit 2 with one line. Bugs keep their tracebacks."""
+  it raises exit 2 with one line. Bugs keep their tracebacks. With `commands`, exactly
+  one of them must be given as the positional argument (argv[1])."""
   try:
     argv = flags.FLAGS(sys.argv)
   except flags.Error as e:
@@ -48,7 +50,13 @@ def run(main) -> None:
     fail(f"config file {e.filename} line {e.lineno}: {e.msg}")
   except (AttributeError, KeyError) as e:  # ml_collections: override of a key that does not exist
     fail(f"unknown config key {str(e).strip(chr(34))} in {' '.join(a for a in sys.argv[1:] if a.startswith('--config.'))}")
-  if len(argv) > 1:
+  if commands:
+    if len(argv) < 2 or argv[1] not in commands:
+      fail(f"a command is required, one of: {', '.join(commands)}; got "
+           f"{' '.join(argv[1:]) or 'none'}")
+    if len(argv) > 2:
+      fail(f"unexpected arguments: {' '.join(argv[2:])}")
+  elif len(argv) > 1:
     fail(f"unexpected arguments: {' '.join(argv[1:])}")
   if "config" in flags.FLAGS:
     try:  # config_flags defers a config file's load error until first use

@@ -1,10 +1,11 @@
 """Config validation: every user mistake becomes one ConfigError line, before compiling."""
 
-from dnas import bilevel, utils
+from dnas import bilevel, latency_lib, utils
 from dnas.data.pipeline import DATASETS
 from dnas.spaces.darts.ops import PRIMITIVES
 
 NETWORKS = ("cifar", "imagenet")
+METHODS = ("darts", "pc_darts")
 
 
 class ConfigError(ValueError):
@@ -76,6 +77,28 @@ def validate(config, mode: str) -> None:
     bad = [p for p in ops if p not in PRIMITIVES]
     if bad:
       raise ConfigError(f"model.primitives: unknown op {bad[0]!r}; valid ops: {', '.join(PRIMITIVES)}")
+    method = c.get("method", "darts")
+    if method not in METHODS:
+      raise ConfigError(f"method {method!r} is unknown; valid: {', '.join(METHODS)}")
+    c.setdefault("search.arch_start_epoch", 0)
+    _non_negative(c, "search.arch_start_epoch")
+    if c["search.arch_start_epoch"] >= c["search.epochs"]:
+      raise ConfigError(f"search.arch_start_epoch ({c['search.arch_start_epoch']}) must be < "
+                        f"search.epochs ({c['search.epochs']}): no architecture step would run")
+    if method == "pc_darts":
+      _positive(c, "model.pc_k", int)
+      if c["model.C"] % c["model.pc_k"]:
+        raise ConfigError(f"model.pc_k={c['model.pc_k']} must divide model.C={c['model.C']}: "
+                          f"each edge mixes C / pc_k channels")
+    if "latency.objective" in c:
+      try:
+        latency_lib.validate_settings(c["latency.objective"], c["latency.weight"],
+                                      c["latency.fbnet_alpha"], c["latency.fbnet_beta"],
+                                      c["latency.target_ms"])
+      except latency_lib.LatencyError as e:
+        raise ConfigError(str(e)) from None
+      _positive(c, "latency.batch_size", int)
+      _positive(c, "latency.repeats", int)
   elif mode == "train":
     for k in ("train.C", "train.layers", "train.epochs", "train.batch_size"):
       _positive(c, k, int)

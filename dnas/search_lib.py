@@ -11,11 +11,12 @@ import numpy as np
 import tqdm
 from flax import nnx
 
-from dnas import bilevel, config as config_lib, loop, parallel, plotting, utils
+from dnas import bilevel, config as config_lib, latency_lib, loop, parallel, plotting, utils
 from dnas.arch import ArchParam
 from dnas.checkpoint import Checkpointer
 from dnas.data.pipeline import get_dataset, make_augment, make_batches, search_splits
 from dnas.spaces import darts
+from dnas.spaces.darts import latency as darts_latency
 from dnas.utils import evaluate
 
 
@@ -29,6 +30,72 @@ def alpha_entropy(alphas: np.ndarray) -> float:
 def _softmax(a):
   e = np.exp(a - a.max(-1, keepdims=True))
   return e / e.sum(-1, keepdims=True)
+
+
+def make_supernet(config, num_classes: int, in_channels: int) -> darts.Network:
+  """The supernet of `config.method`: DARTS, or PC-DARTS (partial channels with
+  K = `model.pc_k`, edge normalisation)."""
+  m = config.model
+  pc = config.get("method", "darts") == "pc_darts"
+  return darts.Network(m.C, num_classes, m.layers, m.steps, m.multiplier, m.stem_multiplier,
+                       in_channels=in_channels, primitives=tuple(m.primitives),
+                       partial_channels=m.get("pc_k", 4) if pc else 1, edge_normalization=pc,
+                       remat=m.remat, rngs=nnx.Rngs(config.seed))
+
+
+def genotype_of(alphas, m) -> darts.Genotype:
+  """The genotype of host `alphas` (an ArchParam state of the supernet) under model config
+  `m`; PC-DARTS's edge logits take part when present."""
+  get = lambda k: np.asarray(alphas[k].get_value()) if k in alphas else None
+  return darts.derive_genotype(get("alphas_normal"), get("alphas_reduce"), steps=m.steps,
+                               multiplier=m.multiplier, primitives=tuple(m.primitives),
+                               betas_normal=get("betas_normal"), betas_reduce=get("betas_reduce"))
+
+
+def latency_setup(config, info, workdir: str | None = None):
+  """(table, layout, ExpectedLatency) for `config.latency`, or None when it names neither
+  an objective nor a table. Without a table one is measured here (`latency.batch_size`,
+  the config's dtype) and written to `workdir/latency_table.json`, which a resumed run
+  reads back."""
+  L = config.get("latency")
+  if L is None or (L.objective == "none" and not L.table):
+    return None
+  layout = darts_latency.layout_for(config, info)
+  primitives = tuple(config.model.primitives)
+  dtype = config.get("dtype", "float32")
+  path = L.table or (os.path.join(workdir, "latency_table.json") if workdir else "")
+  if path and os.path.exists(path):
+    table = latency_lib.LatencyTable.load(path)
+    table.check(batch_size=L.batch_size, dtype=dtype, allow_foreign=L.allow_foreign_table)
+  elif L.table:
+    raise latency_lib.LatencyError(f"cannot read latency table {L.table}: no such file")
+  else:
+    print(f"dnas: measuring a latency table for the final network on "
+          f"{jax.devices()[0].device_kind} (batch {L.batch_size}, {dtype})", file=sys.stderr)
+    table = darts_latency.profile(layout, primitives, batch_size=L.batch_size, dtype=dtype,
+                                  repeats=L.repeats)
+    if path and jax.process_index() == 0:
+      table.save(path)
+  expected = darts_latency.ExpectedLatency.build(table, layout, primitives)
+  latency_lib.validate_settings(L.objective, L.weight, L.fbnet_alpha, L.fbnet_beta,
+                                L.target_ms, min_latency_ms=expected.minimum())
+  return table, layout, expected
+
+
+def make_arch_objective(config, expected):
+  """The architecture step's objective(ce, alphas) -> (loss, metrics) of
+  `config.latency`, or None."""
+  L = config.latency
+  objective = latency_lib.make_objective(L.objective, weight=L.weight,
+                                         fbnet_alpha=L.fbnet_alpha, fbnet_beta=L.fbnet_beta,
+                                         target_ms=L.target_ms)
+  if objective is None:
+    return None
+
+  def arch_objective(ce, alphas):
+    lat = expected.of_state(alphas)
+    return objective(ce, lat), {"a_latency_ms": lat}
+  return arch_objective
 
 
 def _fresh_meta() -> dict:
@@ -73,9 +140,7 @@ def _search(config, workdir, progress, resume, preemption):
   loop.prepare_workdir(workdir, config, resume=resume, has_checkpoint=bool(ckpt.steps()),
                        what="search")
 
-  net = darts.Network(m.C, info.num_classes, m.layers, m.steps, m.multiplier, m.stem_multiplier,
-                      in_channels=info.image_shape[-1], primitives=tuple(m.primitives),
-                      remat=m.remat, rngs=nnx.Rngs(config.seed))
+  net = make_supernet(config, info.num_classes, info.image_shape[-1])
   schedule = bilevel.per_epoch_cosine(s.w_lr, s.w_lr_min, s.epochs, steps_per_epoch)
   w_tx = bilevel.make_w_tx(schedule, s.momentum, s.weight_decay, s.grad_clip)
   a_tx = bilevel.make_a_tx(s.a_lr, s.a_b1, s.a_b2, s.a_weight_decay)
@@ -91,10 +156,17 @@ def _search(config, workdir, progress, resume, preemption):
     print(f"dnas: resuming {workdir} at epoch {meta['epoch']}, step {int(state.step)}",
           file=sys.stderr)
   dtype = utils.compute_dtype(config)
-  step = utils.compile_then_trim(bilevel.make_search_step(
-      graphdef, w_tx, a_tx, order=s.order, w_lr=schedule, momentum=s.momentum,
-      weight_decay=s.weight_decay, fd_r=s.fd_r, shardings=shardings,
-      dtype=dtype))
+  latency = latency_setup(config, info, workdir)
+  step_kwargs = dict(order=s.order, w_lr=schedule, momentum=s.momentum,
+                     weight_decay=s.weight_decay, fd_r=s.fd_r, shardings=shardings, dtype=dtype,
+                     hvp_remat=s.get("hvp_remat", False),
+                     arch_objective=latency and make_arch_objective(config, latency[2]))
+  step = utils.compile_then_trim(bilevel.make_search_step(graphdef, w_tx, a_tx, **step_kwargs))
+  # Epochs before `arch_start_epoch` train the weights only (PC-DARTS's warm-up); that
+  # step is compiled on its first use.
+  arch_start = s.get("arch_start_epoch", 0)
+  warmup_step = utils.compile_then_trim(bilevel.make_search_step(
+      graphdef, w_tx, a_tx, arch=False, **step_kwargs)) if arch_start else None
   eval_step = utils.compile_then_trim(bilevel.make_eval_step(
       graphdef_eval, shardings=shardings, dtype=dtype))
   augment = make_augment(info, crop_padding=config.data.crop_padding, flip=config.data.flip)
@@ -123,8 +195,9 @@ def _search(config, workdir, progress, resume, preemption):
       a_batches = batches(a_src, seed=config.seed + 1, epoch=epoch, start=meta["batch"])
       sums = meta["sums"]
       for _ in range(meta["batch"], steps_per_epoch):
-        state, metrics = step(state, parallel.put_batch(next(w_batches), mesh),
-                              parallel.put_batch(next(a_batches), mesh))
+        state, metrics = (step if epoch >= arch_start else warmup_step)(
+            state, parallel.put_batch(next(w_batches), mesh),
+            parallel.put_batch(next(a_batches), mesh))
         metrics = {k: float(v) for k, v in parallel.to_host(metrics).items()}
         loop.check_finite(metrics, step=int(state.step),
                           phases={"a_": "architecture", "w_": "weight"})
@@ -132,9 +205,10 @@ def _search(config, workdir, progress, resume, preemption):
           sums[k] = sums.get(k, 0.0) + v
         meta.update(batch=meta["batch"] + 1, sums=sums)
         bar.update(1)
-        bar.set_postfix(epoch=epoch, w_loss=f"{metrics['w_loss']:.3f}",
-                        w_acc=f"{metrics['w_acc']:.2f}", a_loss=f"{metrics['a_loss']:.3f}",
-                        a_acc=f"{metrics['a_acc']:.2f}")
+        bar.set_postfix(epoch=epoch, **{k: f"{metrics[k]:.3f}" for k in
+                                         ("w_loss", "w_acc", "a_loss", "a_acc") if k in metrics},
+                        **({"lat_ms": f"{meta['records'][-1]['predicted_latency_ms']:.3f}"}
+                           if latency and meta["records"] else {}))
         if meta["batch"] == steps_per_epoch:
           break  # the epoch end saves (and answers a SIGTERM)
         if preemption.requested:
@@ -149,14 +223,15 @@ def _search(config, workdir, progress, resume, preemption):
       alphas = parallel.to_host(state.alphas)
       a_normal = np.asarray(alphas["alphas_normal"].get_value())
       a_reduce = np.asarray(alphas["alphas_reduce"].get_value())
-      genotype = darts.derive_genotype(a_normal, a_reduce, steps=m.steps,
-                                       multiplier=m.multiplier, primitives=tuple(m.primitives))
+      genotype = genotype_of(alphas, m)
       record = {k: v / steps_per_epoch for k, v in sums.items()}
       record.update(epoch=epoch, lr=float(schedule(epoch * steps_per_epoch)),
                     valid_loss=valid_loss, valid_acc=valid_acc,
                     alpha_entropy_normal=alpha_entropy(a_normal),
                     alpha_entropy_reduce=alpha_entropy(a_reduce),
                     genotype=genotype.to_dict(), wall_time=time.time() - start)
+      if latency:  # the derived network's latency on the table's device
+        record["predicted_latency_ms"] = darts_latency.predict(latency[0], latency[1], genotype)
       meta["records"].append(record)
       meta["alphas_normal"].append(_softmax(a_normal).tolist())
       meta["alphas_reduce"].append(_softmax(a_reduce).tolist())
@@ -165,7 +240,8 @@ def _search(config, workdir, progress, resume, preemption):
       if primary:
         loop.write_jsonl(metrics_path, meta["records"])
         darts.save_genotype(genotype, os.path.join(workdir, "genotype.json"))
-      bar.write(f"epoch {epoch}: w_acc {record['w_acc']:.3f} valid_acc {valid_acc:.3f} "
+      lat = (f" predicted latency {record['predicted_latency_ms']:.3f} ms" if latency else "")
+      bar.write(f"epoch {epoch}: w_acc {record['w_acc']:.3f} valid_acc {valid_acc:.3f}{lat} "
                 f"genotype {genotype}")
       if preemption.requested and epoch + 1 < s.epochs:
         raise loop.Preempted(preempted_message())

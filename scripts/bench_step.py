@@ -3,8 +3,9 @@
 python scripts/bench_step.py --config=dnas/configs/cifar10_darts.py --orders=first,second,second_fd
 python scripts/bench_step.py --devices=1,2,4,8 --dtypes=float32,bfloat16
 
-For each order, dtype and device count: trace+lower and compile time (reported apart),
-then the median of `--steps` timed steps of each phase and of the whole step; XLA's
+For each order, dtype and device count: trace+lower and compile time (reported apart;
+for the second-order methods, which run as several programs (`make_search_step(split=
+True)`), the first call of each phase: trace + compile + one run), then the median of `--steps` timed steps of each phase and of the whole step; XLA's
 temporary buffer size per phase; the process's peak RSS after compiling, and (Linux,
 peak reset) while stepping. Prints one JSON line per case. Random inputs of the
 config's image shape (no data needed); the compile cache is off unless DNAS_JAX_CACHE
@@ -28,11 +29,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
-from flax import nnx
 from ml_collections import config_flags
 
-from dnas import bilevel, parallel, utils
-from dnas.spaces import darts
+from dnas import bilevel, parallel, search_lib, utils
 
 _CONFIG = config_flags.DEFINE_config_file("config", "dnas/configs/cifar10_darts.py", "Config.")
 _ORDERS = flags.DEFINE_list("orders", ["first"], "Orders to time.")
@@ -84,19 +83,18 @@ def bench(config, order, steps, image, num_classes, dtype, devices=0):
   rng = np.random.default_rng(0)
   batch = lambda: dict(image=jnp.asarray(rng.standard_normal((s.batch_size, h, w, c)), jnp.float32),
                        label=jnp.asarray(rng.integers(0, num_classes, s.batch_size), jnp.int32))
-  net = darts.Network(m.C, num_classes, m.layers, m.steps, m.multiplier, m.stem_multiplier,
-                      in_channels=c, remat=m.remat, rngs=nnx.Rngs(0))
+  net = search_lib.make_supernet(config, num_classes, c)
   schedule = bilevel.per_epoch_cosine(s.w_lr, s.w_lr_min, s.epochs, 100)
   w_tx = bilevel.make_w_tx(schedule, s.momentum, s.weight_decay, s.grad_clip)
   a_tx = bilevel.make_a_tx(s.a_lr, s.a_b1, s.a_b2, s.a_weight_decay)
   graphdef, state = bilevel.init_search_state(net, w_tx, a_tx, jax.random.key(0))
-  arch_step, weight_step = bilevel.make_phase_steps(
-      graphdef, w_tx, a_tx, order=order, w_lr=schedule, momentum=s.momentum,
-      weight_decay=s.weight_decay, fd_r=s.fd_r, dtype=utils.DTYPES[dtype])
+  hvp_remat = s.get("hvp_remat", False)
+  split = order != "first"  # as `make_search_step` does by default
   bt, bv = batch(), batch()
-  out = dict(order=order, dtype=dtype, device=jax.devices()[0].device_kind,
+  out = dict(method=config.get("method", "darts"), order=order, dtype=dtype,
+             device=jax.devices()[0].device_kind,
              devices=devices or 1, batch=s.batch_size, image=list(image), C=m.C,
-             layers=m.layers, remat=m.remat)
+             layers=m.layers, remat=m.remat, hvp_remat=hvp_remat, split=split)
   jit = {"arch": {}, "weight": {}}
   if devices:
     mesh = parallel.make_mesh(devices)
@@ -105,18 +103,36 @@ def bench(config, order, steps, image, num_classes, dtype, devices=0):
     bt, bv = (parallel.put_batch(jax.device_get(b), mesh) for b in (bt, bv))
     jit = {"arch": bilevel._jit_shardings(shardings, 2),
            "weight": bilevel._jit_shardings(shardings, 1)}
+  phase_kwargs = dict(order=order, w_lr=schedule, momentum=s.momentum,
+                      weight_decay=s.weight_decay, fd_r=s.fd_r, dtype=utils.DTYPES[dtype],
+                      hvp_remat=hvp_remat)
   compiled = {}
-  for name, fn, args in (("arch", arch_step, (state, bt, bv)), ("weight", weight_step, (state, bt))):
-    t0 = time.perf_counter()
-    lowered = jax.jit(fn, **jit[name]).lower(*args)
-    t1 = time.perf_counter()
-    compiled[name] = lowered.compile()
-    t2 = time.perf_counter()
-    out[f"{name}_trace_s"], out[f"{name}_compile_s"] = round(t1 - t0, 1), round(t2 - t1, 1)
-    mem = compiled[name].memory_analysis()
-    if mem is not None:
-      out[f"{name}_xla_temp_gib"] = round(mem.temp_size_in_bytes / 2**30, 2)
-  out["peak_rss_compile_gib"] = round(_rss_gib(), 2)
+  if split:
+    # The phases run as separate programs (`make_search_step(split=True)`), each compiled
+    # ahead of its first call and trimmed: the first call is trace + compile + one run.
+    arch_step, weight_step = bilevel.make_phase_steps(
+        graphdef, w_tx, a_tx, piece=bilevel.split_piece(shardings if devices else None,
+                                                        donate=False), **phase_kwargs)
+    compiled = {"arch": arch_step, "weight": weight_step}
+    for name, args in (("arch", (state, bt, bv)), ("weight", (state, bt))):
+      t0 = time.perf_counter()
+      jax.block_until_ready(compiled[name](*args))
+      out[f"{name}_first_call_s"] = round(time.perf_counter() - t0, 1)
+    out["peak_rss_first_calls_gib"] = round(_rss_gib(), 2)
+  else:
+    arch_step, weight_step = bilevel.make_phase_steps(graphdef, w_tx, a_tx, **phase_kwargs)
+    for name, fn, args in (("arch", arch_step, (state, bt, bv)),
+                           ("weight", weight_step, (state, bt))):
+      t0 = time.perf_counter()
+      lowered = jax.jit(fn, **jit[name]).lower(*args)
+      t1 = time.perf_counter()
+      compiled[name] = lowered.compile()
+      t2 = time.perf_counter()
+      out[f"{name}_trace_s"], out[f"{name}_compile_s"] = round(t1 - t0, 1), round(t2 - t1, 1)
+      mem = compiled[name].memory_analysis()
+      if mem is not None:
+        out[f"{name}_xla_temp_gib"] = round(mem.temp_size_in_bytes / 2**30, 2)
+    out["peak_rss_compile_gib"] = round(_rss_gib(), 2)
   if _TRIM.value:
     utils.release_free_memory()
   out["rss_before_steps_gib"] = round(_rss_gib("VmRSS"), 2)

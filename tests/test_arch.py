@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from flax import nnx
 
 import dnas
@@ -83,3 +84,54 @@ def test_batched_mixed_ops_equals_plain_sum():
   chex.assert_trees_all_close(batched, plain, atol=1e-5)
   chex.assert_trees_all_close([nnx.state(e, nnx.BatchStat) for e in edges2], plain_stats,
                               atol=1e-6)
+
+
+def test_channel_shuffle_is_the_reference_permutation():
+  groups, c = 4, 12
+  x = jnp.broadcast_to(jnp.arange(c, dtype=jnp.float32), (1, 2, 2, c))
+  out = np.asarray(dnas.arch.channel_shuffle(x, groups)[0, 0, 0])
+  # PC-DARTS: view (groups, C / groups), transpose, flatten.
+  expected = np.arange(c).reshape(groups, c // groups).T.ravel()
+  np.testing.assert_array_equal(out, expected)
+  np.testing.assert_array_equal(np.sort(out), np.arange(c))  # a permutation
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_partial_mixed_op_mixes_exactly_c_over_k_channels(stride):
+  k, c, h = 4, 16, 7
+  seen = []
+
+  def op(scale):
+    def f(x):
+      seen.append(x.shape[-1])
+      y = x[:, ::stride, ::stride] if stride == 2 else x
+      return scale * y
+    return Act(f)
+
+  mixed = dnas.arch.PartialMixedOp([op(1.0), op(3.0)], k, rngs=nnx.Rngs(0))
+  x = jnp.asarray(np.random.default_rng().standard_normal((2, h, h, c)), jnp.float32)
+  w = jnp.asarray([0.25, 0.75])
+  out = mixed(x, w)
+  assert seen == [c // k, c // k]
+  # Undo the shuffle: the first C/K channels are the mix, the rest the bypass.
+  inverse = np.argsort(np.asarray(dnas.arch.channel_shuffle(
+      jnp.arange(c, dtype=jnp.float32)[None, None, None], k)[0, 0, 0]).astype(int))
+  unshuffled = np.asarray(out)[..., inverse]
+  xs = x[:, ::stride, ::stride] if stride == 2 else x
+  np.testing.assert_allclose(unshuffled[..., :c // k], (0.25 + 2.25) * xs[..., :c // k], rtol=1e-6)
+  bypass = x[..., c // k:]
+  if stride == 2:  # 2x2 max pooling, the odd border padded: ceil(7 / 2) = 4
+    padded = np.pad(np.asarray(bypass), ((0, 0), (0, 1), (0, 1), (0, 0)), constant_values=-np.inf)
+    bypass = padded.reshape(2, 4, 2, 4, 2, c - c // k).max(axis=(2, 4))
+  np.testing.assert_array_equal(unshuffled[..., c // k:], bypass)
+
+
+def test_node_softmax_normalises_each_node():
+  betas = jnp.asarray(np.random.default_rng().standard_normal(14), jnp.float32)
+  w = np.asarray(dnas.arch.node_softmax(betas, 4))
+  starts = [0, 2, 5, 9, 14]
+  for s, e in zip(starts[:-1], starts[1:]):
+    np.testing.assert_allclose(w[s:e].sum(), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(w[s:e], jax.nn.softmax(betas[s:e]), rtol=1e-6)
+  with pytest.raises(ValueError, match="13 edge logits, 4 nodes need 14"):
+    dnas.arch.node_softmax(betas[:13], 4)

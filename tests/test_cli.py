@@ -4,8 +4,12 @@ and user mistakes that exit 2 with one line and no traceback."""
 import json
 import os
 
+import jax
+import numpy as np
 import pytest
 
+from dnas import search_lib
+from dnas.configs import tiny
 from dnas.spaces import darts
 from tests import cli_helpers
 
@@ -47,7 +51,43 @@ def test_train_accepts_searched_genotype(searched, tmp_path):
   assert os.path.isdir(result["checkpoint"])
 
 
+def test_pc_darts_search_warms_up_then_searches(tmp_path):
+  # PC-DARTS on the tiny config: K=4 partial channels, edge normalisation, and the
+  # architecture frozen for the first epoch (the paper freezes 15 of 50).
+  out = _run("dnas.search", f"--config={TINY}", f"--workdir={tmp_path}", FAST_OPS,
+             "--config.method=pc_darts", "--config.search.epochs=2",
+             "--config.search.arch_start_epoch=1", cache=str(tmp_path / "cache"))
+  assert out.returncode == 0, out.stderr[-3000:]
+  records = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert "a_loss" not in records[0] and "w_loss" in records[0]
+  assert "a_loss" in records[1]
+  # Nothing moved the alphas in the warm-up epoch: still the supernet's initial ones.
+  config = tiny.get_config()
+  config.method = "pc_darts"
+  config.model.primitives = ("none", "max_pool_3x3", "avg_pool_3x3", "skip_connect",
+                             "dil_conv_3x3")
+  net = search_lib.make_supernet(config, 10, 1)
+  history = np.load(tmp_path / "alphas.npz")["normal"]
+  np.testing.assert_allclose(history[0], jax.nn.softmax(net.alphas_normal.get_value()), atol=1e-7)
+  assert np.abs(history[1] - history[0]).max() > 1e-4
+  assert darts.load_genotype(tmp_path / "genotype.json") == darts.Genotype.from_dict(
+      records[1]["genotype"])
+
+
 @pytest.mark.parametrize("module,args,message", [
+    ("dnas.search", ["--config.method=enas"], "method 'enas' is unknown; valid: darts, pc_darts"),
+    ("dnas.search", ["--config.method=pc_darts", "--config.model.pc_k=3"],
+     "model.pc_k=3 must divide model.C=4"),
+    ("dnas.search", ["--config.search.arch_start_epoch=1"],
+     "search.arch_start_epoch (1) must be < search.epochs (1)"),
+    ("dnas.search", ["--config.latency.objective=proxyless", "--config.latency.weight=-1"],
+     "latency.weight must be a number >= 0, got -1"),
+    ("dnas.search", ["--config.latency.objective=speed"], "latency.objective 'speed' is unknown"),
+    ("dnas.search", ["--config.latency.objective=target", "--config.latency.weight=1"],
+     "latency.target_ms must be > 0 for latency.objective=target"),
+    ("dnas.search", ["--config.latency.objective=proxyless", "--config.latency.weight=1",
+                     "--config.latency.table=/nonexistent/table.json"],
+     "cannot read latency table /nonexistent/table.json"),
     ("dnas.search", ["--config.search.w_lr=0"], "search.w_lr must be a positive number, got 0"),
     ("dnas.search", ["--config.search.a_lr=-1"], "search.a_lr must be a positive number, got -1"),
     ("dnas.search", ["--config.search.epochs=0"], "search.epochs must be a positive integer, got 0"),
@@ -75,6 +115,44 @@ def test_user_errors_exit_2_with_one_line(module, args, message):
   assert len(lines) == 1 and lines[0].startswith("dnas: error: "), out.stderr[-2000:]
   assert message in lines[0]
   assert "Traceback" not in out.stderr
+
+
+def test_latency_table_lacking_an_entry_exits_2(tmp_path):
+  table = {"format": "dnas-latency-table/1", "entries": {},
+           "meta": {"backend": "cpu", "device_kind": "cpu", "batch_size": 64,
+                    "dtype": "float32", "unit": "ms", "dispatch_ms": 0.01}}
+  path = tmp_path / "table.json"
+  path.write_text(json.dumps(table))
+  out = _run("dnas.search", f"--config={TINY}", f"--workdir={tmp_path / 'run'}",
+             "--config.latency.objective=proxyless", "--config.latency.weight=1",
+             f"--config.latency.table={path}")
+  assert out.returncode == 2, out.stderr[-2000:]
+  lines = out.stderr.strip().splitlines()
+  assert len(lines) == 1 and "the latency table has no entry '" in lines[0], lines
+
+
+def test_latency_profile_then_predict(tmp_path):
+  ops = "--config.model.primitives=('none','max_pool_3x3','skip_connect','sep_conv_3x3')"
+  table = tmp_path / "table.json"
+  out = cli_helpers.run("dnas.latency", "profile", f"--config={TINY}", ops,
+                        "--config.latency.repeats=3", f"--out={table}")
+  assert out.returncode == 0, out.stderr[-3000:]
+  meta = json.loads(table.read_text())["meta"]
+  assert meta["batch_size"] == 64 and meta["backend"] == "cpu"
+  g = darts.Genotype(normal=[("sep_conv_3x3", 0), ("skip_connect", 1), ("max_pool_3x3", 2),
+                             ("sep_conv_3x3", 0)], normal_concat=[2, 3],
+                     reduce=[("max_pool_3x3", 0), ("max_pool_3x3", 1), ("skip_connect", 2),
+                             ("max_pool_3x3", 1)], reduce_concat=[2, 3])
+  darts.save_genotype(g, tmp_path / "g.json")
+  out = cli_helpers.run("dnas.latency", "predict", f"--config={TINY}", f"--table={table}",
+                        f"--genotype={tmp_path / 'g.json'}", "--measure")
+  assert out.returncode == 0, out.stderr[-3000:]
+  result = json.loads(out.stdout.strip().splitlines()[-1])
+  assert result["predicted_ms"] > 0 and result["measured_ms"] > 0
+  out = cli_helpers.run("dnas.latency", "nonsense", f"--config={TINY}")
+  assert out.returncode == 2
+  assert out.stderr.strip() == ("dnas: error: a command is required, one of: profile, predict; "
+                                "got nonsense")
 
 
 def test_bad_genotype_file_exits_2(tmp_path):

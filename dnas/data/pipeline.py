@@ -101,6 +101,17 @@ TFDS_DATASETS = {
 DATASETS = ("digits",) + tuple(TFDS_DATASETS)
 
 
+def dataset_info(name: str, image_size: int = 224) -> DatasetInfo:
+  """What a data set's batches look like, without reading it (`get_dataset` reads)."""
+  if name == "digits":
+    return DatasetInfo("digits", (8, 8, 1), 10, digits.MEAN, digits.STD)
+  if name not in TFDS_DATASETS:
+    raise DataError(f"unknown data set {name!r}; available: {', '.join(DATASETS)}")
+  _, _, num_classes, (mean, std), kind = TFDS_DATASETS[name]
+  shape = (32, 32, 3) if kind == "cifar" else (image_size, image_size, 3)
+  return DatasetInfo(name, shape, num_classes, mean, std, kind)
+
+
 def get_dataset(name: str, data_dir: str = "", image_size: int = 224
                 ) -> tuple[DatasetInfo, dict[str, object]]:
   """(info, {"train", "validation", "test": source}) for a data set name.
@@ -108,13 +119,10 @@ def get_dataset(name: str, data_dir: str = "", image_size: int = 224
   `data_dir` holds TFDS-prepared data (default: TFDS's, ~/tensorflow_datasets);
   `image_size` is the side of ImageNet-style crops.
   """
+  info = dataset_info(name, image_size)
   if name == "digits":
-    splits = digits.load_splits()
-    info = DatasetInfo("digits", (8, 8, 1), 10, digits.MEAN, digits.STD)
-    return info, {k: ArraySource(*v) for k, v in splits.items()}
-  if name not in TFDS_DATASETS:
-    raise DataError(f"unknown data set {name!r}; available: {', '.join(DATASETS)}")
-  tfds_name, split_names, num_classes, (mean, std), kind = TFDS_DATASETS[name]
+    return info, {k: ArraySource(*v) for k, v in digits.load_splits().items()}
+  tfds_name, split_names = TFDS_DATASETS[name][:2]
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   verbosity = absl_logging.get_verbosity()
   absl_logging.set_verbosity(absl_logging.ERROR)  # TFDS warns about every folder it probes
@@ -130,8 +138,6 @@ def get_dataset(name: str, data_dir: str = "", image_size: int = 224
                     f"'dnas[prepare]')") from None
   finally:
     absl_logging.set_verbosity(verbosity)
-  shape = (32, 32, 3) if kind == "cifar" else (image_size, image_size, 3)
-  info = DatasetInfo(name, shape, num_classes, mean, std, kind)
   return info, {k: TfdsSource(v) for k, v in sources.items()}
 
 

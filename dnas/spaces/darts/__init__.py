@@ -1,7 +1,8 @@
 """The DARTS search space (Liu et al., ICLR 2019): `from dnas.spaces import darts`."""
 
 from dnas.spaces.darts.final import NetworkCIFAR, NetworkImageNet, drop_path
-from dnas.spaces.darts.genotypes import (DARTS, DARTS_V1, DARTS_V2, GENOTYPES, AmoebaNet, Genotype,
+from dnas.spaces.darts.genotypes import (DARTS, DARTS_V1, DARTS_V2, GENOTYPES, PC_DARTS_cifar,
+                                         PC_DARTS_image, PCDARTS, AmoebaNet, Genotype,
                                          GenotypeError, NASNet, derive_genotype)
 from dnas.spaces.darts.genotypes import load as load_genotype
 from dnas.spaces.darts.genotypes import save as save_genotype

@@ -133,11 +133,15 @@ def _parse(weights: np.ndarray, steps: int, primitives: Sequence[str]) -> list[t
 
 
 def derive_genotype(alphas_normal, alphas_reduce, *, steps: int = 4, multiplier: int = 4,
-                    primitives: Sequence[str] = PRIMITIVES) -> Genotype:
+                    primitives: Sequence[str] = PRIMITIVES, betas_normal=None,
+                    betas_reduce=None) -> Genotype:
   """Discretises the supernet (reference `Network.genotype()`).
 
   Args:
     alphas_normal, alphas_reduce: f32[E, K] logits, E = sum_{i<steps} (i + 2), K = len(primitives).
+    betas_normal, betas_reduce: optional f32[E] PC-DARTS edge logits; the rule then
+      ranks edges by softmax(alpha) times each node's softmax of beta (reference
+      PC-DARTS `genotype()`). The op on a kept edge is unchanged by the edge weight.
 
   Returns:
     The Genotype; both cells concatenate the last `multiplier` nodes.
@@ -147,13 +151,26 @@ def derive_genotype(alphas_normal, alphas_reduce, *, steps: int = 4, multiplier:
     e = np.exp(a - a.max(axis=-1, keepdims=True))
     return e / e.sum(axis=-1, keepdims=True)
 
+  def node_softmax(b):
+    b = np.asarray(b, np.float64)
+    starts = np.cumsum([0] + [i + 2 for i in range(steps)])
+    return np.concatenate([softmax(b[s:e]) for s, e in zip(starts[:-1], starts[1:])])
+
   E = sum(i + 2 for i in range(steps))
   for name, a in (("alphas_normal", alphas_normal), ("alphas_reduce", alphas_reduce)):
     if np.shape(a) != (E, len(primitives)):
       raise ValueError(f"{name} has shape {np.shape(a)}, expected {(E, len(primitives))}")
+  weights = {}
+  for cell, a, b in (("normal", alphas_normal, betas_normal),
+                     ("reduce", alphas_reduce, betas_reduce)):
+    weights[cell] = softmax(a)
+    if b is not None:
+      if np.shape(b) != (E,):
+        raise ValueError(f"betas_{cell} has shape {np.shape(b)}, expected {(E,)}")
+      weights[cell] = weights[cell] * node_softmax(b)[:, None]
   concat = tuple(range(2 + steps - multiplier, steps + 2))
-  return Genotype(normal=_parse(softmax(alphas_normal), steps, primitives), normal_concat=concat,
-                  reduce=_parse(softmax(alphas_reduce), steps, primitives), reduce_concat=concat)
+  return Genotype(normal=_parse(weights["normal"], steps, primitives), normal_concat=concat,
+                  reduce=_parse(weights["reduce"], steps, primitives), reduce_concat=concat)
 
 
 # Published cells, as in the reference genotypes.py.
@@ -199,5 +216,25 @@ DARTS_V2 = Genotype(
 
 DARTS = DARTS_V2
 
+# PC-DARTS's published cells (Xu et al. 2020; reference yuhuixu1993/PC-DARTS genotypes.py).
+PC_DARTS_cifar = Genotype(
+    normal=[("sep_conv_3x3", 1), ("skip_connect", 0), ("sep_conv_3x3", 0), ("dil_conv_3x3", 1),
+            ("sep_conv_5x5", 0), ("sep_conv_3x3", 1), ("avg_pool_3x3", 0), ("dil_conv_3x3", 1)],
+    normal_concat=[2, 3, 4, 5],
+    reduce=[("sep_conv_5x5", 1), ("max_pool_3x3", 0), ("sep_conv_5x5", 1), ("sep_conv_5x5", 2),
+            ("sep_conv_3x3", 0), ("sep_conv_3x3", 3), ("sep_conv_3x3", 1), ("sep_conv_3x3", 2)],
+    reduce_concat=[2, 3, 4, 5],
+)
+PC_DARTS_image = Genotype(
+    normal=[("skip_connect", 1), ("sep_conv_3x3", 0), ("sep_conv_3x3", 0), ("skip_connect", 1),
+            ("sep_conv_3x3", 1), ("sep_conv_3x3", 3), ("sep_conv_3x3", 1), ("dil_conv_5x5", 4)],
+    normal_concat=[2, 3, 4, 5],
+    reduce=[("sep_conv_3x3", 0), ("skip_connect", 1), ("dil_conv_5x5", 2), ("max_pool_3x3", 1),
+            ("sep_conv_3x3", 2), ("sep_conv_3x3", 1), ("sep_conv_5x5", 0), ("sep_conv_3x3", 3)],
+    reduce_concat=[2, 3, 4, 5],
+)
+PCDARTS = PC_DARTS_cifar
+
 GENOTYPES = {"NASNet": NASNet, "AmoebaNet": AmoebaNet, "DARTS_V1": DARTS_V1,
-             "DARTS_V2": DARTS_V2}
+             "DARTS_V2": DARTS_V2, "PC_DARTS_cifar": PC_DARTS_cifar,
+             "PC_DARTS_image": PC_DARTS_image}

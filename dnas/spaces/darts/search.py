@@ -3,13 +3,17 @@
 Layout NHWC. Mirrors the reference `model_search.py` layer for layer (parameter
 counts equal): affine-free BatchNorm in cells, a BatchNorm after each pooling op,
 and one set of alphas shared by all normal cells and one by all reduction cells.
+With `partial_channels=K` and `edge_normalization=True` it is the PC-DARTS supernet
+(Xu et al., ICLR 2020; reference yuhuixu1993/PC-DARTS `model_search.py`).
 """
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from dnas.arch import ArchParam, MixedOp, batched_mixed_ops, init_alphas
+from dnas import autodiff
+from dnas.arch import (ArchParam, MixedOp, PartialMixedOp, batched_mixed_ops, init_alphas,
+                       node_softmax)
 from dnas.spaces.darts import genotypes as genotypes_lib
 from dnas.spaces.darts.ops import (PRIMITIVES, FactorizedReduce, ReLUConvBN, batch_norm, conv2d,
                                    fusion_barrier, linear, make_op)
@@ -31,14 +35,18 @@ def search_op(name: str, C: int, stride: int, rngs: nnx.Rngs) -> nnx.Module:
 class Cell(nnx.Module):
   """Search cell: `steps` nodes, node i = sum_{j < i} MixedOp_{j,i}(state_j) (DARTS Eq. 1).
 
-  Inputs s0: f32[N, H0, W0, C_prev_prev], s1: f32[N, H, W, C_prev] and the op weights
-  f32[E, K] of this cell type. Output f32[N, H', W', multiplier * C], H' = H / 2 in a
-  reduction cell.
+  Inputs s0: f32[N, H0, W0, C_prev_prev], s1: f32[N, H, W, C_prev], the op weights
+  f32[E, K] of this cell type and, with edge normalisation, the edge weights f32[E]
+  (node i = sum_j edge_weights[j, i] MixedOp_{j,i}(state_j), PC-DARTS Eq. 4). Output
+  f32[N, H', W', multiplier * C], H' = H / 2 in a reduction cell.
+
+  `partial_channels` K > 1: every edge is a `PartialMixedOp` whose ops see C / K
+  channels (PC-DARTS); C must be divisible by K.
   """
 
   def __init__(self, steps: int, multiplier: int, C_prev_prev: int, C_prev: int, C: int,
                reduction: bool, reduction_prev: bool, primitives=PRIMITIVES, *,
-               rngs: nnx.Rngs):
+               partial_channels: int = 1, rngs: nnx.Rngs):
     self.steps, self.multiplier, self.reduction = steps, multiplier, reduction
     if reduction_prev:
       self.preprocess0 = FactorizedReduce(C_prev_prev, C, affine=False, rngs=rngs)
@@ -49,10 +57,15 @@ class Cell(nnx.Module):
     for i in range(steps):
       for j in range(2 + i):
         stride = 2 if reduction and j < 2 else 1
-        ops.append(MixedOp([search_op(p, C, stride, rngs) for p in primitives], own_alpha=False))
+        if partial_channels > 1:
+          candidates = [search_op(p, C // partial_channels, stride, rngs) for p in primitives]
+          ops.append(PartialMixedOp(candidates, partial_channels, own_alpha=False))
+        else:
+          candidates = [search_op(p, C, stride, rngs) for p in primitives]
+          ops.append(MixedOp(candidates, own_alpha=False))
     self.ops = nnx.List(ops)
 
-  def __call__(self, s0, s1, weights):
+  def __call__(self, s0, s1, weights, edge_weights=None):
     # Each node feeds 8 ops per later edge: keep it (and its gradient) one buffer.
     states = [fusion_barrier(self.preprocess0(s0)), fusion_barrier(self.preprocess1(s1))]
     offset = 0
@@ -61,22 +74,25 @@ class Cell(nnx.Module):
       # Edges of one stride have identical ops and shapes: run each group as one body.
       groups = [range(2), range(2, n)] if self.reduction else [range(n)]
       s = sum(batched_mixed_ops([self.ops[offset + j] for j in g], [states[j] for j in g],
-                                weights[offset + g[0]:offset + g[-1] + 1])
+                                weights[offset + g[0]:offset + g[-1] + 1],
+                                None if edge_weights is None
+                                else edge_weights[offset + g[0]:offset + g[-1] + 1])
               for g in groups if len(g))
       offset += n
       states.append(fusion_barrier(s))
     return jnp.concatenate(states[-self.multiplier:], axis=-1)
 
 
-def _checkpointed(cell: Cell, s0, s1, weights):
-  """cell(s0, s1, weights) under `jax.checkpoint`; BatchNorm statistics are written back."""
+def _checkpointed(cell: Cell, s0, s1, weights, edge_weights):
+  """cell(s0, s1, weights, edge_weights) under `jax.checkpoint`; BatchNorm statistics are
+  written back."""
   graphdef, state = nnx.split(cell)
 
-  def body(state, s0, s1, weights):
+  def body(state, s0, s1, weights, edge_weights):
     c = nnx.merge(graphdef, state)
-    return c(s0, s1, weights), nnx.state(c)
+    return c(s0, s1, weights, edge_weights), nnx.state(c)
 
-  out, new_state = jax.checkpoint(body)(state, s0, s1, weights)
+  out, new_state = jax.checkpoint(body)(state, s0, s1, weights, edge_weights)
   nnx.update(cell, new_state)
   return out
 
@@ -93,8 +109,13 @@ class Network(nnx.Module):
     stem_multiplier: the stem outputs stem_multiplier * C channels.
     in_channels: image channels (3 for CIFAR, 1 for digits).
     primitives: candidate op names, the columns of the alphas.
+    partial_channels: K; each edge's ops see C / K channels (PC-DARTS; 1: DARTS); C must be
+      divisible by K (then the doubled stages' C / K are even, as FactorizedReduce needs).
+    edge_normalization: PC-DARTS edge weights: architecture logits beta per edge
+      (`betas_normal`, `betas_reduce`, f32[E]), softmax over each node's inputs.
     remat: recompute each cell's activations in the backward pass (`jax.checkpoint`)
-      instead of keeping them: less memory for one more forward pass.
+      instead of keeping them: less memory for one more forward pass. Also on while
+      tracing inside `dnas.autodiff.rematerialize()`.
 
   Call: f32[N, H, W, in_channels] -> logits f32[N, num_classes]. BatchNorm uses batch
   statistics after `net.train()` (the default) and running ones after `net.eval()`.
@@ -102,13 +123,19 @@ class Network(nnx.Module):
 
   def __init__(self, C: int, num_classes: int, layers: int, steps: int = 4,
                multiplier: int = 4, stem_multiplier: int = 3, *, in_channels: int = 3,
-               primitives=PRIMITIVES, remat: bool = False, rngs: nnx.Rngs):
+               primitives=PRIMITIVES, partial_channels: int = 1,
+               edge_normalization: bool = False, remat: bool = False, rngs: nnx.Rngs):
     for name, v in dict(C=C, num_classes=num_classes, layers=layers, steps=steps,
-                        multiplier=multiplier, stem_multiplier=stem_multiplier).items():
+                        multiplier=multiplier, stem_multiplier=stem_multiplier,
+                        partial_channels=partial_channels).items():
       if v < 1:
         raise ValueError(f"Network: {name} must be >= 1, got {v}")
     if multiplier > steps:
       raise ValueError(f"Network: multiplier ({multiplier}) must be <= steps ({steps})")
+    K = partial_channels
+    if C % K:
+      raise ValueError(f"Network: partial_channels={K} needs C divisible by {K}, got C={C}")
+    self.partial_channels, self.edge_normalization = K, edge_normalization
     self.primitives = tuple(primitives)
     self.steps, self.multiplier, self.layers, self.remat = steps, multiplier, layers, remat
     C_curr = stem_multiplier * C
@@ -122,7 +149,7 @@ class Network(nnx.Module):
       if reduction:
         C_curr *= 2
       cells.append(Cell(steps, multiplier, C_prev_prev, C_prev, C_curr, reduction,
-                        reduction_prev, self.primitives, rngs=rngs))
+                        reduction_prev, self.primitives, partial_channels=K, rngs=rngs))
       reduction_prev = reduction
       C_prev_prev, C_prev = C_prev, multiplier * C_curr
     self.cells = nnx.List(cells)
@@ -130,21 +157,39 @@ class Network(nnx.Module):
     shape = (num_edges(steps), len(self.primitives))
     self.alphas_normal = init_alphas(rngs.params(), shape)
     self.alphas_reduce = init_alphas(rngs.params(), shape)
+    if edge_normalization:
+      self.betas_normal = init_alphas(rngs.params(), shape[:1])
+      self.betas_reduce = init_alphas(rngs.params(), shape[:1])
+
+  def edge_weights(self) -> tuple[jax.Array, jax.Array] | tuple[None, None]:
+    """(normal, reduce) f32[E] edge weights (PC-DARTS), or (None, None)."""
+    if not self.edge_normalization:
+      return None, None
+    return (node_softmax(self.betas_normal[...], self.steps),
+            node_softmax(self.betas_reduce[...], self.steps))
 
   def __call__(self, x):
     s0 = s1 = self.stem(x)
     w_normal = jax.nn.softmax(self.alphas_normal[...], axis=-1)
     w_reduce = jax.nn.softmax(self.alphas_reduce[...], axis=-1)
+    e_normal, e_reduce = self.edge_weights()
+    remat = self.remat or autodiff.remat_requested()
     for cell in self.cells:
-      w = w_reduce if cell.reduction else w_normal
-      s0, s1 = s1, (_checkpointed(cell, s0, s1, w) if self.remat else cell(s0, s1, w))
+      w, e = (w_reduce, e_reduce) if cell.reduction else (w_normal, e_normal)
+      s0, s1 = s1, (_checkpointed(cell, s0, s1, w, e) if remat else cell(s0, s1, w, e))
     return self.classifier(jnp.mean(s1, axis=(1, 2)))
 
-  def arch_parameters(self) -> tuple[ArchParam, ArchParam]:
+  def arch_parameters(self) -> tuple[ArchParam, ...]:
+    if self.edge_normalization:
+      return self.alphas_normal, self.alphas_reduce, self.betas_normal, self.betas_reduce
     return self.alphas_normal, self.alphas_reduce
 
   def genotype(self) -> genotypes_lib.Genotype:
-    """The discrete cell that the current alphas select (DARTS Sec. 2.4)."""
+    """The discrete cell that the current architecture parameters select (DARTS
+    Sec. 2.4; with edge normalisation, PC-DARTS's rule on softmax(alpha) * beta)."""
+    betas = ((self.betas_normal[...], self.betas_reduce[...]) if self.edge_normalization
+             else (None, None))
     return genotypes_lib.derive_genotype(self.alphas_normal[...], self.alphas_reduce[...],
                                          steps=self.steps, multiplier=self.multiplier,
-                                         primitives=self.primitives)
+                                         primitives=self.primitives, betas_normal=betas[0],
+                                         betas_reduce=betas[1])

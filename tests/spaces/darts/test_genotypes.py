@@ -47,6 +47,20 @@ def test_none_is_ignored_even_when_strongest():
   assert all(op != "none" for op, _ in g.normal + g.reduce)
 
 
+def test_pc_darts_edge_weights_decide_edges():
+  # Node 1 reads edges 2, 3, 4 (inputs 0, 1, 2). By alpha alone inputs 0 and 1 win; a
+  # large beta on edge 4 makes softmax(alpha) * node_softmax(beta) pick input 2 first.
+  normal = _alphas({(2, "sep_conv_3x3"): 2, (3, "dil_conv_3x3"): 1.5, (4, "max_pool_3x3"): 1})
+  betas = np.zeros(14, np.float32)
+  betas[4] = 3
+  assert derive_genotype(normal, _alphas({})).normal[2:4] == (
+      ("sep_conv_3x3", 0), ("dil_conv_3x3", 1))
+  g = derive_genotype(normal, _alphas({}), betas_normal=betas, betas_reduce=np.zeros(14))
+  assert g.normal[2:4] == (("max_pool_3x3", 2), ("sep_conv_3x3", 0))
+  with pytest.raises(ValueError, match=r"betas_normal has shape \(13,\), expected \(14,\)"):
+    derive_genotype(normal, _alphas({}), betas_normal=betas[:13])
+
+
 def test_derive_checks_shapes():
   with pytest.raises(ValueError, match=r"alphas_normal has shape \(13, 8\)"):
     derive_genotype(np.zeros((13, 8)), np.zeros((14, 8)))

@@ -14,11 +14,16 @@ from dnas.utils import count_params
 
 # (genotype, without auxiliary head, with it): NetworkCIFAR(C=36, 10, layers=20, auxiliary=True).
 CIFAR_COUNTS = [("DARTS_V2", 3_349_342, 3_825_768), ("DARTS_V1", 3_169_414, 3_645_840),
-                ("NASNet", 3_830_950, 4_288_944), ("AmoebaNet", 3_145_078, 3_603_072)]
+                ("NASNet", 3_830_950, 4_288_944), ("AmoebaNet", 3_145_078, 3_603_072),
+                # PC-DARTS's reference: the paper's 3.6M.
+                ("PC_DARTS_cifar", 3_634_678, 4_111_104), ("PC_DARTS_image", 3_721_510, 4_197_936)]
 # NetworkImageNet(C=48, 1000, layers=14, auxiliary=True).
-IMAGENET_COUNTS = [("DARTS_V2", 4_718_752, 5_979_528), ("DARTS_V1", 4_510_432, 5_771_208)]
+IMAGENET_COUNTS = [("DARTS_V2", 4_718_752, 5_979_528), ("DARTS_V1", 4_510_432, 5_771_208),
+                   ("PC_DARTS_image", 5_342_464, 6_603_240)]
 # model_search.Network(C, 10, layers): weights only (the alphas are not parameters).
 SUPERNET_COUNTS = [((16, 10, 8), 1_930_618), ((4, 10, 3), 72_854), ((4, 10, 2), 65_606)]
+# PC-DARTS (yuhuixu1993/PC-DARTS, K=4, edge normalisation), counted the same way.
+PC_SUPERNET_COUNTS = [((16, 10, 8), 299_578), ((8, 10, 3), 34_026), ((8, 10, 5), 66_586)]
 
 
 @pytest.mark.parametrize("name,no_aux,total", CIFAR_COUNTS)
@@ -49,6 +54,24 @@ def test_supernet_param_counts(args, count):
   assert count_params(net) == count
   alphas = nnx.state(net, ArchParam)
   assert [v.get_value().shape for _, v in nnx.to_flat_state(alphas)] == [(14, 8), (14, 8)]
+
+
+@pytest.mark.parametrize("args,count", PC_SUPERNET_COUNTS)
+def test_pc_darts_supernet_param_counts(args, count):
+  net = nnx.eval_shape(lambda: darts.Network(*args, partial_channels=4, edge_normalization=True,
+                                             rngs=nnx.Rngs(0)))
+  assert count_params(net) == count
+  assert [a.get_value().shape for a in net.arch_parameters()] == [(14, 8), (14, 8), (14,), (14,)]
+
+
+def test_pc_darts_supernet_forward_and_genotype():
+  net = darts.Network(8, 10, 3, partial_channels=4, edge_normalization=True, rngs=nnx.Rngs(0))
+  # Each edge's ops are built for C / K channels (a sep conv's first depthwise kernel).
+  assert net.cells[0].ops[0].ops[4].block1.dw.kernel.get_value().shape[-1] == 8 // 4
+  x = jnp.asarray(np.random.default_rng().standard_normal((2, 8, 8, 3)), jnp.float32)
+  chex.assert_shape(net(x), (2, 10))
+  with pytest.raises(ValueError, match="partial_channels=4 needs C divisible by 4"):
+    darts.Network(6, 10, 3, partial_channels=4, rngs=nnx.Rngs(0))
 
 
 def test_supernet_structure_and_forward():
