@@ -85,12 +85,14 @@ class MixedOp(nnx.Module):
     else:
       self.alpha = None
 
-  def __call__(self, x, weights: jax.Array | None = None, **kwargs):
+  def __call__(self, x, weights: jax.Array | None = None, *, sampled: bool = False, **kwargs):
     """Mixes all candidate ops.
 
     Args:
       x: input of every op (e.g. f32[N, H, W, C]).
       weights: optional f32[K] op weights; default softmax(self.alpha).
+      sampled: `weights` is a straight-through one-hot sample (`gumbel_softmax(...,
+        hard=True)`): only the sampled op runs (`run_sampled`).
       **kwargs: passed to every op.
 
     Returns:
@@ -100,7 +102,30 @@ class MixedOp(nnx.Module):
       if self.alpha is None:
         raise ValueError("MixedOp without its own alpha needs `weights`")
       weights = self.weights()
+    if sampled:
+      return self.run_sampled(x, weights, **kwargs)
     return mix(weights, [op(x, **kwargs) for op in self.ops])
+
+  def run_sampled(self, x, hard: jax.Array, **kwargs):
+    """Runs only the op that the one-hot `hard` (f32[K], straight-through) selects, as
+    GDAS does: y = h_k op_k(x) + sum_{j != k} h_j, k = argmax h. The other terms are 0
+    in value but pass the gradient to every h_j; the other ops are not computed
+    (`lax.switch`)."""
+    index = jnp.argmax(hard)
+    graphdef, state = nnx.split(self.ops)
+
+    def branch(k):
+      def run(state, x, hard):
+        ops = nnx.merge(graphdef, state)
+        y = ops[k](x, **kwargs)
+        rest = jnp.sum(hard) - hard[k]
+        return hard[k].astype(y.dtype) * y + rest.astype(y.dtype), nnx.state(ops)
+      return run
+
+    y, new_state = jax.lax.switch(index, [branch(k) for k in range(len(self.ops))],
+                                  state, x, hard)
+    nnx.update(self.ops, new_state)
+    return y
 
   def weights(self) -> jax.Array:
     """f32[K] softmax(alpha)."""
@@ -109,6 +134,18 @@ class MixedOp(nnx.Module):
   def choice(self) -> int:
     """Index of the op with the largest weight: the general discretisation rule."""
     return int(jnp.argmax(self.alpha[...]))
+
+
+def gumbel_softmax(key: jax.Array, logits: jax.Array, tau, hard: bool = False) -> jax.Array:
+  """Gumbel-softmax sample over the last axis (Jang et al. 2017, Eq. 2; FBNet Eq. 5):
+  softmax((logits + g) / tau), g ~ Gumbel(0, 1). `hard`: the one-hot of its argmax with
+  the soft sample's gradient (straight-through, as GDAS). f32[..., K] -> f32[..., K]."""
+  g = jax.random.gumbel(key, logits.shape, jnp.float32)
+  soft = jax.nn.softmax((logits.astype(jnp.float32) + g) / tau, axis=-1)
+  if not hard:
+    return soft
+  one_hot = jax.nn.one_hot(jnp.argmax(soft, axis=-1), logits.shape[-1], dtype=soft.dtype)
+  return one_hot - jax.lax.stop_gradient(soft) + soft
 
 
 def channel_shuffle(x: jax.Array, groups: int) -> jax.Array:
@@ -146,11 +183,11 @@ class PartialMixedOp(MixedOp):
     super().__init__(ops, **kwargs)
     self.k = k
 
-  def __call__(self, x, weights: jax.Array | None = None, **kwargs):
+  def __call__(self, x, weights: jax.Array | None = None, *, sampled: bool = False, **kwargs):
     c = x.shape[-1]
     if c % self.k:
       raise ValueError(f"PartialMixedOp: {c} channels are not divisible by k={self.k}")
-    mixed = super().__call__(x[..., :c // self.k], weights, **kwargs)
+    mixed = super().__call__(x[..., :c // self.k], weights, sampled=sampled, **kwargs)
     bypass = x[..., c // self.k:]
     if mixed.shape[1:3] != bypass.shape[1:3]:
       bypass = max_pool_2x2(bypass)

@@ -19,7 +19,9 @@ The virtual step is the reference's: w' = w - eta (mu buf + grad_w L_train + wd 
 the current learning rate eta, momentum mu and momentum buffer buf of the weight
 optimiser, and no gradient clipping.
 
-Batches are dicts {"image": f32[N, H, W, C], "label": int32[N]}.
+Batches are dicts {"image": f32[N, H, W, C], "label": int32[N]}; they may also carry
+keyword inputs of the model (`MODEL_INPUTS`), which the steps add for Gumbel-softmax
+relaxations (`tau`).
 """
 
 from collections.abc import Callable
@@ -34,6 +36,8 @@ from dnas import autodiff, utils
 from dnas.arch import ArchParam
 
 ORDERS = ("first", "second", "second_fd")
+# Batch entries passed to the model as keyword arguments (`darts.Network`'s Gumbel inputs).
+MODEL_INPUTS = ("arch_key", "tau")
 
 
 class SearchState(NamedTuple):
@@ -54,6 +58,21 @@ def per_epoch_cosine(base_lr: float, min_lr: float, epochs: int,
   def schedule(count):
     epoch = jnp.minimum(count // steps_per_epoch, epochs)
     return min_lr + (base_lr - min_lr) * 0.5 * (1 + jnp.cos(jnp.pi * epoch / epochs))
+  return schedule
+
+
+def per_epoch_anneal(start: float, end: float, epochs: int, steps_per_epoch: int,
+                     kind: str = "linear") -> optax.Schedule:
+  """A temperature annealed once per epoch from `start` (epoch 0) to `end` (last epoch):
+  "linear" as GDAS, "exponential" (geometric) as FBNet's tau_0 * 0.956^epoch."""
+  if kind not in ("linear", "exponential"):
+    raise ValueError(f"anneal kind {kind!r} is unknown; valid: linear, exponential")
+
+  def schedule(count):
+    frac = jnp.minimum(count // steps_per_epoch, epochs - 1) / max(epochs - 1, 1)
+    if kind == "linear":
+      return start + (end - start) * frac
+    return start * (end / start) ** frac
   return schedule
 
 
@@ -111,7 +130,8 @@ def make_loss_fn(graphdef, dtype=None) -> Callable:
   """
   def loss_fn(params, alphas, stats, batch):
     net = nnx.merge(graphdef, utils.cast_floating(params, dtype), alphas, stats, copy=True)
-    out = net(utils.cast_floating(batch["image"], dtype))
+    inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
+    out = net(utils.cast_floating(batch["image"], dtype), **inputs)
     logits = utils.at_least_float32(out[0] if isinstance(out, tuple) else out)
     return cross_entropy(logits, batch["label"]), (logits, nnx.state(net, nnx.BatchStat))
   return loss_fn
@@ -246,8 +266,10 @@ def make_phase_steps(graphdef, w_tx: optax.GradientTransformation,
                      w_lr: optax.ScalarOrSchedule, momentum: float = 0.9,
                      weight_decay: float = 3e-4, fd_r: float = 1e-2, dtype=None,
                      hvp_remat: bool = False, arch_objective: Callable | None = None,
-                     piece: Callable = _identity_piece):
+                     tau: optax.Schedule | None = None, piece: Callable = _identity_piece):
   """The two phases as pure functions (not jitted); `dtype` as in `make_loss_fn`,
+  `tau` (a schedule of the step count) turns on the model's Gumbel-softmax sampling: each
+  phase adds `arch_key` (from state.rng, the step and the phase) and `tau` to its batches;
   `hvp_remat`, `arch_objective` and `piece` as in `make_arch_grad_fn` (`piece` also wraps
   the weight step's gradient and, with `state_update=True`, each phase's update
   (state, ...) -> (state, f32[])).
@@ -270,7 +292,15 @@ def make_phase_steps(graphdef, w_tx: optax.GradientTransformation,
             optax.tree.norm(d_alpha))
   arch_update = piece(arch_update, state_update=True)
 
+  def relaxed(state, batch, phase):
+    if tau is None:
+      return batch
+    key = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), phase)
+    return {**batch, "arch_key": key, "tau": jnp.asarray(tau(state.step), jnp.float32)}
+
   def arch_step(state, batch_train, batch_val):
+    # One architecture sample for every forward pass of the step.
+    batch_train, batch_val = relaxed(state, batch_train, 0), relaxed(state, batch_val, 0)
     d_alpha, stats, metrics = arch_grad(state, batch_train, batch_val)
     state, metrics["a_grad_norm"] = arch_update(state, d_alpha, stats)
     return state, metrics
@@ -283,6 +313,7 @@ def make_phase_steps(graphdef, w_tx: optax.GradientTransformation,
   weight_update = piece(weight_update, state_update=True)
 
   def weight_step(state, batch_train):
+    batch_train = relaxed(state, batch_train, 1)
     loss, logits, stats, g, _ = grads(state.params, state.alphas, state.batch_stats,
                                       batch_train)
     state, g_norm = weight_update(state, g, stats)
@@ -299,7 +330,7 @@ def make_search_step(graphdef, w_tx: optax.GradientTransformation,
                      weight_decay: float = 3e-4, fd_r: float = 1e-2, jit: bool = True,
                      split: bool | None = None, shardings=None, dtype=None,
                      hvp_remat: bool = False, arch_objective: Callable | None = None,
-                     arch: bool = True):
+                     tau: optax.Schedule | None = None, arch: bool = True):
   """One search step (architecture step, then weight step; with `arch=False` the weight
   step alone, for warm-up epochs such as PC-DARTS's first 15).
 
@@ -307,7 +338,8 @@ def make_search_step(graphdef, w_tx: optax.GradientTransformation,
   the second-order methods repeats the weight optimiser's step. `shardings`, a pair
   (state shardings, batch sharding) from `dnas.parallel`, runs the step as SPMD
   programs over their mesh; inputs must be placed accordingly. `dtype`: the activations'
-  dtype (`make_loss_fn`); `hvp_remat`, `arch_objective`: `make_arch_grad_fn`.
+  dtype (`make_loss_fn`); `hvp_remat`, `arch_objective`: `make_arch_grad_fn`; `tau`:
+  `make_phase_steps`.
 
   `jit=False` returns the pure step. With `jit=True` it is one jitted function, unless
   `split` (default: for the second-order methods): then the step runs as a handful of
@@ -324,7 +356,8 @@ def make_search_step(graphdef, w_tx: optax.GradientTransformation,
   if split is None:
     split = jit and order != "first"
   kwargs = dict(order=order, w_lr=w_lr, momentum=momentum, weight_decay=weight_decay,
-                fd_r=fd_r, dtype=dtype, hvp_remat=hvp_remat, arch_objective=arch_objective)
+                fd_r=fd_r, dtype=dtype, hvp_remat=hvp_remat, arch_objective=arch_objective,
+                tau=tau)
   if split:
     arch_step, weight_step = make_phase_steps(graphdef, w_tx, a_tx,
                                               piece=split_piece(shardings), **kwargs)

@@ -2,6 +2,7 @@
 
 from dnas import bilevel, latency_lib, utils
 from dnas.data.pipeline import DATASETS
+from dnas.spaces.darts.search import RELAXATIONS
 from dnas.spaces.darts.ops import PRIMITIVES
 
 NETWORKS = ("cifar", "imagenet")
@@ -90,6 +91,15 @@ def validate(config, mode: str) -> None:
       if c["model.C"] % c["model.pc_k"]:
         raise ConfigError(f"model.pc_k={c['model.pc_k']} must divide model.C={c['model.C']}: "
                           f"each edge mixes C / pc_k channels")
+    if c.get("search.relaxation", "softmax") not in RELAXATIONS:
+      raise ConfigError(f"search.relaxation {c['search.relaxation']!r} is unknown; valid: "
+                        f"{', '.join(RELAXATIONS)}")
+    if c.get("search.relaxation") == "gumbel":
+      _positive(c, "search.tau_start")
+      _positive(c, "search.tau_end")
+      if c["search.tau_anneal"] not in ("linear", "exponential"):
+        raise ConfigError(f"search.tau_anneal {c['search.tau_anneal']!r} is unknown; valid: "
+                          f"linear, exponential")
     if "latency.objective" in c:
       try:
         latency_lib.validate_settings(c["latency.objective"], c["latency.weight"],

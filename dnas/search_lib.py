@@ -35,12 +35,14 @@ def _softmax(a):
 def make_supernet(config, num_classes: int, in_channels: int) -> darts.Network:
   """The supernet of `config.method`: DARTS, or PC-DARTS (partial channels with
   K = `model.pc_k`, edge normalisation)."""
-  m = config.model
+  m, s = config.model, config.search
   pc = config.get("method", "darts") == "pc_darts"
   return darts.Network(m.C, num_classes, m.layers, m.steps, m.multiplier, m.stem_multiplier,
                        in_channels=in_channels, primitives=tuple(m.primitives),
                        partial_channels=m.get("pc_k", 4) if pc else 1, edge_normalization=pc,
-                       remat=m.remat, rngs=nnx.Rngs(config.seed))
+                       relaxation=s.get("relaxation", "softmax"),
+                       gumbel_hard=s.get("gumbel_hard", False), remat=m.remat,
+                       rngs=nnx.Rngs(config.seed))
 
 
 def genotype_of(alphas, m) -> darts.Genotype:
@@ -160,7 +162,10 @@ def _search(config, workdir, progress, resume, preemption):
   step_kwargs = dict(order=s.order, w_lr=schedule, momentum=s.momentum,
                      weight_decay=s.weight_decay, fd_r=s.fd_r, shardings=shardings, dtype=dtype,
                      hvp_remat=s.get("hvp_remat", False),
-                     arch_objective=latency and make_arch_objective(config, latency[2]))
+                     arch_objective=latency and make_arch_objective(config, latency[2]),
+                     tau=(bilevel.per_epoch_anneal(s.tau_start, s.tau_end, s.epochs,
+                                                   steps_per_epoch, s.tau_anneal)
+                          if s.get("relaxation", "softmax") == "gumbel" else None))
   step = utils.compile_then_trim(bilevel.make_search_step(graphdef, w_tx, a_tx, **step_kwargs))
   # Epochs before `arch_start_epoch` train the weights only (PC-DARTS's warm-up); that
   # step is compiled on its first use.

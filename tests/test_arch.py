@@ -135,3 +135,51 @@ def test_node_softmax_normalises_each_node():
     np.testing.assert_allclose(w[s:e], jax.nn.softmax(betas[s:e]), rtol=1e-6)
   with pytest.raises(ValueError, match="13 edge logits, 4 nodes need 14"):
     dnas.arch.node_softmax(betas[:13], 4)
+
+
+def test_gumbel_hard_samples_are_one_hot_with_straight_through_gradient():
+  logits = jnp.asarray(np.random.default_rng().standard_normal((14, 8)), jnp.float32)
+  key = jax.random.key(np.random.default_rng().integers(1 << 30))
+  hard = dnas.arch.gumbel_softmax(key, logits, 0.5, hard=True)
+  np.testing.assert_array_equal(np.sort(np.asarray(hard), axis=-1)[:, :-1], 0.0)
+  np.testing.assert_allclose(np.asarray(hard).max(axis=-1), 1.0, rtol=1e-6)
+  soft = dnas.arch.gumbel_softmax(key, logits, 0.5)
+  np.testing.assert_allclose(np.asarray(soft).sum(-1), 1.0, rtol=1e-5)
+  # Same noise: the hard sample is the soft sample's argmax.
+  np.testing.assert_array_equal(np.argmax(hard, -1), np.argmax(soft, -1))
+  c = jnp.asarray(np.random.default_rng().standard_normal((14, 8)), jnp.float32)
+  g = jax.grad(lambda l: jnp.sum(dnas.arch.gumbel_softmax(key, l, 0.5, hard=True) * c))(logits)
+  assert np.all(np.isfinite(g)) and np.abs(np.asarray(g)).sum() > 0
+
+
+def test_sampled_mixed_op_runs_only_the_sampled_op():
+  ops = [Act(lambda x: 2.0 * x), Act(jnp.tanh), Act(lambda x: x ** 2)]
+  mixed = MixedOp(ops, rngs=nnx.Rngs(0))
+  x = jnp.asarray(np.random.default_rng().standard_normal((2, 3, 3, 4)), jnp.float32)
+  hard = jnp.asarray([0.0, 1.0, 0.0])
+  np.testing.assert_allclose(mixed(x, hard, sampled=True), jnp.tanh(x), rtol=1e-6)
+  # GDAS: y = h_k op_k(x) + sum_{j != k} h_j; the other h_j get the summed cotangent.
+  g = jax.grad(lambda h: jnp.sum(mixed(x, h, sampled=True)))(hard)
+  np.testing.assert_allclose(g, [x.size, float(jnp.sum(jnp.tanh(x))), x.size], rtol=1e-5)
+  jaxpr = str(jax.make_jaxpr(lambda h: mixed(x, h, sampled=True))(hard))
+  assert "cond[" in jaxpr  # one branch per op, only the selected one executes
+
+
+def test_gumbel_search_step_moves_alphas():
+  # Hard sampling (the soft one differs only by the weights, tested above).
+  from dnas import bilevel
+  from dnas.spaces import darts
+  for hard in (True,):
+    net = darts.Network(2, 3, 2, steps=1, multiplier=1, stem_multiplier=1, in_channels=1,
+                        relaxation="gumbel", gumbel_hard=hard, rngs=nnx.Rngs(0))
+    w_tx, a_tx = bilevel.make_w_tx(0.05), bilevel.make_a_tx(lr=0.01)
+    graphdef, state = bilevel.init_search_state(net, w_tx, a_tx, jax.random.key(1))
+    step = jax.jit(bilevel.make_search_step(graphdef, w_tx, a_tx, order="first", w_lr=0.05,
+                                            tau=lambda _: 1.0, jit=False))
+    rng = np.random.default_rng()
+    batch = lambda: dict(image=jnp.asarray(rng.standard_normal((4, 6, 6, 1)), jnp.float32),
+                         label=jnp.asarray(rng.integers(0, 3, 4), jnp.int32))
+    new, metrics = step(state, batch(), batch())
+    assert np.isfinite(float(metrics["a_loss"])) and float(metrics["a_grad_norm"]) > 0
+    assert not np.array_equal(new.alphas["alphas_normal"].get_value(),
+                              state.alphas["alphas_normal"].get_value())

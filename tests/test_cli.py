@@ -51,19 +51,26 @@ def test_train_accepts_searched_genotype(searched, tmp_path):
   assert os.path.isdir(result["checkpoint"])
 
 
-def test_pc_darts_search_warms_up_then_searches(tmp_path):
-  # PC-DARTS on the tiny config: K=4 partial channels, edge normalisation, and the
-  # architecture frozen for the first epoch (the paper freezes 15 of 50).
+def test_pc_darts_gumbel_latency_search_warms_up_then_searches(tmp_path):
+  # PC-DARTS on the tiny config (K=4 partial channels, edge normalisation, the
+  # architecture frozen for the first epoch as the paper freezes 15 of 50), with hard
+  # Gumbel sampling and the latency term on a table measured at the start.
   out = _run("dnas.search", f"--config={TINY}", f"--workdir={tmp_path}", FAST_OPS,
              "--config.method=pc_darts", "--config.search.epochs=2",
-             "--config.search.arch_start_epoch=1", cache=str(tmp_path / "cache"))
+             "--config.search.arch_start_epoch=1", "--config.search.relaxation=gumbel",
+             "--config.search.gumbel_hard=true", "--config.latency.objective=proxyless",
+             "--config.latency.weight=0.1", "--config.latency.repeats=3",
+             cache=str(tmp_path / "cache"))
   assert out.returncode == 0, out.stderr[-3000:]
   records = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert "a_loss" not in records[0] and "w_loss" in records[0]
-  assert "a_loss" in records[1]
+  assert "a_loss" in records[1] and records[1]["a_objective"] > records[1]["a_loss"]
+  assert records[1]["a_latency_ms"] > 0 and records[1]["predicted_latency_ms"] > 0
+  assert (tmp_path / "latency_table.json").exists()
   # Nothing moved the alphas in the warm-up epoch: still the supernet's initial ones.
   config = tiny.get_config()
   config.method = "pc_darts"
+  config.search.update(relaxation="gumbel", gumbel_hard=True)
   config.model.primitives = ("none", "max_pool_3x3", "avg_pool_3x3", "skip_connect",
                              "dil_conv_3x3")
   net = search_lib.make_supernet(config, 10, 1)

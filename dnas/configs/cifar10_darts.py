@@ -29,9 +29,14 @@ def get_config():
                  primitives=PRIMITIVES, remat=False, pc_k=4)
   # hvp_remat: `order=second`'s Hessian-vector product recomputes cell activations (its
   # tangents double them; without it batch 64 does not fit 24 GiB on CPU).
+  # relaxation: "softmax" (DARTS) or "gumbel" (FBNet, GDAS: op weights sampled with a
+  # temperature annealed per epoch from tau_start to tau_end, "linear" or "exponential";
+  # gumbel_hard: straight-through one-hot, each edge runs only its sampled op).
   c.search = dict(epochs=50, batch_size=64, order="first", w_lr=0.025, w_lr_min=0.001,
                   momentum=0.9, weight_decay=3e-4, grad_clip=5.0, a_lr=3e-4, a_b1=0.5,
-                  a_b2=0.999, a_weight_decay=1e-3, fd_r=0.01, arch_start_epoch=0, hvp_remat=True)
+                  a_b2=0.999, a_weight_decay=1e-3, fd_r=0.01, arch_start_epoch=0,
+                  relaxation="softmax", gumbel_hard=False, tau_start=10.0, tau_end=0.1,
+                  tau_anneal="linear", hvp_remat=True)
   c.train = dict(network="cifar", C=36, layers=20, epochs=600, batch_size=96, lr=0.025,
                  lr_min=0.0, momentum=0.9, weight_decay=3e-4, grad_clip=5.0, auxiliary=True,
                  auxiliary_weight=0.4, drop_path_prob=0.2, cutout=16, label_smoothing=0.0)

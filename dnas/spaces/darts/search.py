@@ -12,11 +12,14 @@ import jax.numpy as jnp
 from flax import nnx
 
 from dnas import autodiff
-from dnas.arch import (ArchParam, MixedOp, PartialMixedOp, batched_mixed_ops, init_alphas,
-                       node_softmax)
+from dnas.arch import (ArchParam, MixedOp, PartialMixedOp, batched_mixed_ops, gumbel_softmax,
+                       init_alphas, node_softmax)
 from dnas.spaces.darts import genotypes as genotypes_lib
 from dnas.spaces.darts.ops import (PRIMITIVES, FactorizedReduce, ReLUConvBN, batch_norm, conv2d,
                                    fusion_barrier, linear, make_op)
+
+
+RELAXATIONS = ("softmax", "gumbel")
 
 
 def num_edges(steps: int) -> int:
@@ -65,12 +68,21 @@ class Cell(nnx.Module):
           ops.append(MixedOp(candidates, own_alpha=False))
     self.ops = nnx.List(ops)
 
-  def __call__(self, s0, s1, weights, edge_weights=None):
+  def __call__(self, s0, s1, weights, edge_weights=None, sampled: bool = False):
     # Each node feeds 8 ops per later edge: keep it (and its gradient) one buffer.
     states = [fusion_barrier(self.preprocess0(s0)), fusion_barrier(self.preprocess1(s1))]
     offset = 0
     for _ in range(self.steps):
       n = len(states)
+      if sampled:  # one-hot weights: each edge runs only its sampled op (no batching)
+        scale = (lambda e, y: y) if edge_weights is None else (
+            lambda e, y: edge_weights[e].astype(y.dtype) * y)
+        s = sum(scale(offset + j, self.ops[offset + j](states[j], weights[offset + j],
+                                                       sampled=True))
+                for j in range(n))
+        offset += n
+        states.append(fusion_barrier(s))
+        continue
       # Edges of one stride have identical ops and shapes: run each group as one body.
       groups = [range(2), range(2, n)] if self.reduction else [range(n)]
       s = sum(batched_mixed_ops([self.ops[offset + j] for j in g], [states[j] for j in g],
@@ -83,14 +95,14 @@ class Cell(nnx.Module):
     return jnp.concatenate(states[-self.multiplier:], axis=-1)
 
 
-def _checkpointed(cell: Cell, s0, s1, weights, edge_weights):
-  """cell(s0, s1, weights, edge_weights) under `jax.checkpoint`; BatchNorm statistics are
-  written back."""
+def _checkpointed(cell: Cell, s0, s1, weights, edge_weights, sampled=False):
+  """cell(s0, s1, weights, edge_weights, sampled) under `jax.checkpoint`; BatchNorm
+  statistics are written back."""
   graphdef, state = nnx.split(cell)
 
   def body(state, s0, s1, weights, edge_weights):
     c = nnx.merge(graphdef, state)
-    return c(s0, s1, weights, edge_weights), nnx.state(c)
+    return c(s0, s1, weights, edge_weights, sampled), nnx.state(c)
 
   out, new_state = jax.checkpoint(body)(state, s0, s1, weights, edge_weights)
   nnx.update(cell, new_state)
@@ -113,6 +125,10 @@ class Network(nnx.Module):
       divisible by K (then the doubled stages' C / K are even, as FactorizedReduce needs).
     edge_normalization: PC-DARTS edge weights: architecture logits beta per edge
       (`betas_normal`, `betas_reduce`, f32[E]), softmax over each node's inputs.
+    relaxation: "softmax" (DARTS) or "gumbel": when called with `arch_key` and `tau`, the
+      op weights are a Gumbel-softmax sample, one per cell type and call (FBNet, GDAS);
+      `gumbel_hard` makes it a straight-through one-hot and each edge runs only its
+      sampled op. Called without a key (evaluation) it mixes with softmax(alpha).
     remat: recompute each cell's activations in the backward pass (`jax.checkpoint`)
       instead of keeping them: less memory for one more forward pass. Also on while
       tracing inside `dnas.autodiff.rematerialize()`.
@@ -124,7 +140,8 @@ class Network(nnx.Module):
   def __init__(self, C: int, num_classes: int, layers: int, steps: int = 4,
                multiplier: int = 4, stem_multiplier: int = 3, *, in_channels: int = 3,
                primitives=PRIMITIVES, partial_channels: int = 1,
-               edge_normalization: bool = False, remat: bool = False, rngs: nnx.Rngs):
+               edge_normalization: bool = False, relaxation: str = "softmax",
+               gumbel_hard: bool = False, remat: bool = False, rngs: nnx.Rngs):
     for name, v in dict(C=C, num_classes=num_classes, layers=layers, steps=steps,
                         multiplier=multiplier, stem_multiplier=stem_multiplier,
                         partial_channels=partial_channels).items():
@@ -135,7 +152,11 @@ class Network(nnx.Module):
     K = partial_channels
     if C % K:
       raise ValueError(f"Network: partial_channels={K} needs C divisible by {K}, got C={C}")
+    if relaxation not in RELAXATIONS:
+      raise ValueError(f"Network: relaxation {relaxation!r} is unknown; valid: "
+                       f"{', '.join(RELAXATIONS)}")
     self.partial_channels, self.edge_normalization = K, edge_normalization
+    self.relaxation, self.gumbel_hard = relaxation, gumbel_hard
     self.primitives = tuple(primitives)
     self.steps, self.multiplier, self.layers, self.remat = steps, multiplier, layers, remat
     C_curr = stem_multiplier * C
@@ -168,15 +189,25 @@ class Network(nnx.Module):
     return (node_softmax(self.betas_normal[...], self.steps),
             node_softmax(self.betas_reduce[...], self.steps))
 
-  def __call__(self, x):
+  def __call__(self, x, *, arch_key: jax.Array | None = None, tau=None):
+    """f32[N, H, W, C] -> f32[N, num_classes]; `arch_key` (PRNG key) and `tau` (f32[])
+    draw the Gumbel-softmax op weights of `relaxation="gumbel"`."""
     s0 = s1 = self.stem(x)
-    w_normal = jax.nn.softmax(self.alphas_normal[...], axis=-1)
-    w_reduce = jax.nn.softmax(self.alphas_reduce[...], axis=-1)
+    sampled = self.relaxation == "gumbel" and arch_key is not None
+    if sampled:
+      k_normal, k_reduce = jax.random.split(arch_key)
+      w_normal = gumbel_softmax(k_normal, self.alphas_normal[...], tau, self.gumbel_hard)
+      w_reduce = gumbel_softmax(k_reduce, self.alphas_reduce[...], tau, self.gumbel_hard)
+    else:
+      w_normal = jax.nn.softmax(self.alphas_normal[...], axis=-1)
+      w_reduce = jax.nn.softmax(self.alphas_reduce[...], axis=-1)
+    hard = sampled and self.gumbel_hard
     e_normal, e_reduce = self.edge_weights()
     remat = self.remat or autodiff.remat_requested()
     for cell in self.cells:
       w, e = (w_reduce, e_reduce) if cell.reduction else (w_normal, e_normal)
-      s0, s1 = s1, (_checkpointed(cell, s0, s1, w, e) if remat else cell(s0, s1, w, e))
+      s0, s1 = s1, (_checkpointed(cell, s0, s1, w, e, hard) if remat
+                    else cell(s0, s1, w, e, hard))
     return self.classifier(jnp.mean(s1, axis=(1, 2)))
 
   def arch_parameters(self) -> tuple[ArchParam, ...]:
