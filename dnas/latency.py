@@ -3,6 +3,9 @@
 python -m dnas.latency profile [--config=dnas/configs/digits.py] [--out=latency_table.json]
     measures every candidate op and fixed part of the config's final network at each
     shape it meets (`train.*`, `latency.batch_size`, `dtype`) on this JAX backend.
+python -m dnas.latency calibrate --table=latency_table.json [--networks=30] [--out=...]
+    times `--networks` random final networks end to end here and fits the table's
+    correction, measured ~ scale * (table sum) + offset (BUILD_NOTES.md).
 python -m dnas.latency predict --genotype=g.json --table=latency_table.json [--measure]
     the table's prediction for a genotype's final network, and with --measure the
     network timed end to end here.
@@ -12,10 +15,11 @@ Use a table in a search with --config.latency.table=... and --config.latency.obj
 
 import json
 
+import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
-from dnas import cli, latency_lib
+from dnas import cli, config as config_lib, latency_lib
 from dnas.data.pipeline import dataset_info
 from dnas.spaces import darts
 from dnas.spaces.darts import latency as darts_latency
@@ -26,6 +30,9 @@ _OUT = flags.DEFINE_string("out", "latency_table.json", "profile: where to write
 _TABLE = flags.DEFINE_string("table", None, "predict: the latency table.")
 _GENOTYPE = flags.DEFINE_string("genotype", None, "predict: the genotype JSON file.")
 _MEASURE = flags.DEFINE_bool("measure", False, "predict: also time the network here.")
+_NETWORKS = flags.DEFINE_integer("networks", 30, "calibrate: random networks to time.")
+_SEED = flags.DEFINE_integer("seed", 1000, "calibrate: seed of the random networks.")
+_ROUNDS = flags.DEFINE_integer("rounds", 3, "calibrate: timing rounds over all networks.")
 _ALLOW_FOREIGN = flags.DEFINE_bool("allow_foreign_table", False, "predict: accept a table "
                                    "measured on another device kind.")
 
@@ -48,6 +55,35 @@ def profile(config):
         f"batch {L.batch_size}, {dtype}, dispatch {table.dispatch_ms:.4f} ms")
 
 
+def calibrate(config):
+  if not _TABLE.value:
+    raise latency_lib.LatencyError("calibrate needs --table")
+  table = latency_lib.LatencyTable.load(_TABLE.value)
+  table.check()  # the networks are timed here: the table must be from this device kind
+  layout = _layout(config)
+  primitives = tuple(config.model.primitives)
+  rng = np.random.default_rng(_SEED.value)
+  genotypes = [darts_latency.random_genotype(rng, primitives, config.model.steps,
+                                             config.model.multiplier)
+               for _ in range(_NETWORKS.value)]
+  compiled = [darts_latency.compile_network(layout, g, batch_size=table.meta["batch_size"],
+                                            dtype=table.meta["dtype"]) for g in genotypes]
+  # Rounds over all networks, interleaved; the median of each network's round medians.
+  times = [[] for _ in genotypes]
+  for _ in range(_ROUNDS.value):
+    for i, (forward, args) in enumerate(compiled):
+      times[i].append(latency_lib.time_call(forward, *args,
+                                            repeats=table.meta.get("repeats", 50))["median"])
+  measured = [(g, float(np.median(t))) for g, t in zip(genotypes, times)]
+  for i, (g, ms) in enumerate(measured):
+    print(f"[{i + 1}/{len(measured)}] measured {ms:.4f} ms, table sum "
+          f"{darts_latency.predict(table, layout, g):.4f} ms", flush=True)
+  table = darts_latency.calibrate(table, layout, measured)
+  out = _OUT.value if _OUT.present else _TABLE.value
+  table.save(out)
+  print(f"wrote {out}: correction {json.dumps(table.meta['correction'])}")
+
+
 def predict(config):
   if not _TABLE.value or not _GENOTYPE.value:
     raise latency_lib.LatencyError("predict needs --table and --genotype")
@@ -66,8 +102,9 @@ def predict(config):
 
 
 def main(argv):
-  {"profile": profile, "predict": predict}[argv[1]](_CONFIG.value)
+  config_lib.validate(_CONFIG.value, "search")  # latency.*, model.* and data.* as a search
+  {"profile": profile, "calibrate": calibrate, "predict": predict}[argv[1]](_CONFIG.value)
 
 
 if __name__ == "__main__":
-  cli.run(main, commands=("profile", "predict"))
+  cli.run(main, commands=("profile", "calibrate", "predict"))

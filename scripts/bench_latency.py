@@ -9,7 +9,9 @@ per node), DARTS_V1, DARTS_V2 and the `--genotypes` files (e.g. searched ones), 
 config's final network (`train.*`), eval mode, `latency.batch_size`, the config's dtype.
 Without `--table` one is profiled first on this device. Prints one JSON line per network
 and a summary line: Spearman rank correlation and mean absolute percentage error (MAPE)
-of prediction against measurement, and their medians and ratio.
+of prediction against measurement, and their medians and ratio; for a calibrated table
+(`python -m dnas.latency calibrate`, fitted on other random networks) also the figures
+without its correction.
 """
 
 import json
@@ -30,23 +32,13 @@ _CONFIG = config_flags.DEFINE_config_file("config", "dnas/configs/digits.py", "C
 _TABLE = flags.DEFINE_string("table", "", "Latency table (empty: profile one here first).")
 _RANDOM = flags.DEFINE_integer("random", 20, "Random genotypes.")
 _GENOTYPES = flags.DEFINE_list("genotypes", [], "More genotype files (searched ones).")
-_REPEATS = flags.DEFINE_integer("repeats", 50, "Timed calls per network.")
+_REPEATS = flags.DEFINE_integer("repeats", 50, "Timed calls per network and round.")
+_ROUNDS = flags.DEFINE_integer("rounds", 3, "Rounds over all networks, interleaved (the "
+                               "median over rounds is reported), so that drifts of the "
+                               "machine hit every network alike.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the random genotypes.")
 _PLOT = flags.DEFINE_string("plot", "", "PNG of predicted against measured latency.")
 _SAVE_TABLE = flags.DEFINE_string("save_table", "", "Where to write a profiled table.")
-
-
-def random_genotype(rng, primitives, steps, multiplier) -> darts.Genotype:
-  ops = [p for p in primitives if p != "none"]
-
-  def cell():
-    edges = []
-    for i in range(steps):
-      for j in sorted(rng.choice(i + 2, 2, replace=False)):
-        edges.append((ops[rng.integers(len(ops))], int(j)))
-    return edges
-  concat = list(range(2 + steps - multiplier, steps + 2))
-  return darts.Genotype(normal=cell(), normal_concat=concat, reduce=cell(), reduce_concat=concat)
 
 
 def main(argv):
@@ -71,22 +63,29 @@ def main(argv):
     if _SAVE_TABLE.value:
       table.save(_SAVE_TABLE.value)
   rng = np.random.default_rng(_SEED.value)
-  cases = [(f"random{i}", random_genotype(rng, primitives, m.steps, m.multiplier))
+  cases = [(f"random{i}", darts_latency.random_genotype(rng, primitives, m.steps, m.multiplier))
            for i in range(_RANDOM.value)]
   cases += [("DARTS_V1", darts.DARTS_V1), ("DARTS_V2", darts.DARTS_V2)]
   cases += [(path, darts.load_genotype(path)) for path in _GENOTYPES.value]
-  predicted, measured = [], []
-  for name, genotype in cases:
+  raw_table = latency_lib.LatencyTable(
+      {k: v for k, v in table.meta.items() if k != "correction"}, table.entries)
+  compiled = [darts_latency.compile_network(layout, g, batch_size=L.batch_size, dtype=dtype)
+              for _, g in cases]
+  rounds = [[] for _ in cases]
+  for _ in range(_ROUNDS.value):
+    for i, (forward, args) in enumerate(compiled):
+      rounds[i].append(latency_lib.time_call(forward, *args, repeats=_REPEATS.value)["median"])
+  predicted, raw, measured = [], [], []
+  for (name, genotype), times in zip(cases, rounds):
     pred = darts_latency.predict(table, layout, genotype)
-    meas = darts_latency.measure_network(layout, genotype, batch_size=L.batch_size,
-                                         dtype=dtype, repeats=_REPEATS.value)
+    raw.append(darts_latency.predict(raw_table, layout, genotype))
     predicted.append(pred)
-    measured.append(meas["median"])
-    print(json.dumps(dict(name=name, predicted_ms=round(pred, 4), measured_ms=meas["median"],
-                          measured_q25=meas["q25"], measured_q75=meas["q75"],
-                          error_pct=round(100 * (pred - meas["median"]) / meas["median"], 2))),
+    measured.append(float(np.median(times)))
+    print(json.dumps(dict(name=name, predicted_ms=round(pred, 4), uncorrected_ms=round(raw[-1], 4),
+                          measured_ms=round(measured[-1], 4), measured_rounds=times,
+                          error_pct=round(100 * (pred - measured[-1]) / measured[-1], 2))),
           flush=True)
-  p, q = np.asarray(predicted), np.asarray(measured)
+  p, q, r = np.asarray(predicted), np.asarray(measured), np.asarray(raw)
   ape = np.abs(p - q) / q
   print(json.dumps(dict(
       summary=True, networks=len(cases), device=jax.devices()[0].device_kind,
@@ -95,7 +94,10 @@ def main(argv):
       mape_pct=round(100 * float(ape.mean()), 2), max_ape_pct=round(100 * float(ape.max()), 2),
       median_predicted_ms=round(float(np.median(p)), 4),
       median_measured_ms=round(float(np.median(q)), 4),
-      median_ratio=round(float(np.median(p / q)), 4))), flush=True)
+      median_ratio=round(float(np.median(p / q)), 4),
+      corrected="correction" in table.meta,
+      uncorrected_spearman=round(float(stats.spearmanr(r, q)[0]), 4),
+      uncorrected_mape_pct=round(100 * float(np.mean(np.abs(r - q) / q)), 2))), flush=True)
   if _PLOT.value:
     import matplotlib  # pylint: disable=g-import-not-at-top
     matplotlib.use("Agg")

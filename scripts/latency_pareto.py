@@ -7,19 +7,23 @@ python scripts/latency_pareto.py --out=/tmp/pareto [--config=dnas/configs/digits
 Per weight: `python -m dnas.search` with `latency.objective` (weight 0: no latency term,
 the baseline), then `python -m dnas.train` on its genotype (the config's retraining),
 then the final network timed end to end (`latency.batch_size`, eval mode) beside the
-table's prediction. Writes `<out>/pareto.jsonl`, `<out>/pareto.png` (test accuracy
-against measured latency) and a markdown table on stdout. Without `--table`, one table
+table's prediction. At the end every found network is timed again side by side
+(`--rounds` interleaved rounds; median of the rounds). Writes `<out>/pareto.jsonl` (as
+it goes), `<out>/pareto_final.jsonl`, `<out>/pareto.png` (test accuracy against measured
+latency) and a markdown table on stdout. Without `--table`, one table
 is profiled first and shared by all runs.
 """
 
 import json
 import os
 
+import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
 from dnas import latency_lib, search_lib, train_lib, utils
 from dnas.data.pipeline import dataset_info
+from dnas.spaces import darts
 from dnas.spaces.darts import latency as darts_latency
 
 _CONFIG = config_flags.DEFINE_config_file("config", "dnas/configs/digits.py", "Config.")
@@ -29,6 +33,10 @@ _WEIGHTS = flags.DEFINE_list("weights", ["0", "0.05", "0.2", "1"], "latency.weig
                              "0 runs without the latency term.")
 _TABLE = flags.DEFINE_string("table", "", "Latency table (empty: profile one first).")
 _TARGET = flags.DEFINE_float("target_ms", 0.0, "latency.target_ms for objective=target.")
+_ROUNDS = flags.DEFINE_integer("rounds", 5, "Final side-by-side timing: rounds over all "
+                               "networks (interleaved, so drifts of the machine hit all).")
+_REMEASURE_ONLY = flags.DEFINE_bool("remeasure_only", False, "Skip the searches: time the "
+                                    "networks of an existing <out>/pareto.jsonl again.")
 
 
 def main(argv):
@@ -44,8 +52,9 @@ def main(argv):
                           batch_size=base.latency.batch_size, dtype=base.get("dtype", "float32"),
                           repeats=base.latency.repeats).save(table_path)
   table = latency_lib.LatencyTable.load(table_path)
-  rows = []
-  for w in (float(v) for v in _WEIGHTS.value):
+  rows = [] if not _REMEASURE_ONLY.value else [
+      json.loads(l) for l in open(os.path.join(_OUT.value, "pareto.jsonl"))]
+  for w in ([] if _REMEASURE_ONLY.value else (float(v) for v in _WEIGHTS.value)):
     config = base.copy_and_resolve_references()
     config.latency.table = table_path
     config.latency.objective = _OBJECTIVE.value if w > 0 else "none"
@@ -67,6 +76,20 @@ def main(argv):
     with open(os.path.join(_OUT.value, "pareto.jsonl"), "a") as f:
       f.write(json.dumps(row) + "\n")
     print(json.dumps(row), flush=True)
+  # Side by side: every network timed once per round, rounds interleaved; the median over
+  # rounds of each network's median is the figure reported.
+  compiled = [darts_latency.compile_network(layout, darts.Genotype.from_dict(r["genotype"]),
+                                            batch_size=table.meta["batch_size"],
+                                            dtype=table.meta["dtype"]) for r in rows]
+  times = [[] for _ in rows]
+  for _ in range(_ROUNDS.value):
+    for i, (forward, args) in enumerate(compiled):
+      times[i].append(latency_lib.time_call(forward, *args)["median"])
+  for r, t in zip(rows, times):
+    r.update(measured_ms=round(float(np.median(t)), 4), measured_rounds=t)
+  with open(os.path.join(_OUT.value, "pareto_final.jsonl"), "w") as f:
+    for r in rows:
+      f.write(json.dumps(r) + "\n")
   baseline = next((r for r in rows if r["weight"] == 0), rows[0])
   print("| latency weight | test acc | measured ms (median) | vs no latency term | "
         "predicted ms | params |")

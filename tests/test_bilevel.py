@@ -121,6 +121,15 @@ def test_cosine_schedule_is_per_epoch_reference():
                              rtol=1e-6)
 
 
+def test_gumbel_temperature_anneals_per_epoch():
+  linear = bilevel.per_epoch_anneal(10.0, 0.1, 5, 3)
+  np.testing.assert_allclose([linear(s) for s in (0, 2, 3, 12, 99)],
+                             [10.0, 10.0, 10.0 - 9.9 / 4, 0.1, 0.1], rtol=1e-5)  # GDAS
+  geometric = bilevel.per_epoch_anneal(5.0, 5.0 * 0.956 ** 4, 5, 3, "exponential")
+  np.testing.assert_allclose([geometric(3 * e) for e in range(5)],
+                             [5.0 * 0.956 ** e for e in range(5)], rtol=1e-5)  # FBNet
+
+
 def test_unknown_order():
   with pytest.raises(ValueError, match=r"unknown order 'third'; valid orders: first, second"):
     bilevel.make_arch_grad_fn(None, order="third", w_lr=0.1)

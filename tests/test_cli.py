@@ -158,8 +158,8 @@ def test_latency_profile_then_predict(tmp_path):
   assert result["predicted_ms"] > 0 and result["measured_ms"] > 0
   out = cli_helpers.run("dnas.latency", "nonsense", f"--config={TINY}")
   assert out.returncode == 2
-  assert out.stderr.strip() == ("dnas: error: a command is required, one of: profile, predict; "
-                                "got nonsense")
+  assert out.stderr.strip() == ("dnas: error: a command is required, one of: profile, "
+                                "calibrate, predict; got nonsense")
 
 
 def test_bad_genotype_file_exits_2(tmp_path):

@@ -171,3 +171,23 @@ def test_large_latency_weight_prefers_cheap_ops():
                             state.alphas["alphas_reduce"].get_value(), steps=2, multiplier=2,
                             primitives=OPS)
   assert all(op != "sep_conv_3x3" for op, _ in g.normal + g.reduce)
+
+
+def test_calibration_fits_scale_and_offset():
+  # End-to-end times made from a known affine map of the table's sums: the fitted
+  # correction finds it, and the corrected prediction and expected latency follow it.
+  rng = np.random.default_rng()
+  table = _synthetic_table(rng)
+  measured = []
+  for _ in range(12):
+    g = darts_latency.random_genotype(rng, OPS, steps=2, multiplier=2)
+    measured.append((g, 0.55 * darts_latency.predict(table, LAYOUT, g) - 0.3))
+  cal = darts_latency.calibrate(table, LAYOUT, measured)
+  assert cal.meta["correction"]["scale"] == pytest.approx(0.55, rel=1e-4)
+  assert cal.meta["correction"]["offset_ms"] == pytest.approx(-0.3, abs=1e-4)
+  for g, ms in measured:
+    assert darts_latency.predict(cal, LAYOUT, g) == pytest.approx(ms, rel=1e-4)
+  raw = darts_latency.ExpectedLatency.build(table, LAYOUT, OPS)
+  corrected = darts_latency.ExpectedLatency.build(cal, LAYOUT, OPS)
+  a = jnp.asarray(rng.standard_normal((5, 4)), jnp.float32)
+  np.testing.assert_allclose(float(corrected(a, a)), 0.55 * float(raw(a, a)) - 0.3, rtol=1e-4)
