@@ -98,6 +98,9 @@ class MixedOp(nnx.Module):
     Returns:
       The weighted sum of the op outputs.
     """
+    if sampled and weights is None:
+      raise ValueError("MixedOp(sampled=True) needs one-hot `weights` (gumbel_softmax(..., "
+                       "hard=True))")
     if weights is None:
       if self.alpha is None:
         raise ValueError("MixedOp without its own alpha needs `weights`")

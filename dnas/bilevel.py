@@ -243,7 +243,7 @@ def make_arch_grad_fn(graphdef, *, order: str, w_lr: optax.ScalarOrSchedule,
       return d_alpha, stats, dict(a_loss=loss, a_acc=accuracy(logits, batch_val["label"]))
     return arch_grad
 
-  arch_grad = dict(first=first, second=unrolled(piece(exact_hvp)),
+  arch_grad = dict(first=piece(first), second=unrolled(piece(exact_hvp)),
                    second_fd=unrolled(fd_hvp))[order]
   if arch_objective is None:
     return arch_grad

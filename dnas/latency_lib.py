@@ -163,8 +163,9 @@ def make_objective(form: str, *, weight: float = 0.0, fbnet_alpha: float = 0.2,
   if form == "none":
     return None
   if form == "fbnet":
-    # log(lat) must stay positive: lat > 1 ms (checked against the table by the caller).
-    return lambda ce, lat: ce * fbnet_alpha * jnp.log(lat) ** fbnet_beta
+    # log(lat) must stay positive: lat > 1 ms (checked against the table's lower bound by
+    # the caller); the floor only guards against a NaN.
+    return lambda ce, lat: ce * fbnet_alpha * jnp.log(jnp.maximum(lat, 1.0 + 1e-6)) ** fbnet_beta
   if form == "proxyless":
     return lambda ce, lat: ce + weight * lat
   return lambda ce, lat: ce + weight * jax.nn.relu(lat / target_ms - 1.0)

@@ -71,6 +71,10 @@ def latency_setup(config, info, workdir: str | None = None):
     table.check(batch_size=L.batch_size, dtype=dtype, allow_foreign=L.allow_foreign_table)
   elif L.table:
     raise latency_lib.LatencyError(f"cannot read latency table {L.table}: no such file")
+  elif jax.process_count() > 1:
+    # Each host would time its own table, and their objectives would differ.
+    raise latency_lib.LatencyError("a multi-host search needs latency.table: measure one "
+                                   "with python -m dnas.latency profile and pass it")
   else:
     print(f"dnas: measuring a latency table for the final network on "
           f"{jax.devices()[0].device_kind} (batch {L.batch_size}, {dtype})", file=sys.stderr)

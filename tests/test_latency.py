@@ -86,7 +86,7 @@ def test_prediction_sums_the_genotype_ops(measured):
 
 
 def test_expected_latency_is_the_hand_computed_sum_and_its_gradient_is_right():
-  rng = np.random.default_rng()
+  rng = np.random.default_rng(np.random.default_rng().integers(1 << 30))
   table = _synthetic_table(rng)
   expected = darts_latency.ExpectedLatency.build(table, LAYOUT, OPS)
   E = 5
@@ -126,6 +126,20 @@ def test_expected_latency_is_the_hand_computed_sum_and_its_gradient_is_right():
           float(f(jnp.asarray(a_n - d, jnp.float32)))) / (2 * eps)
     np.testing.assert_allclose(grad[e, k], fd, rtol=2e-2, atol=1e-4)
   assert np.all(grad[:, 0] == 0)  # `none` is outside the estimate
+
+
+def test_imagenet_parts_are_measured_in_eval_mode():
+  layout = darts_latency.final_layout("imagenet", 8, 3, (32, 32, 3), 10, steps=2,
+                                      multiplier=2)
+  keys = darts_latency._fixed_keys(layout)
+  assert keys[0] == "stem_imagenet|32x32x3->8|s1" and keys[-1].startswith("classifier|")
+  for key in (keys[0], keys[-1]):
+    assert darts_latency.measure(key, 2, jnp.float32, repeats=2)["median"] > 0
+  expected = darts_latency.ExpectedLatency.build(_synthetic_table(np.random.default_rng(0)),
+                                                 LAYOUT, OPS)
+  a = jnp.asarray(np.random.default_rng(1).standard_normal((5, 4)), jnp.float32)
+  b = jnp.asarray(5 * np.random.default_rng(2).standard_normal(5), jnp.float32)
+  assert float(expected(a, a, b, b)) >= expected.minimum()  # the FBNet check's bound
 
 
 def test_objectives_follow_the_papers():

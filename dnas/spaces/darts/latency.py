@@ -132,6 +132,32 @@ def table_keys(layout: Layout, primitives) -> list[str]:
   return list(dict.fromkeys(keys))
 
 
+class _ImageNetStem(nnx.Module):
+  """NetworkImageNet's stem0 and stem1 as one timed part: f[N, H, W, C] -> (s0, s1)."""
+
+  def __init__(self, c_in: int, c_out: int, rngs: nnx.Rngs):
+    self.stem0 = nnx.Sequential(conv2d(c_in, c_out // 2, 3, 2, 1, rngs=rngs),
+                                batch_norm(c_out // 2, True, rngs), jax.nn.relu,
+                                conv2d(c_out // 2, c_out, 3, 2, 1, rngs=rngs),
+                                batch_norm(c_out, True, rngs))
+    self.stem1 = nnx.Sequential(jax.nn.relu, conv2d(c_out, c_out, 3, 2, 1, rngs=rngs),
+                                batch_norm(c_out, True, rngs))
+
+  def __call__(self, x):
+    s0 = self.stem0(x)
+    return s0, self.stem1(s0)
+
+
+class _Classifier(nnx.Module):
+  """Global average pooling and the linear classifier: f[N, H, W, C] -> f[N, K]."""
+
+  def __init__(self, c_in: int, c_out: int, rngs: nnx.Rngs):
+    self.linear = linear(c_in, c_out, rngs=rngs)
+
+  def __call__(self, x):
+    return self.linear(jnp.mean(x, axis=(1, 2)))
+
+
 def _module_for(key: str, rngs: nnx.Rngs):
   """(module or function, input shapes) measured under `key`."""
   name, shape, stride = key.split("|")
@@ -142,13 +168,7 @@ def _module_for(key: str, rngs: nnx.Rngs):
     return nnx.Sequential(conv2d(c_in, c_out, 3, 1, 1, rngs=rngs),
                           batch_norm(c_out, True, rngs)), [(h, w, c_in)]
   if name == "stem_imagenet":
-    stem0 = nnx.Sequential(conv2d(c_in, c_out // 2, 3, 2, 1, rngs=rngs),
-                           batch_norm(c_out // 2, True, rngs), jax.nn.relu,
-                           conv2d(c_out // 2, c_out, 3, 2, 1, rngs=rngs),
-                           batch_norm(c_out, True, rngs))
-    stem1 = nnx.Sequential(jax.nn.relu, conv2d(c_out, c_out, 3, 2, 1, rngs=rngs),
-                           batch_norm(c_out, True, rngs))
-    return (lambda x: (lambda s0: (s0, stem1(s0)))(stem0(x))), [(h, w, c_in)]
+    return _ImageNetStem(c_in, c_out, rngs), [(h, w, c_in)]
   if name == "factorized_reduce":
     return FactorizedReduce(c_in, c_out, rngs=rngs), [(h, w, c_in)]
   if name == "relu_conv_bn":
@@ -161,8 +181,7 @@ def _module_for(key: str, rngs: nnx.Rngs):
       return jnp.concatenate(nodes[-multiplier:], axis=-1)
     return cell_output, [(h, w, c_in)] * (2 * steps)
   if name == "classifier":
-    head = linear(c_in, c_out, rngs=rngs)
-    return (lambda x: head(jnp.mean(x, axis=(1, 2)))), [(h, w, c_in)]
+    return _Classifier(c_in, c_out, rngs), [(h, w, c_in)]
   return make_op(name, c_in, stride, True, rngs), [(h, w, c_in)]
 
 
@@ -296,8 +315,9 @@ class ExpectedLatency:
 
   p' is softmax(alpha) over the non-`none` ops: the discretizer never keeps `none`, so
   probability on it would lower the estimate without making the derived network faster.
-  w_e is the chance that the derived cell keeps edge e: 2 / (inputs of its node) under
-  DARTS, 2 * node_softmax(beta)_e with PC-DARTS's edge logits.
+  w_e is edge e's share of the two edges the derived cell keeps per node (the weights of
+  a node's inputs sum to 2): 2 / (inputs of its node) under DARTS, 2 * node_softmax(beta)_e
+  with PC-DARTS's edge logits.
   """
   fixed: float
   normal: np.ndarray  # f64[E, K]
@@ -330,15 +350,15 @@ class ExpectedLatency:
                 get("betas_reduce"))
 
   def minimum(self) -> float:
-    """The smallest latency any derived network can have (the fastest non-`none` op on
-    every kept edge): a lower bound the objectives are checked against."""
+    """A lower bound of the expected latency (and of every derived network's): per node,
+    twice the cheapest non-`none` op on its cheapest edge, since each node's edge weights
+    sum to 2. The objectives are checked against it."""
     keep = np.array([n != "none" for n in self.primitives])
-    total, start = self.fixed, 0
+    total = self.fixed
     for lat in (self.normal, self.reduce):
       start = 0
       for i in range(self.steps):
-        fastest = np.sort(lat[start:start + i + 2][:, keep].min(axis=1))
-        total += fastest[:2].sum()
+        total += 2 * lat[start:start + i + 2][:, keep].min()
         start += i + 2
     return float(total)
 

@@ -71,6 +71,8 @@ def test_pc_darts_supernet_forward_and_genotype():
   graphdef, state = nnx.split(net)
   forward = lambda state, x: nnx.merge(graphdef, state)(x)
   assert jax.eval_shape(forward, state, x).shape == (2, 10)
+  g = net.genotype()  # PC-DARTS's rule, betas included
+  assert len(g.normal) == len(g.reduce) == 8 and all(op != "none" for op, _ in g.normal)
   with pytest.raises(ValueError, match="partial_channels=4 needs C divisible by 4"):
     darts.Network(6, 10, 3, partial_channels=4, rngs=nnx.Rngs(0))
 
