@@ -13,7 +13,9 @@ A table is JSON (README.md, "Latency tables"):
 
 Keys are `op|HxWxC_in->C_out|sSTRIDE` with the op's input shape (batch from the meta);
 `median` is what predictions use. `dispatch_ms` is the cost of calling any compiled
-function (measured on an identity), paid once per network, not once per op.
+function (measured on an identity), paid once per network, not once per op. A calibrated
+table also has `meta.correction` = {"scale", "offset_ms", ...}: predictions are
+scale * (sum of parts) + offset (`dnas.spaces.darts.latency.calibrate`).
 """
 
 import dataclasses
