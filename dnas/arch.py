@@ -139,6 +139,53 @@ class MixedOp(nnx.Module):
     return int(jnp.argmax(self.alpha[...]))
 
 
+def path_str(path) -> str:
+  """('blocks', 0, 'conv') -> 'blocks/0/conv', the name of a module in a model."""
+  return "/".join(map(str, path))
+
+
+def mixed_ops(model: nnx.Module) -> dict[str, MixedOp]:
+  """Every `MixedOp` of `model` that owns its alpha, by path (`path_str`), outermost
+  first. Mixed ops with shared logits (`own_alpha=False`, as in the DARTS supernet) are
+  the owner's to discretise."""
+  found = [(path, m) for path, m in nnx.iter_modules(model)
+           if isinstance(m, MixedOp) and m.alpha is not None]
+  return {path_str(path): m for path, m in sorted(found, key=lambda pm: len(pm[0]))}
+
+
+def choices(model: nnx.Module) -> dict[str, int]:
+  """The general discretisation rule: argmax alpha of each MixedOp, {path: op index}."""
+  return {path: m.choice() for path, m in mixed_ops(model).items()}
+
+
+def discretize(model: nnx.Module, picks: dict[str, int] | None = None) -> nnx.Module:
+  """A copy of `model` in which each MixedOp is replaced by its chosen op (`picks`,
+  default `choices(model)`): the discrete network, with the chosen ops' current
+  variables. For retraining from scratch, discretise a freshly built model with the
+  searched picks. Mixed ops nested inside a dropped candidate disappear with it."""
+  picks = choices(model) if picks is None else dict(picks)
+  model = nnx.clone(model)
+  ops = mixed_ops(model)
+  unknown = sorted(set(picks) - set(ops))
+  if unknown:
+    raise ValueError(f"discretize: no MixedOp at {unknown[0]!r}; the model has "
+                     f"{', '.join(ops) or 'none'}")
+  # Innermost first, so a chosen op keeps the discretised ops nested inside it.
+  for path in sorted(picks, key=lambda p: -p.count("/")):
+    k = picks[path]
+    if not 0 <= k < len(ops[path].ops):
+      raise ValueError(f"discretize: {path} has {len(ops[path].ops)} ops, got choice {k}")
+    *parent_path, name = path.split("/")
+    parent = model
+    for part in parent_path:
+      parent = parent[int(part)] if part.isdigit() else getattr(parent, part)
+    if name.isdigit():
+      parent[int(name)] = ops[path].ops[k]
+    else:
+      setattr(parent, name, ops[path].ops[k])
+  return model
+
+
 def gumbel_softmax(key: jax.Array, logits: jax.Array, tau, hard: bool = False) -> jax.Array:
   """Gumbel-softmax sample over the last axis (Jang et al. 2017, Eq. 2; FBNet Eq. 5):
   softmax((logits + g) / tau), g ~ Gumbel(0, 1). `hard`: the one-hot of its argmax with

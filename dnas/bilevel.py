@@ -51,6 +51,12 @@ class SearchState(NamedTuple):
   rng: jax.Array           # PRNG key for stochastic relaxations; DARTS steps draw nothing
 
 
+# How a jitted search step is compiled (`make_search_step(split=...)`): "auto" splits the
+# second-order methods only, "one" is one program, "split" runs a few programs that
+# share one gradient program.
+PROGRAMS = {"auto": None, "one": False, "split": True}
+
+
 def per_epoch_cosine(base_lr: float, min_lr: float, epochs: int,
                      steps_per_epoch: int) -> optax.Schedule:
   """Cosine annealing stepped once per epoch, as the reference runs it (PyTorch 0.3.1
@@ -201,9 +207,12 @@ def make_arch_grad_fn(graphdef, *, order: str, w_lr: optax.ScalarOrSchedule,
   virtual_weights = piece(virtual_weights)
 
   def first(state, batch_train, batch_val):
+    # The shared gradient program: inside one jit XLA drops the unused weight gradient;
+    # split, the architecture and weight steps run one compiled program (the reference's
+    # `loss.backward()` computes the weight gradient here too).
     del batch_train
-    (loss, (logits, stats)), d_alpha = jax.value_and_grad(loss_fn, argnums=1, has_aux=True)(
-        state.params, state.alphas, state.batch_stats, batch_val)
+    loss, logits, stats, _, d_alpha = grads(state.params, state.alphas, state.batch_stats,
+                                            batch_val)
     return d_alpha, stats, dict(a_loss=loss, a_acc=accuracy(logits, batch_val["label"]))
 
   def train_alpha_grad(loss, params, alphas, stats, batch_train):
@@ -243,7 +252,7 @@ def make_arch_grad_fn(graphdef, *, order: str, w_lr: optax.ScalarOrSchedule,
       return d_alpha, stats, dict(a_loss=loss, a_acc=accuracy(logits, batch_val["label"]))
     return arch_grad
 
-  arch_grad = dict(first=piece(first), second=unrolled(piece(exact_hvp)),
+  arch_grad = dict(first=first, second=unrolled(piece(exact_hvp)),
                    second_fd=unrolled(fd_hvp))[order]
   if arch_objective is None:
     return arch_grad
@@ -343,11 +352,14 @@ def make_search_step(graphdef, w_tx: optax.GradientTransformation,
 
   `jit=False` returns the pure step. With `jit=True` it is one jitted function, unless
   `split` (default: for the second-order methods): then the step runs as a handful of
-  jitted programs, the gradient program (called three times, compiled once), the
-  Hessian-vector product, the virtual step and the two updates, each compiled ahead of
-  its first call with the compiler's freed memory given back (`utils.compile_then_trim`).
+  jitted programs, each compiled ahead of its first call with the compiler's freed
+  memory given back (`utils.compile_then_trim`): the gradient program (w and alpha
+  gradients of one batch; compiled once and called by every phase), the two updates,
+  and for the second-order methods the virtual step and the Hessian-vector product.
   On XLA:CPU one program of a whole second-order step compiles for 10+ minutes and holds
-  the buffers of its three gradient passes at once (BUILD_NOTES.md).
+  the buffers of its three gradient passes at once; for `first`, split roughly halves
+  the compile time (one gradient program instead of two) for slower architecture steps,
+  which then also compute the weight gradient (BUILD_NOTES.md).
 
   Returns:
     step(state, batch_train, batch_val) -> (state, metrics), `state` donated; metrics

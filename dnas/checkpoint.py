@@ -106,3 +106,30 @@ def _check_same_structure(state, target) -> None:
     if a.shape != b.shape or a.dtype != b.dtype:
       raise ValueError(f"checkpoint array {a.shape} {a.dtype} where the run has "
                        f"{b.shape} {b.dtype}")
+
+
+def save_model(directory: str, variables, *, genotype: dict, config: dict) -> None:
+  """A trained final network as one Orbax checkpoint: its variables (`nnx.State`:
+  parameters and BatchNorm statistics), and the genotype and config (JSON) that
+  rebuild it (`dnas.export.load_trained`). Blocks until written."""
+  with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as c:
+    c.save(directory, args=ocp.args.Composite(
+        variables=ocp.args.StandardSave(variables), genotype=ocp.args.JsonSave(genotype),
+        config=ocp.args.JsonSave(config)), force=True)
+
+
+def load_model_meta(directory: str) -> tuple[dict, dict]:
+  """(genotype, config) dicts of a `save_model` checkpoint."""
+  with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as c:
+    out = c.restore(directory, args=ocp.args.Composite(genotype=ocp.args.JsonRestore(),
+                                                       config=ocp.args.JsonRestore()))
+  return out["genotype"], out["config"]
+
+
+def load_model_variables(directory: str, target):
+  """The variables of a `save_model` checkpoint, restored like `target` (an `nnx.State`
+  of abstract or concrete arrays: structure, shapes, dtypes, shardings)."""
+  with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as c:
+    out = c.restore(directory, args=ocp.args.Composite(
+        variables=ocp.args.StandardRestore(target)))
+  return out["variables"]

@@ -38,10 +38,13 @@ def enable_compilation_cache() -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
-def run(main, commands: tuple[str, ...] = ()) -> None:
+def run(main, commands: tuple[str, ...] = (), positional: bool = False,
+        user_errors: tuple[type[Exception], ...] = ()) -> None:
   """Parses flags (errors exit 2 with one line), then calls main(argv); the user errors
   it raises exit 2 with one line. Bugs keep their tracebacks. With `commands`, exactly
-  one of them must be given as the positional argument (argv[1])."""
+  one of them must be given as the positional argument (argv[1]); with `positional`,
+  main checks its positional arguments itself. `user_errors`: more exception types that
+  are user mistakes."""
   try:
     argv = flags.FLAGS(sys.argv)
   except flags.Error as e:
@@ -56,7 +59,7 @@ def run(main, commands: tuple[str, ...] = ()) -> None:
            f"{' '.join(argv[1:]) or 'none'}")
     if len(argv) > 2:
       fail(f"unexpected arguments: {' '.join(argv[2:])}")
-  elif len(argv) > 1:
+  elif len(argv) > 1 and not positional:
     fail(f"unexpected arguments: {' '.join(argv[1:])}")
   if "config" in flags.FLAGS:
     try:  # config_flags defers a config file's load error until first use
@@ -69,7 +72,7 @@ def run(main, commands: tuple[str, ...] = ()) -> None:
   enable_compilation_cache()
   try:
     main(argv)
-  except USER_ERRORS as e:
+  except USER_ERRORS + tuple(user_errors) as e:
     fail(e)
   except loop.Preempted as e:  # the scheduler's stop: checkpoint saved, 128 + SIGTERM
     print(f"dnas: {e}", file=sys.stderr)

@@ -71,6 +71,9 @@ def validate(config, mode: str) -> None:
     if c["search.order"] not in bilevel.ORDERS:
       raise ConfigError(f"search.order {c['search.order']!r} is unknown; valid: "
                         f"{', '.join(bilevel.ORDERS)}")
+    if c.get("search.programs", "auto") not in bilevel.PROGRAMS:
+      raise ConfigError(f"search.programs {c['search.programs']!r} is unknown; valid: "
+                        f"{', '.join(bilevel.PROGRAMS)}")
     if c["model.multiplier"] > c["model.steps"]:
       raise ConfigError(f"model.multiplier ({c['model.multiplier']}) must be <= model.steps "
                         f"({c['model.steps']})")

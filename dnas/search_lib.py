@@ -17,6 +17,7 @@ from dnas.checkpoint import Checkpointer
 from dnas.data.pipeline import get_dataset, make_augment, make_batches, search_splits
 from dnas.spaces import darts
 from dnas.spaces.darts import latency as darts_latency
+from dnas.summaries import Summaries
 from dnas.utils import evaluate
 
 
@@ -166,6 +167,7 @@ def _search(config, workdir, progress, resume, preemption):
   step_kwargs = dict(order=s.order, w_lr=schedule, momentum=s.momentum,
                      weight_decay=s.weight_decay, fd_r=s.fd_r, shardings=shardings, dtype=dtype,
                      hvp_remat=s.get("hvp_remat", False),
+                     split=bilevel.PROGRAMS[s.get("programs", "auto")],
                      arch_objective=latency and make_arch_objective(config, latency[2]),
                      tau=(bilevel.per_epoch_anneal(s.tau_start, s.tau_end, s.epochs,
                                                    steps_per_epoch, s.tau_anneal)
@@ -186,6 +188,8 @@ def _search(config, workdir, progress, resume, preemption):
   primary = jax.process_index() == 0  # one process writes the plain files
   if primary:
     loop.write_jsonl(metrics_path, meta["records"])  # drops lines past the checkpoint
+  summaries = Summaries(os.path.join(workdir, "tensorboard"), enabled=primary,
+                        purge_step=int(state.step) if found else None)
   start = time.time() - meta["elapsed"]
   bar = tqdm.tqdm(total=s.epochs * steps_per_epoch, initial=int(state.step),
                   disable=not progress, unit="step", dynamic_ncols=True)
@@ -249,6 +253,9 @@ def _search(config, workdir, progress, resume, preemption):
       if primary:
         loop.write_jsonl(metrics_path, meta["records"])
         darts.save_genotype(genotype, os.path.join(workdir, "genotype.json"))
+      summaries.scalars(int(state.step), record, "search")
+      for kind in ("normal", "reduce"):
+        summaries.op_weights(int(state.step), kind, meta[f"alphas_{kind}"][-1], m.primitives)
       lat = (f" predicted latency {record['predicted_latency_ms']:.3f} ms" if latency else "")
       bar.write(f"epoch {epoch}: w_acc {record['w_acc']:.3f} valid_acc {valid_acc:.3f}{lat} "
                 f"genotype {genotype}")
@@ -257,6 +264,7 @@ def _search(config, workdir, progress, resume, preemption):
   finally:
     bar.close()
     ckpt.close()
+    summaries.close()
   genotype = darts.Genotype.from_dict(meta["records"][-1]["genotype"])
   history = {"normal": [np.asarray(a) for a in meta["alphas_normal"]],
              "reduce": [np.asarray(a) for a in meta["alphas_reduce"]]}
@@ -264,4 +272,5 @@ def _search(config, workdir, progress, resume, preemption):
     np.savez(os.path.join(workdir, "alphas.npz"), normal=np.stack(history["normal"]),
              reduce=np.stack(history["reduce"]))
     plotting.plot_alphas(history, tuple(m.primitives), os.path.join(workdir, "alphas.png"))
+    plotting.plot_genotype(genotype, os.path.join(workdir, "genotype"))
   return genotype

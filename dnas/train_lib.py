@@ -11,18 +11,25 @@ import time
 import jax
 import jax.numpy as jnp
 import optax
-import orbax.checkpoint as ocp
 import tqdm
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from dnas import bilevel, config as config_lib, loop, parallel, utils
-from dnas.checkpoint import Checkpointer
+from dnas.checkpoint import Checkpointer, save_model
 from dnas.data.pipeline import get_dataset, make_augment, make_batches
 from dnas.spaces import darts
+from dnas.summaries import Summaries
 from dnas.utils import count_params, evaluate
 
 NETWORKS = {"cifar": darts.NetworkCIFAR, "imagenet": darts.NetworkImageNet}
+
+
+def build_network(config, genotype: darts.Genotype, info, rngs: nnx.Rngs) -> nnx.Module:
+  """The final network that `config.train` retrains, for data `info` (`DatasetInfo`)."""
+  t = config.train
+  return NETWORKS[t.network](genotype, t.C, info.num_classes, t.layers, t.auxiliary,
+                             t.drop_path_prob, in_channels=info.image_shape[-1], rngs=rngs)
 
 
 def smoothed_cross_entropy(logits: jax.Array, labels: jax.Array, smoothing: float) -> jax.Array:
@@ -119,9 +126,7 @@ def _train(config, genotype_path, workdir, progress, resume, preemption):
   loop.prepare_workdir(workdir, config, resume=resume, has_checkpoint=bool(ckpt.steps()),
                        what="train")
 
-  net = NETWORKS[t.network](genotype, t.C, info.num_classes, t.layers, t.auxiliary,
-                            t.drop_path_prob, in_channels=info.image_shape[-1],
-                            rngs=nnx.Rngs(config.seed))
+  net = build_network(config, genotype, info, nnx.Rngs(config.seed))
   # Reference train.py: CosineAnnealingLR(epochs) stepped per epoch, SGD, clipping.
   schedule = bilevel.per_epoch_cosine(t.lr, t.lr_min, t.epochs, steps_per_epoch)
   tx = bilevel.make_w_tx(schedule, t.momentum, t.weight_decay, t.grad_clip)
@@ -161,6 +166,8 @@ def _train(config, genotype_path, workdir, progress, resume, preemption):
   primary = jax.process_index() == 0  # one process writes the plain files
   if primary:
     loop.write_jsonl(metrics_path, meta["records"])
+  summaries = Summaries(os.path.join(workdir, "tensorboard"), enabled=primary,
+                        purge_step=meta["epoch"] * steps_per_epoch if found else None)
   start = time.time() - meta["elapsed"]
   bar = tqdm.tqdm(total=t.epochs * steps_per_epoch,
                   initial=meta["epoch"] * steps_per_epoch + meta["batch"],
@@ -208,17 +215,18 @@ def _train(config, genotype_path, workdir, progress, resume, preemption):
       save()
       if primary:
         loop.write_jsonl(metrics_path, meta["records"])
+      summaries.scalars((epoch + 1) * steps_per_epoch, record, "train")
       if preemption.requested and epoch + 1 < t.epochs:
         raise preempted()
   finally:
     bar.close()
     ckpt.close()
+    summaries.close()
   test_loss, test_acc = evaluate_on("test")
   params, stats, _ = state
   nnx.update(net, params, stats)
   ckpt_dir = os.path.join(os.path.abspath(workdir), "trained")
-  with ocp.StandardCheckpointer() as ckptr:
-    ckptr.save(ckpt_dir, nnx.state(net), force=True)
+  save_model(ckpt_dir, nnx.state(net), genotype=genotype.to_dict(), config=config.to_dict())
   result = dict(genotype=genotype.to_dict(), network=t.network, params=count_params(net),
                 test_loss=test_loss, test_acc=test_acc,
                 valid_acc=meta["records"][-1]["valid_acc"], epochs=t.epochs,

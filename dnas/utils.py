@@ -3,6 +3,7 @@
 import ctypes
 import math
 import os
+import time
 
 import jax
 import jax.numpy as jnp
@@ -63,6 +64,11 @@ def release_free_memory() -> None:
     pass
 
 
+# (name, trace_s, compile_s) of every program `compile_then_trim` compiled, in order: what
+# benchmarks and the search report as compile time.
+COMPILE_LOG: list[dict] = []
+
+
 def compile_then_trim(jitted):
   """`jitted` (a `jax.jit` function) compiled ahead of its first call for each argument
   signature (tree structure, shapes, dtypes, shardings), after which the compiler's
@@ -82,7 +88,12 @@ def compile_then_trim(jitted):
     key = (treedef, tuple((jnp.shape(x), jnp.result_type(x), getattr(x, "sharding", None))
                           for x in leaves))
     if key not in compiled:
-      compiled[key] = jitted.lower(*args).compile()
+      t0 = time.perf_counter()
+      lowered = jitted.lower(*args)
+      t1 = time.perf_counter()
+      compiled[key] = lowered.compile()
+      COMPILE_LOG.append(dict(name=getattr(jitted, "__name__", "?"), trace_s=t1 - t0,
+                              compile_s=time.perf_counter() - t1))
       release_free_memory()
     return compiled[key](*args)
   return call

@@ -3,9 +3,10 @@
 python scripts/bench_step.py --config=dnas/configs/cifar10_darts.py --orders=first,second,second_fd
 python scripts/bench_step.py --devices=1,2,4,8 --dtypes=float32,bfloat16
 
-For each order, dtype and device count: trace+lower and compile time (reported apart;
-for the second-order methods, which run as several programs (`make_search_step(split=
-True)`), the first call of each phase: trace + compile + one run), then the median of `--steps` timed steps of each phase and of the whole step; XLA's
+For each order, dtype and device count: trace+lower and compile time (reported apart,
+per program, and summed in `trace_s` and `compile_s`; split steps (`--programs`, by
+default the second-order methods) also report the first call of each phase: trace +
+compile + one run), then the median of `--steps` timed steps of each phase and of the whole step; XLA's
 temporary buffer size per phase; the process's peak RSS after compiling, and (Linux,
 peak reset) while stepping. Prints one JSON line per case. Random inputs of the
 config's image shape (no data needed); the compile cache is off unless DNAS_JAX_CACHE
@@ -43,6 +44,10 @@ _DEVICES = flags.DEFINE_list("devices", [], "Device counts of the mesh (empty: n
 _TRIM = flags.DEFINE_bool("malloc_trim", False, "Return freed heap memory to the OS after "
                           "compiling (what the search loop does), before stepping.")
 _DTYPES = flags.DEFINE_list("dtypes", [], "Activation dtypes (empty: the config's).")
+_PROGRAMS = flags.DEFINE_enum("programs", "auto", ["auto", "one", "split"],
+                              "As config search.programs: one program per phase, or the "
+                              "split pieces with one shared gradient program (auto: split "
+                              "for the second-order methods).")
 
 
 def _rss_gib(field="VmHWM"):
@@ -89,7 +94,7 @@ def bench(config, order, steps, image, num_classes, dtype, devices=0):
   a_tx = bilevel.make_a_tx(s.a_lr, s.a_b1, s.a_b2, s.a_weight_decay)
   graphdef, state = bilevel.init_search_state(net, w_tx, a_tx, jax.random.key(0))
   hvp_remat = s.get("hvp_remat", False)
-  split = order != "first"  # as `make_search_step` does by default
+  split = {"auto": order != "first", "one": False, "split": True}[_PROGRAMS.value]
   bt, bv = batch(), batch()
   out = dict(method=config.get("method", "darts"), order=order, dtype=dtype,
              device=jax.devices()[0].device_kind,
@@ -114,11 +119,17 @@ def bench(config, order, steps, image, num_classes, dtype, devices=0):
         graphdef, w_tx, a_tx, piece=bilevel.split_piece(shardings if devices else None,
                                                         donate=False), **phase_kwargs)
     compiled = {"arch": arch_step, "weight": weight_step}
+    del utils.COMPILE_LOG[:]
     for name, args in (("arch", (state, bt, bv)), ("weight", (state, bt))):
       t0 = time.perf_counter()
       jax.block_until_ready(compiled[name](*args))
       out[f"{name}_first_call_s"] = round(time.perf_counter() - t0, 1)
     out["peak_rss_first_calls_gib"] = round(_rss_gib(), 2)
+    # Each program once (shared ones are compiled by their first caller).
+    out["programs"] = [dict(name=c["name"], trace_s=round(c["trace_s"], 1),
+                            compile_s=round(c["compile_s"], 1)) for c in utils.COMPILE_LOG]
+    out["trace_s"] = round(sum(c["trace_s"] for c in utils.COMPILE_LOG), 1)
+    out["compile_s"] = round(sum(c["compile_s"] for c in utils.COMPILE_LOG), 1)
   else:
     arch_step, weight_step = bilevel.make_phase_steps(graphdef, w_tx, a_tx, **phase_kwargs)
     for name, fn, args in (("arch", arch_step, (state, bt, bv)),
@@ -129,6 +140,8 @@ def bench(config, order, steps, image, num_classes, dtype, devices=0):
       compiled[name] = lowered.compile()
       t2 = time.perf_counter()
       out[f"{name}_trace_s"], out[f"{name}_compile_s"] = round(t1 - t0, 1), round(t2 - t1, 1)
+      out["trace_s"] = round(out.get("trace_s", 0) + t1 - t0, 1)
+      out["compile_s"] = round(out.get("compile_s", 0) + t2 - t1, 1)
       mem = compiled[name].memory_analysis()
       if mem is not None:
         out[f"{name}_xla_temp_gib"] = round(mem.temp_size_in_bytes / 2**30, 2)

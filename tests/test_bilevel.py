@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from dnas import bilevel
+from dnas import bilevel, utils
 from dnas.spaces import darts
 
 N, H = 4, 6
@@ -86,6 +86,24 @@ def test_same_inputs_same_outputs(setup):
   chex.assert_trees_all_equal(s1.params, s2.params)
 
 
+def test_first_order_split_shares_one_gradient_program(parts, setup):
+  # search.programs=split: both phases call one compiled gradient program (the arch
+  # step reads its alpha gradient, the weight step its weight gradient); same step.
+  graphdef, state, w_tx, a_tx, schedule = parts
+  split = bilevel.make_search_step(graphdef, w_tx, a_tx, order="first", w_lr=schedule,
+                                   split=True)
+  rng = np.random.default_rng()
+  bt, bv = _batch(rng), _batch(rng)
+  want, m_want = setup[3](state, bt, bv)
+  del utils.COMPILE_LOG[:]
+  got, m_got = split(jax.tree.map(jnp.copy, state), bt, bv)  # donated
+  assert sorted(c["name"] for c in utils.COMPILE_LOG) == ["arch_update", "grads",
+                                                           "weight_update"]
+  chex.assert_trees_all_close(got.params, want.params, rtol=1e-5, atol=1e-6)
+  chex.assert_trees_all_close(got.alphas, want.alphas, rtol=1e-5, atol=1e-6)
+  chex.assert_trees_all_close(m_got, m_want, rtol=1e-5, atol=1e-6)
+
+
 def test_bfloat16_activations_float32_state(parts, setup):
   # Mixed precision: nothing promotes the activations back to float32 on the way
   # through the supernet (a bfloat16 network output proves it), while weights, alphas,
@@ -139,7 +157,7 @@ HYPERGRAD_SCRIPT = textwrap.dedent("""
     import json
     import jax, jax.numpy as jnp, numpy as np
     from flax import nnx
-    from dnas import bilevel
+    from dnas import bilevel, utils
     from dnas.spaces import darts
     assert jax.config.jax_enable_x64
     f64 = lambda t: jax.tree.map(lambda x: x.astype(jnp.float64)

@@ -12,6 +12,7 @@ from dnas import search_lib
 from dnas.configs import tiny
 from dnas.spaces import darts
 from tests import cli_helpers
+from tests.test_plot_export import read_events
 
 TINY = cli_helpers.TINY
 FAST_OPS = "--config.model.primitives=('none','max_pool_3x3','avg_pool_3x3','skip_connect','dil_conv_3x3')"
@@ -40,6 +41,16 @@ def test_search_writes_genotype_metrics_and_plot(searched):
     assert key in records[-1]
   assert darts.Genotype.from_dict(records[-1]["genotype"]) == g
   assert (searched / "alphas.png").stat().st_size > 10_000
+  for kind in ("normal", "reduce"):  # drawings of the final cells
+    assert (searched / f"genotype_{kind}.png").stat().st_size > 10_000
+    assert (searched / f"genotype_{kind}.svg").exists()
+  # TensorBoard: the same per-epoch numbers, and every edge's op weights.
+  events = read_events(searched / "tensorboard")
+  steps = [s for s, _ in events["search/valid_acc"]]
+  assert len(steps) == 2 and steps[0] < steps[1]
+  assert [v for _, v in events["search/valid_acc"]] == pytest.approx(
+      [r["valid_acc"] for r in records])
+  assert len([t for t in events if t.startswith("op_weights/normal/")]) == 5 * 5  # edges x ops
 
 
 def test_train_accepts_searched_genotype(searched, tmp_path):
@@ -49,6 +60,7 @@ def test_train_accepts_searched_genotype(searched, tmp_path):
   result = json.loads((tmp_path / "train_result.json").read_text())
   assert 0.0 <= result["test_acc"] <= 1.0 and result["params"] > 0
   assert os.path.isdir(result["checkpoint"])
+  assert len(read_events(tmp_path / "tensorboard")["train/valid_acc"]) == 1
 
 
 def test_pc_darts_gumbel_latency_search_warms_up_then_searches(tmp_path):
@@ -99,6 +111,7 @@ def test_pc_darts_gumbel_latency_search_warms_up_then_searches(tmp_path):
     ("dnas.search", ["--config.search.a_lr=-1"], "search.a_lr must be a positive number, got -1"),
     ("dnas.search", ["--config.search.epochs=0"], "search.epochs must be a positive integer, got 0"),
     ("dnas.search", ["--config.search.order=third"], "search.order 'third' is unknown"),
+    ("dnas.search", ["--config.search.programs=many"], "search.programs 'many' is unknown"),
     ("dnas.search", ["--config.search.nope=1"], "nope"),
     ("dnas.search", ["--config.model.primitives=('max_pool_3x3','conv_9x9')"],
      "unknown op 'conv_9x9'; valid ops: none, max_pool_3x3"),

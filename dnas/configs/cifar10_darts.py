@@ -29,6 +29,9 @@ def get_config():
                  primitives=PRIMITIVES, remat=False, pc_k=4)
   # hvp_remat: `order=second`'s Hessian-vector product recomputes cell activations (its
   # tangents double them; without it batch 64 does not fit 24 GiB on CPU).
+  # programs: "one" jitted program per step; "split" into a few that share one gradient
+  # program (first order: about half the compile time, slower architecture steps);
+  # "auto": split for the second-order methods only.
   # relaxation: "softmax" (DARTS) or "gumbel" (FBNet, GDAS: op weights sampled with a
   # temperature annealed per epoch from tau_start to tau_end, "linear" or "exponential";
   # gumbel_hard: straight-through one-hot, each edge runs only its sampled op).
@@ -36,7 +39,7 @@ def get_config():
                   momentum=0.9, weight_decay=3e-4, grad_clip=5.0, a_lr=3e-4, a_b1=0.5,
                   a_b2=0.999, a_weight_decay=1e-3, fd_r=0.01, arch_start_epoch=0,
                   relaxation="softmax", gumbel_hard=False, tau_start=10.0, tau_end=0.1,
-                  tau_anneal="linear", hvp_remat=True)
+                  tau_anneal="linear", hvp_remat=True, programs="auto")
   c.train = dict(network="cifar", C=36, layers=20, epochs=600, batch_size=96, lr=0.025,
                  lr_min=0.0, momentum=0.9, weight_decay=3e-4, grad_clip=5.0, auxiliary=True,
                  auxiliary_weight=0.4, drop_path_prob=0.2, cutout=16, label_smoothing=0.0)

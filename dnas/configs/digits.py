@@ -26,6 +26,9 @@ def get_config():
   # 8 epochs give 72 architecture steps (CIFAR: ~19,500), too few for 3e-4 to move alpha.
   c.model = dict(C=8, layers=3, steps=4, multiplier=4, stem_multiplier=3,
                  primitives=PRIMITIVES, remat=False, pc_k=4)
+  # programs: "one" jitted program per step; "split" into a few that share one gradient
+  # program (first order: about half the compile time, slower architecture steps);
+  # "auto": split for the second-order methods only.
   # relaxation: "softmax" (DARTS) or "gumbel" (FBNet, GDAS: op weights sampled with a
   # temperature annealed per epoch from tau_start to tau_end, "linear" or "exponential";
   # gumbel_hard: straight-through one-hot, each edge runs only its sampled op).
@@ -33,7 +36,7 @@ def get_config():
                   momentum=0.9, weight_decay=3e-4, grad_clip=5.0, a_lr=3e-3, a_b1=0.5,
                   a_b2=0.999, a_weight_decay=1e-3, fd_r=0.01, arch_start_epoch=0,
                   relaxation="softmax", gumbel_hard=False, tau_start=10.0, tau_end=0.1,
-                  tau_anneal="linear", hvp_remat=False)
+                  tau_anneal="linear", hvp_remat=False, programs="auto")
   # Retraining the found cell from scratch (reference train.py, shrunk).
   c.train = dict(network="cifar", C=16, layers=5, epochs=60, batch_size=64, lr=0.025,
                  lr_min=0.0, momentum=0.9, weight_decay=3e-4, grad_clip=5.0, auxiliary=False,
