@@ -44,12 +44,18 @@ class SearchState(NamedTuple):
   """Everything a search step reads and writes (a pytree)."""
   params: nnx.State        # network weights, nnx.Param
   alphas: nnx.State        # architecture logits, ArchParam
-  batch_stats: nnx.State   # BatchNorm running statistics, nnx.BatchStat
+  batch_stats: nnx.State   # the rest of the model's state (MODEL_STATE): BatchNorm
+                           # running statistics, RNG counters of a user's model
   w_opt_state: optax.OptState
   a_opt_state: optax.OptState
   step: jax.Array          # int32[], search steps taken
   rng: jax.Array           # PRNG key for stochastic relaxations; DARTS steps draw nothing
 
+
+# A model's state besides weights and alphas, carried through the steps: BatchNorm
+# statistics (the DARTS supernet has nothing else), RNG counters (dropout, or the RNG
+# that `nnx.bridge.ToNNX` keeps for a wrapped Linen module).
+MODEL_STATE = nnx.Not(nnx.Any(nnx.Param, ArchParam))
 
 # How a jitted search step is compiled (`make_search_step(split=...)`): "auto" splits the
 # second-order methods only, "one" is one program, "split" runs a few programs that
@@ -101,8 +107,9 @@ def make_a_tx(lr: float = 3e-4, b1: float = 0.5, b2: float = 0.999,
 
 
 def split_supernet(net: nnx.Module):
-  """(graphdef, params, alphas, batch_stats) of a model in train mode."""
-  graphdef, params, alphas, stats = nnx.split(net, nnx.Param, ArchParam, nnx.BatchStat)
+  """(graphdef, params, alphas, batch_stats) of a model in train mode; batch_stats holds
+  all of its state that is neither a weight nor an alpha (`MODEL_STATE`)."""
+  graphdef, params, alphas, stats = nnx.split(net, nnx.Param, ArchParam, MODEL_STATE)
   return graphdef, params, alphas, stats
 
 
@@ -139,7 +146,7 @@ def make_loss_fn(graphdef, dtype=None) -> Callable:
     inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
     out = net(utils.cast_floating(batch["image"], dtype), **inputs)
     logits = utils.at_least_float32(out[0] if isinstance(out, tuple) else out)
-    return cross_entropy(logits, batch["label"]), (logits, nnx.state(net, nnx.BatchStat))
+    return cross_entropy(logits, batch["label"]), (logits, nnx.state(net, MODEL_STATE))
   return loss_fn
 
 

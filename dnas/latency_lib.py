@@ -29,6 +29,9 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
+
+from dnas import arch
 
 FORMAT = "dnas-latency-table/1"
 META_KEYS = ("backend", "device_kind", "batch_size", "dtype", "unit", "dispatch_ms")
@@ -194,3 +197,107 @@ def validate_settings(form: str, weight: float, fbnet_alpha: float, fbnet_beta: 
     raise LatencyError(f"latency.objective=fbnet needs log(latency in ms) > 0, but the fastest "
                        f"network of this table takes {min_latency_ms:.3f} ms; use a larger "
                        f"latency.batch_size or latency.objective=proxyless")
+
+
+def arch_objective(objective: Callable, expected_ms: Callable) -> Callable:
+  """The architecture step's objective for `bilevel.make_search_step(arch_objective=...)`:
+  (ce, alphas) -> (objective(ce, lat), {"a_latency_ms": lat}), lat = expected_ms(alphas)
+  (alphas: the search state's `ArchParam` state)."""
+  def fn(ce, alphas):
+    lat = expected_ms(alphas)
+    return objective(ce, lat), {"a_latency_ms": lat}
+  return fn
+
+
+# Latency of any model built with `dnas.MixedOp` (no DARTS-specific code): each candidate op
+# timed alone at the input shape its MixedOp sees, and the rest of the network.
+
+def mixed_op_key(path: str, k: int, shape) -> str:
+  """Table key of candidate k of the MixedOp at `path` on input f[N, *shape[1:]]."""
+  return f"mixed:{path}|{k}|{'x'.join(map(str, shape[1:]))}"
+
+
+def rest_key(shape) -> str:
+  """Table key of the network outside its MixedOps, on input f[N, *shape[1:]]."""
+  return f"rest|{'x'.join(map(str, shape[1:]))}"
+
+
+def _jit_eval(module: nnx.Module):
+  module = nnx.clone(module)
+  module.eval()
+  graphdef, state = nnx.split(module)
+  return jax.jit(lambda state, *xs: nnx.merge(graphdef, state)(*xs)), state
+
+
+def profile_mixed_ops(model: nnx.Module, example: jax.Array, *, repeats: int = 50,
+                      progress: Callable | None = None) -> LatencyTable:
+  """Measures a latency table of `model` (eval mode) on inputs like `example`
+  (f32[N, ...]; N is the table's batch): each candidate op of each MixedOp compiled
+  alone and timed at its input shape, and the rest of the network, timed as the whole
+  network with every MixedOp at its current choice minus those choices' ops (floored at
+  0). `progress(i, n, key, ms)` is called per entry."""
+  inputs = arch.mixed_op_inputs(model, example)
+  ops = arch.mixed_ops(model)
+  if not ops:
+    raise LatencyError("the model has no MixedOp with its own alpha to profile")
+  dispatch = dispatch_ms(example.shape, example.dtype) if example.ndim == 4 else 0.0
+  entries, n = {}, sum(len(ops[p].ops) for p in inputs) + 1
+  rng = np.random.default_rng(0)
+  for path, shape in inputs.items():
+    x = jnp.asarray(rng.standard_normal(shape.shape), shape.dtype)
+    for k, op in enumerate(ops[path].ops):
+      fn, state = _jit_eval(op)
+      key = mixed_op_key(path, k, shape.shape)
+      entries[key] = time_call(fn, state, x, repeats=repeats)
+      if progress:
+        progress(len(entries), n, key, entries[key]["median"])
+  fn, state = _jit_eval(arch.discretize(model))
+  whole = time_call(fn, state, example, repeats=repeats)["median"]
+  chosen = sum(max(entries[mixed_op_key(p, ops[p].choice(), s.shape)]["median"] - dispatch, 0.0)
+               for p, s in inputs.items())
+  entries[rest_key(example.shape)] = dict(median=round(max(whole - chosen, dispatch), 5),
+                                          whole_ms=whole)
+  if progress:
+    progress(n, n, rest_key(example.shape), entries[rest_key(example.shape)]["median"])
+  meta = dict(device_stamp(), batch_size=int(example.shape[0]), dtype=str(example.dtype),
+              unit="ms", dispatch_ms=dispatch, repeats=repeats, network=type(model).__name__,
+              image=list(example.shape[1:]))
+  return LatencyTable(meta, entries)
+
+
+@dataclasses.dataclass(frozen=True)
+class MixedOpLatency:
+  """Expected latency of a model with MixedOps, differentiable in its alphas (FBNet Eq. 4,
+  ProxylessNAS Eq. 3): E[LAT] = rest + sum over MixedOps of softmax(alpha) . lat.
+
+  Build with `MixedOpLatency.build(table, model, example)`; call on the search state's
+  alphas (`ArchParam` state) inside the jitted step."""
+  rest_ms: float
+  ops_ms: dict  # path -> f32[K] latency of each candidate (ms, dispatch excluded)
+
+  @classmethod
+  def build(cls, table: LatencyTable, model: nnx.Module, example) -> "MixedOpLatency":
+    inputs = arch.mixed_op_inputs(model, example)
+    ops = arch.mixed_ops(model)
+    d = table.dispatch_ms
+    ops_ms = {p: np.array([max(table.lookup(mixed_op_key(p, k, s.shape)) - d, 0.0)
+                           for k in range(len(ops[p].ops))], np.float32)
+              for p, s in inputs.items()}
+    return cls(table.lookup(rest_key(example.shape)), ops_ms)
+
+  def __call__(self, alphas) -> jax.Array:
+    flat = {arch.path_str(path[:-1]): v for path, v in nnx.to_flat_state(alphas)
+            if path[-1] == "alpha"}
+    total = jnp.asarray(self.rest_ms, jnp.float32)
+    for path, lat in self.ops_ms.items():
+      a = flat[path]
+      a = a.get_value() if hasattr(a, "get_value") else a
+      total = total + jnp.dot(jax.nn.softmax(a.astype(jnp.float32)), lat)
+    return total
+
+  def predict(self, picks: dict[str, int]) -> float:
+    """Latency (ms) of the discrete network with these choices (`arch.choices`)."""
+    return float(self.rest_ms + sum(self.ops_ms[p][k] for p, k in picks.items()))
+
+  def minimum(self) -> float:
+    return float(self.rest_ms + sum(lat.min() for lat in self.ops_ms.values()))

@@ -96,13 +96,7 @@ def make_arch_objective(config, expected):
   objective = latency_lib.make_objective(L.objective, weight=L.weight,
                                          fbnet_alpha=L.fbnet_alpha, fbnet_beta=L.fbnet_beta,
                                          target_ms=L.target_ms)
-  if objective is None:
-    return None
-
-  def arch_objective(ce, alphas):
-    lat = expected.of_state(alphas)
-    return objective(ce, lat), {"a_latency_ms": lat}
-  return arch_objective
+  return objective and latency_lib.arch_objective(objective, expected.of_state)
 
 
 def _fresh_meta() -> dict:

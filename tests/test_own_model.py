@@ -1,0 +1,121 @@
+"""dnas inside a researcher's own model (experiments/own_model): the general discretizer,
+latency of arbitrary MixedOps, the bilevel step, checkpoints and Linen interop, with no
+DARTS-specific code."""
+
+import json
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import linen as nn
+from flax import nnx
+
+import dnas
+from dnas import arch, bilevel, latency_lib
+from experiments.own_model import linen as own_linen
+from experiments.own_model import search
+from experiments.own_model.model import CANDIDATES, OwnNet
+
+OPS = tuple(CANDIDATES)
+
+
+def _x(n=4, seed=None):
+  return jnp.asarray(np.random.default_rng(seed).standard_normal((n, 8, 8, 1)), jnp.float32)
+
+
+def test_choices_and_discretize_follow_argmax():
+  net = OwnNet(width=4, blocks=1, rngs=nnx.Rngs(0))
+  assert sorted(arch.mixed_ops(net)) == ["stage1/0/op", "stage2/0/op"]
+  rng = np.random.default_rng()
+  picks = {p: int(rng.integers(len(OPS))) for p in arch.mixed_ops(net)}
+  for path, k in picks.items():  # alphas whose softmax is exactly one-hot in float32
+    arch.mixed_ops(net)[path].alpha.set_value(jnp.where(jnp.arange(len(OPS)) == k, 200.0, 0.0))
+  assert arch.choices(net) == picks
+  final = arch.discretize(net)
+  assert not arch.mixed_ops(final) and arch.mixed_ops(net)  # the original is untouched
+  assert isinstance(final.stage1[0].op, type(arch.mixed_ops(net)["stage1/0/op"].ops[picks["stage1/0/op"]]))
+  net.eval(), final.eval()
+  x = _x()
+  np.testing.assert_allclose(final(x), net(x), rtol=1e-6, atol=1e-6)
+  with pytest.raises(ValueError, match="no MixedOp at 'stage3'"):
+    arch.discretize(net, {"stage3": 0})
+  with pytest.raises(ValueError, match="has 6 ops, got choice 9"):
+    arch.discretize(net, {"stage1/0/op": 9})
+
+
+def test_expected_latency_of_any_mixed_ops():
+  net = OwnNet(width=4, blocks=1, rngs=nnx.Rngs(0))
+  example = jnp.zeros((8, 8, 8, 1))
+  inputs = arch.mixed_op_inputs(net, example)
+  assert {p: s.shape for p, s in inputs.items()} == {"stage1/0/op": (8, 8, 8, 4),
+                                                    "stage2/0/op": (8, 4, 4, 8)}
+  table = latency_lib.profile_mixed_ops(net, example, repeats=3)
+  assert len(table.entries) == 2 * len(OPS) + 1
+  table = latency_lib.LatencyTable.from_dict(json.loads(json.dumps(table.to_dict())))
+  expected = latency_lib.MixedOpLatency.build(table, net, example)
+  _, _, alphas, _ = bilevel.split_supernet(net)
+  # FBNet Eq. 4: rest + sum over MixedOps of softmax(alpha) . latencies.
+  hand = expected.rest_ms + sum(
+      float(np.dot(jax.nn.softmax(arch.mixed_ops(net)[p].alpha.get_value()), lat))
+      for p, lat in expected.ops_ms.items())
+  np.testing.assert_allclose(float(expected(alphas)), hand, rtol=1e-5)
+  # Its alpha gradient is the latency of each op relative to the mix: the cheapest op of
+  # each MixedOp gets the most negative derivative.
+  g = {arch.path_str(p[:-1]): v for p, v in nnx.to_flat_state(jax.grad(expected)(alphas))}
+  for path, lat in expected.ops_ms.items():
+    d = np.asarray(g[path].get_value())
+    w = np.asarray(jax.nn.softmax(arch.mixed_ops(net)[path].alpha.get_value()))
+    np.testing.assert_allclose(d, w * (lat - np.dot(w, lat)), rtol=1e-4, atol=1e-7)
+  picks = arch.choices(net)
+  assert expected.predict(picks) == pytest.approx(
+      expected.rest_ms + sum(expected.ops_ms[p][k] for p, k in picks.items()))
+  assert expected.minimum() <= expected.predict(picks)
+
+
+def test_search_retrain_and_resume(tmp_path):
+  # The experiment end to end on a tiny model, with the latency term and the exact
+  # second order; a rerun finds the checkpoint and does not search again.
+  kwargs = dict(epochs=1, order="second", width=4, blocks=1, batch_size=16, max_steps=2,
+                retrain_epochs=1, repeats=3, latency_weight=0.1)
+  logs = []
+  result = search.run(str(tmp_path), log=logs.append, **kwargs)
+  assert set(result["picks"]) == {"stage1/0/op", "stage2/0/op"}
+  assert all(op in OPS for op in result["picks"].values())
+  assert 0.0 <= result["test_acc"] <= 1.0 and result["measured_ms"] > 0
+  assert result["predicted_ms"] > 0 and "expected latency" in logs[-1]
+  again = search.run(str(tmp_path), log=logs.append, **kwargs)
+  assert logs[-1 if "resuming" in logs[-1] else -2].startswith("resuming at epoch 1")
+  assert again["picks"] == result["picks"]
+
+
+def test_linen_module_as_candidate_op():
+  model = own_linen.LinenCandidates(rngs=nnx.Rngs(0))
+  x = jnp.asarray(np.random.default_rng().standard_normal((4, 6, 6, 4)), jnp.float32)
+  nnx.bridge.lazy_init(model, x)
+  w_tx, a_tx = bilevel.make_w_tx(0.1), bilevel.make_a_tx(lr=0.01)
+  graphdef, state = bilevel.init_search_state(model, w_tx, a_tx, jax.random.key(0))
+  step = bilevel.make_search_step(graphdef, w_tx, a_tx, order="first", w_lr=0.1)
+  batch = dict(image=x, label=jnp.arange(4) % 10)
+  new, metrics = step(jax.tree.map(jnp.copy, state), batch, batch)
+  linen_kernel = ("mixed", "ops", 0, "kernel")
+  flat_old, flat_new = (dict(nnx.to_flat_state(s.params)) for s in (state, new))
+  assert not np.allclose(flat_new[linen_kernel].get_value(), flat_old[linen_kernel].get_value())
+  assert not np.allclose(jax.tree.leaves(new.alphas)[0], jax.tree.leaves(state.alphas)[0])
+  assert np.isfinite(metrics["a_loss"])
+
+
+def test_searched_network_used_from_linen():
+  picks = {"stage1/0/op": OPS.index("bottleneck_x2"), "stage2/0/op": OPS.index("conv5_relu")}
+  trained = own_linen.searched_net(picks, 4, 1, False, rngs=nnx.Rngs(3))
+  model = own_linen.SearchedClassifier(picks, width=4, blocks=1)
+  x = _x(seed=None)
+  variables = model.init(jax.random.key(0), x)
+  assert set(variables) == {"params", "batch_stats"}  # discretised: no ArchParam left
+  # The trained NNX network's state, in Linen form: Linen gives its outputs.
+  ours = own_linen.linen_variables(trained)
+  variables = {c: {**variables[c], **ours[c]} for c in variables}
+  dense = variables["params"]["calibration"]
+  want = trained(x) @ dense["kernel"] + dense["bias"]
+  np.testing.assert_allclose(model.apply(variables, x), want, rtol=1e-5, atol=1e-5)
