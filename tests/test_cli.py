@@ -93,7 +93,7 @@ def test_pc_darts_gumbel_latency_search_warms_up_then_searches(tmp_path):
       records[1]["genotype"])
 
 
-@pytest.mark.parametrize("module,args,message", [
+USER_ERRORS = [
     ("dnas.search", ["--config.method=enas"], "method 'enas' is unknown; valid: darts, pc_darts"),
     ("dnas.search", ["--config.method=pc_darts", "--config.model.pc_k=3"],
      "model.pc_k=3 must divide model.C=4"),
@@ -126,15 +126,36 @@ def test_pc_darts_gumbel_latency_search_warms_up_then_searches(tmp_path):
     ("dnas.train", ["--config.train.epochs=-3", "--genotype=x.json"],
      "train.epochs must be a positive integer, got -3"),
     ("dnas.train", [], "--genotype is required"),
-])
-def test_user_errors_exit_2_with_one_line(module, args, message):
-  out = _run(module, f"--config={TINY}", *args) if not any(
-      a.startswith("--config=") for a in args) else _run(module, *args)
-  assert out.returncode == 2, (out.returncode, out.stderr[-2000:])
-  lines = out.stderr.strip().splitlines()
-  assert len(lines) == 1 and lines[0].startswith("dnas: error: "), out.stderr[-2000:]
+]
+
+
+@pytest.fixture(scope="module")
+def user_error_runs():
+  """(returncode, stderr) of every USER_ERRORS case, run a few processes at a time (each
+  is mostly interpreter and JAX start-up)."""
+  results = []
+  for wave in range(0, len(USER_ERRORS), 4):
+    procs = []
+    for module, args, _ in USER_ERRORS[wave:wave + 4]:
+      if not any(a.startswith("--config=") for a in args):
+        args = [f"--config={TINY}", *args]
+      procs.append(cli_helpers.start(module, *args, "--progress=false"))
+    for p in procs:
+      _, stderr = p.communicate(timeout=300)
+      results.append((p.returncode, stderr))
+  return results
+
+
+@pytest.mark.parametrize("case", range(len(USER_ERRORS)),
+                         ids=[f"{m}-{' '.join(a)}" for m, a, _ in USER_ERRORS])
+def test_user_errors_exit_2_with_one_line(user_error_runs, case):
+  returncode, stderr = user_error_runs[case]
+  message = USER_ERRORS[case][2]
+  assert returncode == 2, (returncode, stderr[-2000:])
+  lines = stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("dnas: error: "), stderr[-2000:]
   assert message in lines[0]
-  assert "Traceback" not in out.stderr
+  assert "Traceback" not in stderr
 
 
 def test_latency_table_lacking_an_entry_exits_2(tmp_path):

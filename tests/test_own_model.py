@@ -3,6 +3,7 @@ latency of arbitrary MixedOps, the bilevel step, checkpoints and Linen interop, 
 DARTS-specific code."""
 
 import json
+import os
 
 import chex
 import jax
@@ -17,6 +18,7 @@ from dnas import arch, bilevel, latency_lib
 from experiments.own_model import linen as own_linen
 from experiments.own_model import search
 from experiments.own_model.model import CANDIDATES, OwnNet
+from tests import cli_helpers
 
 OPS = tuple(CANDIDATES)
 
@@ -38,7 +40,8 @@ def test_choices_and_discretize_follow_argmax():
   assert isinstance(final.stage1[0].op, type(arch.mixed_ops(net)["stage1/0/op"].ops[picks["stage1/0/op"]]))
   net.eval(), final.eval()
   x = _x()
-  np.testing.assert_allclose(final(x), net(x), rtol=1e-6, atol=1e-6)
+  forward = nnx.jit(lambda m, x: m(x))  # one compile each, not one per eager op
+  np.testing.assert_allclose(forward(final, x), forward(net, x), rtol=1e-6, atol=1e-6)
   with pytest.raises(ValueError, match="no MixedOp at 'stage3'"):
     arch.discretize(net, {"stage3": 0})
   with pytest.raises(ValueError, match="has 6 ops, got choice 9"):
@@ -119,3 +122,18 @@ def test_searched_network_used_from_linen():
   dense = variables["params"]["calibration"]
   want = trained(x) @ dense["kernel"] + dense["bias"]
   np.testing.assert_allclose(model.apply(variables, x), want, rtol=1e-5, atol=1e-5)
+
+
+def test_readme_own_model_example_runs(tmp_path):
+  # README.md's "Search inside your own model" block, as written (second order, latency
+  # objective, checkpoint, discretisation), with the checkpoint in tmp_path.
+  readme = open(os.path.join(cli_helpers.ROOT, "README.md")).read()
+  start = readme.index("```python", readme.index("### Search inside your own model")) + 9
+  code = readme[start:readme.index("```", start)]
+  assert len(code.strip().splitlines()) < 30
+  scope = {}
+  exec(compile(code.replace("/tmp/dnas_mine/ckpt", str(tmp_path / "ckpt")), "README", "exec"),
+       scope)
+  assert set(scope["picks"]) == {"op"} and not arch.mixed_ops(scope["final"])
+  assert np.isfinite(float(scope["metrics"]["a_objective"]))
+  assert os.listdir(tmp_path / "ckpt") == ["3"]
