@@ -12,7 +12,7 @@ to outputs of one shape. `PartialMixedOp` is PC-DARTS's partial channel connecti
 and `node_softmax` its edge normalisation.
 """
 
-from collections.abc import Sequence
+from collections.abc import Mapping, MutableMapping, MutableSequence, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -150,18 +150,37 @@ def path_str(path) -> str:
   return "/".join(map(str, path))
 
 
+def _mixed_op_paths(model: nnx.Module) -> dict[str, tuple]:
+  """{path_str: path tuple} of every MixedOp of `model` that owns its alpha, outermost
+  first."""
+  found = sorted((path for path, m in nnx.iter_modules(model)
+                  if isinstance(m, MixedOp) and m.alpha is not None), key=len)
+  return {path_str(path): tuple(path) for path in found}
+
+
 def mixed_ops(model: nnx.Module) -> dict[str, MixedOp]:
   """Every `MixedOp` of `model` that owns its alpha, by path (`path_str`), outermost
   first. Mixed ops with shared logits (`own_alpha=False`, as in the DARTS supernet) are
   the owner's to discretise."""
-  found = [(path, m) for path, m in nnx.iter_modules(model)
-           if isinstance(m, MixedOp) and m.alpha is not None]
-  return {path_str(path): m for path, m in sorted(found, key=lambda pm: len(pm[0]))}
+  out = {}
+  for name, path in _mixed_op_paths(model).items():
+    node = model
+    for part in path:
+      node = _child(node, part)
+    out[name] = node
+  return out
 
 
 def choices(model: nnx.Module) -> dict[str, int]:
   """The general discretisation rule: argmax alpha of each MixedOp, {path: op index}."""
   return {path: m.choice() for path, m in mixed_ops(model).items()}
+
+
+def _child(node, part):
+  # Containers (nnx.List, nnx.Dict, lists, dicts) by item, modules by attribute.
+  if isinstance(node, (Sequence, Mapping)) and not isinstance(node, str):
+    return node[part]
+  return getattr(node, part)
 
 
 def discretize(model: nnx.Module, picks: dict[str, int] | None = None) -> nnx.Module:
@@ -171,24 +190,28 @@ def discretize(model: nnx.Module, picks: dict[str, int] | None = None) -> nnx.Mo
   searched picks. Mixed ops nested inside a dropped candidate disappear with it."""
   picks = choices(model) if picks is None else dict(picks)
   model = nnx.clone(model)
-  ops = mixed_ops(model)
-  unknown = sorted(set(picks) - set(ops))
+  paths = _mixed_op_paths(model)
+  unknown = sorted(set(picks) - set(paths))
   if unknown:
     raise ValueError(f"discretize: no MixedOp at {unknown[0]!r}; the model has "
-                     f"{', '.join(ops) or 'none'}")
+                     f"{', '.join(paths) or 'none'}")
+  ops = mixed_ops(model)
   # Innermost first, so a chosen op keeps the discretised ops nested inside it.
-  for path in sorted(picks, key=lambda p: -p.count("/")):
-    k = picks[path]
-    if not 0 <= k < len(ops[path].ops):
-      raise ValueError(f"discretize: {path} has {len(ops[path].ops)} ops, got choice {k}")
-    *parent_path, name = path.split("/")
+  for name in sorted(picks, key=lambda p: -len(paths[p])):
+    k = picks[name]
+    if not 0 <= k < len(ops[name].ops):
+      raise ValueError(f"discretize: {name} has {len(ops[name].ops)} ops, got choice {k}")
+    *parent_path, last = paths[name]
     parent = model
     for part in parent_path:
-      parent = parent[int(part)] if part.isdigit() else getattr(parent, part)
-    if name.isdigit():
-      parent[int(name)] = ops[path].ops[k]
+      parent = _child(parent, part)
+    if isinstance(parent, (MutableSequence, MutableMapping)):
+      parent[last] = ops[name].ops[k]
+    elif isinstance(parent, (Sequence, Mapping)):
+      raise ValueError(f"discretize: the MixedOp at {name} sits in an immutable "
+                       f"{type(parent).__name__}; hold it in an nnx.List or nnx.Dict")
     else:
-      setattr(parent, name, ops[path].ops[k])
+      setattr(parent, last, ops[name].ops[k])
   return model
 
 

@@ -55,7 +55,8 @@ class SearchState(NamedTuple):
 # A model's state besides weights and alphas, carried through the steps: BatchNorm
 # statistics (the DARTS supernet has nothing else), RNG counters (dropout, or the RNG
 # that `nnx.bridge.ToNNX` keeps for a wrapped Linen module).
-MODEL_STATE = nnx.Not(nnx.Any(nnx.Param, ArchParam))
+# Sown intermediates (`nnx.Intermediate`) are outputs of one call, not carried state.
+MODEL_STATE = nnx.Not(nnx.Any(nnx.Param, ArchParam, nnx.Intermediate))
 
 # How a jitted search step is compiled (`make_search_step(split=...)`): "auto" splits the
 # second-order methods only, "one" is one program, "split" runs a few programs that
@@ -108,7 +109,9 @@ def make_a_tx(lr: float = 3e-4, b1: float = 0.5, b2: float = 0.999,
 
 def split_supernet(net: nnx.Module):
   """(graphdef, params, alphas, batch_stats) of a model in train mode; batch_stats holds
-  all of its state that is neither a weight nor an alpha (`MODEL_STATE`)."""
+  all of its state that is neither a weight nor an alpha (`MODEL_STATE`). Sown
+  intermediates are removed from `net` first."""
+  nnx.pop(net, nnx.Intermediate)  # what a previous call sowed is not part of the model
   graphdef, params, alphas, stats = nnx.split(net, nnx.Param, ArchParam, MODEL_STATE)
   return graphdef, params, alphas, stats
 
@@ -340,15 +343,16 @@ def make_phase_steps(graphdef, w_tx: optax.GradientTransformation,
   return arch_step, weight_step
 
 
-def make_search_step(graphdef, w_tx: optax.GradientTransformation,
-                     a_tx: optax.GradientTransformation, *, order: str = "first",
-                     w_lr: optax.ScalarOrSchedule, momentum: float = 0.9,
-                     weight_decay: float = 3e-4, fd_r: float = 1e-2, jit: bool = True,
-                     split: bool | None = None, shardings=None, dtype=None,
-                     hvp_remat: bool = False, arch_objective: Callable | None = None,
-                     tau: optax.Schedule | None = None, arch: bool = True):
-  """One search step (architecture step, then weight step; with `arch=False` the weight
-  step alone, for warm-up epochs such as PC-DARTS's first 15).
+def make_search_steps(graphdef, w_tx: optax.GradientTransformation,
+                      a_tx: optax.GradientTransformation, *, order: str = "first",
+                      w_lr: optax.ScalarOrSchedule, momentum: float = 0.9,
+                      weight_decay: float = 3e-4, fd_r: float = 1e-2, jit: bool = True,
+                      split: bool | None = None, shardings=None, dtype=None,
+                      hvp_remat: bool = False, arch_objective: Callable | None = None,
+                      tau: optax.Schedule | None = None):
+  """The search step (architecture step, then weight step) and its warm-up step (the
+  weight step alone, for epochs before the first architecture step, such as PC-DARTS's
+  first 15). Split, the two share their compiled programs.
 
   `w_lr`, `momentum` and `weight_decay` must be those of `w_tx`: the virtual step of
   the second-order methods repeats the weight optimiser's step. `shardings`, a pair
@@ -364,13 +368,13 @@ def make_search_step(graphdef, w_tx: optax.GradientTransformation,
   gradients of one batch; compiled once and called by every phase), the two updates,
   and for the second-order methods the virtual step and the Hessian-vector product.
   On XLA:CPU one program of a whole second-order step compiles for 10+ minutes and holds
-  the buffers of its three gradient passes at once; for `first`, split roughly halves
-  the compile time (one gradient program instead of two) for slower architecture steps,
+  the buffers of its three gradient passes at once; for `first`, split cuts the compile
+  time by about 40 % (one gradient program instead of two) for slower architecture steps,
   which then also compute the weight gradient (BUILD_NOTES.md).
 
   Returns:
-    step(state, batch_train, batch_val) -> (state, metrics), `state` donated; metrics
-    is a flat dict of f32[] scalars.
+    (step, warmup_step), each f(state, batch_train, batch_val) -> (state, metrics),
+    `state` donated; metrics is a flat dict of f32[] scalars.
   """
   if split is None:
     split = jit and order != "first"
@@ -384,15 +388,25 @@ def make_search_step(graphdef, w_tx: optax.GradientTransformation,
     arch_step, weight_step = make_phase_steps(graphdef, w_tx, a_tx, **kwargs)
 
   def step(state, batch_train, batch_val):
-    m_arch = {}
-    if arch:
-      state, m_arch = arch_step(state, batch_train, batch_val)
+    state, m_arch = arch_step(state, batch_train, batch_val)
     state, m_weight = weight_step(state, batch_train)
     return state, {**m_arch, **m_weight}
 
+  def warmup_step(state, batch_train, batch_val):
+    del batch_val
+    return weight_step(state, batch_train)
+
   if not jit or split:
-    return step
-  return jax.jit(step, donate_argnums=0, **_jit_shardings(shardings, 2))
+    return step, warmup_step
+  return tuple(jax.jit(f, donate_argnums=0, **_jit_shardings(shardings, 2))
+               for f in (step, warmup_step))
+
+
+def make_search_step(graphdef, w_tx: optax.GradientTransformation,
+                     a_tx: optax.GradientTransformation, *, arch: bool = True, **kwargs):
+  """The search step of `make_search_steps` (with `arch=False`, its warm-up step)."""
+  step, warmup_step = make_search_steps(graphdef, w_tx, a_tx, **kwargs)
+  return step if arch else warmup_step
 
 
 def split_piece(shardings=None, donate: bool = True):

@@ -43,6 +43,9 @@ _ALLOW_FOREIGN = flags.DEFINE_bool("allow_foreign_table", False, "Accept a table
                                    "on another device kind.")
 
 
+PLATFORMS = ("cpu", "cuda", "rocm", "tpu")  # what jax.export lowers for
+
+
 class ExportError(ValueError):
   """A trained checkpoint or export setting that cannot be used."""
 
@@ -63,7 +66,13 @@ def load_trained(directory: str):
   abstract = nnx.eval_shape(lambda: train_lib.build_network(config, genotype, info,
                                                             nnx.Rngs(0)))
   graphdef, target = nnx.split(abstract)
-  net = nnx.merge(graphdef, checkpoint.load_model_variables(directory, target))
+  try:
+    variables = checkpoint.load_model_variables(directory, target)
+  except Exception as e:  # pylint: disable=broad-except
+    reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+    raise ExportError(f"--trained {directory}: its variables do not fit the network its "
+                      f"config and genotype describe ({type(e).__name__}: {reason})") from None
+  net = nnx.merge(graphdef, variables)
   net.eval()
   return net, config, genotype, info
 
@@ -91,6 +100,9 @@ def main(argv):
   del argv
   if not _TRAINED.value:
     raise ExportError("--trained is required (the trained/ directory that dnas.train wrote)")
+  bad = [p for p in _PLATFORMS.value if p not in PLATFORMS]
+  if bad:
+    raise ExportError(f"--platforms: unknown platform {bad[0]!r}; valid: {', '.join(PLATFORMS)}")
   if _BATCH.value < 0 or _REPEATS.value < 1:
     raise ExportError(f"--batch must be >= 0 and --repeats >= 1, got {_BATCH.value}, "
                       f"{_REPEATS.value}")
@@ -105,6 +117,7 @@ def main(argv):
   exported = export(fn, shape, platforms=_PLATFORMS.value)
   out = _OUT.value or os.path.join(os.path.dirname(os.path.abspath(_TRAINED.value)),
                                    "model.jax_export")
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   with open(out, "wb") as f:
     f.write(exported.serialize())
   with open(out + ".json", "w") as f:
@@ -118,6 +131,8 @@ def main(argv):
   with open(out, "rb") as f:
     reloaded = jax.export.deserialize(bytearray(f.read()))
   if jax.default_backend() not in reloaded.platforms:
+    print(f"not checked or timed here: the export is for {', '.join(reloaded.platforms)}, "
+          f"this is {jax.default_backend()}")
     return
   x = jnp.asarray(np.random.default_rng(0).standard_normal(shape), jnp.float32)
   call = jax.jit(reloaded.call)

@@ -148,9 +148,10 @@ def time_call(fn: Callable, *args, repeats: int = 50, warmup: int = 5) -> dict:
 
 def dispatch_ms(shape, dtype, repeats: int = 200) -> float:
   """Median cost of calling a compiled function that does almost nothing on an input of
-  `shape`: what each standalone op measurement pays once and a whole network once."""
+  `shape` (any rank): what each standalone op measurement pays once and a whole network
+  once."""
   x = jnp.zeros(shape, dtype)
-  fn = jax.jit(lambda x: x[:1, :1, :1, :1] + 1)
+  fn = jax.jit(lambda x: x[(slice(0, 1),) * x.ndim] + 1)
   return time_call(fn, x, repeats=repeats, warmup=20)["median"]
 
 
@@ -229,6 +230,24 @@ def _jit_eval(module: nnx.Module):
   return jax.jit(lambda state, *xs: nnx.merge(graphdef, state)(*xs)), state
 
 
+def _checked_inputs(model, example):
+  """(input shapes, MixedOps) by path; a LatencyError for what the expected latency
+  cannot describe."""
+  ops = arch.mixed_ops(model)
+  if not ops:
+    raise LatencyError("the model has no MixedOp with its own alpha to profile")
+  nested = [p for p in ops if any(p.startswith(q + "/") for q in ops)]
+  if nested:
+    raise LatencyError(f"MixedOp {nested[0]} is nested inside another MixedOp; the expected "
+                       f"latency sums independent MixedOps only")
+  inputs = arch.mixed_op_inputs(model, example)
+  missing = sorted(set(ops) - set(inputs))
+  if missing:
+    raise LatencyError(f"MixedOp {missing[0]} was not called on the model's own instance "
+                       f"(inside nnx.remat, scan, vmap or a switch?); its input shape is unknown")
+  return inputs, ops
+
+
 def profile_mixed_ops(model: nnx.Module, example: jax.Array, *, repeats: int = 50,
                       progress: Callable | None = None) -> LatencyTable:
   """Measures a latency table of `model` (eval mode) on inputs like `example`
@@ -236,11 +255,8 @@ def profile_mixed_ops(model: nnx.Module, example: jax.Array, *, repeats: int = 5
   alone and timed at its input shape, and the rest of the network, timed as the whole
   network with every MixedOp at its current choice minus those choices' ops (floored at
   0). `progress(i, n, key, ms)` is called per entry."""
-  inputs = arch.mixed_op_inputs(model, example)
-  ops = arch.mixed_ops(model)
-  if not ops:
-    raise LatencyError("the model has no MixedOp with its own alpha to profile")
-  dispatch = dispatch_ms(example.shape, example.dtype) if example.ndim == 4 else 0.0
+  inputs, ops = _checked_inputs(model, example)
+  dispatch = dispatch_ms(example.shape, example.dtype)
   entries, n = {}, sum(len(ops[p].ops) for p in inputs) + 1
   rng = np.random.default_rng(0)
   for path, shape in inputs.items():
@@ -277,8 +293,7 @@ class MixedOpLatency:
 
   @classmethod
   def build(cls, table: LatencyTable, model: nnx.Module, example) -> "MixedOpLatency":
-    inputs = arch.mixed_op_inputs(model, example)
-    ops = arch.mixed_ops(model)
+    inputs, ops = _checked_inputs(model, example)
     d = table.dispatch_ms
     ops_ms = {p: np.array([max(table.lookup(mixed_op_key(p, k, s.shape)) - d, 0.0)
                            for k in range(len(ops[p].ops))], np.float32)

@@ -26,7 +26,11 @@ def main(argv):
     genotype, prefix = darts.GENOTYPES[source], source
   else:
     genotype, prefix = darts.load_genotype(source), os.path.splitext(source)[0]
-  for path in plotting.plot_genotype(genotype, _OUT.value or prefix):
+  try:
+    paths = plotting.plot_genotype(genotype, _OUT.value or prefix)
+  except OSError as e:
+    cli.fail(f"cannot write the drawings to {_OUT.value or prefix}: {e.strerror or e}")
+  for path in paths:
     print(f"wrote {path}")
 
 

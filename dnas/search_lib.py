@@ -166,12 +166,11 @@ def _search(config, workdir, progress, resume, preemption):
                      tau=(bilevel.per_epoch_anneal(s.tau_start, s.tau_end, s.epochs,
                                                    steps_per_epoch, s.tau_anneal)
                           if s.get("relaxation", "softmax") == "gumbel" else None))
-  step = utils.compile_then_trim(bilevel.make_search_step(graphdef, w_tx, a_tx, **step_kwargs))
-  # Epochs before `arch_start_epoch` train the weights only (PC-DARTS's warm-up); that
-  # step is compiled on its first use.
+  # Epochs before `arch_start_epoch` train the weights only (PC-DARTS's warm-up); each
+  # step is compiled on its first use (split steps share their programs).
   arch_start = s.get("arch_start_epoch", 0)
-  warmup_step = utils.compile_then_trim(bilevel.make_search_step(
-      graphdef, w_tx, a_tx, arch=False, **step_kwargs)) if arch_start else None
+  step, warmup_step = map(utils.compile_then_trim,
+                          bilevel.make_search_steps(graphdef, w_tx, a_tx, **step_kwargs))
   eval_step = utils.compile_then_trim(bilevel.make_eval_step(
       graphdef_eval, shardings=shardings, dtype=dtype))
   augment = make_augment(info, crop_padding=config.data.crop_padding, flip=config.data.flip)
@@ -182,8 +181,9 @@ def _search(config, workdir, progress, resume, preemption):
   primary = jax.process_index() == 0  # one process writes the plain files
   if primary:
     loop.write_jsonl(metrics_path, meta["records"])  # drops lines past the checkpoint
-  summaries = Summaries(os.path.join(workdir, "tensorboard"), enabled=primary,
-                        purge_step=int(state.step) if found else None)
+  # A resumed run drops what the interrupted one logged after its checkpoint.
+  summaries = Summaries(os.path.join(workdir, "tensorboard", "search"), enabled=primary,
+                        purge_step=int(state.step) + 1 if found else None)
   start = time.time() - meta["elapsed"]
   bar = tqdm.tqdm(total=s.epochs * steps_per_epoch, initial=int(state.step),
                   disable=not progress, unit="step", dynamic_ncols=True)
@@ -243,13 +243,15 @@ def _search(config, workdir, progress, resume, preemption):
       meta["alphas_normal"].append(_softmax(a_normal).tolist())
       meta["alphas_reduce"].append(_softmax(a_reduce).tolist())
       meta.update(epoch=epoch + 1, batch=0, sums={})
+      # Events on disk before the checkpoint that a resumed run purges after.
+      summaries.scalars(int(state.step), record, "search")
+      for kind in ("normal", "reduce"):
+        summaries.op_weights(int(state.step), kind, meta[f"alphas_{kind}"][-1], m.primitives)
+      summaries.flush()
       save()
       if primary:
         loop.write_jsonl(metrics_path, meta["records"])
         darts.save_genotype(genotype, os.path.join(workdir, "genotype.json"))
-      summaries.scalars(int(state.step), record, "search")
-      for kind in ("normal", "reduce"):
-        summaries.op_weights(int(state.step), kind, meta[f"alphas_{kind}"][-1], m.primitives)
       lat = (f" predicted latency {record['predicted_latency_ms']:.3f} ms" if latency else "")
       bar.write(f"epoch {epoch}: w_acc {record['w_acc']:.3f} valid_acc {valid_acc:.3f}{lat} "
                 f"genotype {genotype}")

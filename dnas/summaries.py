@@ -1,26 +1,33 @@
 """TensorBoard summaries without TensorFlow (tensorboardX writes the event files).
 
-`tensorboard --logdir=<workdir>/tensorboard` shows what `metrics.jsonl` holds: losses,
+`tensorboard --logdir=<workdir>/tensorboard` shows what `metrics.jsonl` holds (runs
+`search` and `train`): losses,
 accuracies, alpha entropy and predicted latency per epoch, and every edge's op weights
 softmax(alpha) as `op_weights/<cell>/e<edge>/<op>`.
 """
 
 import numbers
 import os
+import time
 
 import numpy as np
 
 
 class Summaries:
-  """Scalars for TensorBoard in `logdir`. Resuming at `purge_step` makes TensorBoard drop
-  what an interrupted run wrote after its last checkpoint (as `metrics.jsonl` does)."""
+  """Scalars for TensorBoard in `logdir`. With `purge_step`, TensorBoard drops the events
+  of this directory at steps >= purge_step that an interrupted run wrote (a resumed run
+  passes its checkpoint's step + 1, as `metrics.jsonl` is cut back to the checkpoint)."""
 
   def __init__(self, logdir: str, *, purge_step: int | None = None, enabled: bool = True):
     self._writer = None
     if enabled:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
       os.makedirs(logdir, exist_ok=True)
-      self._writer = SummaryWriter(logdir, purge_step=purge_step or None, flush_secs=30)
+      # tensorboardX names files by the second; a unique suffix keeps a run resumed within
+      # the same second from overwriting the previous file (names sort by time, as
+      # TensorBoard reads them).
+      self._writer = SummaryWriter(logdir, purge_step=purge_step or None, flush_secs=30,
+                                   filename_suffix=f".{time.time_ns()}")
 
   def scalars(self, step: int, record: dict, prefix: str) -> None:
     """Every real-number field of `record` as `<prefix>/<name>` (others are skipped)."""
@@ -37,6 +44,10 @@ class Summaries:
     for e, row in enumerate(np.asarray(weights)):
       for name, w in zip(primitives, row):
         self._writer.add_scalar(f"op_weights/{kind}/e{e:02d}/{name}", float(w), step)
+
+  def flush(self) -> None:
+    if self._writer is not None:
+      self._writer.flush()
 
   def close(self) -> None:
     if self._writer is not None:

@@ -166,8 +166,11 @@ def _train(config, genotype_path, workdir, progress, resume, preemption):
   primary = jax.process_index() == 0  # one process writes the plain files
   if primary:
     loop.write_jsonl(metrics_path, meta["records"])
-  summaries = Summaries(os.path.join(workdir, "tensorboard"), enabled=primary,
-                        purge_step=meta["epoch"] * steps_per_epoch if found else None)
+  # Beside the search's (same work directory by default); a resumed run drops what the
+  # interrupted one logged after its checkpoint.
+  summaries = Summaries(os.path.join(workdir, "tensorboard", "train"), enabled=primary,
+                        purge_step=(meta["epoch"] * steps_per_epoch + meta["batch"] + 1
+                                    if found else None))
   start = time.time() - meta["elapsed"]
   bar = tqdm.tqdm(total=t.epochs * steps_per_epoch,
                   initial=meta["epoch"] * steps_per_epoch + meta["batch"],
@@ -212,10 +215,11 @@ def _train(config, genotype_path, workdir, progress, resume, preemption):
                     valid_acc=valid_acc, wall_time=time.time() - start)
       meta["records"].append(record)
       meta.update(epoch=epoch + 1, batch=0, sums={})
+      summaries.scalars((epoch + 1) * steps_per_epoch, record, "train")
+      summaries.flush()  # on disk before the checkpoint that a resumed run purges after
       save()
       if primary:
         loop.write_jsonl(metrics_path, meta["records"])
-      summaries.scalars((epoch + 1) * steps_per_epoch, record, "train")
       if preemption.requested and epoch + 1 < t.epochs:
         raise preempted()
   finally:

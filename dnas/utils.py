@@ -64,8 +64,8 @@ def release_free_memory() -> None:
     pass
 
 
-# (name, trace_s, compile_s) of every program `compile_then_trim` compiled, in order: what
-# benchmarks and the search report as compile time.
+# (name, trace_s, compile_s) of every program `compile_then_trim` compiled, in order:
+# what `scripts/bench_step.py` reports as compile time.
 COMPILE_LOG: list[dict] = []
 
 

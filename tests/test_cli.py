@@ -45,7 +45,7 @@ def test_search_writes_genotype_metrics_and_plot(searched):
     assert (searched / f"genotype_{kind}.png").stat().st_size > 10_000
     assert (searched / f"genotype_{kind}.svg").exists()
   # TensorBoard: the same per-epoch numbers, and every edge's op weights.
-  events = read_events(searched / "tensorboard")
+  events = read_events(searched / "tensorboard" / "search")
   steps = [s for s, _ in events["search/valid_acc"]]
   assert len(steps) == 2 and steps[0] < steps[1]
   assert [v for _, v in events["search/valid_acc"]] == pytest.approx(
@@ -60,7 +60,7 @@ def test_train_accepts_searched_genotype(searched, tmp_path):
   result = json.loads((tmp_path / "train_result.json").read_text())
   assert 0.0 <= result["test_acc"] <= 1.0 and result["params"] > 0
   assert os.path.isdir(result["checkpoint"])
-  assert len(read_events(tmp_path / "tensorboard")["train/valid_acc"]) == 1
+  assert len(read_events(tmp_path / "tensorboard" / "train")["train/valid_acc"]) == 1
 
 
 def test_pc_darts_gumbel_latency_search_warms_up_then_searches(tmp_path):

@@ -137,3 +137,34 @@ def test_readme_own_model_example_runs(tmp_path):
   assert set(scope["picks"]) == {"op"} and not arch.mixed_ops(scope["final"])
   assert np.isfinite(float(scope["metrics"]["a_objective"]))
   assert os.listdir(tmp_path / "ckpt") == ["3"]
+
+
+class _Sows(nnx.Module):
+  """A model that sows an intermediate and holds a nested MixedOp."""
+
+  def __init__(self, rngs):
+    inner = dnas.MixedOp([nnx.Linear(3, 3, rngs=rngs), nnx.Linear(3, 3, rngs=rngs)], rngs=rngs)
+    self.op = dnas.MixedOp([inner, nnx.Linear(3, 3, rngs=rngs)], rngs=rngs)
+    self.head = nnx.Linear(3, 10, rngs=rngs)
+
+  def __call__(self, x):
+    h = self.op(x)
+    self.sow(nnx.Intermediate, "features", h)
+    return self.head(h)
+
+
+@pytest.mark.filterwarnings("ignore:Using 'Module.sow\\(\\)' outside:DeprecationWarning")
+def test_sown_intermediates_and_nested_mixed_ops():
+  model = _Sows(nnx.Rngs(0))
+  x = jnp.asarray(np.random.default_rng().standard_normal((4, 3)), jnp.float32)
+  model(x)  # leaves an nnx.Intermediate in the model, which the steps do not carry
+  w_tx, a_tx = bilevel.make_w_tx(0.1), bilevel.make_a_tx(lr=0.01)
+  graphdef, state = bilevel.init_search_state(model, w_tx, a_tx, jax.random.key(0))
+  step = bilevel.make_search_step(graphdef, w_tx, a_tx, order="first", w_lr=0.1)
+  batch = dict(image=x, label=jnp.arange(4))
+  new, metrics = step(state, batch, batch)
+  assert np.isfinite(metrics["a_loss"]) and int(new.step) == 1
+  assert sorted(arch.mixed_ops(model)) == ["op", "op/ops/0"]
+  assert type(arch.discretize(model, {"op": 0, "op/ops/0": 1}).op).__name__ == "Linear"
+  with pytest.raises(latency_lib.LatencyError, match="op/ops/0 is nested inside"):
+    latency_lib.profile_mixed_ops(model, x, repeats=1)

@@ -47,21 +47,28 @@ def test_plot_cli_draws_png_and_svg(tmp_path):
     # with the string in a comment).
     for op, _ in getattr(g, kind):
       assert op in svg
-  bad = cli_helpers.run("dnas.plot", str(tmp_path / "missing.json"))
-  assert bad.returncode == 2 and "Traceback" not in bad.stderr
-  assert len(bad.stderr.strip().splitlines()) == 1
+  (tmp_path / "file").write_text("")
+  for args in ([str(tmp_path / "missing.json")],
+               ["DARTS_V2", f"--out={tmp_path / 'file' / 'x'}"]):  # a file where a folder goes
+    bad = cli_helpers.run("dnas.plot", *args)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr[-2000:]
+    assert len(bad.stderr.strip().splitlines()) == 1
 
 
 def read_events(logdir):
-  """{tag: [(step, value)]} from TensorBoard event files, read as TFRecords."""
+  """{tag: [(step, value)]} from TensorBoard event files (TFRecords), read as TensorBoard
+  does: files in name order, and a SessionLog START at step s drops the events read so
+  far at steps >= s (a restarted run's `purge_step`)."""
   out = {}
-  for path in glob.glob(f"{logdir}/events.out.tfevents.*"):
+  for path in sorted(glob.glob(f"{logdir}/events.out.tfevents.*")):
     data = open(path, "rb").read()
     i = 0
     while i < len(data):
       n, = struct.unpack("<Q", data[i:i + 8])
       event = event_pb2.Event.FromString(data[i + 12:i + 12 + n])
       i += 12 + n + 4
+      if event.HasField("session_log") and event.session_log.status == event.session_log.START:
+        out = {t: [(s, v) for s, v in sv if s < event.step] for t, sv in out.items()}
       for v in event.summary.value:
         out.setdefault(v.tag, []).append((event.step, v.simple_value))
   return out
@@ -78,6 +85,11 @@ def test_summaries_scalars_and_op_weights(tmp_path):
   assert "search/genotype" not in events and "search/flag" not in events
   assert events["op_weights/normal/e01/skip_connect"] == [(7, pytest.approx(w[1, 1]))]
   assert len([t for t in events if t.startswith("op_weights/")]) == 6
+  # A resumed run (purge_step = checkpoint step + 1) replaces what came after step 7.
+  s = summaries.Summaries(str(tmp_path), purge_step=8)
+  s.scalars(8, {"w_loss": 0.5}, "search")
+  s.close()
+  assert read_events(tmp_path)["search/w_loss"] == [(7, 1.25), (8, 0.5)]
 
 
 @pytest.fixture(scope="module")
@@ -117,8 +129,14 @@ def test_export_cli_round_trip(trained, tmp_path):
   exported = jax.export.deserialize(bytearray(out.read_bytes()))
   x = jnp.asarray(np.random.default_rng(3).standard_normal((4, 8, 8, 1)), jnp.float32)
   np.testing.assert_allclose(exported.call(x), net(x)[0], rtol=1e-5, atol=1e-5)
-  # Bad input: one line, exit 2.
-  for args in ([f"--trained={tmp_path / 'nope'}"], [f"--trained={directory}", "--batch=-1"]):
+  # Bad input: one line, exit 2. A checkpoint whose config does not fit its variables:
+  config = tiny.get_config()
+  config.train.C = 8
+  checkpoint.save_model(str(tmp_path / "mismatch"), nnx.state(net),
+                        genotype=darts.DARTS_V2.to_dict(), config=config.to_dict())
+  for args in ([f"--trained={tmp_path / 'nope'}"], [f"--trained={directory}", "--batch=-1"],
+               [f"--trained={directory}", "--platforms=cpu,bogus"],
+               [f"--trained={tmp_path / 'mismatch'}"]):
     bad = cli_helpers.run("dnas.export", *args)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr[-2000:]
     assert len(bad.stderr.strip().splitlines()) == 1

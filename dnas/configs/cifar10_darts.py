@@ -30,7 +30,7 @@ def get_config():
   # hvp_remat: `order=second`'s Hessian-vector product recomputes cell activations (its
   # tangents double them; without it batch 64 does not fit 24 GiB on CPU).
   # programs: "one" jitted program per step; "split" into a few that share one gradient
-  # program (first order: about half the compile time, slower architecture steps);
+  # program (first order: about 40 % less compile time, slower architecture steps);
   # "auto": split for the second-order methods only.
   # relaxation: "softmax" (DARTS) or "gumbel" (FBNet, GDAS: op weights sampled with a
   # temperature annealed per epoch from tau_start to tau_end, "linear" or "exponential";

@@ -27,7 +27,7 @@ def get_config():
   c.model = dict(C=8, layers=3, steps=4, multiplier=4, stem_multiplier=3,
                  primitives=PRIMITIVES, remat=False, pc_k=4)
   # programs: "one" jitted program per step; "split" into a few that share one gradient
-  # program (first order: about half the compile time, slower architecture steps);
+  # program (first order: about 40 % less compile time, slower architecture steps);
   # "auto": split for the second-order methods only.
   # relaxation: "softmax" (DARTS) or "gumbel" (FBNet, GDAS: op weights sampled with a
   # temperature annealed per epoch from tau_start to tau_end, "linear" or "exponential";
