@@ -18,6 +18,7 @@ previous one is used; only the keep-K policy deletes checkpoints.
 """
 
 import logging
+import os
 import sys
 
 import jax
@@ -124,6 +125,24 @@ def load_model_meta(directory: str) -> tuple[dict, dict]:
     out = c.restore(directory, args=ocp.args.Composite(genotype=ocp.args.JsonRestore(),
                                                        config=ocp.args.JsonRestore()))
   return out["genotype"], out["config"]
+
+
+def model_variable_shapes(directory: str) -> dict[str, tuple[int, ...]]:
+  """{'a/b/c': shape} of the variables in a `save_model` checkpoint, from its metadata
+  (nothing is read)."""
+  quiet = logging.getLogger("absl")
+  level = quiet.level
+  quiet.setLevel(logging.ERROR)  # Orbax warns that the item has no step metadata
+  try:
+    with ocp.StandardCheckpointer() as c:
+      tree = c.metadata(os.path.join(directory, "variables")).item_metadata.tree
+  finally:
+    quiet.setLevel(level)
+  out = {}
+  for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+    names = [str(getattr(k, "key", getattr(k, "idx", k))) for k in path]
+    out["/".join(names[:-1] if names[-1] == "value" else names)] = tuple(leaf.shape)
+  return out
 
 
 def load_model_variables(directory: str, target):

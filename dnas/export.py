@@ -66,6 +66,19 @@ def load_trained(directory: str):
   abstract = nnx.eval_shape(lambda: train_lib.build_network(config, genotype, info,
                                                             nnx.Rngs(0)))
   graphdef, target = nnx.split(abstract)
+  want = {"/".join(map(str, p)): tuple(v.get_value().shape)
+          for p, v in nnx.to_flat_state(target)}
+  try:
+    have = checkpoint.model_variable_shapes(directory)
+  except Exception as e:  # pylint: disable=broad-except
+    raise ExportError(f"--trained {directory}: cannot read its variables' metadata "
+                      f"({type(e).__name__})") from None
+  for name in sorted(set(want) | set(have)):
+    if want.get(name) != have.get(name):
+      raise ExportError(
+          f"--trained {directory}: variable {name} is {have.get(name, 'missing')} in the "
+          f"checkpoint but {want.get(name, 'absent')} in the network that its config and "
+          f"genotype describe")
   try:
     variables = checkpoint.load_model_variables(directory, target)
   except Exception as e:  # pylint: disable=broad-except

@@ -3,6 +3,7 @@
 import ctypes
 import math
 import os
+import threading
 import time
 
 import jax
@@ -82,20 +83,29 @@ def compile_then_trim(jitted):
   if not hasattr(jitted, "lower"):
     return jitted
   compiled = {}
+  lock = threading.Lock()  # one compile per signature, also across threads
+
+  def compile_for(args):
+    leaves, treedef = jax.tree.flatten(args)
+    key = (treedef, tuple((tuple(jnp.shape(x)),
+                           x.dtype if hasattr(x, "dtype") else jnp.result_type(x),
+                           getattr(x, "sharding", None)) for x in leaves))
+    with lock:
+      if key not in compiled:
+        t0 = time.perf_counter()
+        lowered = jitted.lower(*args)
+        t1 = time.perf_counter()
+        compiled[key] = lowered.compile()
+        COMPILE_LOG.append(dict(name=getattr(jitted, "__name__", "?"), trace_s=t1 - t0,
+                                compile_s=time.perf_counter() - t1))
+        release_free_memory()
+    return compiled[key]
 
   def call(*args):
-    leaves, treedef = jax.tree.flatten(args)
-    key = (treedef, tuple((jnp.shape(x), jnp.result_type(x), getattr(x, "sharding", None))
-                          for x in leaves))
-    if key not in compiled:
-      t0 = time.perf_counter()
-      lowered = jitted.lower(*args)
-      t1 = time.perf_counter()
-      compiled[key] = lowered.compile()
-      COMPILE_LOG.append(dict(name=getattr(jitted, "__name__", "?"), trace_s=t1 - t0,
-                              compile_s=time.perf_counter() - t1))
-      release_free_memory()
-    return compiled[key](*args)
+    return compile_for(args)(*args)
+  # Compiles for arguments like these (arrays or `jax.ShapeDtypeStruct`s with their
+  # shardings) without running: a later call with such arguments finds it compiled.
+  call.precompile = lambda *args: compile_for(args) and None
   return call
 
 
