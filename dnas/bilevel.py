@@ -389,7 +389,7 @@ def make_search_steps(graphdef, w_tx: optax.GradientTransformation,
   dtype (`make_loss_fn`); `hvp_remat`, `arch_objective`: `make_arch_grad_fn`; `tau`:
   `make_phase_steps`.
 
-  `jit=False` returns the pure step. With `jit=True` it is one jitted function, unless
+  `jit=False` returns the pure steps. With `jit=True` each is one jitted function, unless
   `split` (default: for the second-order methods): then the step runs as a handful of
   jitted programs, each compiled ahead of its first call with the compiler's freed
   memory given back (`utils.compile_then_trim`): the gradient program (w and alpha
