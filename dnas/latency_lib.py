@@ -223,10 +223,15 @@ def rest_key(shape) -> str:
   return f"rest|{'x'.join(map(str, shape[1:]))}"
 
 
-def _jit_eval(module: nnx.Module):
+def jit_eval(module: nnx.Module, dtype=None):
+  """(jitted f(state, *xs), state): a copy of `module` in eval mode, as timed, with its
+  floating-point variables cast to `dtype` (None: kept)."""
   module = nnx.clone(module)
   module.eval()
   graphdef, state = nnx.split(module)
+  if dtype is not None:
+    state = jax.tree.map(lambda v: v.astype(dtype) if jnp.issubdtype(v.dtype, jnp.floating)
+                         else v, state)
   return jax.jit(lambda state, *xs: nnx.merge(graphdef, state)(*xs)), state
 
 
@@ -262,12 +267,12 @@ def profile_mixed_ops(model: nnx.Module, example: jax.Array, *, repeats: int = 5
   for path, shape in inputs.items():
     x = jnp.asarray(rng.standard_normal(shape.shape), shape.dtype)
     for k, op in enumerate(ops[path].ops):
-      fn, state = _jit_eval(op)
+      fn, state = jit_eval(op)
       key = mixed_op_key(path, k, shape.shape)
       entries[key] = time_call(fn, state, x, repeats=repeats)
       if progress:
         progress(len(entries), n, key, entries[key]["median"])
-  fn, state = _jit_eval(arch.discretize(model))
+  fn, state = jit_eval(arch.discretize(model))
   whole = time_call(fn, state, example, repeats=repeats)["median"]
   chosen = sum(max(entries[mixed_op_key(p, ops[p].choice(), s.shape)]["median"] - dispatch, 0.0)
                for p, s in inputs.items())

@@ -129,7 +129,7 @@ def run(workdir, *, epochs=10, order="first", width=16, blocks=2, batch_size=64,
           augment=augment, max_steps=max_steps)
   test_acc = accuracy_of(final, splits["test"], batch_size, augment)
   final.eval()
-  measured = latency_lib.time_call(*latency_lib._jit_eval(final), example, repeats=repeats)
+  measured = latency_lib.time_call(*latency_lib.jit_eval(final), example, repeats=repeats)
   result = dict(picks=describe(picks), test_acc=test_acc, search_s=search_s,
                 retrain_s=time.time() - t0, predicted_ms=expected.predict(picks),
                 measured_ms=measured["median"], params=utils.count_params(final, None),

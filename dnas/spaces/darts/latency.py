@@ -185,20 +185,11 @@ def _module_for(key: str, rngs: nnx.Rngs):
   return make_op(name, c_in, stride, True, rngs), [(h, w, c_in)]
 
 
-def _jit_eval(module: nnx.Module, dtype):
-  """(jitted f(state, *xs), state): `module` in eval mode with its floats cast to dtype."""
-  module.eval()
-  graphdef, state = nnx.split(module)
-  state = jax.tree.map(lambda v: v.astype(dtype) if jnp.issubdtype(v.dtype, jnp.floating)
-                       else v, state)
-  return jax.jit(lambda state, *xs: nnx.merge(graphdef, state)(*xs)), state
-
-
 def measure(key: str, batch_size: int, dtype, repeats: int, seed: int = 0) -> dict:
   """Compiles the module of `key` alone (eval mode) and times it on random inputs."""
   fn, shapes = _module_for(key, nnx.Rngs(seed))
   if isinstance(fn, nnx.Module):
-    jitted, state = _jit_eval(fn, dtype)
+    jitted, state = latency_lib.jit_eval(fn, dtype)
     args = (state,)
   else:
     jitted, args = jax.jit(fn), ()
@@ -388,7 +379,7 @@ def compile_network(layout: Layout, genotype: Genotype, *, batch_size: int,
     net = final.NetworkImageNet(genotype, layout.C, layout.num_classes, len(layout.cells),
                                 **kwargs)
   jdtype = jnp.dtype(dtype)
-  forward, state = _jit_eval(net, jdtype)
+  forward, state = latency_lib.jit_eval(net, jdtype)
   x = jnp.asarray(np.random.default_rng(seed).standard_normal((batch_size, h, w, c)), jdtype)
   compiled = forward.lower(state, x).compile()
   return (lambda state, x: compiled(state, x)[0]), (state, x)
