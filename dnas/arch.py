@@ -20,6 +20,9 @@ import numpy as np
 from flax import nnx
 
 
+# How op weights come from alphas: softmax (DARTS) or Gumbel-softmax samples (FBNet, GDAS).
+RELAXATIONS = ("softmax", "gumbel")
+
 # While `mixed_op_inputs` traces a model: the (MixedOp, input shape) of each call.
 _RECORDING: list | None = None
 

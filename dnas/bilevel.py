@@ -237,17 +237,32 @@ def make_arch_grad_fn(graphdef, *, order: str, w_lr: optax.ScalarOrSchedule,
       return jax.jvp(lambda w: train_alpha_grad(loss_fn, w, alphas, stats, batch_train),
                      (params,), (v,))[1]
 
-  alpha_grad = piece(lambda p, a, s, b: train_alpha_grad(full_loss_fn, p, a, s, b))
-  perturb = piece(lambda params, v, scale: jax.tree.map(lambda w, d: w + scale * d, params, v))
+  def fd_alpha_grad(params, alphas, stats, batch_train):
+    # Full float32 matmuls and convolutions: GPUs and TPUs default to TF32 / bfloat16
+    # passes, whose rounding (~1e-3 relative) would swallow Eq. 8's perturbation (~1e-4
+    # relative to a weight), so that w+ and w- gave the same products.
+    with jax.default_matmul_precision("float32"):
+      return train_alpha_grad(full_loss_fn, params, alphas, stats, batch_train)
+  alpha_grad = piece(fd_alpha_grad)
+
+  def perturb(params, v, sign):
+    # w +- R v, R = fd_r / ||v||, with the norm inside the program (no host round trip).
+    scale = sign * fd_r / optax.tree.norm(v)
+    return jax.tree.map(lambda w, d: w + scale.astype(w.dtype) * d, params, v)
+  perturb = piece(perturb)
+
+  def fd_quotient(g_pos, g_neg, v):
+    two_r = 2 * fd_r / optax.tree.norm(v)
+    return jax.tree.map(lambda p, n: (p - n) / two_r.astype(p.dtype), g_pos, g_neg)
+  fd_quotient = piece(fd_quotient)
 
   def fd_hvp(params, alphas, stats, batch_train, v):
     # DARTS Eq. 8: (grad_a L_train(w+) - grad_a L_train(w-)) / 2R, w+- = w +- R v,
     # R = 0.01 / ||v||. In the weights' own dtype: a perturbation of norm 0.01 is far
     # below bfloat16's resolution of the weights, and w+ and w- would round together.
-    R = fd_r / optax.tree.norm(v)
-    g_pos = alpha_grad(perturb(params, v, R), alphas, stats, batch_train)
-    g_neg = alpha_grad(perturb(params, v, -R), alphas, stats, batch_train)
-    return jax.tree.map(lambda p, n: (p - n) / (2 * R), g_pos, g_neg)
+    g_pos = alpha_grad(perturb(params, v, 1.0), alphas, stats, batch_train)
+    g_neg = alpha_grad(perturb(params, v, -1.0), alphas, stats, batch_train)
+    return fd_quotient(g_pos, g_neg, v)
 
   def unrolled(hvp_fn):
     def arch_grad(state, batch_train, batch_val):

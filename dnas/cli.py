@@ -5,14 +5,15 @@ import sys
 
 import jax
 from absl import flags
+from ml_collections import config_flags
 
 from dnas import loop, parallel, utils
 from dnas.config import ConfigError
 from dnas.data.pipeline import DataError
 from dnas.latency_lib import LatencyError
-from dnas.spaces.darts.genotypes import GenotypeError
+from dnas.spaces.base import ArchError
 
-USER_ERRORS = (ConfigError, DataError, GenotypeError, LatencyError)
+USER_ERRORS = (ConfigError, DataError, ArchError, LatencyError)
 DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "digits.py")
 
 _COORDINATOR = flags.DEFINE_string(
@@ -27,6 +28,25 @@ def fail(message) -> None:
   first = str(message).strip().splitlines()[0] if str(message).strip() else repr(message)
   print(f"dnas: error: {first}", file=sys.stderr)
   sys.exit(2)
+
+
+def _config_error(e: Exception) -> str:
+  """One line for an error ml_collections raised while applying `--config.KEY=VALUE`."""
+  overrides = " ".join(a for a in sys.argv[1:] if a.startswith("--config."))
+  if isinstance(e, (AttributeError, KeyError)):  # an override of a key that does not exist
+    return f"unknown config key {str(e).strip(chr(34)).strip(chr(39))} in {overrides}"
+  return f"bad config override in {overrides}: {str(e).strip().splitlines()[-1]}"
+
+
+def define_config_flag(default: str = DEFAULT_CONFIG):
+  """`--config` (a locked ml_collections config file) with its `--config.KEY=VALUE`
+  overrides. ml_collections parses the overrides of the *default* config while the flag
+  is being defined, at import, before `run` could catch anything: a bad override exits
+  2 with one line here too."""
+  try:
+    return config_flags.DEFINE_config_file("config", default, "Config file.", lock_config=True)
+  except (AttributeError, KeyError, ValueError, TypeError, flags.Error) as e:
+    fail(_config_error(e))
 
 
 def enable_compilation_cache() -> None:
@@ -52,7 +72,7 @@ def run(main, commands: tuple[str, ...] = (), positional: bool = False,
   except SyntaxError as e:
     fail(f"config file {e.filename} line {e.lineno}: {e.msg}")
   except (AttributeError, KeyError) as e:  # ml_collections: override of a key that does not exist
-    fail(f"unknown config key {str(e).strip(chr(34))} in {' '.join(a for a in sys.argv[1:] if a.startswith('--config.'))}")
+    fail(_config_error(e))
   if commands:
     if len(argv) < 2 or argv[1] not in commands:
       fail(f"a command is required, one of: {', '.join(commands)}; got "
@@ -67,7 +87,8 @@ def run(main, commands: tuple[str, ...] = (), positional: bool = False,
     except Exception as e:  # pylint: disable=broad-except
       reason = str(e).strip().splitlines()[-1].strip()
       fail(f"cannot load config file {flags.FLAGS['config'].config_filename}: {reason}")
-  utils.configure_xla()
+  config = flags.FLAGS["config"].value if "config" in flags.FLAGS else None
+  utils.configure_xla(deterministic=bool(config is not None and config.get("deterministic")))
   parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   enable_compilation_cache()
   try:

@@ -26,10 +26,8 @@ import numpy as np
 from absl import flags
 from flax import nnx
 
-from dnas import checkpoint, cli, latency_lib, train_lib, utils
+from dnas import checkpoint, cli, latency_lib, spaces, utils
 from dnas.data.pipeline import dataset_info
-from dnas.spaces import darts
-from dnas.spaces.darts import latency as darts_latency
 
 _TRAINED = flags.DEFINE_string("trained", None, "The `trained/` checkpoint of dnas.train.")
 _OUT = flags.DEFINE_string("out", None, "Output file (default: model.jax_export beside "
@@ -51,7 +49,7 @@ class ExportError(ValueError):
 
 
 def load_trained(directory: str):
-  """(net in eval mode, config, genotype, DatasetInfo) of a `dnas.train` checkpoint."""
+  """(net in eval mode, config, architecture, DatasetInfo) of a `dnas.train` checkpoint."""
   if not os.path.isdir(directory):
     raise ExportError(f"--trained {directory}: no such directory (dnas.train writes "
                       f"<workdir>/trained)")
@@ -61,10 +59,13 @@ def load_trained(directory: str):
     raise ExportError(f"--trained {directory} is not a dnas.train checkpoint with genotype "
                       f"and config ({type(e).__name__})") from None
   config = ml_collections.ConfigDict(config)
-  genotype = darts.Genotype.from_dict(genotype)
+  try:
+    space = spaces.get(config.space)
+  except ValueError as e:
+    raise ExportError(f"--trained {directory}: {e}") from None
+  genotype = space.from_dict(genotype)
   info = dataset_info(config.data.name, config.data.image_size)
-  abstract = nnx.eval_shape(lambda: train_lib.build_network(config, genotype, info,
-                                                            nnx.Rngs(0)))
+  abstract = nnx.eval_shape(lambda: space.final(genotype, config, info, nnx.Rngs(0)))
   graphdef, target = nnx.split(abstract)
   want = {"/".join(map(str, p)): tuple(v.get_value().shape)
           for p, v in nnx.to_flat_state(target)}
@@ -90,15 +91,17 @@ def load_trained(directory: str):
   return net, config, genotype, info
 
 
-def inference_fn(net: nnx.Module, dtype=None):
+def inference_fn(net: nnx.Module, dtype=None, apply=None):
   """logits(images): the network in eval mode (running BatchNorm statistics, no drop path
   or auxiliary head), f32[N, H, W, C] -> f32[N, classes]; variables are closed over.
-  `dtype`: the activations' dtype, as in training."""
+  `dtype`: the activations' dtype, as in training; `apply`: the space's `final_apply`
+  (default: call the network, taking the first output of a tuple)."""
   graphdef, params, rest = nnx.split(net, nnx.Param, ...)
 
   def logits(images):
     m = nnx.merge(graphdef, utils.cast_floating(params, dtype), rest, copy=True)
-    out = m(utils.cast_floating(images, dtype))
+    x = utils.cast_floating(images, dtype)
+    out = apply(m, x)[0] if apply else m(x)
     return utils.at_least_float32(out[0] if isinstance(out, tuple) else out)
   return logits
 
@@ -122,11 +125,12 @@ def main(argv):
   net, config, genotype, info = load_trained(_TRAINED.value)
   table = latency_lib.LatencyTable.load(_TABLE.value) if _TABLE.value else None
   batch = _BATCH.value or (table.meta["batch_size"] if table else 1)
-  dtype = config.get("dtype", "float32")
+  dtype = config.dtype
+  space = spaces.get(config.space)
   if table:
     table.check(batch_size=batch, dtype=dtype, allow_foreign=_ALLOW_FOREIGN.value)
   shape = (batch,) + tuple(info.image_shape)
-  fn = inference_fn(net, utils.DTYPES[dtype])
+  fn = inference_fn(net, utils.DTYPES[dtype], space.final_apply)
   exported = export(fn, shape, platforms=_PLATFORMS.value)
   out = _OUT.value or os.path.join(os.path.dirname(os.path.abspath(_TRAINED.value)),
                                    "model.jax_export")
@@ -137,7 +141,7 @@ def main(argv):
     json.dump(dict(input_shape=list(shape), input_dtype="float32", classes=info.num_classes,
                    mean=list(map(float, info.mean)), std=list(map(float, info.std)),
                    platforms=list(exported.platforms), dtype=dtype,
-                   genotype=genotype.to_dict()), f, indent=1)
+                   genotype=space.to_dict(genotype)), f, indent=1)
   print(f"wrote {out} ({os.path.getsize(out) / 2**20:.2f} MiB, input f32{list(shape)}, "
         f"platforms {', '.join(exported.platforms)})")
   # Reload as a user would; check it against the model, then time it.
@@ -155,8 +159,8 @@ def main(argv):
           f"{measured['median']:.4f} ms (median of {_REPEATS.value}, batch {batch}, "
           f"{jax.devices()[0].device_kind})")
   if table:
-    layout = darts_latency.layout_for(config, info)
-    line += f"; table prediction {darts_latency.predict(table, layout, genotype):.4f} ms"
+    predicted = space.latency_model(table, config, info).predict(genotype)
+    line += f"; table prediction {predicted:.4f} ms"
   print(line)
 
 

@@ -17,15 +17,11 @@ import json
 
 import numpy as np
 from absl import flags
-from ml_collections import config_flags
 
-from dnas import cli, config as config_lib, latency_lib
+from dnas import cli, config as config_lib, latency_lib, spaces
 from dnas.data.pipeline import dataset_info
-from dnas.spaces import darts
-from dnas.spaces.darts import latency as darts_latency
 
-_CONFIG = config_flags.DEFINE_config_file("config", cli.DEFAULT_CONFIG, "Config file.",
-                                          lock_config=True)
+_CONFIG = cli.define_config_flag()
 _OUT = flags.DEFINE_string("out", "latency_table.json", "profile: where to write the table.")
 _TABLE = flags.DEFINE_string("table", None, "predict: the latency table.")
 _GENOTYPE = flags.DEFINE_string("genotype", None, "predict: the genotype JSON file.")
@@ -37,19 +33,18 @@ _ALLOW_FOREIGN = flags.DEFINE_bool("allow_foreign_table", False, "predict: accep
                                    "measured on another device kind.")
 
 
-def _layout(config):
-  info = dataset_info(config.data.name, config.data.image_size)
-  return darts_latency.layout_for(config, info)
+def _info(config):
+  return dataset_info(config.data.name, config.data.image_size)
 
 
 def profile(config):
-  layout = _layout(config)
-  L, dtype = config.latency, config.get("dtype", "float32")
+  L, dtype = config.latency, config.dtype
 
   def report(i, n, key, ms):
     print(f"[{i}/{n}] {key}: {ms:.4f} ms", flush=True)
-  table = darts_latency.profile(layout, tuple(config.model.primitives), batch_size=L.batch_size,
-                                dtype=dtype, repeats=L.repeats, progress=report)
+  table = spaces.get(config.space).latency_profile(
+      config, _info(config), batch_size=L.batch_size, dtype=dtype, repeats=L.repeats,
+      progress=report)
   table.save(_OUT.value)
   print(f"wrote {_OUT.value}: {len(table.entries)} entries, {table.meta['device_kind']}, "
         f"batch {L.batch_size}, {dtype}, dispatch {table.dispatch_ms:.4f} ms")
@@ -60,14 +55,11 @@ def calibrate(config):
     raise latency_lib.LatencyError("calibrate needs --table")
   table = latency_lib.LatencyTable.load(_TABLE.value)
   table.check()  # the networks are timed here: the table must be from this device kind
-  layout = _layout(config)
-  primitives = tuple(config.model.primitives)
+  space, info = spaces.get(config.space), _info(config)
   rng = np.random.default_rng(_SEED.value)
-  genotypes = [darts_latency.random_genotype(rng, primitives, config.model.steps,
-                                             config.model.multiplier)
-               for _ in range(_NETWORKS.value)]
-  compiled = [darts_latency.compile_network(layout, g, batch_size=table.meta["batch_size"],
-                                            dtype=table.meta["dtype"]) for g in genotypes]
+  genotypes = [space.random_arch(rng, config) for _ in range(_NETWORKS.value)]
+  compiled = [space.compile_final(g, config, info, batch_size=table.meta["batch_size"],
+                                  dtype=table.meta["dtype"]) for g in genotypes]
   # Rounds over all networks, interleaved; the median of each network's round medians.
   times = [[] for _ in genotypes]
   for _ in range(_ROUNDS.value):
@@ -75,10 +67,11 @@ def calibrate(config):
       times[i].append(latency_lib.time_call(forward, *args,
                                             repeats=table.meta.get("repeats", 50))["median"])
   measured = [(g, float(np.median(t))) for g, t in zip(genotypes, times)]
+  model = space.latency_model(table, config, info)
   for i, (g, ms) in enumerate(measured):
     print(f"[{i + 1}/{len(measured)}] measured {ms:.4f} ms, table sum "
-          f"{darts_latency.predict(table, layout, g):.4f} ms", flush=True)
-  table = darts_latency.calibrate(table, layout, measured)
+          f"{model.predict(g):.4f} ms", flush=True)
+  table = space.latency_calibrate(table, config, info, measured)
   out = _OUT.value if _OUT.present else _TABLE.value
   table.save(out)
   print(f"wrote {out}: correction {json.dumps(table.meta['correction'])}")
@@ -89,13 +82,14 @@ def predict(config):
     raise latency_lib.LatencyError("predict needs --table and --genotype")
   table = latency_lib.LatencyTable.load(_TABLE.value)
   table.check(allow_foreign=_ALLOW_FOREIGN.value or not _MEASURE.value)
-  genotype = darts.load_genotype(_GENOTYPE.value)
-  layout = _layout(config)
-  out = dict(predicted_ms=round(darts_latency.predict(table, layout, genotype), 5))
+  space, info = spaces.get(config.space), _info(config)
+  genotype = spaces.load(space, _GENOTYPE.value)
+  out = dict(predicted_ms=round(space.latency_model(table, config, info).predict(genotype), 5))
   if _MEASURE.value:
-    measured = darts_latency.measure_network(layout, genotype,
-                                             batch_size=table.meta["batch_size"],
-                                             dtype=table.meta["dtype"])
+    forward, args = space.compile_final(genotype, config, info,
+                                        batch_size=table.meta["batch_size"],
+                                        dtype=table.meta["dtype"])
+    measured = latency_lib.time_call(forward, *args)
     out.update(measured_ms=measured["median"], measured_q25=measured["q25"],
                measured_q75=measured["q75"])
   print(json.dumps(out))

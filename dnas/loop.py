@@ -6,8 +6,10 @@ import math
 import os
 import signal
 import threading
+import time
 
 import jax
+import numpy as np
 
 from dnas.config import ConfigError, flatten
 
@@ -94,3 +96,138 @@ class Preemption:
     if self._old is not None:
       signal.signal(signal.SIGTERM, self._old)
     return False
+
+
+class EpochLoop:
+  """The epoch loop shared by search and retraining: steps, checkpoints with bitwise
+  resume, SIGTERM, non-finite stop, metrics.jsonl, TensorBoard and the progress bar.
+  What differs (the step, the epoch's end) comes in as functions.
+
+  Each step's metrics are fetched one step late, after the next step is dispatched, so
+  the host never waits for the device in between; they are checked (finite) before any
+  checkpoint is written, so the last checkpoint is always a good state.
+
+  `meta` (saved with every checkpoint) holds epoch, batch (within the epoch), sums (of
+  this epoch's step metrics), records (one per finished epoch) and elapsed seconds;
+  callers may keep more in it.
+  """
+
+  def __init__(self, *, name: str, workdir: str, ckpt, meta: dict, epochs: int,
+               steps_per_epoch: int, every_steps: int, preemption: "Preemption",
+               metrics_file: str, progress: bool = True, resumed: bool = False,
+               phases: dict[str, str] | None = None, postfix_keys: tuple[str, ...] = ()):
+    from dnas.summaries import Summaries  # pylint: disable=g-import-not-at-top
+    self.name, self.ckpt, self.meta = name, ckpt, meta
+    self.epochs, self.steps_per_epoch, self.every = epochs, steps_per_epoch, every_steps
+    self.preemption, self.phases, self.postfix_keys = preemption, phases or {}, postfix_keys
+    self.primary = jax.process_index() == 0  # one process writes the plain files
+    self.metrics_path = os.path.join(workdir, metrics_file)
+    if self.primary:
+      write_jsonl(self.metrics_path, meta["records"])  # drops lines past the checkpoint
+    # A resumed run drops what the interrupted one logged after its checkpoint.
+    self.summaries = Summaries(os.path.join(workdir, "tensorboard", name), enabled=self.primary,
+                               purge_step=self.done + 1 if resumed else None)
+    self.progress = progress
+    self.postfix: dict = {}
+    self._start = time.time() - meta["elapsed"]
+
+  @property
+  def done(self) -> int:
+    """Steps taken: what checkpoints are numbered by."""
+    return self.meta["epoch"] * self.steps_per_epoch + self.meta["batch"]
+
+  def elapsed(self) -> float:
+    return time.time() - self._start
+
+  def save(self, state) -> None:
+    self.ckpt.save(self.done, state, dict(self.meta, elapsed=self.elapsed()))
+
+  def _preempted(self) -> Preempted:
+    return Preempted(f"SIGTERM: saved checkpoint {self.done} in {self.ckpt.directory}; rerun "
+                     f"the same command to resume")
+
+  def run(self, state, batches, step, end_epoch, written=None):
+    """Runs the remaining epochs; returns the final state.
+
+    Args:
+      state: the state a step reads and writes (restored or fresh).
+      batches(epoch, start): an iterator over the epoch's step inputs from batch `start`.
+      step(state, inputs, epoch, i) -> (state, metrics): one step, dispatched
+        asynchronously; metrics a flat dict of device scalars.
+      end_epoch(state, epoch, means) -> record: the epoch's record (its mean step
+        metrics in `means`), before the checkpoint; it may write TensorBoard events.
+      written(record): called on the primary process after the epoch's checkpoint and
+        metric line are written (e.g. to write the derived architecture).
+    """
+    import tqdm  # pylint: disable=g-import-not-at-top
+    meta = self.meta
+    bar = tqdm.tqdm(total=self.epochs * self.steps_per_epoch, initial=self.done,
+                    disable=not self.progress, unit="step", dynamic_ncols=True)
+    pending = None  # (step number, device metrics) of the last dispatched step
+
+    def settle():
+      # The previous step's metrics: host values, checked, summed into the epoch.
+      nonlocal pending
+      if pending is None:
+        return
+      number, metrics = pending
+      pending = None
+      metrics = {k: float(v) for k, v in jax.tree.map(_host, metrics).items()}
+      check_finite(metrics, step=number, phases=self.phases)
+      for k, v in metrics.items():
+        meta["sums"][k] = meta["sums"].get(k, 0.0) + v
+      bar.set_postfix(epoch=meta["epoch"], **{k: f"{metrics[k]:.3f}" for k in
+                                              self.postfix_keys if k in metrics},
+                      **self.postfix)
+
+    first = True
+    try:
+      for epoch in range(meta["epoch"], self.epochs):
+        inputs = batches(epoch, meta["batch"])
+        for i in range(meta["batch"], self.steps_per_epoch):
+          if first:
+            bar.set_description_str("compiling (the next run with this config reuses the "
+                                    "compile cache)")
+            bar.refresh()
+          state, metrics = step(state, next(inputs), epoch, i)
+          if first:
+            bar.set_description_str("")
+            first = False
+          settle()
+          pending = (self.done + 1, metrics)
+          meta["batch"] += 1
+          bar.update(1)
+          if meta["batch"] == self.steps_per_epoch:
+            break  # the epoch end saves (and answers a SIGTERM)
+          if self.preemption.requested or (self.every and self.done % self.every == 0):
+            settle()
+            self.save(state)
+            if self.preemption.requested:
+              raise self._preempted()
+        settle()
+        means = {k: v / self.steps_per_epoch for k, v in meta["sums"].items()}
+        record = end_epoch(state, epoch, means)
+        record.setdefault("wall_time", self.elapsed())
+        meta["records"].append(record)
+        meta.update(epoch=epoch + 1, batch=0, sums={})
+        self.summaries.scalars(self.done, record, self.name)
+        self.summaries.flush()  # on disk before the checkpoint that a resumed run purges after
+        self.save(state)
+        if self.primary:
+          write_jsonl(self.metrics_path, meta["records"])
+          if written is not None:
+            written(record)
+        if self.preemption.requested and epoch + 1 < self.epochs:
+          raise self._preempted()
+    finally:
+      bar.close()
+      self.ckpt.close()
+      self.summaries.close()
+    return state
+
+
+def _host(x):
+  """A replicated (or single-process) device scalar as numpy, on every process."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    return np.asarray(x.addressable_data(0))
+  return np.asarray(x)

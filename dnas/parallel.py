@@ -41,10 +41,26 @@ def initialize_distributed(coordinator: str = "", num_processes: int = 0,
     kwargs["num_processes"] = num_processes
   if process_id >= 0:
     kwargs["process_id"] = process_id
-  env = ("JAX_COORDINATOR_ADDRESS", "SLURM_JOB_ID", "TPU_WORKER_HOSTNAMES",
-         "MEGASCALE_COORDINATOR_ADDRESS", "OMPI_COMM_WORLD_SIZE")
-  if kwargs or any(os.environ.get(v) for v in env):
+  if kwargs or several_processes(os.environ):
     jax.distributed.initialize(**kwargs)
+
+
+def several_processes(env) -> bool:
+  """Whether the environment `env` describes a job of more than one process: a single
+  `python` inside an `sbatch` allocation (SLURM_JOB_ID, one task) or on one TPU VM host
+  must not wait for peers that never start."""
+  def count(name):
+    try:
+      return int(env.get(name, "1").split("(")[0])  # Slurm writes e.g. "4(x2)"
+    except ValueError:
+      return 1
+  if env.get("JAX_COORDINATOR_ADDRESS") or env.get("MEGASCALE_COORDINATOR_ADDRESS"):
+    return True
+  if count("SLURM_NTASKS") > 1 or count("SLURM_NPROCS") > 1:
+    return True
+  if count("OMPI_COMM_WORLD_SIZE") > 1:
+    return True
+  return len([h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1
 
 
 def make_mesh(num_devices: int = 0, fsdp: int = 1) -> jax.sharding.Mesh:

@@ -1,6 +1,6 @@
 """Draws the cells of a genotype as the DARTS paper's figures do.
 
-python -m dnas.plot runs/x/genotype.json [--out=runs/x/cells]
+python -m dnas.plot runs/x/genotype.json [--out=runs/x/cells] [--space=darts]
 python -m dnas.plot DARTS_V2 --out=darts_v2      # a published genotype, by name
 
 Writes <out>_normal.png/.svg and <out>_reduce.png/.svg (default <out>: the genotype
@@ -11,23 +11,25 @@ import os
 
 from absl import flags
 
-from dnas import cli, plotting
-from dnas.spaces import darts
+from dnas import cli, spaces
 
 _OUT = flags.DEFINE_string("out", None, "Path prefix of the drawings.")
+_SPACE = flags.DEFINE_string("space", "darts", "The search space of the architecture.")
 
 
 def main(argv):
+  try:
+    space = spaces.get(_SPACE.value)
+  except ValueError as e:
+    cli.fail(f"--space: {e}")
   if len(argv) != 2:
     cli.fail("give one genotype: a genotype.json file or a published name "
-             f"({', '.join(darts.GENOTYPES)})")
+             f"({', '.join(space.published)})")
   source = argv[1]
-  if source in darts.GENOTYPES:
-    genotype, prefix = darts.GENOTYPES[source], source
-  else:
-    genotype, prefix = darts.load_genotype(source), os.path.splitext(source)[0]
+  genotype = spaces.load(space, source)
+  prefix = source if source in space.published else os.path.splitext(source)[0]
   try:
-    paths = plotting.plot_genotype(genotype, _OUT.value or prefix)
+    paths = space.draw(genotype, _OUT.value or prefix)
   except OSError as e:
     cli.fail(f"cannot write the drawings to {_OUT.value or prefix}: {e.strerror or e}")
   for path in paths:

@@ -1,4 +1,5 @@
-"""DARTS search. With no arguments: the embedded digits set, results in runs/<timestamp>.
+"""Architecture search. With no arguments: DARTS on the embedded digits set, results in
+runs/<timestamp>. `config.space` picks the space (`dnas.spaces`).
 
 python -m dnas.search [--config=dnas/configs/digits.py] [--config.search.epochs=3]
                       [--workdir=runs/s1] [--resume=false]
@@ -9,13 +10,13 @@ Rerunning the same command with the same --workdir resumes from the last checkpo
 import os
 import time
 
+import sys
+
 from absl import flags
-from ml_collections import config_flags
 
 from dnas import cli, search_lib
 
-_CONFIG = config_flags.DEFINE_config_file("config", cli.DEFAULT_CONFIG, "Config file.",
-                                          lock_config=True)
+_CONFIG = cli.define_config_flag()
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (default runs/<timestamp>).")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
 _RESUME = flags.DEFINE_bool("resume", True, "Continue the run found in --workdir (false: "
@@ -25,11 +26,13 @@ _RESUME = flags.DEFINE_bool("resume", True, "Continue the run found in --workdir
 def main(argv):
   del argv
   workdir = _WORKDIR.value or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
-  genotype = search_lib.run_search(_CONFIG.value, workdir, progress=_PROGRESS.value,
-                                   resume=_RESUME.value)
-  print(f"genotype: {genotype}")
-  print(f"wrote {os.path.join(workdir, 'genotype.json')}; retrain with: "
-        f"python -m dnas.train --genotype={os.path.join(workdir, 'genotype.json')}")
+  arch = search_lib.run_search(_CONFIG.value, workdir, progress=_PROGRESS.value,
+                               resume=_RESUME.value)
+  print(f"architecture: {arch}")
+  config = [a for a in sys.argv[1:] if a.startswith("--config") and not a.startswith("--config.")]
+  print(f"wrote {os.path.join(workdir, 'genotype.json')}; retrain with: python -m dnas.train "
+        f"{' '.join(config + [a for a in sys.argv[1:] if a.startswith('--config.train')])}"
+        f"{' ' if config else ''}--genotype={os.path.join(workdir, 'genotype.json')}")
 
 
 if __name__ == "__main__":

@@ -6,30 +6,23 @@ import functools
 import json
 import os
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
 import optax
-import tqdm
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from dnas import bilevel, config as config_lib, loop, parallel, utils
+from dnas import bilevel, config as config_lib, loop, parallel, spaces, utils
 from dnas.checkpoint import Checkpointer, save_model
 from dnas.data.pipeline import get_dataset, make_augment, make_batches
-from dnas.spaces import darts
-from dnas.summaries import Summaries
 from dnas.utils import count_params, evaluate
 
-NETWORKS = {"cifar": darts.NetworkCIFAR, "imagenet": darts.NetworkImageNet}
 
-
-def build_network(config, genotype: darts.Genotype, info, rngs: nnx.Rngs) -> nnx.Module:
-  """The final network that `config.train` retrains, for data `info` (`DatasetInfo`)."""
-  t = config.train
-  return NETWORKS[t.network](genotype, t.C, info.num_classes, t.layers, t.auxiliary,
-                             t.drop_path_prob, in_channels=info.image_shape[-1], rngs=rngs)
+def build_network(config, arch, info, rngs: nnx.Rngs) -> nnx.Module:
+  """The final network of `arch` that `config.train` retrains, for data `info`
+  (`DatasetInfo`), as `config.space` builds it."""
+  return spaces.get(config.space).final(arch, config, info, rngs)
 
 
 def smoothed_cross_entropy(logits: jax.Array, labels: jax.Array, smoothing: float) -> jax.Array:
@@ -40,15 +33,19 @@ def smoothed_cross_entropy(logits: jax.Array, labels: jax.Array, smoothing: floa
 
 
 def make_train_step(graphdef, tx, *, auxiliary_weight: float, label_smoothing: float,
-                    shardings=None, dtype=None):
+                    shardings=None, dtype=None, apply=None):
   """step(params, stats, opt_state, batch, key, drop_path_prob) -> (params, stats, opt_state,
   metrics), jitted; params, stats and opt_state donated. `shardings`: ((params, stats,
   opt_state) shardings, batch sharding) from `dnas.parallel`. `dtype`: the activations'
-  dtype (weights cast where used, float32 logits, loss and gradients)."""
+  dtype (weights cast where used, float32 logits, loss and gradients). `apply(net, x, *,
+  key, drop_path_prob) -> (logits, auxiliary logits or None)`: how the space calls its
+  final network (default: `net(x, key=, drop_path_prob=)`, the DARTS networks)."""
+  apply = apply or _apply
+
   def loss_fn(params, stats, batch, key, p):
     net = nnx.merge(graphdef, utils.cast_floating(params, dtype), stats, copy=True)
-    logits, logits_aux = net(utils.cast_floating(batch["image"], dtype), key=key,
-                             drop_path_prob=p)
+    logits, logits_aux = apply(net, utils.cast_floating(batch["image"], dtype), key=key,
+                               drop_path_prob=p)
     logits = utils.at_least_float32(logits)
     logits_aux = None if logits_aux is None else utils.at_least_float32(logits_aux)
     loss = smoothed_cross_entropy(logits, batch["label"], label_smoothing)
@@ -74,12 +71,19 @@ def make_train_step(graphdef, tx, *, auxiliary_weight: float, label_smoothing: f
 
 
 
-def make_eval_step(graphdef_eval, shardings=None, dtype=None):
+def _apply(net, x, *, key=None, drop_path_prob=None):
+  return net(x, key=key, drop_path_prob=drop_path_prob)
+
+
+def make_eval_step(graphdef_eval, shardings=None, dtype=None, apply=None):
   """eval(params, stats, batch) -> (sum of losses, number correct, number of examples),
-  running BN statistics; examples whose batch["mask"] is 0 are padding."""
+  running BN statistics; examples whose batch["mask"] is 0 are padding. `apply` as in
+  `make_train_step`."""
+  apply = apply or _apply
+
   def step(params, stats, batch):
     net = nnx.merge(graphdef_eval, utils.cast_floating(params, dtype), stats, copy=True)
-    logits, _ = net(utils.cast_floating(batch["image"], dtype))
+    logits, _ = apply(net, utils.cast_floating(batch["image"], dtype))
     logits = utils.at_least_float32(logits)
     mask = batch.get("mask", jnp.ones(logits.shape[:1], jnp.float32))
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
@@ -92,23 +96,27 @@ def make_eval_step(graphdef_eval, shardings=None, dtype=None):
                  out_shardings=NamedSharding(batch_sh.mesh, P()))
 
 
-def run_train(config, genotype_path: str, workdir: str | None = None,
+def run_train(config, arch_source: str, workdir: str | None = None,
               progress: bool = True, resume: bool = True) -> dict:
-  """Trains NETWORKS[config.train.network] built from the genotype file; writes
-  train_metrics.jsonl, train_result.json and the trained variables (Orbax) into
-  `workdir` (default: the genotype's directory). Checkpoints go to
-  `workdir/train_checkpoints` and a rerun resumes from them, as in the search.
-  Returns the result dict."""
+  """Trains the final network of the architecture in `arch_source` (a file written by
+  the search, or a published name such as DARTS_V2) as `config.train` says; writes
+  train_metrics.jsonl, train_result.json and the trained variables (Orbax) into `workdir`
+  (default: the architecture file's directory, or runs/train-<name>). Checkpoints go to
+  `workdir/train_checkpoints` and a rerun resumes from them, as in the search. Returns
+  the result dict."""
   # SIGTERM from the start: one arriving while data load or compilation runs is answered
   # after the first step, with a checkpoint.
   with loop.Preemption() as preemption:
-    return _train(config, genotype_path, workdir, progress, resume, preemption)
+    return _train(config, arch_source, workdir, progress, resume, preemption)
 
 
-def _train(config, genotype_path, workdir, progress, resume, preemption):
+def _train(config, arch_source, workdir, progress, resume, preemption):
   config_lib.validate(config, "train")
-  genotype = darts.load_genotype(genotype_path)
-  workdir = workdir or os.path.dirname(os.path.abspath(genotype_path))
+  space = spaces.get(config.space)
+  arch = spaces.load(space, arch_source)
+  if workdir is None:
+    workdir = (os.path.join("runs", f"train-{arch_source}") if arch_source in space.published
+               else os.path.dirname(os.path.abspath(arch_source)))
   info, splits = get_dataset(config.data.name, config.data.data_dir, config.data.image_size)
   t = config.train
   steps_per_epoch = len(splits["train"]) // t.batch_size
@@ -126,7 +134,7 @@ def _train(config, genotype_path, workdir, progress, resume, preemption):
   loop.prepare_workdir(workdir, config, resume=resume, has_checkpoint=bool(ckpt.steps()),
                        what="train")
 
-  net = build_network(config, genotype, info, nnx.Rngs(config.seed))
+  net = space.final(arch, config, info, nnx.Rngs(config.seed))
   # Reference train.py: CosineAnnealingLR(epochs) stepped per epoch, SGD, clipping.
   schedule = bilevel.per_epoch_cosine(t.lr, t.lr_min, t.epochs, steps_per_epoch)
   tx = bilevel.make_w_tx(schedule, t.momentum, t.weight_decay, t.grad_clip)
@@ -144,98 +152,56 @@ def _train(config, genotype_path, workdir, progress, resume, preemption):
     print(f"dnas: resuming {workdir} at epoch {meta['epoch']}, batch {meta['batch']}",
           file=sys.stderr)
   dtype = utils.compute_dtype(config)
-  step = utils.compile_then_trim(make_train_step(
+  train_step = utils.compile_then_trim(make_train_step(
       graphdef, tx, auxiliary_weight=t.auxiliary_weight, label_smoothing=t.label_smoothing,
-      shardings=shardings, dtype=dtype))
-  eval_step = utils.compile_then_trim(make_eval_step(graphdef_eval, shardings,
-                                                     dtype=dtype))
+      shardings=shardings, dtype=dtype, apply=space.final_apply))
+  eval_step = utils.compile_then_trim(make_eval_step(graphdef_eval, shardings, dtype=dtype,
+                                                     apply=space.final_apply))
   augment = make_augment(info, crop_padding=config.data.crop_padding, flip=config.data.flip,
                          cutout=t.cutout)
-  batches = functools.partial(make_batches, batch_size=t.batch_size, augment=augment,
-                              workers=config.data.workers,
-                              process=parallel.process_slice(t.batch_size))
+  make = functools.partial(make_batches, batch_size=t.batch_size, augment=augment,
+                           workers=config.data.workers,
+                           process=parallel.process_slice(t.batch_size))
   key = jax.random.key(config.seed)
 
-  def evaluate_on(split):
+  def evaluate_on(state, split):
     params, stats, _ = state
     return evaluate(lambda b: parallel.to_host(eval_step(params, stats,
                                                          parallel.put_batch(b, mesh))),
-                    batches(splits[split], seed=0, epoch=0, train=False))
+                    make(splits[split], seed=0, epoch=0, train=False))
 
-  metrics_path = os.path.join(workdir, "train_metrics.jsonl")
-  primary = jax.process_index() == 0  # one process writes the plain files
-  if primary:
-    loop.write_jsonl(metrics_path, meta["records"])
-  # Beside the search's (same work directory by default); a resumed run drops what the
-  # interrupted one logged after its checkpoint.
-  summaries = Summaries(os.path.join(workdir, "tensorboard", "train"), enabled=primary,
-                        purge_step=(meta["epoch"] * steps_per_epoch + meta["batch"] + 1
-                                    if found else None))
-  start = time.time() - meta["elapsed"]
-  bar = tqdm.tqdm(total=t.epochs * steps_per_epoch,
-                  initial=meta["epoch"] * steps_per_epoch + meta["batch"],
-                  disable=not progress, unit="step", dynamic_ncols=True)
+  def drop_prob(epoch):
+    return t.drop_path_prob * epoch / t.epochs  # reference: linear increase over the epochs
 
-  def save():
-    done = meta["epoch"] * steps_per_epoch + meta["batch"]
-    ckpt.save(done, state, dict(meta, elapsed=time.time() - start))
+  def step(state, batch, epoch, i):
+    k = jax.random.fold_in(key, epoch * steps_per_epoch + i)
+    *out, metrics = train_step(*state, parallel.put_batch(batch, mesh), k, drop_prob(epoch))
+    return tuple(out), metrics
 
-  def preempted():
-    return loop.Preempted(f"SIGTERM: saved a checkpoint in {ckpt.directory}; rerun the same "
-                          f"command to resume")
+  def end_epoch(state, epoch, means):
+    valid_loss, valid_acc = evaluate_on(state, "validation")
+    return dict(epoch=epoch, lr=float(schedule(epoch * steps_per_epoch)),
+                drop_path_prob=drop_prob(epoch), train_loss=means["loss"],
+                train_acc=means["acc"], valid_loss=valid_loss, valid_acc=valid_acc)
 
-  try:
-    for epoch in range(meta["epoch"], t.epochs):
-      p = t.drop_path_prob * epoch / t.epochs  # reference: linear increase over the epochs
-      train_batches = batches(splits["train"], seed=config.seed, epoch=epoch,
-                              start=meta["batch"])
-      sums = meta["sums"]
-      for i in range(meta["batch"], steps_per_epoch):
-        k = jax.random.fold_in(key, epoch * steps_per_epoch + i)
-        *out, metrics = step(*state, parallel.put_batch(next(train_batches), mesh), k, p)
-        state = tuple(out)
-        metrics = {n: float(v) for n, v in parallel.to_host(metrics).items()}
-        loop.check_finite(metrics, step=epoch * steps_per_epoch + i + 1, phases={})
-        for n, v in metrics.items():
-          sums[n] = sums.get(n, 0.0) + v
-        meta.update(batch=i + 1, sums=sums)
-        bar.update(1)
-        bar.set_postfix(epoch=epoch, loss=f"{metrics['loss']:.3f}", acc=f"{metrics['acc']:.2f}")
-        if meta["batch"] == steps_per_epoch:
-          break  # the epoch end saves (and answers a SIGTERM)
-        if preemption.requested:
-          save()
-          raise preempted()
-        if config.checkpoint.every_steps and (i + 1) % config.checkpoint.every_steps == 0:
-          save()
-      valid_loss, valid_acc = evaluate_on("validation")
-      record = dict(epoch=epoch, lr=float(schedule(epoch * steps_per_epoch)), drop_path_prob=p,
-                    train_loss=sums["loss"] / steps_per_epoch,
-                    train_acc=sums["acc"] / steps_per_epoch, valid_loss=valid_loss,
-                    valid_acc=valid_acc, wall_time=time.time() - start)
-      meta["records"].append(record)
-      meta.update(epoch=epoch + 1, batch=0, sums={})
-      summaries.scalars((epoch + 1) * steps_per_epoch, record, "train")
-      summaries.flush()  # on disk before the checkpoint that a resumed run purges after
-      save()
-      if primary:
-        loop.write_jsonl(metrics_path, meta["records"])
-      if preemption.requested and epoch + 1 < t.epochs:
-        raise preempted()
-  finally:
-    bar.close()
-    ckpt.close()
-    summaries.close()
-  test_loss, test_acc = evaluate_on("test")
+  # Beside the search's (same work directory by default).
+  run = loop.EpochLoop(name="train", workdir=workdir, ckpt=ckpt, meta=meta, epochs=t.epochs,
+                       steps_per_epoch=steps_per_epoch, every_steps=config.checkpoint.every_steps,
+                       preemption=preemption, metrics_file="train_metrics.jsonl",
+                       progress=progress, resumed=bool(found), postfix_keys=("loss", "acc"))
+  state = run.run(state, lambda epoch, start: make(splits["train"], seed=config.seed,
+                                                    epoch=epoch, start=start),
+                  step, end_epoch)
+  test_loss, test_acc = evaluate_on(state, "test")
   params, stats, _ = state
   nnx.update(net, params, stats)
   ckpt_dir = os.path.join(os.path.abspath(workdir), "trained")
-  save_model(ckpt_dir, nnx.state(net), genotype=genotype.to_dict(), config=config.to_dict())
-  result = dict(genotype=genotype.to_dict(), network=t.network, params=count_params(net),
+  save_model(ckpt_dir, nnx.state(net), genotype=space.to_dict(arch), config=config.to_dict())
+  result = dict(genotype=space.to_dict(arch), space=space.name, params=count_params(net),
                 test_loss=test_loss, test_acc=test_acc,
                 valid_acc=meta["records"][-1]["valid_acc"], epochs=t.epochs,
-                wall_time=time.time() - start, checkpoint=ckpt_dir)
-  if primary:
+                wall_time=run.elapsed(), checkpoint=ckpt_dir)
+  if run.primary:
     with open(os.path.join(workdir, "train_result.json"), "w") as f:
       json.dump(result, f, indent=1)
   return result

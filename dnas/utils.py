@@ -42,12 +42,17 @@ def at_least_float32(x: jax.Array) -> jax.Array:
 XLA_CPU_FLAGS = ("--xla_cpu_enable_concurrency_optimized_scheduler=false",)
 
 
-def configure_xla() -> None:
-  """Adds `XLA_CPU_FLAGS` to $XLA_FLAGS (unless the user set them). Call before the first
-  JAX computation: the entry points and the test suite do; library users may export
-  XLA_FLAGS themselves."""
+# `config.deterministic`: GPU kernels without atomics (bitwise-reproducible resumes there).
+XLA_DETERMINISTIC_FLAGS = ("--xla_gpu_deterministic_ops=true",)
+
+
+def configure_xla(deterministic: bool = False) -> None:
+  """Adds `XLA_CPU_FLAGS` (and with `deterministic`, `XLA_DETERMINISTIC_FLAGS`) to
+  $XLA_FLAGS, unless the user set them. Call before the first JAX computation: the entry
+  points and the test suite do; library users may export XLA_FLAGS themselves. Flags of
+  another backend are ignored by each backend."""
   flags = os.environ.get("XLA_FLAGS", "")
-  for flag in XLA_CPU_FLAGS:
+  for flag in XLA_CPU_FLAGS + (XLA_DETERMINISTIC_FLAGS if deterministic else ()):
     if flag.split("=")[0] not in flags:
       flags = f"{flags} {flag}".strip()
   os.environ["XLA_FLAGS"] = flags

@@ -9,6 +9,7 @@ import textwrap
 
 import chex
 import jax
+import jax.extend
 import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
@@ -239,3 +240,39 @@ def test_second_order_hypergradient_is_exact():
   # DARTS Eq. 8 approximates the same quantity; first order is a different one.
   assert r["fd_vs_exact"] < 1e-5, r
   assert r["first_vs_exact"] > 10 * r["fd_vs_exact"], r
+
+
+def _precisions(jaxpr):
+  """(primitive name, precision) of every dot_general and convolution in a jaxpr,
+  sub-jaxprs included."""
+  out = []
+  for eqn in getattr(jaxpr, "jaxpr", jaxpr).eqns:
+    if eqn.primitive.name in ("dot_general", "conv_general_dilated"):
+      out.append((eqn.primitive.name, eqn.params.get("precision")))
+    for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+      out += _precisions(sub)
+  return out
+
+
+def test_second_fd_perturbed_passes_use_full_float32_matmuls(parts):
+  # Eq. 8's finite difference needs float32 products on every backend: GPUs and TPUs
+  # default to TF32 / bfloat16 passes, whose rounding swallows the perturbation.
+  graphdef, state, *_ = parts
+  jaxprs = {}
+
+  def recording_piece(fn, state_update=False):
+    del state_update
+    def call(*args):
+      jaxprs.setdefault(fn.__name__, jax.make_jaxpr(fn)(*args))
+      return fn(*args)
+    return call
+
+  rng = np.random.default_rng()
+  arch_grad = bilevel.make_arch_grad_fn(graphdef, order="second_fd", w_lr=0.1,
+                                        piece=recording_piece)
+  jax.make_jaxpr(arch_grad)(state, _batch(rng), _batch(rng))  # traced, not run
+  highest = jax.lax.Precision.HIGHEST
+  fd = _precisions(jaxprs["fd_alpha_grad"])
+  assert fd and all(p == (highest, highest) for _, p in fd), fd
+  # The ordinary gradient passes keep the backend's default (on GPU: TF32, fast).
+  assert any(p is None for _, p in _precisions(jaxprs["grads"]))

@@ -122,10 +122,28 @@ USER_ERRORS = [
      "data set 'cifar10' (cifar10) is not prepared in /nonexistent: run python -m "
      "dnas.data.prepare cifar10 --data_dir=/nonexistent"),
     ("dnas.search", ["--config=does/not/exist.py"], "exist.py"),
-    ("dnas.train", ["--genotype=/nonexistent/genotype.json"], "cannot read genotype file"),
+    ("dnas.train", ["--genotype=/nonexistent/genotype.json"],
+     "cannot read architecture file /nonexistent/genotype.json: No such file or directory; "
+     "give a JSON file written by python -m dnas.search or a published name (NASNet, "),
+    ("dnas.search", ["--config.space=nb101"], "space 'nb101' is unknown; valid: darts"),
     ("dnas.train", ["--config.train.epochs=-3", "--genotype=x.json"],
      "train.epochs must be a positive integer, got -3"),
     ("dnas.train", [], "--genotype is required"),
+]
+
+
+# As users type them, with the default config (no --config): ml_collections applies these
+# overrides while the flag is defined, before the entry point runs.
+DEFAULT_CONFIG = "(default config)"
+USER_ERRORS += [
+    ("dnas.search", [DEFAULT_CONFIG, "--config.epochs=3"],
+     "unknown config key epochs in --config.epochs=3"),
+    ("dnas.search", [DEFAULT_CONFIG, "--config.search.epochs=abc"],
+     "--config.search.epochs=abc: invalid literal for int()"),
+    ("dnas.search", [DEFAULT_CONFIG, "--config.search.epochs=0"],
+     "search.epochs must be a positive integer, got 0"),
+    ("dnas.train", [DEFAULT_CONFIG, "--config.train.nope=1", "--genotype=DARTS_V2"],
+     "unknown config key nope"),
 ]
 
 
@@ -137,7 +155,9 @@ def user_error_runs():
   for wave in range(0, len(USER_ERRORS), 4):
     procs = []
     for module, args, _ in USER_ERRORS[wave:wave + 4]:
-      if not any(a.startswith("--config=") for a in args):
+      if DEFAULT_CONFIG in args:
+        args = [a for a in args if a != DEFAULT_CONFIG]
+      elif not any(a.startswith("--config=") for a in args):
         args = [f"--config={TINY}", *args]
       procs.append(cli_helpers.start(module, *args, "--progress=false"))
     for p in procs:

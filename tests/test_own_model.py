@@ -16,7 +16,6 @@ from flax import nnx
 import dnas
 from dnas import arch, bilevel, latency_lib
 from experiments.own_model import linen as own_linen
-from experiments.own_model import search
 from experiments.own_model.model import CANDIDATES, OwnNet
 from tests import cli_helpers
 
@@ -77,20 +76,33 @@ def test_expected_latency_of_any_mixed_ops():
   assert expected.minimum() <= expected.predict(picks)
 
 
-def test_search_retrain_and_resume(tmp_path):
-  # The experiment end to end on a tiny model, with the latency term and the exact
-  # second order; a rerun finds the checkpoint and does not search again.
-  kwargs = dict(epochs=1, order="second", width=4, blocks=1, batch_size=16, max_steps=2,
-                retrain_epochs=1, repeats=3, latency_weight=0.1)
-  logs = []
-  result = search.run(str(tmp_path), log=logs.append, **kwargs)
-  assert set(result["picks"]) == {"stage1/0/op", "stage2/0/op"}
-  assert all(op in OPS for op in result["picks"].values())
-  assert 0.0 <= result["test_acc"] <= 1.0 and result["measured_ms"] > 0
-  assert result["predicted_ms"] > 0 and "expected latency" in logs[-1]
-  again = search.run(str(tmp_path), log=logs.append, **kwargs)
-  assert logs[-1 if "resuming" in logs[-1] else -2].startswith("resuming at epoch 1")
-  assert again["picks"] == result["picks"]
+def test_search_retrain_and_resume_through_the_cli(tmp_path):
+  # The experiment end to end through `python -m dnas.search` and `dnas.train` with its own
+  # config (the generic MixedOp space), on a tiny model, with the latency term and the
+  # exact second order; a rerun resumes from the checkpoint and searches no further.
+  config = os.path.join(cli_helpers.ROOT, "experiments", "own_model", "config.py")
+  tiny = [f"--config={config}", "--config.model.width=4", "--config.model.blocks=1",
+          "--config.max_steps_per_epoch=2", "--progress=false"]
+  search = [*tiny, f"--workdir={tmp_path}", "--config.search.epochs=1",
+            "--config.search.order=second", "--config.latency.objective=proxyless",
+            "--config.latency.weight=0.1", "--config.latency.repeats=3"]
+  out = cli_helpers.run("dnas.search", *search, cache=tmp_path / "cache")
+  assert out.returncode == 0, out.stderr[-3000:]
+  found = json.loads((tmp_path / "genotype.json").read_text())["choices"]
+  assert set(found) == {"stage1/0/op", "stage2/0/op"}
+  assert all(0 <= k < len(OPS) for k in found.values())
+  record = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+  assert record["predicted_latency_ms"] > 0 and record["a_latency_ms"] > 0
+  assert record["genotype"]["choices"] == found
+  assert set(record) >= {"alpha_entropy_stage1/0/op", "alpha_entropy_stage2/0/op"}
+  again = cli_helpers.run("dnas.search", *search, cache=tmp_path / "cache")
+  assert again.returncode == 0 and "resuming" in again.stderr, again.stderr[-3000:]
+  assert json.loads((tmp_path / "genotype.json").read_text())["choices"] == found
+  out = cli_helpers.run("dnas.train", *tiny, f"--genotype={tmp_path / 'genotype.json'}",
+                        "--config.train.epochs=1", cache=tmp_path / "cache")
+  assert out.returncode == 0, out.stderr[-3000:]
+  result = json.loads((tmp_path / "train_result.json").read_text())
+  assert 0.0 <= result["test_acc"] <= 1.0 and result["genotype"]["choices"] == found
 
 
 def test_linen_module_as_candidate_op():

@@ -12,7 +12,8 @@ import pytest
 from flax import nnx
 from tensorboardX.proto import event_pb2
 
-from dnas import checkpoint, export, plotting, summaries, train_lib
+from dnas import checkpoint, export, summaries, train_lib
+from dnas.spaces.darts import draw
 from dnas.configs import tiny
 from dnas.data.pipeline import dataset_info
 from dnas.spaces import darts
@@ -24,7 +25,7 @@ def test_cell_graph_is_the_genotype(name):
   g = darts.GENOTYPES[name]
   for kind in ("normal", "reduce"):
     pairs, concat = getattr(g, kind), getattr(g, f"{kind}_concat")
-    nodes, edges = plotting.cell_graph(g, kind)
+    nodes, edges = draw.cell_graph(g, kind)
     steps = len(pairs) // 2
     assert [n for n, _ in nodes] == ["c_{k-2}", "c_{k-1}"] + [str(i) for i in range(steps)] + ["c_{k}"]
     states = ["c_{k-2}", "c_{k-1}"] + [str(i) for i in range(steps)]

@@ -4,52 +4,17 @@ python -m dnas.search --workdir=runs/digits
 python -m dnas.train --genotype=runs/digits/genotype.json
 """
 
-import ml_collections
-
-from dnas.spaces.darts.ops import PRIMITIVES
+from dnas.configs import base
 
 
 def get_config():
-  c = ml_collections.ConfigDict()
-  c.seed = 0
-  # Activations' dtype: "float32" or "bfloat16" (weights, alphas, BatchNorm statistics and
-  # optimiser states stay float32).
-  c.dtype = "float32"
-  # "darts", or "pc_darts" (Xu et al. 2020): each edge mixes 1/model.pc_k of the
-  # channels, and edge-normalisation weights beta decide the edges.
-  c.method = "darts"
-  c.max_steps_per_epoch = 0  # 0: whole epochs; >0 caps steps per epoch (tests, smoke runs)
-  c.data = dict(name="digits", data_dir="", train_portion=0.5, image_size=224, workers=0,
-                crop_padding=1, flip=False)
-  # Search: the DARTS supernet and bilevel optimiser (Liu et al. 2019, Sec. 3.1),
-  # shrunk to 8x8 images. 3 cells: normal, reduction, reduction. a_lr is 10x the paper's:
-  # 8 epochs give 72 architecture steps (CIFAR: ~19,500), too few for 3e-4 to move alpha.
-  c.model = dict(C=8, layers=3, steps=4, multiplier=4, stem_multiplier=3,
-                 primitives=PRIMITIVES, remat=False, pc_k=4)
-  # programs: "one" jitted program per step; "split" into a few that share one gradient
-  # program (first order: about 40 % less compile time, slower architecture steps);
-  # "auto": split for the second-order methods only.
-  # relaxation: "softmax" (DARTS) or "gumbel" (FBNet, GDAS: op weights sampled with a
-  # temperature annealed per epoch from tau_start to tau_end, "linear" or "exponential";
-  # gumbel_hard: straight-through one-hot, each edge runs only its sampled op).
-  c.search = dict(epochs=8, batch_size=64, order="first", w_lr=0.025, w_lr_min=0.001,
-                  momentum=0.9, weight_decay=3e-4, grad_clip=5.0, a_lr=3e-3, a_b1=0.5,
-                  a_b2=0.999, a_weight_decay=1e-3, fd_r=0.01, arch_start_epoch=0,
-                  relaxation="softmax", gumbel_hard=False, tau_start=10.0, tau_end=0.1,
-                  tau_anneal="linear", hvp_remat=False, programs="auto")
+  c = base.get_config()
+  # The DARTS supernet and bilevel optimiser (Liu et al. 2019, Sec. 3.1), shrunk to 8x8
+  # images. 3 cells: normal, reduction, reduction. a_lr is 10x the paper's: 8 epochs give
+  # 72 architecture steps (CIFAR: ~19,500), too few for 3e-4 to move alpha.
+  c.model.update(C=8, layers=3)
+  c.search.update(epochs=8, a_lr=3e-3)
   # Retraining the found cell from scratch (reference train.py, shrunk).
-  c.train = dict(network="cifar", C=16, layers=5, epochs=60, batch_size=64, lr=0.025,
-                 lr_min=0.0, momentum=0.9, weight_decay=3e-4, grad_clip=5.0, auxiliary=False,
-                 auxiliary_weight=0.4, drop_path_prob=0.1, cutout=0, label_smoothing=0.0)
-  # Devices of the data-parallel mesh (0: all) and how many of them shard large weights.
-  # Latency-aware search (FBNet, ProxylessNAS): objective "none" (default), "fbnet"
-  # (ce * fbnet_alpha * log(ms) ** fbnet_beta), "proxyless" (ce + weight * ms) or "target"
-  # (ce + weight * max(0, ms / target_ms - 1)). `table`: a JSON latency table (README);
-  # empty: measure one on this device at the start of the search (written to the work
-  # directory). The table is for the final network of `train.*` at `batch_size`.
-  c.latency = dict(objective="none", table="", weight=0.0, fbnet_alpha=0.2, fbnet_beta=0.6,
-                   target_ms=0.0, batch_size=64, repeats=50, allow_foreign_table=False)
-  c.mesh = dict(devices=0, fsdp=1)
-  # Orbax checkpoints every N steps (0: epoch ends only) and at each epoch end; keep K.
-  c.checkpoint = dict(every_steps=50, keep=3)
+  c.train.update(C=16, layers=5, epochs=60, batch_size=64, auxiliary=False,
+                 drop_path_prob=0.1, cutout=0)
   return c

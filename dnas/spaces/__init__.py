@@ -1,1 +1,32 @@
-"""Search spaces; each one is a package (`from dnas.spaces import darts`)."""
+"""Search spaces, one package each (`from dnas.spaces import darts`), behind one protocol
+(`dnas.spaces.base.SearchSpace`); `config.space` names the space a run uses."""
+
+from dnas.spaces.base import ArchError, SearchSpace, load, save
+
+_SPACES: dict[str, SearchSpace] = {}
+
+
+def register(space: SearchSpace) -> SearchSpace:
+  """Makes `space` available as `config.space = space.name` (a config file that uses its
+  own space imports the module that registers it)."""
+  _SPACES[space.name] = space
+  return space
+
+
+def get(name: str) -> SearchSpace:
+  """The space called `name`; an unknown name is a ValueError listing the known ones."""
+  if name not in _SPACES:
+    raise ValueError(f"space {name!r} is unknown; valid: {', '.join(_SPACES)}")
+  return _SPACES[name]
+
+
+def names() -> tuple[str, ...]:
+  return tuple(_SPACES)
+
+
+def _register_builtin():
+  from dnas.spaces.darts import space as darts_space  # pylint: disable=g-import-not-at-top
+  register(darts_space.SPACE)
+
+
+_register_builtin()

@@ -17,12 +17,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from dnas.spaces.base import ArchError
 from dnas.spaces.darts.ops import OPS, PRIMITIVES
 
 CELL_KEYS = ("normal", "reduce")
 
 
-class GenotypeError(ValueError):
+class GenotypeError(ArchError):
   """A genotype (or genotype file) that does not describe a valid cell."""
 
 

@@ -12,14 +12,11 @@ import jax.numpy as jnp
 from flax import nnx
 
 from dnas import autodiff
-from dnas.arch import (ArchParam, MixedOp, PartialMixedOp, batched_mixed_ops, gumbel_softmax,
+from dnas.arch import (RELAXATIONS, ArchParam, MixedOp, PartialMixedOp, batched_mixed_ops, gumbel_softmax,
                        init_alphas, node_softmax)
 from dnas.spaces.darts import genotypes as genotypes_lib
 from dnas.spaces.darts.ops import (PRIMITIVES, FactorizedReduce, ReLUConvBN, batch_norm, conv2d,
                                    fusion_barrier, linear, make_op)
-
-
-RELAXATIONS = ("softmax", "gumbel")
 
 
 def num_edges(steps: int) -> int:

@@ -1,0 +1,65 @@
+"""The config schema every dnas config starts from: every field the loops read exists here,
+with its meaning; the other configs import it and change values (`digits.py`, the
+default, sets the DARTS space at digits size).
+
+python -m dnas.search --config=dnas/configs/digits.py --config.search.epochs=3
+"""
+
+import ml_collections
+
+from dnas.spaces.darts.ops import PRIMITIVES
+
+
+def get_config():
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  # The search space (`dnas.spaces.get`): "darts", or one a config file registers.
+  c.space = "darts"
+  # Activations' dtype: "float32" or "bfloat16" (weights, alphas, BatchNorm statistics and
+  # optimiser states stay float32).
+  c.dtype = "float32"
+  # GPU: XLA's deterministic ops (`--xla_gpu_deterministic_ops`), so that a resumed run
+  # is bitwise the uninterrupted one there too (slower scatters and reductions). CPU and
+  # TPU runs are deterministic already.
+  c.deterministic = False
+  # "darts", or "pc_darts" (Xu et al. 2020): each edge mixes 1/model.pc_k of the
+  # channels, and edge-normalisation weights beta decide the edges.
+  c.method = "darts"
+  c.max_steps_per_epoch = 0  # 0: whole epochs; >0 caps steps per epoch (tests, smoke runs)
+  c.data = dict(name="digits", data_dir="", train_portion=0.5, image_size=224, workers=0,
+                crop_padding=1, flip=False)
+  # The supernet (DARTS: Liu et al. 2019, Sec. 3.1), read by the space.
+  c.model = dict(C=16, layers=8, steps=4, multiplier=4, stem_multiplier=3,
+                 primitives=PRIMITIVES, remat=False, pc_k=4)
+  # The bilevel search. Weights: SGD (w_lr annealed per epoch by cosine to w_lr_min,
+  # momentum, weight_decay, grad_clip); architecture: Adam (a_lr, a_b1, a_b2,
+  # a_weight_decay). order: "first", "second" (exact), "second_fd" (DARTS Eq. 8 with
+  # fd_r); hvp_remat: `order=second`'s Hessian-vector product recomputes cell
+  # activations. arch_start_epoch: weight-only epochs first (PC-DARTS: 15).
+  # programs: "one" jitted program per step; "split" into a few that share one gradient
+  # program (first order: about 40 % less compile time on CPU, slower architecture
+  # steps); "auto": split for the second-order methods only.
+  # relaxation: "softmax" (DARTS) or "gumbel" (FBNet, GDAS: op weights sampled with a
+  # temperature annealed per epoch from tau_start to tau_end, "linear" or "exponential";
+  # gumbel_hard: straight-through one-hot, each edge runs only its sampled op).
+  c.search = dict(epochs=50, batch_size=64, order="first", w_lr=0.025, w_lr_min=0.001,
+                  momentum=0.9, weight_decay=3e-4, grad_clip=5.0, a_lr=3e-4, a_b1=0.5,
+                  a_b2=0.999, a_weight_decay=1e-3, fd_r=0.01, arch_start_epoch=0,
+                  relaxation="softmax", gumbel_hard=False, tau_start=10.0, tau_end=0.1,
+                  tau_anneal="linear", hvp_remat=False, programs="auto")
+  # Retraining the found architecture from scratch (reference train.py).
+  c.train = dict(network="cifar", C=36, layers=20, epochs=600, batch_size=96, lr=0.025,
+                 lr_min=0.0, momentum=0.9, weight_decay=3e-4, grad_clip=5.0, auxiliary=True,
+                 auxiliary_weight=0.4, drop_path_prob=0.2, cutout=16, label_smoothing=0.0)
+  # Latency-aware search (FBNet, ProxylessNAS): objective "none" (default), "fbnet"
+  # (ce * fbnet_alpha * log(ms) ** fbnet_beta), "proxyless" (ce + weight * ms) or "target"
+  # (ce + weight * max(0, ms / target_ms - 1)). `table`: a JSON latency table (README);
+  # empty: measure one on this device at the start of the search (written to the work
+  # directory). The table is for the final network of `train.*` at `batch_size`.
+  c.latency = dict(objective="none", table="", weight=0.0, fbnet_alpha=0.2, fbnet_beta=0.6,
+                   target_ms=0.0, batch_size=64, repeats=50, allow_foreign_table=False)
+  # Devices of the data-parallel mesh (0: all) and how many of them shard large weights.
+  c.mesh = dict(devices=0, fsdp=1)
+  # Orbax checkpoints every N steps (0: epoch ends only) and at each epoch end; keep K.
+  c.checkpoint = dict(every_steps=50, keep=3)
+  return c

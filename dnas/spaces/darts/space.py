@@ -1,0 +1,140 @@
+"""The DARTS space behind `config.space = "darts"` (the search-space protocol,
+`dnas.spaces.base`): the supernet of `config.model` (DARTS, or PC-DARTS with
+`config.method = "pc_darts"`), Genotypes, NetworkCIFAR / NetworkImageNet of `config.train`,
+cell drawings, and latency over the final network's ops."""
+
+import functools
+
+import numpy as np
+from flax import nnx
+
+from dnas.spaces.darts import draw, genotypes, latency
+from dnas.spaces.darts.final import NetworkCIFAR, NetworkImageNet
+from dnas.spaces.darts.ops import PRIMITIVES
+from dnas.spaces.darts.search import Network
+
+NETWORKS = {"cifar": NetworkCIFAR, "imagenet": NetworkImageNet}
+
+
+def _get(alphas, key):
+  return np.asarray(alphas[key].get_value()) if key in alphas else None
+
+
+class DartsSpace:
+  """The DARTS cell space (Liu et al., ICLR 2019); see the module docstring."""
+
+  name = "darts"
+  published = genotypes.GENOTYPES
+
+  def validate(self, config) -> None:
+    from dnas import config as config_lib  # pylint: disable=g-import-not-at-top
+    ConfigError = config_lib.ConfigError  # pylint: disable=invalid-name
+    flat = config_lib.flatten(config)
+    for k in ("model.C", "model.layers", "model.steps", "model.multiplier",
+              "model.stem_multiplier", "train.C", "train.layers"):
+      config_lib.positive(flat, k, int)
+    m = config.model
+    bad = [p for p in m.primitives if p not in PRIMITIVES]
+    if bad:
+      raise ConfigError(f"model.primitives: unknown op {bad[0]!r}; valid ops: "
+                        f"{', '.join(PRIMITIVES)}")
+    if m.multiplier > m.steps:
+      raise ConfigError(f"model.multiplier ({m.multiplier}) must be <= model.steps "
+                        f"({m.steps})")
+    if config.method == "pc_darts" and m.C % m.pc_k:
+      raise ConfigError(f"model.pc_k={m.pc_k} must divide model.C={m.C}: each edge mixes "
+                        f"C / pc_k channels")
+    if config.train.network not in NETWORKS:
+      raise ConfigError(f"train.network {config.train.network!r} is unknown; valid: "
+                        f"{', '.join(NETWORKS)}")
+
+  def supernet(self, config, info, rngs: nnx.Rngs) -> Network:
+    """DARTS, or PC-DARTS (partial channels K = `model.pc_k`, edge normalisation)."""
+    m, s = config.model, config.search
+    pc = config.method == "pc_darts"
+    return Network(m.C, info.num_classes, m.layers, m.steps, m.multiplier, m.stem_multiplier,
+                   in_channels=info.image_shape[-1], primitives=tuple(m.primitives),
+                   partial_channels=m.pc_k if pc else 1, edge_normalization=pc,
+                   relaxation=s.relaxation, gumbel_hard=s.gumbel_hard, remat=m.remat,
+                   rngs=rngs)
+
+  def derive(self, alphas, config) -> genotypes.Genotype:
+    """DARTS Sec. 2.4 (PC-DARTS's edge logits take part when present)."""
+    m = config.model
+    return genotypes.derive_genotype(
+        _get(alphas, "alphas_normal"), _get(alphas, "alphas_reduce"), steps=m.steps,
+        multiplier=m.multiplier, primitives=tuple(m.primitives),
+        betas_normal=_get(alphas, "betas_normal"), betas_reduce=_get(alphas, "betas_reduce"))
+
+  def alpha_groups(self, alphas, config):
+    ops = tuple(config.model.primitives)
+    return {kind: (_get(alphas, f"alphas_{kind}"), ops) for kind in ("normal", "reduce")}
+
+  def to_dict(self, arch: genotypes.Genotype) -> dict:
+    return arch.to_dict()
+
+  def from_dict(self, d) -> genotypes.Genotype:
+    return genotypes.Genotype.from_dict(d)
+
+  def final(self, arch, config, info, rngs: nnx.Rngs):
+    t = config.train
+    return NETWORKS[t.network](arch, t.C, info.num_classes, t.layers, t.auxiliary,
+                               t.drop_path_prob, in_channels=info.image_shape[-1], rngs=rngs)
+
+  def final_apply(self, net, x, *, key=None, drop_path_prob=None):
+    return net(x, key=key, drop_path_prob=drop_path_prob)
+
+  def draw(self, arch, path_prefix: str) -> list[str]:
+    return draw.plot_genotype(arch, path_prefix)
+
+  # Latency over the final network's ops (`dnas.spaces.darts.latency`).
+
+  def latency_profile(self, config, info, *, batch_size: int, dtype: str, repeats: int,
+                      progress=None):
+    """A latency table of every op and fixed part of the final network, measured here."""
+    return latency.profile(latency.layout_for(config, info), tuple(config.model.primitives),
+                           batch_size=batch_size, dtype=dtype, repeats=repeats,
+                           progress=progress)
+
+  def latency_model(self, table, config, info) -> "DartsLatency":
+    return DartsLatency(table, latency.layout_for(config, info),
+                        tuple(config.model.primitives))
+
+  def latency_calibrate(self, table, config, info, measured):
+    """The table with a fitted correction from (architecture, measured ms) pairs."""
+    return latency.calibrate(table, latency.layout_for(config, info), measured)
+
+  def random_arch(self, rng: np.random.Generator, config) -> genotypes.Genotype:
+    """A uniformly drawn cell pair of the config's space (no `none` ops)."""
+    m = config.model
+    return latency.random_genotype(rng, tuple(m.primitives), m.steps, m.multiplier)
+
+  def compile_final(self, arch, config, info, *, batch_size: int, dtype: str):
+    """(forward, args): the compiled final network in eval mode and random inputs."""
+    return latency.compile_network(latency.layout_for(config, info), arch,
+                                   batch_size=batch_size, dtype=dtype)
+
+
+class DartsLatency:
+  """A table's view of the final network: the supernet's expected latency (differentiable
+  in its ArchParam state), a genotype's predicted latency, and a lower bound."""
+
+  def __init__(self, table, layout, primitives):
+    self.table, self.layout, self.primitives = table, layout, primitives
+
+  @functools.cached_property
+  def _expected(self) -> latency.ExpectedLatency:
+    # Built on first use: a prediction needs only the entries of its genotype's ops.
+    return latency.ExpectedLatency.build(self.table, self.layout, self.primitives)
+
+  def expected(self, alphas):
+    return self._expected.of_state(alphas)
+
+  def predict(self, arch) -> float:
+    return latency.predict(self.table, self.layout, arch)
+
+  def minimum(self) -> float:
+    return self._expected.minimum()
+
+
+SPACE = DartsSpace()

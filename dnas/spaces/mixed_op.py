@@ -1,0 +1,141 @@
+"""The generic space: any NNX model whose choices are `dnas.MixedOp`s (each owning its
+alpha), discretised by argmax per MixedOp (`dnas.arch.choices`, `arch.discretize`).
+
+A researcher's config file registers one for its model and names it in `config.space`:
+
+  from dnas import spaces
+  from dnas.spaces.mixed_op import MixedOpSpace
+  spaces.register(MixedOpSpace("my_net", lambda config, info, rngs: MyNet(rngs=rngs)))
+
+The architecture's JSON is {"choices": {"<MixedOp path>": op index, ...}}.
+"""
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from dnas import arch as arch_lib
+from dnas import latency_lib
+from dnas.spaces.base import ArchError
+
+
+class MixedOpSpace:
+  """A space over the MixedOps of the model that `build(config, info, rngs)` returns.
+
+  Args:
+    name: the `config.space` name.
+    build: builds the model (with its MixedOps) for a config and `DatasetInfo`; the
+      supernet and, discretised, the final network (the model's `__call__(x)` returns
+      logits f32[N, classes]).
+    op_names: optional, (config, MixedOp path) -> its K op names, for logs and plots
+      (default: the op indices).
+  """
+
+  published: dict = {}
+
+  def __init__(self, name: str, build: Callable, op_names: Callable | None = None):
+    self.name, self.build, self.op_names = name, build, op_names
+
+  def validate(self, config) -> None:
+    del config
+
+  def supernet(self, config, info, rngs: nnx.Rngs) -> nnx.Module:
+    return self.build(config, info, rngs)
+
+  def _logits(self, alphas) -> dict[str, np.ndarray]:
+    return {arch_lib.path_str(path[:-1]): np.asarray(v.get_value() if hasattr(v, "get_value")
+                                                     else v)
+            for path, v in nnx.to_flat_state(alphas) if path[-1] == "alpha"}
+
+  def derive(self, alphas, config) -> dict[str, int]:
+    """{MixedOp path: argmax alpha} (ties: the lowest index)."""
+    del config
+    return {path: int(np.argmax(a)) for path, a in sorted(self._logits(alphas).items())}
+
+  def alpha_groups(self, alphas, config):
+    def names(path, k):
+      return tuple(self.op_names(config, path)) if self.op_names else tuple(map(str, range(k)))
+    return {path: (a[None], names(path, a.shape[-1]))
+            for path, a in sorted(self._logits(alphas).items())}
+
+  def to_dict(self, arch) -> dict:
+    return {"choices": dict(sorted(arch.items()))}
+
+  def from_dict(self, d) -> dict[str, int]:
+    choices = d.get("choices") if isinstance(d, dict) else None
+    if not isinstance(choices, dict) or not choices:
+      raise ArchError('an architecture of this space is {"choices": {"<MixedOp path>": '
+                      'op index, ...}}')
+    for path, k in choices.items():
+      if not isinstance(k, int) or isinstance(k, bool) or k < 0:
+        raise ArchError(f"choice of {path!r} must be an op index >= 0, got {k!r}")
+    return dict(choices)
+
+  def final(self, arch, config, info, rngs: nnx.Rngs) -> nnx.Module:
+    try:
+      return arch_lib.discretize(self.build(config, info, rngs), arch)
+    except ValueError as e:
+      raise ArchError(str(e)) from None
+
+  def final_apply(self, net, x, *, key=None, drop_path_prob=None):
+    del key, drop_path_prob
+    return net(x), None
+
+  def draw(self, arch, path_prefix: str) -> list[str]:
+    del arch, path_prefix
+    return []
+
+  # Latency: each candidate timed alone at its MixedOp's input shape, and the rest.
+
+  def _example(self, config, info, batch_size: int, dtype: str):
+    return jax.ShapeDtypeStruct((batch_size,) + tuple(info.image_shape), jnp.dtype(dtype))
+
+  def latency_profile(self, config, info, *, batch_size: int, dtype: str, repeats: int,
+                      progress=None):
+    net = self.build(config, info, nnx.Rngs(0))
+    example = jnp.zeros((batch_size,) + tuple(info.image_shape), jnp.dtype(dtype))
+    return latency_lib.profile_mixed_ops(net, example, repeats=repeats, progress=progress)
+
+  def random_arch(self, rng: np.random.Generator, config, info=None) -> dict[str, int]:
+    """A uniformly drawn choice per MixedOp."""
+    from dnas.data.pipeline import dataset_info  # pylint: disable=g-import-not-at-top
+    info = info or dataset_info(config.data.name, config.data.image_size)
+    net = nnx.eval_shape(lambda: self.build(config, info, nnx.Rngs(0)))
+    return {p: int(rng.integers(len(m.ops))) for p, m in arch_lib.mixed_ops(net).items()}
+
+  def compile_final(self, arch, config, info, *, batch_size: int, dtype: str):
+    """(forward, args): the compiled final network in eval mode and random inputs."""
+    forward, state = latency_lib.jit_eval(self.final(arch, config, info, nnx.Rngs(0)),
+                                          jnp.dtype(dtype))
+    x = jnp.asarray(np.random.default_rng(0).standard_normal(
+        (batch_size,) + tuple(info.image_shape)), jnp.dtype(dtype))
+    return forward.lower(state, x).compile(), (state, x)
+
+  def latency_calibrate(self, table, config, info, measured):
+    del table, config, info, measured
+    raise latency_lib.LatencyError(f"calibrate is not available for space {self.name!r} "
+                                   f"yet (DARTS tables only)")
+
+  def latency_model(self, table, config, info) -> "MixedOpSpaceLatency":
+    net = nnx.eval_shape(lambda: self.build(config, info, nnx.Rngs(0)))
+    example = self._example(config, info, table.meta["batch_size"], table.meta["dtype"])
+    return MixedOpSpaceLatency(latency_lib.MixedOpLatency.build(table, net, example))
+
+
+class MixedOpSpaceLatency:
+  """The latency protocol over `latency_lib.MixedOpLatency`."""
+
+  def __init__(self, model: latency_lib.MixedOpLatency):
+    self.model = model
+
+  def expected(self, alphas):
+    return self.model(alphas)
+
+  def predict(self, arch) -> float:
+    return self.model.predict(arch)
+
+  def minimum(self) -> float:
+    return self.model.minimum()
