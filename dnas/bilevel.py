@@ -1,27 +1,27 @@
-"""Bilevel optimisation of a supernet (DARTS Sec. 2.3): pure, jittable steps.
+"""Bilevel optimisation of a supernet (DARTS Sec. 2.3): pure, jittable steps built from
+composable parts, with how they run kept apart.
 
-Weights w (`nnx.Param`) minimise the loss on the weight split; architecture logits
-alpha (`ArchParam`) minimise the loss on the architecture split. One search step is,
-as in the reference `train_search.py`, an architecture step followed by a weight step
-on the same pair of batches.
+Weights w (`nnx.Param`) minimise the task loss on the weight split; architecture logits
+alpha (`ArchParam`) minimise the architecture loss on the architecture split. One search
+step is, as in the reference `train_search.py`, an architecture step followed by a weight
+step on the same pair of batches.
 
   graphdef, state = init_search_state(net, w_tx, a_tx, key)
-  step = make_search_step(graphdef, w_tx, a_tx, order="second", w_lr=schedule)
+  hg = hypergrad.unrolled(make_w_tx(schedule, grad_clip=None))    # what alpha's gradient is
+  step = make_search_step(graphdef, w_tx, a_tx, hypergrad=hg,
+                          arch_loss=arch_loss(latency_objective),  # + regularising terms
+                          relaxation=relaxation.gumbel(tau),       # op weights per pass
+                          execution=Execution(dtype=jnp.bfloat16))  # how it runs
   state, metrics = step(state, batch_train, batch_val)
 
-Architecture-gradient orders:
-  first      grad_alpha L_val(w, alpha)                          (DARTS "first order")
-  second     d/d alpha L_val(w'(alpha), alpha), w' one virtual weight step (Eq. 6-7),
-             exactly: Eq. 7's Hessian-vector product by forward-over-reverse autodiff
-  second_fd  Eq. 7 with the Hessian-vector product by central differences (Eq. 8)
-
-The virtual step is the reference's: w' = w - eta (mu buf + grad_w L_train + wd w), with
-the current learning rate eta, momentum mu and momentum buffer buf of the weight
-optimiser, and no gradient clipping.
-
-Batches are dicts {"image": f32[N, H, W, C], "label": int32[N]}; they may also carry
-keyword inputs of the model (`MODEL_INPUTS`), which the steps add for Gumbel-softmax
-relaxations (`tau`).
+Parts: the hypergradient (`dnas.hypergrad`: first order, the exact unrolled second order,
+DARTS's finite difference); the task loss `task_loss(model, batch, inputs) -> (loss,
+logits)` (cross entropy by default); the architecture loss `arch_loss(ce, alphas, step)
+-> (loss, metrics)` composed of an objective on the task loss and additive terms on the
+architecture (`arch_loss(...)`); the relaxation (`dnas.relaxation`), which draws any
+randomness from the state's key, the step and the phase; `perturb`, which hands the
+weight step perturbed architecture weights (SDARTS). Batches are dicts {"image": f32[N,
+H, W, C], "label": int32[N]}.
 """
 
 import logging
@@ -34,12 +34,9 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from dnas import autodiff, utils
+from dnas import autodiff, hypergrad as hypergrad_lib, relaxation as relaxation_lib, utils
 from dnas.arch import ArchParam
-
-ORDERS = ("first", "second", "second_fd")
-# Batch entries passed to the model as keyword arguments (`darts.Network`'s Gumbel inputs).
-MODEL_INPUTS = ("arch_key", "tau")
+from dnas.hypergrad import ORDERS  # noqa: F401  (re-exported)
 
 
 class SearchState(NamedTuple):
@@ -60,10 +57,29 @@ class SearchState(NamedTuple):
 # Sown intermediates (`nnx.Intermediate`) are outputs of one call, not carried state.
 MODEL_STATE = nnx.Not(nnx.Any(nnx.Param, ArchParam, nnx.Intermediate))
 
-# How a jitted search step is compiled (`make_search_step(split=...)`): "auto" splits the
-# second-order methods only, "one" is one program, "split" runs a few programs that
-# share one gradient program.
-PROGRAMS = {"auto": None, "one": False, "split": True}
+# How a jitted search step is compiled (`Execution.programs`): "one" program, or "split"
+# into a few programs that share one gradient program; "auto": split the second-order
+# methods on CPU only (XLA:CPU compiles one second-order program for 10+ minutes and
+# holds its three gradient passes at once), one program elsewhere.
+PROGRAMS = ("auto", "one", "split")
+
+
+class Execution(NamedTuple):
+  """How the steps run, apart from what they compute: `jit`; `programs` (PROGRAMS);
+  `shardings`, a pair (state shardings, batch sharding) from `dnas.parallel` (SPMD over
+  their mesh; inputs must be placed accordingly); `dtype`, the activations' dtype (None:
+  the weights' own; `make_loss_fn`)."""
+  jit: bool = True
+  programs: str = "auto"
+  shardings: tuple | None = None
+  dtype: object = None
+
+  def split(self, order: str) -> bool:
+    if self.programs not in PROGRAMS:
+      raise ValueError(f"programs {self.programs!r} is unknown; valid: {', '.join(PROGRAMS)}")
+    if not self.jit or self.programs == "one":
+      return False
+    return self.programs == "split" or (order != "first" and jax.default_backend() == "cpu")
 
 
 def per_epoch_cosine(base_lr: float, min_lr: float, epochs: int,
@@ -94,11 +110,20 @@ def per_epoch_anneal(start: float, end: float, epochs: int, steps_per_epoch: int
 def make_w_tx(lr: optax.ScalarOrSchedule, momentum: float = 0.9, weight_decay: float = 3e-4,
               grad_clip: float | None = 5.0) -> optax.GradientTransformation:
   """The reference weight optimiser: clip the gradient's global norm, then PyTorch SGD
-  (coupled L2 weight decay, heavy-ball momentum buf = mu buf + g, step -lr buf)."""
-  parts = [optax.clip_by_global_norm(grad_clip)] if grad_clip else []
-  parts += [optax.add_decayed_weights(weight_decay), optax.trace(decay=momentum),
-            optax.scale_by_learning_rate(lr)]
-  return optax.chain(*parts)
+  (coupled L2 weight decay, heavy-ball momentum buf = mu buf + g, step -lr buf).
+
+  The clipping is stateless and wraps the SGD part, so the optimiser with and without
+  `grad_clip` has one state structure: the unclipped one is DARTS's virtual step
+  (`hypergrad.unrolled`) on the clipped one's state."""
+  sgd = optax.chain(optax.add_decayed_weights(weight_decay), optax.trace(decay=momentum),
+                    optax.scale_by_learning_rate(lr))
+  if not grad_clip:
+    return sgd
+  clip = optax.clip_by_global_norm(grad_clip)
+
+  def update(grads, state, params=None):
+    return sgd.update(clip.update(grads, optax.EmptyState())[0], state, params)
+  return optax.GradientTransformation(sgd.init, update)
 
 
 def make_a_tx(lr: float = 3e-4, b1: float = 0.5, b2: float = 0.999,
@@ -139,25 +164,45 @@ def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return jnp.mean(jnp.argmax(logits, -1) == labels)
 
 
-def make_loss_fn(graphdef, dtype=None) -> Callable:
-  """loss(params, alphas, stats, batch) -> (loss, (logits, new_stats)), pure.
+def cross_entropy_loss(model, batch: dict, inputs: dict) -> tuple[jax.Array, jax.Array]:
+  """The default task loss: (cross entropy f32[], logits f32[N, K]) of `model` on
+  `batch`, called with the relaxation's keyword `inputs`; logits at least float32."""
+  out = model(batch["image"], **inputs)
+  logits = utils.at_least_float32(out[0] if isinstance(out, tuple) else out)
+  return cross_entropy(logits, batch["label"]), logits
 
-  `dtype` is the activations' dtype (None: the weights' own): the weights are cast to it
-  where they are used (so their gradients keep the weights' dtype), the alphas and
-  statistics are not cast, and the loss is computed from float32 (or wider) logits.
-  """
-  def loss_fn(params, alphas, stats, batch):
-    net = nnx.merge(graphdef, utils.cast_floating(params, dtype), alphas, stats, copy=True)
-    inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
-    out = net(utils.cast_floating(batch["image"], dtype), **inputs)
-    logits = utils.at_least_float32(out[0] if isinstance(out, tuple) else out)
-    return cross_entropy(logits, batch["label"]), (logits, nnx.state(net, MODEL_STATE))
+
+def arch_loss(objective: Callable | None = None, *terms: Callable) -> Callable:
+  """The architecture loss (ce, alphas, step) -> (loss, metrics): `objective(ce, alphas)
+  -> (loss, metrics)` of the task loss ce (e.g. `latency_lib.arch_objective`; default:
+  ce), plus each additive term `term(alphas, step) -> (f32[], metrics)` (regularisers
+  on the architecture)."""
+  def loss_fn(ce, alphas, step):
+    loss, metrics = objective(ce, alphas) if objective is not None else (ce, {})
+    for term in terms:
+      value, extra = term(alphas, step)
+      loss, metrics = loss + value, {**metrics, **extra}
+    return loss, metrics
   return loss_fn
 
 
-def _trace(w_opt_state):
-  """The momentum buffer of a `make_w_tx` optimiser state (zeros before the first step)."""
-  return optax.tree_utils.tree_get(w_opt_state, "trace")
+def make_loss_fn(graphdef, dtype=None, task_loss: Callable | None = None) -> Callable:
+  """loss(params, alphas, stats, batch, inputs) -> (loss, (logits, new_stats)), pure.
+
+  `task_loss(model, batch, inputs) -> (loss, logits)` (default `cross_entropy_loss`);
+  `inputs` are the relaxation's keyword inputs of the model. `dtype` is the activations'
+  dtype (None: the weights' own): the weights and images are cast to it where they are
+  used (so their gradients keep the weights' dtype), the alphas and statistics are not
+  cast, and the loss comes from float32 (or wider) logits.
+  """
+  task_loss = task_loss or cross_entropy_loss
+
+  def loss_fn(params, alphas, stats, batch, inputs):
+    net = nnx.merge(graphdef, utils.cast_floating(params, dtype), alphas, stats, copy=True)
+    batch = {**batch, "image": utils.cast_floating(batch["image"], dtype)}
+    loss, logits = task_loss(net, batch, inputs)
+    return loss, (logits, nnx.state(net, MODEL_STATE))
+  return loss_fn
 
 
 def _identity_piece(fn, state_update=False):
@@ -165,161 +210,171 @@ def _identity_piece(fn, state_update=False):
   return fn
 
 
-def make_grads_fn(graphdef, dtype=None) -> Callable:
-  """grads(params, alphas, stats, batch) -> (loss, logits, new_stats, d_params, d_alphas).
+def make_grads_fn(graphdef, dtype=None, task_loss: Callable | None = None) -> Callable:
+  """grads(params, alphas, stats, batch, inputs) -> (loss, logits, new_stats, d_params,
+  d_alphas).
 
   The one gradient program of a search: every phase reads some of its outputs (jit
   drops the rest when it is traced inside a bigger function)."""
-  loss_fn = make_loss_fn(graphdef, dtype)
+  loss_fn = make_loss_fn(graphdef, dtype, task_loss)
 
-  def grads(params, alphas, stats, batch):
+  def grads(params, alphas, stats, batch, inputs):
     (loss, (logits, new_stats)), (d_params, d_alphas) = jax.value_and_grad(
-        loss_fn, argnums=(0, 1), has_aux=True)(params, alphas, stats, batch)
+        loss_fn, argnums=(0, 1), has_aux=True)(params, alphas, stats, batch, inputs)
     return loss, logits, new_stats, d_params, d_alphas
   return grads
 
 
-def make_arch_grad_fn(graphdef, *, order: str, w_lr: optax.ScalarOrSchedule,
-                      momentum: float = 0.9, weight_decay: float = 3e-4,
-                      fd_r: float = 1e-2, dtype=None, hvp_remat: bool = False,
-                      arch_objective: Callable | None = None,
-                      piece: Callable = _identity_piece, grads: Callable | None = None
-                      ) -> Callable:
-  """Returns arch_grad(state, batch_train, batch_val) -> (d_alpha, new_stats, metrics).
+def make_arch_grad_fn(graphdef, hypergrad: hypergrad_lib.Hypergradient, *,
+                      arch_loss: Callable | None = None, dtype=None,
+                      task_loss: Callable | None = None, piece: Callable = _identity_piece,
+                      grads: Callable | None = None) -> Callable:
+  """Returns arch_grad(state, batch_train, batch_val, inputs=None) -> (d_alpha, new_stats,
+  metrics), the gradient of the architecture loss that `hypergrad` defines.
 
-  `arch_objective(ce, alphas) -> (loss, metrics)`, if given, is what the architecture
-  step minimises instead of the validation cross entropy ce = L_val (e.g. FBNet's
-  latency-aware loss, `dnas.latency_lib`). Its gradient is exact for every order:
-  d obj/d alpha = (d obj/d ce) (dL_val/d alpha, as the order computes it) + d obj/d alpha
-  directly.
+  `arch_loss(ce, alphas, step) -> (loss, metrics)` (`arch_loss(...)`), if given, is what
+  the architecture step minimises instead of the validation task loss ce = L_val (e.g.
+  FBNet's latency-aware loss). Its gradient is exact for every order: d obj/d alpha =
+  (d obj/d ce) (dL_val/d alpha, as the order computes it) + d obj/d alpha directly.
 
   `new_stats` are the running statistics after the forward passes at the current
   weights that the order evaluates (the val batch for `first`, the train batch of the
   virtual step otherwise); the virtual and perturbed models do not update them.
 
-  `hvp_remat`: the exact Hessian-vector product recomputes each cell's activations
-  (`autodiff.rematerialize`; its tangents double them). `piece(fn, state_update=False)`
-  wraps each sub-computation of the second-order methods (the gradient program, the
-  virtual step, the Hessian-vector product); the default leaves them to the caller's
-  jit, and `make_search_step(split=True)` compiles each one alone. `grads`: the
-  (wrapped) `make_grads_fn` program to call, so that callers can share one.
+  `piece(fn, state_update=False)` wraps each sub-computation of the second-order methods
+  (the gradient program, the virtual step, the Hessian-vector product); the default
+  leaves them to the caller's jit, and a split step compiles each one alone. `grads`:
+  the (wrapped) `make_grads_fn` program to call, so that callers can share one.
   """
+  order = hypergrad.order
   if order not in ORDERS:
     raise ValueError(f"unknown order {order!r}; valid orders: {', '.join(ORDERS)}")
-  loss_fn = make_loss_fn(graphdef, dtype)
-  full_loss_fn = make_loss_fn(graphdef)
-  eta_fn = w_lr if callable(w_lr) else (lambda _: w_lr)
-  grads = grads or piece(make_grads_fn(graphdef, dtype))
+  if order != "first" and hypergrad.virtual_tx is None:
+    raise ValueError(f"order {order!r} needs the virtual step's optimiser (hypergrad.unrolled)")
+  loss_fn = make_loss_fn(graphdef, dtype, task_loss)
+  full_loss_fn = make_loss_fn(graphdef, None, task_loss)
+  grads = grads or piece(make_grads_fn(graphdef, dtype, task_loss))
+  tx, fd_r = hypergrad.virtual_tx, hypergrad.fd_r
 
-  def virtual_weights(params, d_params, w_opt_state, step):
-    # DARTS Eq. 6 with the reference's momentum SGD: w' = w - eta (mu buf + g + wd w).
-    eta = eta_fn(step)
-    return jax.tree.map(lambda w, g, m: w - eta * (momentum * m + g + weight_decay * w),
-                        params, d_params, _trace(w_opt_state)), eta
-  virtual_weights = piece(virtual_weights)
-
-  def first(state, batch_train, batch_val):
+  def first(state, batch_train, batch_val, inputs):
     # The shared gradient program: inside one jit XLA drops the unused weight gradient;
     # split, the architecture and weight steps run one compiled program (the reference's
     # `loss.backward()` computes the weight gradient here too).
     del batch_train
     loss, logits, stats, _, d_alpha = grads(state.params, state.alphas, state.batch_stats,
-                                            batch_val)
+                                            batch_val, inputs)
     return d_alpha, stats, dict(a_loss=loss, a_acc=accuracy(logits, batch_val["label"]))
 
-  def train_alpha_grad(loss, params, alphas, stats, batch_train):
-    return jax.grad(loss, argnums=1, has_aux=True)(params, alphas, stats, batch_train)[0]
+  def train_alpha_grad(loss, params, alphas, stats, batch_train, inputs):
+    return jax.grad(loss, argnums=1, has_aux=True)(params, alphas, stats, batch_train,
+                                                    inputs)[0]
 
-  def exact_hvp(params, alphas, stats, batch_train, v):
-    # grad^2_{alpha,w} L_train(w, alpha) v exactly: forward mode (a jvp along v in w) over
+  def exact_hvp(params, alphas, stats, batch_train, inputs, u):
+    # grad^2_{alpha,w} L_train(w, alpha) u exactly: forward mode (a jvp along u in w) over
     # the reverse-mode alpha-gradient; memory of about one gradient with tangents.
-    with autodiff.forward_mode_autodiff(), autodiff.rematerialize(hvp_remat):
-      return jax.jvp(lambda w: train_alpha_grad(loss_fn, w, alphas, stats, batch_train),
-                     (params,), (v,))[1]
+    with autodiff.forward_mode_autodiff(), autodiff.rematerialize(hypergrad.remat):
+      return jax.jvp(lambda w: train_alpha_grad(loss_fn, w, alphas, stats, batch_train,
+                                                inputs), (params,), (u,))[1]
 
-  def fd_alpha_grad(params, alphas, stats, batch_train):
+  def fd_alpha_grad(params, alphas, stats, batch_train, inputs):
     # Full float32 matmuls and convolutions: GPUs and TPUs default to TF32 / bfloat16
     # passes, whose rounding (~1e-3 relative) would swallow Eq. 8's perturbation (~1e-4
     # relative to a weight), so that w+ and w- gave the same products.
     with jax.default_matmul_precision("float32"):
-      return train_alpha_grad(full_loss_fn, params, alphas, stats, batch_train)
+      return train_alpha_grad(full_loss_fn, params, alphas, stats, batch_train, inputs)
   alpha_grad = piece(fd_alpha_grad)
 
-  def perturb(params, v, sign):
-    # w +- R v, R = fd_r / ||v||, with the norm inside the program (no host round trip).
-    scale = sign * fd_r / optax.tree.norm(v)
-    return jax.tree.map(lambda w, d: w + scale.astype(w.dtype) * d, params, v)
+  def perturb(params, u, sign):
+    # w +- R u, R = fd_r / ||u||, with the norm inside the program (no host round trip).
+    scale = sign * fd_r / optax.tree.norm(u)
+    return jax.tree.map(lambda w, d: w + scale.astype(w.dtype) * d, params, u)
   perturb = piece(perturb)
 
-  def fd_quotient(g_pos, g_neg, v):
-    two_r = 2 * fd_r / optax.tree.norm(v)
+  def fd_quotient(g_pos, g_neg, u):
+    two_r = 2 * fd_r / optax.tree.norm(u)
     return jax.tree.map(lambda p, n: (p - n) / two_r.astype(p.dtype), g_pos, g_neg)
   fd_quotient = piece(fd_quotient)
 
-  def fd_hvp(params, alphas, stats, batch_train, v):
-    # DARTS Eq. 8: (grad_a L_train(w+) - grad_a L_train(w-)) / 2R, w+- = w +- R v,
-    # R = 0.01 / ||v||. In the weights' own dtype: a perturbation of norm 0.01 is far
+  def fd_hvp(params, alphas, stats, batch_train, inputs, u):
+    # DARTS Eq. 8: (grad_a L_train(w+) - grad_a L_train(w-)) / 2R, w+- = w +- R u,
+    # R = 0.01 / ||u||. In the weights' own dtype: a perturbation of norm 0.01 is far
     # below bfloat16's resolution of the weights, and w+ and w- would round together.
-    g_pos = alpha_grad(perturb(params, v, 1.0), alphas, stats, batch_train)
-    g_neg = alpha_grad(perturb(params, v, -1.0), alphas, stats, batch_train)
-    return fd_quotient(g_pos, g_neg, v)
+    g_pos = alpha_grad(perturb(params, u, 1.0), alphas, stats, batch_train, inputs)
+    g_neg = alpha_grad(perturb(params, u, -1.0), alphas, stats, batch_train, inputs)
+    return fd_quotient(g_pos, g_neg, u)
+
+  def virtual(params, d_params, w_opt_state):
+    # Eq. 6 with the weight optimiser's own update: w' = w + u(g).
+    return hypergrad_lib.virtual_step(tx, params, d_params, w_opt_state)
+  virtual = piece(virtual)
+
+  def transpose(params, d_params, w_opt_state, v):
+    # (du/dg)^T v; -eta v for the reference's momentum SGD.
+    return hypergrad_lib.update_transpose(tx, params, d_params, w_opt_state, v)
+  transpose = piece(transpose)
 
   def unrolled(hvp_fn):
-    def arch_grad(state, batch_train, batch_val):
+    def arch_grad(state, batch_train, batch_val, inputs):
       # DARTS Eq. 7: dL_val(w'(alpha), alpha)/d alpha
-      #   = grad_a L_val(w', alpha) - eta grad^2_{alpha,w} L_train(w, alpha) v,
-      # v = grad_w' L_val(w', alpha); the momentum buffer and decay term of the virtual
-      # step do not depend on alpha, so this is the whole derivative.
+      #   = grad_a L_val(w', alpha) + grad^2_{alpha,w} L_train(w, alpha) (du/dg)^T v,
+      # v = grad_w' L_val(w', alpha) (dnas.hypergrad).
       _, _, stats, d_params, _ = grads(state.params, state.alphas, state.batch_stats,
-                                       batch_train)
-      w_virtual, eta = virtual_weights(state.params, d_params, state.w_opt_state, state.step)
-      loss, logits, _, v, d_alpha = grads(w_virtual, state.alphas, stats, batch_val)
-      hvp = hvp_fn(state.params, state.alphas, state.batch_stats, batch_train, v)
-      d_alpha = jax.tree.map(lambda d, h: d - eta * h, d_alpha, hvp)
+                                       batch_train, inputs)
+      w_virtual = virtual(state.params, d_params, state.w_opt_state)
+      loss, logits, _, v, d_alpha = grads(w_virtual, state.alphas, stats, batch_val, inputs)
+      u = transpose(state.params, d_params, state.w_opt_state, v)
+      hvp = hvp_fn(state.params, state.alphas, state.batch_stats, batch_train, inputs, u)
+      d_alpha = jax.tree.map(jnp.add, d_alpha, hvp)
       return d_alpha, stats, dict(a_loss=loss, a_acc=accuracy(logits, batch_val["label"]))
     return arch_grad
 
   arch_grad = dict(first=first, second=unrolled(piece(exact_hvp)),
                    second_fd=unrolled(fd_hvp))[order]
-  if arch_objective is None:
-    return arch_grad
 
-  def with_objective(d_alpha, ce, alphas):
-    loss, vjp, metrics = jax.vjp(arch_objective, ce, alphas, has_aux=True)
+  def with_loss(d_alpha, ce, alphas, step):
+    loss, vjp, metrics = jax.vjp(lambda c, a: arch_loss(c, a, step), ce, alphas,
+                                 has_aux=True)
     d_ce, d_direct = vjp(jnp.ones_like(loss))
     return jax.tree.map(lambda d, g: d_ce * d + g, d_alpha, d_direct), loss, metrics
-  with_objective = piece(with_objective)
+  with_loss = piece(with_loss)
 
-  def objective_grad(state, batch_train, batch_val):
-    d_alpha, stats, metrics = arch_grad(state, batch_train, batch_val)
-    d_alpha, loss, extra = with_objective(d_alpha, metrics["a_loss"], state.alphas)
+  def arch_grad_fn(state, batch_train, batch_val, inputs=None):
+    d_alpha, stats, metrics = arch_grad(state, batch_train, batch_val, inputs or {})
+    if arch_loss is None:
+      return d_alpha, stats, metrics
+    d_alpha, loss, extra = with_loss(d_alpha, metrics["a_loss"], state.alphas, state.step)
     return d_alpha, stats, {**metrics, **extra, "a_objective": loss}
-  return objective_grad
+  return arch_grad_fn
 
 
 def make_phase_steps(graphdef, w_tx: optax.GradientTransformation,
-                     a_tx: optax.GradientTransformation, *, order: str,
-                     w_lr: optax.ScalarOrSchedule, momentum: float = 0.9,
-                     weight_decay: float = 3e-4, fd_r: float = 1e-2, dtype=None,
-                     hvp_remat: bool = False, arch_objective: Callable | None = None,
-                     tau: optax.Schedule | None = None, piece: Callable = _identity_piece):
-  """The two phases as pure functions (not jitted); `dtype` as in `make_loss_fn`,
-  `tau` (a schedule of the step count) turns on the model's Gumbel-softmax sampling: each
-  phase adds `arch_key` (from state.rng, the step and the phase) and `tau` to its batches;
-  `hvp_remat`, `arch_objective` and `piece` as in `make_arch_grad_fn` (`piece` also wraps
-  the weight step's gradient and, with `state_update=True`, each phase's update
-  (state, ...) -> (state, f32[])).
+                     a_tx: optax.GradientTransformation, *,
+                     hypergrad: hypergrad_lib.Hypergradient = hypergrad_lib.first_order(),
+                     arch_loss: Callable | None = None,
+                     relaxation: relaxation_lib.Relaxation = relaxation_lib.softmax(),
+                     perturb: Callable | None = None, task_loss: Callable | None = None,
+                     dtype=None, piece: Callable = _identity_piece):
+  """The two phases as pure functions (not jitted).
+
+  `hypergrad`, `arch_loss`, `task_loss`: `make_arch_grad_fn`. `relaxation`: each phase
+  asks it for the model's keyword inputs with a key from state.rng, the step and the
+  phase (0: architecture, 1: weights). `perturb(alphas, key, step, alpha_grad) ->
+  alphas`, if given, is what the weight step's forward pass uses instead of the alphas
+  (SDARTS's random or adversarial perturbation; `alpha_grad(alphas)` is the gradient of
+  the weight step's loss in alpha, for adversarial ones; key from phase 2). `dtype`:
+  `make_loss_fn`. `piece`: `make_arch_grad_fn` (it also wraps the weight step's
+  gradient and, with `state_update=True`, each phase's update (state, ...) -> (state,
+  f32[])).
 
   Returns:
     arch_step(state, batch_train, batch_val) -> (state, metrics): updates alphas only.
     weight_step(state, batch_train) -> (state, metrics): updates weights only.
   """
   # One gradient program for the virtual step, the validation gradient and the weight step.
-  grads = piece(make_grads_fn(graphdef, dtype))
-  arch_grad = make_arch_grad_fn(graphdef, order=order, w_lr=w_lr, momentum=momentum,
-                                weight_decay=weight_decay, fd_r=fd_r, dtype=dtype,
-                                hvp_remat=hvp_remat, arch_objective=arch_objective,
-                                piece=piece, grads=grads)
+  raw_grads = make_grads_fn(graphdef, dtype, task_loss)
+  grads = piece(raw_grads)
+  arch_grad = make_arch_grad_fn(graphdef, hypergrad, arch_loss=arch_loss, dtype=dtype,
+                                task_loss=task_loss, piece=piece, grads=grads)
 
   def arch_update(state, d_alpha, stats):
     updates, a_opt_state = a_tx.update(d_alpha, state.a_opt_state, state.alphas)
@@ -328,11 +383,13 @@ def make_phase_steps(graphdef, w_tx: optax.GradientTransformation,
             optax.tree.norm(d_alpha))
   arch_update = piece(arch_update, state_update=True)
 
-  def relaxed(state, batch, phase):
-    if tau is None:
-      return batch
-    key = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), phase)
-    return {**batch, "arch_key": key, "tau": jnp.asarray(tau(state.step), jnp.float32)}
+  def phase_key(state, phase):
+    return jax.random.fold_in(jax.random.fold_in(state.rng, state.step), phase)
+
+  def inputs_of(state, phase):
+    if relaxation.kind == "softmax":
+      return {}
+    return relaxation.model_inputs(phase_key(state, phase), state.step)
 
   started = []
 
@@ -342,7 +399,7 @@ def make_phase_steps(graphdef, w_tx: optax.GradientTransformation,
     # program (XLA compiles one program on ~1.4 of 2 cores here): ~12 s less to wait, for
     # ~0.6 GiB more resident (BUILD_NOTES.md). Not for the second-order methods, whose
     # memory is the constraint. Traced inside a jit: nothing to do.
-    if started or order != "first" or not hasattr(weight_update, "precompile"):
+    if started or hypergrad.order != "first" or not hasattr(weight_update, "precompile"):
       return
     started.append(True)
     spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
@@ -361,8 +418,7 @@ def make_phase_steps(graphdef, w_tx: optax.GradientTransformation,
   def arch_step(state, batch_train, batch_val):
     compile_updates_ahead(state)
     # One architecture sample for every forward pass of the step.
-    batch_train, batch_val = relaxed(state, batch_train, 0), relaxed(state, batch_val, 0)
-    d_alpha, stats, metrics = arch_grad(state, batch_train, batch_val)
+    d_alpha, stats, metrics = arch_grad(state, batch_train, batch_val, inputs_of(state, 0))
     state, metrics["a_grad_norm"] = arch_update(state, d_alpha, stats)
     return state, metrics
 
@@ -373,11 +429,18 @@ def make_phase_steps(graphdef, w_tx: optax.GradientTransformation,
                            step=state.step + 1), optax.tree.norm(g))
   weight_update = piece(weight_update, state_update=True)
 
+  def perturbed(state, batch_train, inputs):
+    return perturb(state.alphas, phase_key(state, 2), state.step,
+                   lambda a: raw_grads(state.params, a, state.batch_stats, batch_train,
+                                       inputs)[4])
+  perturbed = piece(perturbed)
+
   def weight_step(state, batch_train):
     compile_updates_ahead(state)
-    batch_train = relaxed(state, batch_train, 1)
-    loss, logits, stats, g, _ = grads(state.params, state.alphas, state.batch_stats,
-                                      batch_train)
+    inputs = inputs_of(state, 1)
+    alphas = state.alphas if perturb is None else perturbed(state, batch_train, inputs)
+    loss, logits, stats, g, _ = grads(state.params, alphas, state.batch_stats, batch_train,
+                                      inputs)
     state, g_norm = weight_update(state, g, stats)
     metrics = dict(w_loss=loss, w_acc=accuracy(logits, batch_train["label"]),
                    w_grad_norm=g_norm)
@@ -387,46 +450,38 @@ def make_phase_steps(graphdef, w_tx: optax.GradientTransformation,
 
 
 def make_search_steps(graphdef, w_tx: optax.GradientTransformation,
-                      a_tx: optax.GradientTransformation, *, order: str = "first",
-                      w_lr: optax.ScalarOrSchedule, momentum: float = 0.9,
-                      weight_decay: float = 3e-4, fd_r: float = 1e-2, jit: bool = True,
-                      split: bool | None = None, shardings=None, dtype=None,
-                      hvp_remat: bool = False, arch_objective: Callable | None = None,
-                      tau: optax.Schedule | None = None):
+                      a_tx: optax.GradientTransformation, *,
+                      hypergrad: hypergrad_lib.Hypergradient = hypergrad_lib.first_order(),
+                      arch_loss: Callable | None = None,
+                      relaxation: relaxation_lib.Relaxation = relaxation_lib.softmax(),
+                      perturb: Callable | None = None, task_loss: Callable | None = None,
+                      execution: Execution = Execution()):
   """The search step (architecture step, then weight step) and its warm-up step (the
   weight step alone, for epochs before the first architecture step, such as PC-DARTS's
-  first 15). Split, the two share their compiled programs.
+  first 15). What they compute: `make_phase_steps`; how they run: `execution`.
 
-  `w_lr`, `momentum` and `weight_decay` must be those of `w_tx`: the virtual step of
-  the second-order methods repeats the weight optimiser's step. `shardings`, a pair
-  (state shardings, batch sharding) from `dnas.parallel`, runs the step as SPMD
-  programs over their mesh; inputs must be placed accordingly. `dtype`: the activations'
-  dtype (`make_loss_fn`); `hvp_remat`, `arch_objective`: `make_arch_grad_fn`; `tau`:
-  `make_phase_steps`.
-
-  `jit=False` returns the pure steps. With `jit=True` each is one jitted function, unless
-  `split` (default: for the second-order methods): then the step runs as a handful of
-  jitted programs, each compiled ahead of its first call with the compiler's freed
-  memory given back (`utils.compile_then_trim`): the gradient program (w and alpha
-  gradients of one batch; compiled once and called by every phase), the two updates,
-  and for the second-order methods the virtual step and the Hessian-vector product.
-  On XLA:CPU one program of a whole second-order step compiles for 10+ minutes and holds
-  the buffers of its three gradient passes at once; for `first`, split cuts the compile
-  time by about 40 % (one gradient program instead of two) for slower architecture steps,
-  which then also compute the weight gradient (BUILD_NOTES.md).
+  `Execution(jit=False)` returns the pure steps. Jitted, each is one program, unless
+  `execution.split(order)`: then the step runs as a handful of jitted programs, each
+  compiled ahead of its first call with the compiler's freed memory given back
+  (`utils.compile_then_trim`): the gradient program (w and alpha gradients of one batch;
+  compiled once and called by every phase), the two updates, and for the second-order
+  methods the virtual step and the Hessian-vector product. Split steps share their
+  programs. On XLA:CPU one program of a whole second-order step compiles for 10+ minutes
+  and holds the buffers of its three gradient passes at once; for `first`, split cuts
+  the compile time by about 40 % (one gradient program instead of two) for slower
+  architecture steps, which then also compute the weight gradient (BUILD_NOTES.md).
 
   Returns:
     (step, warmup_step), each f(state, batch_train, batch_val) -> (state, metrics),
     `state` donated; metrics is a flat dict of f32[] scalars.
   """
-  if split is None:
-    split = jit and order != "first"
-  kwargs = dict(order=order, w_lr=w_lr, momentum=momentum, weight_decay=weight_decay,
-                fd_r=fd_r, dtype=dtype, hvp_remat=hvp_remat, arch_objective=arch_objective,
-                tau=tau)
+  split = execution.split(hypergrad.order)
+  kwargs = dict(hypergrad=hypergrad, arch_loss=arch_loss, relaxation=relaxation,
+                perturb=perturb, task_loss=task_loss, dtype=execution.dtype)
   if split:
     arch_step, weight_step = make_phase_steps(graphdef, w_tx, a_tx,
-                                              piece=split_piece(shardings), **kwargs)
+                                              piece=split_piece(execution.shardings),
+                                              **kwargs)
   else:
     arch_step, weight_step = make_phase_steps(graphdef, w_tx, a_tx, **kwargs)
 
@@ -439,9 +494,9 @@ def make_search_steps(graphdef, w_tx: optax.GradientTransformation,
     del batch_val
     return weight_step(state, batch_train)
 
-  if not jit or split:
+  if not execution.jit or split:
     return step, warmup_step
-  return tuple(jax.jit(f, donate_argnums=0, **_jit_shardings(shardings, 2))
+  return tuple(jax.jit(f, donate_argnums=0, **_jit_shardings(execution.shardings, 2))
                for f in (step, warmup_step))
 
 

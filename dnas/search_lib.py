@@ -12,7 +12,8 @@ import numpy as np
 import tqdm
 from flax import nnx
 
-from dnas import bilevel, config as config_lib, latency_lib, loop, parallel, plotting, spaces, utils
+from dnas import (bilevel, config as config_lib, hypergrad, latency_lib, loop, parallel,
+                  plotting, relaxation, spaces, utils)
 from dnas.checkpoint import Checkpointer
 from dnas.data.pipeline import get_dataset, make_augment, make_batches, search_splits
 from dnas.utils import evaluate
@@ -137,17 +138,20 @@ def _search(config, workdir, progress, resume, preemption):
           file=sys.stderr)
   dtype = utils.compute_dtype(config)
   latency = latency_setup(config, info, workdir)
-  step_kwargs = dict(order=s.order, w_lr=schedule, momentum=s.momentum,
-                     weight_decay=s.weight_decay, fd_r=s.fd_r, shardings=shardings, dtype=dtype,
-                     hvp_remat=s.hvp_remat, split=bilevel.PROGRAMS[s.programs],
-                     arch_objective=latency and make_arch_objective(config, latency[1]),
-                     tau=(bilevel.per_epoch_anneal(s.tau_start, s.tau_end, s.epochs,
-                                                   steps_per_epoch, s.tau_anneal)
-                          if s.relaxation == "gumbel" else None))
+  # What the steps compute: DARTS's hypergradient with the reference's virtual step (the
+  # weight optimiser without its clipping), the latency objective, the relaxation.
+  hg = hypergrad.from_order(s.order, bilevel.make_w_tx(schedule, s.momentum, s.weight_decay,
+                                                       grad_clip=None),
+                            fd_r=s.fd_r, remat=s.hvp_remat)
+  objective = latency and make_arch_objective(config, latency[1])
   # Epochs before `arch_start_epoch` train the weights only (PC-DARTS's warm-up); each
   # step is compiled on its first use (split steps share their programs).
-  search_step, warmup_step = map(utils.compile_then_trim,
-                                 bilevel.make_search_steps(graphdef, w_tx, a_tx, **step_kwargs))
+  search_step, warmup_step = map(utils.compile_then_trim, bilevel.make_search_steps(
+      graphdef, w_tx, a_tx, hypergrad=hg, arch_loss=objective and bilevel.arch_loss(objective),
+      relaxation=(relaxation.gumbel(bilevel.per_epoch_anneal(
+          s.tau_start, s.tau_end, s.epochs, steps_per_epoch, s.tau_anneal))
+                  if s.relaxation == "gumbel" else relaxation.softmax()),
+      execution=bilevel.Execution(programs=s.programs, shardings=shardings, dtype=dtype)))
   eval_step = utils.compile_then_trim(bilevel.make_eval_step(
       graphdef_eval, shardings=shardings, dtype=dtype))
   augment = make_augment(info, crop_padding=config.data.crop_padding, flip=config.data.flip)

@@ -32,7 +32,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from dnas import bilevel, parallel, search_lib, utils
+from dnas import bilevel, hypergrad, parallel, search_lib, utils
 
 _CONFIG = config_flags.DEFINE_config_file("config", "dnas/configs/cifar10_darts.py", "Config.")
 _ORDERS = flags.DEFINE_list("orders", ["first"], "Orders to time.")
@@ -93,10 +93,10 @@ def bench(config, order, steps, image, num_classes, dtype, devices=0):
   w_tx = bilevel.make_w_tx(schedule, s.momentum, s.weight_decay, s.grad_clip)
   a_tx = bilevel.make_a_tx(s.a_lr, s.a_b1, s.a_b2, s.a_weight_decay)
   graphdef, state = bilevel.init_search_state(net, w_tx, a_tx, jax.random.key(0))
-  hvp_remat = s.get("hvp_remat", False)
+  hvp_remat = s.hvp_remat
   split = {"auto": order != "first", "one": False, "split": True}[_PROGRAMS.value]
   bt, bv = batch(), batch()
-  out = dict(method=config.get("method", "darts"), order=order, dtype=dtype,
+  out = dict(method=config.method, order=order, dtype=dtype,
              device=jax.devices()[0].device_kind,
              devices=devices or 1, batch=s.batch_size, image=list(image), C=m.C,
              layers=m.layers, remat=m.remat, hvp_remat=hvp_remat, split=split)
@@ -108,12 +108,13 @@ def bench(config, order, steps, image, num_classes, dtype, devices=0):
     bt, bv = (parallel.put_batch(jax.device_get(b), mesh) for b in (bt, bv))
     jit = {"arch": bilevel._jit_shardings(shardings, 2),
            "weight": bilevel._jit_shardings(shardings, 1)}
-  phase_kwargs = dict(order=order, w_lr=schedule, momentum=s.momentum,
-                      weight_decay=s.weight_decay, fd_r=s.fd_r, dtype=utils.DTYPES[dtype],
-                      hvp_remat=hvp_remat)
+  hg = hypergrad.from_order(order, bilevel.make_w_tx(schedule, s.momentum, s.weight_decay,
+                                                     grad_clip=None),
+                            fd_r=s.fd_r, remat=hvp_remat)
+  phase_kwargs = dict(hypergrad=hg, dtype=utils.DTYPES[dtype])
   compiled = {}
   if split:
-    # The phases run as separate programs (`make_search_step(split=True)`), each compiled
+    # The phases run as separate programs (`Execution(programs="split")`), each compiled
     # ahead of its first call and trimmed: the first call is trace + compile + one run.
     arch_step, weight_step = bilevel.make_phase_steps(
         graphdef, w_tx, a_tx, piece=bilevel.split_piece(shardings if devices else None,

@@ -19,7 +19,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from dnas import bilevel, parallel, utils  # noqa: E402
+from dnas import bilevel, hypergrad, parallel, utils  # noqa: E402
 from dnas.spaces import darts  # noqa: E402
 
 
@@ -38,8 +38,9 @@ def run(order, mesh, dtype, batch_pair, fsdp_min_size=2**14):
   shardings = (parallel.state_shardings(state, mesh, fsdp_min_size),
                parallel.batch_sharding(mesh))
   state = parallel.put_state(state, shardings[0])
-  step = bilevel.make_search_step(graphdef, w_tx, a_tx, order=order, w_lr=0.05,
-                                  shardings=shardings)
+  hg = hypergrad.from_order(order, bilevel.make_w_tx(0.05, grad_clip=None))
+  step = bilevel.make_search_step(graphdef, w_tx, a_tx, hypergrad=hg,
+                                  execution=bilevel.Execution(shardings=shardings))
   bt, bv = ({"image": b["image"].astype(dtype), "label": b["label"]} for b in batch_pair)
   state, metrics = step(state, parallel.put_batch(bt, mesh), parallel.put_batch(bv, mesh))
   sharded = sum(not s.is_fully_replicated for s in jax.tree.leaves(shardings[0]))

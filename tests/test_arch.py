@@ -167,15 +167,16 @@ def test_sampled_mixed_op_runs_only_the_sampled_op():
 
 def test_gumbel_search_step_moves_alphas():
   # Hard sampling (the soft one differs only by the weights, tested above).
-  from dnas import bilevel
+  from dnas import bilevel, relaxation
   from dnas.spaces import darts
   for hard in (True,):
     net = darts.Network(2, 3, 2, steps=1, multiplier=1, stem_multiplier=1, in_channels=1,
                         relaxation="gumbel", gumbel_hard=hard, rngs=nnx.Rngs(0))
     w_tx, a_tx = bilevel.make_w_tx(0.05), bilevel.make_a_tx(lr=0.01)
     graphdef, state = bilevel.init_search_state(net, w_tx, a_tx, jax.random.key(1))
-    step = jax.jit(bilevel.make_search_step(graphdef, w_tx, a_tx, order="first", w_lr=0.05,
-                                            tau=lambda _: 1.0, jit=False))
+    step = jax.jit(bilevel.make_search_step(
+        graphdef, w_tx, a_tx, relaxation=relaxation.gumbel(lambda _: 1.0),
+        execution=bilevel.Execution(jit=False)))
     rng = np.random.default_rng()
     batch = lambda: dict(image=jnp.asarray(rng.standard_normal((4, 6, 6, 1)), jnp.float32),
                          label=jnp.asarray(rng.integers(0, 3, 4), jnp.int32))

@@ -13,10 +13,11 @@ import jax.extend
 import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
-from dnas import bilevel, utils
+from dnas import bilevel, hypergrad, utils
 from dnas.spaces import darts
 
 N, H = 4, 6
@@ -41,10 +42,9 @@ def parts():
 @pytest.fixture(scope="module")
 def setup(parts):
   graphdef, state, w_tx, a_tx, schedule = parts
-  arch_step, weight_step = bilevel.make_phase_steps(graphdef, w_tx, a_tx, order="first",
-                                                    w_lr=schedule)
-  search_step = bilevel.make_search_step(graphdef, w_tx, a_tx, order="first", w_lr=schedule,
-                                         jit=False)
+  arch_step, weight_step = bilevel.make_phase_steps(graphdef, w_tx, a_tx)
+  search_step = bilevel.make_search_step(graphdef, w_tx, a_tx,
+                                         execution=bilevel.Execution(jit=False))
   return state, jax.jit(arch_step), jax.jit(weight_step), jax.jit(search_step)
 
 
@@ -91,8 +91,8 @@ def test_first_order_split_shares_one_gradient_program(parts, setup):
   # search.programs=split: both phases call one compiled gradient program (the arch
   # step reads its alpha gradient, the weight step its weight gradient); same step.
   graphdef, state, w_tx, a_tx, schedule = parts
-  split, warmup = bilevel.make_search_steps(graphdef, w_tx, a_tx, order="first",
-                                            w_lr=schedule, split=True)
+  split, warmup = bilevel.make_search_steps(graphdef, w_tx, a_tx,
+                                            execution=bilevel.Execution(programs="split"))
   rng = np.random.default_rng()
   bt, bv = _batch(rng), _batch(rng)
   want, m_want = setup[3](state, bt, bv)
@@ -117,8 +117,8 @@ def test_bfloat16_activations_float32_state(parts, setup):
   params16 = jax.tree.map(lambda x: x.astype(jnp.bfloat16), state.params)
   forward = lambda p, x: nnx.merge(graphdef, p, state.alphas, state.batch_stats, copy=True)(x)
   assert jax.eval_shape(forward, params16, bt["image"].astype(jnp.bfloat16)).dtype == jnp.bfloat16
-  step16 = jax.jit(bilevel.make_search_step(graphdef, w_tx, a_tx, order="first", w_lr=schedule,
-                                            dtype=jnp.bfloat16, jit=False))
+  step16 = jax.jit(bilevel.make_search_step(
+      graphdef, w_tx, a_tx, execution=bilevel.Execution(jit=False, dtype=jnp.bfloat16)))
   results = {jnp.float32: step32(state, bt, bv), jnp.bfloat16: step16(state, bt, bv)}
   (s32, m32), (s16, m16) = results[jnp.float32], results[jnp.bfloat16]
   for leaf in jax.tree.leaves((s16.params, s16.alphas, s16.batch_stats, s16.w_opt_state,
@@ -152,14 +152,17 @@ def test_gumbel_temperature_anneals_per_epoch():
 
 def test_unknown_order():
   with pytest.raises(ValueError, match=r"unknown order 'third'; valid orders: first, second"):
-    bilevel.make_arch_grad_fn(None, order="third", w_lr=0.1)
+    hypergrad.from_order("third")
+  with pytest.raises(ValueError, match="needs the virtual step's optimiser"):
+    bilevel.make_arch_grad_fn(None, hypergrad.Hypergradient("second"))
 
 
 HYPERGRAD_SCRIPT = textwrap.dedent("""
     import json
     import jax, jax.numpy as jnp, numpy as np
     from flax import nnx
-    from dnas import bilevel, utils
+    import optax
+    from dnas import bilevel, hypergrad, utils
     from dnas.spaces import darts
     assert jax.config.jax_enable_x64
     f64 = lambda t: jax.tree.map(lambda x: x.astype(jnp.float64)
@@ -176,24 +179,27 @@ HYPERGRAD_SCRIPT = textwrap.dedent("""
     graphdef, state = bilevel.init_search_state(net, w_tx, a_tx, jax.random.key(0))
     state = f64(state)
     # One real weight step so that the momentum buffer in the virtual step is non-zero.
-    _, weight_step = bilevel.make_phase_steps(graphdef, w_tx, a_tx, order="first", w_lr=0.1)
+    _, weight_step = bilevel.make_phase_steps(graphdef, w_tx, a_tx)
     state, _ = jax.jit(weight_step)(state, batch())
     bt, bv = batch(), batch()
-    exact, exact_stats, _ = jax.jit(bilevel.make_arch_grad_fn(graphdef, order="second",
-                                                               w_lr=0.1))(state, bt, bv)
+    # The virtual step: the weight optimiser's own update, without its clipping.
+    virtual_tx = bilevel.make_w_tx(0.1, grad_clip=None)
+    exact, exact_stats, _ = jax.jit(bilevel.make_arch_grad_fn(
+        graphdef, hypergrad.unrolled(virtual_tx)))(state, bt, bv)
     # Eq. 8 with a small difference step: at the reference's r=0.01 the perturbation
     # crosses ReLU/max-pool kinks of this 2-channel net (BUILD_NOTES.md).
-    fd = jax.jit(bilevel.make_arch_grad_fn(graphdef, order="second_fd", w_lr=0.1,
-                                           fd_r=1e-5))(state, bt, bv)[0]
-    first = jax.jit(bilevel.make_arch_grad_fn(graphdef, order="first", w_lr=0.1))(state, bt, bv)[0]
-    # The unrolled validation loss f(alpha) = L_val(w - eta (mu buf + grad L_train + wd w), alpha).
+    fd = jax.jit(bilevel.make_arch_grad_fn(
+        graphdef, hypergrad.unrolled(virtual_tx, hvp="fd", fd_r=1e-5)))(state, bt, bv)[0]
+    first = jax.jit(bilevel.make_arch_grad_fn(graphdef, hypergrad.first_order()))(state, bt, bv)[0]
+    # The unrolled validation loss f(alpha) = L_val(w - eta (mu buf + grad L_train + wd w),
+    # alpha), written out by hand (DARTS Eq. 6 with the reference's momentum SGD).
     loss_fn = bilevel.make_loss_fn(graphdef)
-    trace = bilevel._trace(state.w_opt_state)
+    trace = optax.tree_utils.tree_get(state.w_opt_state, "trace")
     @jax.jit
     def f(alphas):
-      g = jax.grad(lambda w: loss_fn(w, alphas, state.batch_stats, bt)[0])(state.params)
+      g = jax.grad(lambda w: loss_fn(w, alphas, state.batch_stats, bt, {})[0])(state.params)
       w2 = jax.tree.map(lambda w, gw, m: w - 0.1 * (0.9 * m + gw + 3e-4 * w), state.params, g, trace)
-      return loss_fn(w2, alphas, state.batch_stats, bv)[0]
+      return loss_fn(w2, alphas, state.batch_stats, bv, {})[0]
     flat, unravel = jax.flatten_util.ravel_pytree(state.alphas)
     eps = 1e-6
     central = np.array([(f(unravel(flat + eps * e)) - f(unravel(flat - eps * e))) / (2 * eps)
@@ -209,8 +215,9 @@ HYPERGRAD_SCRIPT = textwrap.dedent("""
     expected = state._replace(alphas=jax.tree.map(jnp.add, state.alphas, updates),
                               batch_stats=exact_stats, a_opt_state=a_opt_state)
     expected, _ = jax.jit(weight_step)(expected, bt)
-    split = bilevel.make_search_step(graphdef, w_tx, a_tx, order="second", w_lr=0.1,
-                                     hvp_remat=True)
+    split = bilevel.make_search_step(
+        graphdef, w_tx, a_tx, hypergrad=hypergrad.unrolled(virtual_tx, remat=True),
+        execution=bilevel.Execution(programs="split"))
     got, _ = split(jax.tree.map(jnp.copy, state), bt, bv)  # donated
     split_vs_whole = max(rel(np.ravel(a), np.ravel(b)) if np.any(b) else float(np.max(np.abs(a)))
                          for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected))
@@ -268,11 +275,94 @@ def test_second_fd_perturbed_passes_use_full_float32_matmuls(parts):
     return call
 
   rng = np.random.default_rng()
-  arch_grad = bilevel.make_arch_grad_fn(graphdef, order="second_fd", w_lr=0.1,
-                                        piece=recording_piece)
+  arch_grad = bilevel.make_arch_grad_fn(
+      graphdef, hypergrad.unrolled(bilevel.make_w_tx(0.1, grad_clip=None), hvp="fd"),
+      piece=recording_piece)
   jax.make_jaxpr(arch_grad)(state, _batch(rng), _batch(rng))  # traced, not run
   highest = jax.lax.Precision.HIGHEST
   fd = _precisions(jaxprs["fd_alpha_grad"])
   assert fd and all(p == (highest, highest) for _, p in fd), fd
   # The ordinary gradient passes keep the backend's default (on GPU: TF32, fast).
   assert any(p is None for _, p in _precisions(jaxprs["grads"]))
+
+
+def test_virtual_step_is_the_weight_optimisers_own_update():
+  # DARTS Eq. 6 with the reference's momentum SGD, and the transpose of its update in g.
+  rng = np.random.default_rng()
+  tree = lambda: {"a": jnp.asarray(rng.standard_normal((3, 2)), jnp.float32),
+                  "b": jnp.asarray(rng.standard_normal(4), jnp.float32)}
+  w, g, v = tree(), tree(), tree()
+  lr, mu, wd = 0.1, 0.9, 3e-4
+  clipped = bilevel.make_w_tx(lr, mu, wd, grad_clip=0.01)
+  virtual_tx = bilevel.make_w_tx(lr, mu, wd, grad_clip=None)
+  opt_state = clipped.init(w)
+  _, opt_state = clipped.update(tree(), opt_state, w)  # a non-zero momentum buffer
+  buf = optax.tree_utils.tree_get(opt_state, "trace")
+  got = hypergrad.virtual_step(virtual_tx, w, g, opt_state)  # no clipping, same state
+  want = jax.tree.map(lambda w, g, m: w - lr * (mu * m + g + wd * w), w, g, buf)
+  chex.assert_trees_all_close(got, want, rtol=1e-6)
+  chex.assert_trees_all_close(hypergrad.update_transpose(virtual_tx, w, g, opt_state, v),
+                              jax.tree.map(lambda x: -lr * x, v), rtol=1e-6)
+  # Any differentiable update: Adam's transpose is its Jacobian's, applied to v.
+  adam = optax.adam(0.01)
+  s = adam.update(tree(), adam.init(w), w)[1]
+  flat_g, unravel = jax.flatten_util.ravel_pytree(g)
+  jac = jax.jacobian(lambda fg: jax.flatten_util.ravel_pytree(
+      adam.update(unravel(fg), s, w)[0])[0])(flat_g)
+  got = jax.flatten_util.ravel_pytree(hypergrad.update_transpose(adam, w, g, s, v))[0]
+  np.testing.assert_allclose(got, jac.T @ jax.flatten_util.ravel_pytree(v)[0], rtol=1e-5,
+                             atol=1e-8)
+
+
+def test_arch_loss_adds_terms_and_objective(parts):
+  # The architecture loss as a composition: objective(ce) plus terms on alpha; its
+  # gradient adds the terms' (here 2 c alpha) to the task loss's.
+  graphdef, state, *_ = parts
+  rng = np.random.default_rng()
+  bt, bv = _batch(rng), _batch(rng)
+  c = 0.3
+  term = lambda alphas, step: (c * optax.tree.norm(alphas, squared=True), {"a_l2": step})
+  plain = jax.jit(bilevel.make_arch_grad_fn(graphdef, hypergrad.first_order()))
+  with_term = jax.jit(bilevel.make_arch_grad_fn(
+      graphdef, hypergrad.first_order(),
+      arch_loss=bilevel.arch_loss(lambda ce, a: (2.0 * ce, {}), term)))
+  (d0, _, m0), (d1, _, m1) = plain(state, bt, bv), with_term(state, bt, bv)
+  chex.assert_trees_all_close(d1, jax.tree.map(lambda d, a: 2.0 * d + 2 * c * a, d0,
+                                               state.alphas), rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(m1["a_objective"], 2.0 * m0["a_loss"] + c * optax.tree.norm(
+      state.alphas, squared=True), rtol=1e-5)
+  assert int(m1["a_l2"]) == int(state.step)
+
+
+def test_weight_step_sees_the_perturbed_alphas(parts, setup):
+  # SDARTS's hook: the weight step's forward pass uses perturb(alphas); the state keeps its
+  # alphas. The perturbation here is one signed-gradient step of the weight loss in
+  # alpha (adversarial, as SDARTS-ADV's inner step), so alpha_grad is exercised too.
+  graphdef, state, w_tx, a_tx, _ = parts
+  rng = np.random.default_rng()
+  bt = _batch(rng)
+  grads = bilevel.make_grads_fn(graphdef)
+  eps = 0.5
+
+  def perturb(alphas, key, step, alpha_grad):
+    del key, step
+    return jax.tree.map(lambda a, g: a + eps * jnp.sign(g), alphas, alpha_grad(alphas))
+  _, weight_step = bilevel.make_phase_steps(graphdef, w_tx, a_tx, perturb=perturb)
+  got, m_got = jax.jit(weight_step)(state, bt)
+  d_alpha = jax.jit(grads)(state.params, state.alphas, state.batch_stats, bt, {})[4]
+  shifted = jax.tree.map(lambda a, g: a + eps * jnp.sign(g), state.alphas, d_alpha)
+  want, m_want = setup[2](state._replace(alphas=shifted), bt)  # the plain weight step
+  chex.assert_trees_all_equal(got.alphas, state.alphas)
+  chex.assert_trees_all_close(got.params, want.params, rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(m_got["w_loss"], m_want["w_loss"], rtol=1e-6)
+
+
+def test_execution_splits_second_order_on_cpu_only():
+  ex = bilevel.Execution()
+  assert jax.default_backend() == "cpu"
+  assert (ex.split("first"), ex.split("second"), ex.split("second_fd")) == (False, True, True)
+  assert not bilevel.Execution(programs="one").split("second")
+  assert bilevel.Execution(programs="split").split("first")
+  assert not bilevel.Execution(jit=False, programs="split").split("second")
+  with pytest.raises(ValueError, match="programs 'many' is unknown"):
+    bilevel.Execution(programs="many").split("first")

@@ -166,8 +166,8 @@ def test_large_latency_weight_prefers_cheap_ops():
   graphdef, state = bilevel.init_search_state(net, w_tx, a_tx, jax.random.key(0))
   arch_objective = lambda ce, alphas: ((lambda lat: (objective(ce, lat), {"a_latency_ms": lat}))
                                        (expected.of_state(alphas)))
-  arch_step, _ = bilevel.make_phase_steps(graphdef, w_tx, a_tx, order="first", w_lr=0.05,
-                                          arch_objective=arch_objective)
+  arch_step, _ = bilevel.make_phase_steps(graphdef, w_tx, a_tx,
+                                          arch_loss=bilevel.arch_loss(arch_objective))
   arch_step = jax.jit(arch_step)
   rng = np.random.default_rng()
   batch = lambda: dict(image=jnp.asarray(rng.standard_normal((4, 6, 6, 1)), jnp.float32),

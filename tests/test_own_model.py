@@ -111,7 +111,7 @@ def test_linen_module_as_candidate_op():
   nnx.bridge.lazy_init(model, x)
   w_tx, a_tx = bilevel.make_w_tx(0.1), bilevel.make_a_tx(lr=0.01)
   graphdef, state = bilevel.init_search_state(model, w_tx, a_tx, jax.random.key(0))
-  step = bilevel.make_search_step(graphdef, w_tx, a_tx, order="first", w_lr=0.1)
+  step = bilevel.make_search_step(graphdef, w_tx, a_tx)  # first order
   batch = dict(image=x, label=jnp.arange(4) % 10)
   new, metrics = step(jax.tree.map(jnp.copy, state), batch, batch)
   linen_kernel = ("mixed", "ops", 0, "kernel")
@@ -172,7 +172,7 @@ def test_sown_intermediates_and_nested_mixed_ops():
   model(x)  # leaves an nnx.Intermediate in the model, which the steps do not carry
   w_tx, a_tx = bilevel.make_w_tx(0.1), bilevel.make_a_tx(lr=0.01)
   graphdef, state = bilevel.init_search_state(model, w_tx, a_tx, jax.random.key(0))
-  step = bilevel.make_search_step(graphdef, w_tx, a_tx, order="first", w_lr=0.1)
+  step = bilevel.make_search_step(graphdef, w_tx, a_tx)
   batch = dict(image=x, label=jnp.arange(4))
   new, metrics = step(state, batch, batch)
   assert np.isfinite(metrics["a_loss"]) and int(new.step) == 1

@@ -1,0 +1,35 @@
+"""scripts/device_check.py, the one-shot GPU/TPU check, run on CPU with tiny shapes: every
+case runs and reports its figures (the lent device runs the same code at full size)."""
+
+import json
+import os
+import subprocess
+import sys
+
+from tests import cli_helpers
+
+
+def test_device_check_runs_every_case_on_cpu(tmp_path):
+  out_file = tmp_path / "check.jsonl"
+  out = subprocess.run([sys.executable, os.path.join("scripts", "device_check.py"), "--tiny",
+                        "--steps=2", f"--out={out_file}"], cwd=cli_helpers.ROOT,
+                       env=cli_helpers.env(), capture_output=True, text=True, timeout=900)
+  assert out.returncode == 0, out.stderr[-3000:]
+  lines = [json.loads(l) for l in out.stdout.splitlines() if l.startswith("{")]
+  assert [json.loads(l) for l in out_file.read_text().splitlines()] == lines
+  header, *cases = lines
+  assert header["backend"] == "cpu" and header["tiny"]
+  assert [c["case"] for c in cases] == ["first", "retrain", "second_fd", "second", "bf16",
+                                        "pc_darts", "digits"]
+  for c in cases:
+    assert "error" not in c and "skipped" not in c, c
+    if c["case"] != "digits":
+      assert c["compile_s"] > 0 and c["step_s"] > 0 and c["host_ms"] > 0, c
+      assert c["pipelined_step_s"] > 0 and c["images_s"] > 0, c
+  assert {c["case"]: c.get("order") for c in cases}["second_fd"] == "second_fd"
+  assert {c["case"]: c.get("dtype") for c in cases}["bf16"] == "bfloat16"
+  assert cases[-1]["valid_acc"] >= 0 and cases[-1]["wall_s"] > 0
+  bad = subprocess.run([sys.executable, os.path.join("scripts", "device_check.py"),
+                        "--cases=first,third"], cwd=cli_helpers.ROOT, env=cli_helpers.env(),
+                       capture_output=True, text=True, timeout=120)
+  assert bad.returncode == 2 and "unknown case 'third'" in bad.stderr
