@@ -186,3 +186,7 @@ class NetworkImageNet(_Network):
   def _stem(self, x):
     s0 = self.stem0(x)
     return s0, self.stem1(s0)
+
+
+# The final networks by `config.train.network`.
+NETWORKS = {"cifar": NetworkCIFAR, "imagenet": NetworkImageNet}

@@ -24,9 +24,6 @@ from dnas.spaces.darts import final
 from dnas.spaces.darts.genotypes import Genotype
 from dnas.spaces.darts.ops import FactorizedReduce, ReLUConvBN, batch_norm, conv2d, linear, make_op
 
-NETWORKS = ("cifar", "imagenet")
-
-
 def _half(hw):
   return tuple(math.ceil(v / 2) for v in hw)
 
@@ -72,8 +69,8 @@ def final_layout(network: str, C: int, layers: int, image: tuple[int, int, int],
                  num_classes: int, *, steps: int = 4, multiplier: int = 4,
                  stem_multiplier: int = 3) -> Layout:
   """The shapes `NetworkCIFAR` / `NetworkImageNet` meet (same bookkeeping as `final`)."""
-  if network not in NETWORKS:
-    raise ValueError(f"network {network!r} is unknown; valid: {', '.join(NETWORKS)}")
+  if network not in final.NETWORKS:
+    raise ValueError(f"network {network!r} is unknown; valid: {', '.join(final.NETWORKS)}")
   hw = tuple(image[:2])
   if network == "cifar":
     C_pp = C_p = stem_multiplier * C

@@ -9,12 +9,9 @@ import numpy as np
 from flax import nnx
 
 from dnas.spaces.darts import draw, genotypes, latency
-from dnas.spaces.darts.final import NetworkCIFAR, NetworkImageNet
+from dnas.spaces.darts.final import NETWORKS
 from dnas.spaces.darts.ops import PRIMITIVES
 from dnas.spaces.darts.search import Network
-
-NETWORKS = {"cifar": NetworkCIFAR, "imagenet": NetworkImageNet}
-
 
 def _get(alphas, key):
   return np.asarray(alphas[key].get_value()) if key in alphas else None
