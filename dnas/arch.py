@@ -23,8 +23,6 @@ from flax import nnx
 # How op weights come from alphas: softmax (DARTS) or Gumbel-softmax samples (FBNet, GDAS).
 RELAXATIONS = ("softmax", "gumbel")
 
-# While `mixed_op_inputs` traces a model: the (MixedOp, input shape) of each call.
-_RECORDING: list | None = None
 
 
 class ArchParam(nnx.Variable):
@@ -105,8 +103,6 @@ class MixedOp(nnx.Module):
     Returns:
       The weighted sum of the op outputs.
     """
-    if _RECORDING is not None:
-      _RECORDING.append((self, jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x))))
     if sampled and weights is None:
       raise ValueError("MixedOp(sampled=True) needs one-hot `weights` (gumbel_softmax(..., "
                        "hard=True))")
@@ -216,30 +212,6 @@ def discretize(model: nnx.Module, picks: dict[str, int] | None = None) -> nnx.Mo
     else:
       setattr(parent, last, ops[name].ops[k])
   return model
-
-
-def mixed_op_inputs(model: nnx.Module, *example) -> dict[str, jax.ShapeDtypeStruct]:
-  """Input shape and dtype of each MixedOp of `model` (`mixed_ops`) when it is called on
-  `example` (arrays or `jax.ShapeDtypeStruct`s; traced abstractly, nothing runs)."""
-  graphdef, state = nnx.split(model)
-  seen = {}
-
-  def forward(state, *xs):
-    global _RECORDING
-    m = nnx.merge(graphdef, state)
-    paths = {id(op): path for path, op in mixed_ops(m).items()}
-    _RECORDING = []
-    try:
-      out = m(*xs)
-      for op, shape in _RECORDING:
-        if id(op) in paths:
-          seen.setdefault(paths[id(op)], shape)
-    finally:
-      _RECORDING = None
-    return out
-
-  jax.eval_shape(forward, state, *example)
-  return seen
 
 
 def gumbel_softmax(key: jax.Array, logits: jax.Array, tau, hard: bool = False) -> jax.Array:

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from dnas import autodiff, hypergrad as hypergrad_lib, relaxation as relaxation_lib, utils
+from dnas import autodiff, cpu, hypergrad as hypergrad_lib, relaxation as relaxation_lib, utils
 from dnas.arch import ArchParam
 from dnas.hypergrad import ORDERS  # noqa: F401  (re-exported)
 
@@ -174,7 +174,7 @@ def cross_entropy_loss(model, batch: dict, inputs: dict) -> tuple[jax.Array, jax
 
 def arch_loss(objective: Callable | None = None, *terms: Callable) -> Callable:
   """The architecture loss (ce, alphas, step) -> (loss, metrics): `objective(ce, alphas)
-  -> (loss, metrics)` of the task loss ce (e.g. `latency_lib.arch_objective`; default:
+  -> (loss, metrics)` of the task loss ce (e.g. `latency.arch_objective`; default:
   ce), plus each additive term `term(alphas, step) -> (f32[], metrics)` (regularisers
   on the architecture)."""
   def loss_fn(ce, alphas, step):
@@ -463,7 +463,7 @@ def make_search_steps(graphdef, w_tx: optax.GradientTransformation,
   `Execution(jit=False)` returns the pure steps. Jitted, each is one program, unless
   `execution.split(order)`: then the step runs as a handful of jitted programs, each
   compiled ahead of its first call with the compiler's freed memory given back
-  (`utils.compile_then_trim`): the gradient program (w and alpha gradients of one batch;
+  (`cpu.compile_then_trim`): the gradient program (w and alpha gradients of one batch;
   compiled once and called by every phase), the two updates, and for the second-order
   methods the virtual step and the Hessian-vector product. Split steps share their
   programs. On XLA:CPU one program of a whole second-order step compiles for 10+ minutes
@@ -496,7 +496,7 @@ def make_search_steps(graphdef, w_tx: optax.GradientTransformation,
 
   if not execution.jit or split:
     return step, warmup_step
-  return tuple(jax.jit(f, donate_argnums=0, **_jit_shardings(execution.shardings, 2))
+  return tuple(jax.jit(f, donate_argnums=0, **jit_shardings(execution.shardings, 2))
                for f in (step, warmup_step))
 
 
@@ -519,11 +519,11 @@ def split_piece(shardings=None, donate: bool = True):
       if shardings is not None:
         replicated = jax.sharding.NamedSharding(shardings[1].mesh, jax.sharding.PartitionSpec())
         kwargs["out_shardings"] = (shardings[0], replicated)
-    return utils.compile_then_trim(jax.jit(fn, **kwargs))
+    return cpu.compile_then_trim(jax.jit(fn, **kwargs))
   return piece
 
 
-def _jit_shardings(shardings, num_batches):
+def jit_shardings(shardings, num_batches):
   """in/out shardings of f(state, *batches) -> (state, replicated metrics)."""
   if shardings is None:
     return {}

@@ -10,7 +10,7 @@ from ml_collections import config_flags
 from dnas import loop, parallel, utils
 from dnas.config import ConfigError
 from dnas.data.pipeline import DataError
-from dnas.latency_lib import LatencyError
+from dnas.latency import LatencyError
 from dnas.spaces.base import ArchError
 
 USER_ERRORS = (ConfigError, DataError, ArchError, LatencyError)

@@ -1,6 +1,6 @@
 """Config validation: every user mistake becomes one ConfigError line, before compiling."""
 
-from dnas import bilevel, latency_lib, spaces, utils
+from dnas import bilevel, latency, selection, spaces, utils
 from dnas.arch import RELAXATIONS
 from dnas.data.pipeline import DATASETS
 
@@ -46,7 +46,9 @@ def validate(config, mode: str) -> None:
   non_negative(c, "data.crop_padding")
   non_negative(c, "max_steps_per_epoch")
   non_negative(c, "checkpoint.every_steps")
-  non_negative(c, "data.workers")
+  if isinstance(c["data.workers"], bool) or not isinstance(c["data.workers"], int) or c["data.workers"] < -1:
+    raise ConfigError(f"data.workers must be an integer >= -1 (-1: chosen for this host), got "
+                      f"{c['data.workers']!r}")
   positive(c, "data.image_size", int)
   non_negative(c, "mesh.devices")
   positive(c, "mesh.fsdp", int)
@@ -73,6 +75,9 @@ def validate(config, mode: str) -> None:
     if c["search.programs"] not in bilevel.PROGRAMS:
       raise ConfigError(f"search.programs {c['search.programs']!r} is unknown; valid: "
                         f"{', '.join(bilevel.PROGRAMS)}")
+    if c["search.selection"] not in selection.SELECTIONS:
+      raise ConfigError(f"search.selection {c['search.selection']!r} is unknown; valid: "
+                        f"{', '.join(selection.SELECTIONS)}")
     method = c["method"]
     if method not in METHODS:
       raise ConfigError(f"method {method!r} is unknown; valid: {', '.join(METHODS)}")
@@ -92,10 +97,10 @@ def validate(config, mode: str) -> None:
         raise ConfigError(f"search.tau_anneal {c['search.tau_anneal']!r} is unknown; valid: "
                           f"linear, exponential")
     try:
-      latency_lib.validate_settings(c["latency.objective"], c["latency.weight"],
+      latency.validate_settings(c["latency.objective"], c["latency.weight"],
                                     c["latency.fbnet_alpha"], c["latency.fbnet_beta"],
                                     c["latency.target_ms"])
-    except latency_lib.LatencyError as e:
+    except latency.LatencyError as e:
       raise ConfigError(str(e)) from None
     positive(c, "latency.batch_size", int)
     positive(c, "latency.repeats", int)

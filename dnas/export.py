@@ -26,7 +26,7 @@ import numpy as np
 from absl import flags
 from flax import nnx
 
-from dnas import checkpoint, cli, latency_lib, spaces, utils
+from dnas import checkpoint, cli, latency, spaces, utils
 from dnas.data.pipeline import dataset_info
 
 _TRAINED = flags.DEFINE_string("trained", None, "The `trained/` checkpoint of dnas.train.")
@@ -123,7 +123,7 @@ def main(argv):
     raise ExportError(f"--batch must be >= 0 and --repeats >= 1, got {_BATCH.value}, "
                       f"{_REPEATS.value}")
   net, config, genotype, info = load_trained(_TRAINED.value)
-  table = latency_lib.LatencyTable.load(_TABLE.value) if _TABLE.value else None
+  table = latency.LatencyTable.load(_TABLE.value) if _TABLE.value else None
   batch = _BATCH.value or (table.meta["batch_size"] if table else 1)
   dtype = config.dtype
   space = spaces.get(config.space)
@@ -154,7 +154,7 @@ def main(argv):
   x = jnp.asarray(np.random.default_rng(0).standard_normal(shape), jnp.float32)
   call = jax.jit(reloaded.call)
   diff = float(jnp.max(jnp.abs(call(x) - jax.jit(fn)(x))))
-  measured = latency_lib.time_call(call, x, repeats=_REPEATS.value)
+  measured = latency.time_call(call, x, repeats=_REPEATS.value)
   line = (f"reloaded: max |difference| to the model {diff:.2e}; measured latency "
           f"{measured['median']:.4f} ms (median of {_REPEATS.value}, batch {batch}, "
           f"{jax.devices()[0].device_kind})")

@@ -12,10 +12,11 @@ import numpy as np
 import tqdm
 from flax import nnx
 
-from dnas import (bilevel, config as config_lib, hypergrad, latency_lib, loop, parallel,
-                  plotting, relaxation, spaces, utils)
+from dnas import (bilevel, config as config_lib, cpu, hypergrad, latency as latency_lib, loop,
+                  parallel, plotting, relaxation, selection, spaces, utils)
 from dnas.checkpoint import Checkpointer
-from dnas.data.pipeline import get_dataset, make_augment, make_batches, search_splits
+from dnas.data.pipeline import (auto_workers, get_dataset, make_augment, make_batches,
+                                search_splits)
 from dnas.utils import evaluate
 
 
@@ -145,22 +146,36 @@ def _search(config, workdir, progress, resume, preemption):
                             fd_r=s.fd_r, remat=s.hvp_remat)
   objective = latency and make_arch_objective(config, latency[1])
   # Epochs before `arch_start_epoch` train the weights only (PC-DARTS's warm-up); each
-  # step is compiled on its first use (split steps share their programs).
-  search_step, warmup_step = map(utils.compile_then_trim, bilevel.make_search_steps(
+  # step is compiled on its first use (split steps share their programs). The loop
+  # carries the state as a flat list of leaves (`loop.Flat`).
+  execution = bilevel.Execution(programs=s.programs, shardings=shardings, dtype=dtype)
+  steps = bilevel.make_search_steps(
       graphdef, w_tx, a_tx, hypergrad=hg, arch_loss=objective and bilevel.arch_loss(objective),
       relaxation=(relaxation.gumbel(bilevel.per_epoch_anneal(
           s.tau_start, s.tau_end, s.epochs, steps_per_epoch, s.tau_anneal))
                   if s.relaxation == "gumbel" else relaxation.softmax()),
-      execution=bilevel.Execution(programs=s.programs, shardings=shardings, dtype=dtype)))
-  eval_step = utils.compile_then_trim(bilevel.make_eval_step(
+      execution=execution._replace(jit=False))
+  flat = loop.Flat(state)
+  if execution.split(s.order):
+    search_step, warmup_step = map(flat.wrap, steps)
+  else:
+    search_step, warmup_step = (cpu.compile_then_trim(flat.jit(
+        f, **bilevel.jit_shardings(shardings, 2))) for f in steps)
+  eval_step = cpu.compile_then_trim(bilevel.make_eval_step(
       graphdef_eval, shardings=shardings, dtype=dtype))
   augment = make_augment(info, crop_padding=config.data.crop_padding, flip=config.data.flip)
   make = functools.partial(make_batches, batch_size=s.batch_size, augment=augment,
-                           workers=config.data.workers, process=process)
+                           workers=auto_workers(config.data.workers), process=process)
+  pipelines = []
 
   def batches(epoch, start):
-    return zip(make(w_src, seed=config.seed, epoch=epoch, start=start),
-               make(a_src, seed=config.seed + 1, epoch=epoch, start=start))
+    # One pipeline per split for the rest of the run, so Grain's worker pools live across
+    # epochs; the loop asks at each epoch's start and takes steps_per_epoch batches.
+    if not pipelines:
+      run = dict(epoch=epoch, start=start, epochs=s.epochs, batches_per_epoch=steps_per_epoch)
+      pipelines.append(zip(make(w_src, seed=config.seed, **run),
+                           make(a_src, seed=config.seed + 1, **run)))
+    return pipelines[0]
 
   def step(state, inputs, epoch, i):
     del i
@@ -171,13 +186,16 @@ def _search(config, workdir, progress, resume, preemption):
                        steps_per_epoch=steps_per_epoch, every_steps=config.checkpoint.every_steps,
                        preemption=preemption, metrics_file="metrics.jsonl", progress=progress,
                        resumed=bool(found), phases={"a_": "architecture", "w_": "weight"},
-                       postfix_keys=("w_loss", "w_acc", "a_loss", "a_acc"))
+                       postfix_keys=("w_loss", "w_acc", "a_loss", "a_acc"), to_tree=flat.tree)
 
-  def end_epoch(state, epoch, means):
-    valid_loss, valid_acc = evaluate(
-        lambda b: parallel.to_host(eval_step(state.params, state.alphas, state.batch_stats,
-                                             parallel.put_batch(b, mesh))),
-        make(a_src, seed=0, epoch=0, train=False))
+  def evaluate_state(state):
+    return evaluate(lambda b: parallel.to_host(eval_step(
+        state.params, state.alphas, state.batch_stats, parallel.put_batch(b, mesh))),
+                    make(a_src, seed=0, epoch=0, train=False))
+
+  def end_epoch(leaves, epoch, means):
+    state = flat.tree(leaves)
+    valid_loss, valid_acc = evaluate_state(state)
     alphas = parallel.to_host(state.alphas)
     arch = space.derive(alphas, config)
     record = dict(means, epoch=epoch, lr=float(schedule(epoch * steps_per_epoch)),
@@ -200,10 +218,24 @@ def _search(config, workdir, progress, resume, preemption):
     spaces.save(space, space.from_dict(record["genotype"]),
                 os.path.join(workdir, "genotype.json"))
 
-  state = run.run(state, batches, step, end_epoch, written)
-  arch = space.from_dict(meta["records"][-1]["genotype"])
+  state = flat.tree(run.run(flat.leaves(state), batches, step, end_epoch, written))
+
+  def train(state, weight_batches):
+    leaves = flat.leaves(state)
+    for b in weight_batches:  # the warm-up step is the weight step (no batch_val read)
+      b = parallel.put_batch(b, mesh)
+      leaves, _ = warmup_step(leaves, b, b)
+    return flat.tree(leaves)
+
+  # After the search: the selection rule (argmax of alpha: the last epoch's architecture).
+  # It may train the state on, which donates it: the alphas to plot are read first.
+  final_alphas = parallel.to_host(state.alphas)
+  arch = selection.SELECTIONS[s.selection](selection.Context(
+      space=space, config=config, state=state, evaluate=evaluate_state, train=train,
+      weight_batches=lambda: make(w_src, seed=config.seed, epoch=s.epochs)))
   if run.primary:
-    groups = space.alpha_groups(parallel.to_host(state.alphas), config)
+    spaces.save(space, arch, os.path.join(workdir, "genotype.json"))
+    groups = space.alpha_groups(final_alphas, config)
     history = {g: [np.asarray(a) for a in meta["alphas"][g]] for g in groups}
     np.savez(os.path.join(workdir, "alphas.npz"), **{g: np.stack(h) for g, h in history.items()})
     plotting.plot_alphas(history, {g: ops for g, (_, ops) in groups.items()},

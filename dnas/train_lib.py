@@ -13,9 +13,9 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from dnas import bilevel, config as config_lib, loop, parallel, spaces, utils
+from dnas import bilevel, config as config_lib, cpu, loop, parallel, spaces, utils
 from dnas.checkpoint import Checkpointer, save_model
-from dnas.data.pipeline import get_dataset, make_augment, make_batches
+from dnas.data.pipeline import auto_workers, get_dataset, make_augment, make_batches
 from dnas.utils import count_params, evaluate
 
 
@@ -33,9 +33,9 @@ def smoothed_cross_entropy(logits: jax.Array, labels: jax.Array, smoothing: floa
 
 
 def make_train_step(graphdef, tx, *, auxiliary_weight: float, label_smoothing: float,
-                    shardings=None, dtype=None, apply=None):
+                    shardings=None, dtype=None, apply=None, jit: bool = True):
   """step(params, stats, opt_state, batch, key, drop_path_prob) -> (params, stats, opt_state,
-  metrics), jitted; params, stats and opt_state donated. `shardings`: ((params, stats,
+  metrics), jitted (unless `jit=False`); params, stats and opt_state donated. `shardings`: ((params, stats,
   opt_state) shardings, batch sharding) from `dnas.parallel`. `dtype`: the activations'
   dtype (weights cast where used, float32 logits, loss and gradients). `apply(net, x, *,
   key, drop_path_prob) -> (logits, auxiliary logits or None)`: how the space calls its
@@ -61,6 +61,8 @@ def make_train_step(graphdef, tx, *, auxiliary_weight: float, label_smoothing: f
     params = optax.apply_updates(params, updates)
     return params, stats, opt_state, dict(loss=loss, acc=bilevel.accuracy(logits, batch["label"]))
 
+  if not jit:
+    return step
   if shardings is None:
     return jax.jit(step, donate_argnums=(0, 1, 2))
   (params_sh, stats_sh, opt_sh), batch_sh = shardings
@@ -152,16 +154,35 @@ def _train(config, arch_source, workdir, progress, resume, preemption):
     print(f"dnas: resuming {workdir} at epoch {meta['epoch']}, batch {meta['batch']}",
           file=sys.stderr)
   dtype = utils.compute_dtype(config)
-  train_step = utils.compile_then_trim(make_train_step(
-      graphdef, tx, auxiliary_weight=t.auxiliary_weight, label_smoothing=t.label_smoothing,
-      shardings=shardings, dtype=dtype, apply=space.final_apply))
-  eval_step = utils.compile_then_trim(make_eval_step(graphdef_eval, shardings, dtype=dtype,
+  pure_step = make_train_step(graphdef, tx, auxiliary_weight=t.auxiliary_weight,
+                              label_smoothing=t.label_smoothing, dtype=dtype,
+                              apply=space.final_apply, jit=False)
+
+  def tree_step(state, batch, key, p):
+    *state, metrics = pure_step(*state, batch, key, p)
+    return tuple(state), metrics
+
+  # The loop carries the state as a flat list of leaves (`loop.Flat`).
+  flat = loop.Flat(state)
+  rep = NamedSharding(mesh, P())
+  train_step = cpu.compile_then_trim(flat.jit(
+      tree_step, in_shardings=(shardings[0], shardings[1], rep, rep),
+      out_shardings=(shardings[0], rep)))
+  eval_step = cpu.compile_then_trim(make_eval_step(graphdef_eval, shardings, dtype=dtype,
                                                      apply=space.final_apply))
   augment = make_augment(info, crop_padding=config.data.crop_padding, flip=config.data.flip,
                          cutout=t.cutout)
   make = functools.partial(make_batches, batch_size=t.batch_size, augment=augment,
-                           workers=config.data.workers,
+                           workers=auto_workers(config.data.workers),
                            process=parallel.process_slice(t.batch_size))
+  pipelines = []
+
+  def batches(epoch, start):
+    # One pipeline for the rest of the run (Grain's worker pool lives across epochs).
+    if not pipelines:
+      pipelines.append(make(splits["train"], seed=config.seed, epoch=epoch, start=start,
+                            epochs=t.epochs, batches_per_epoch=steps_per_epoch))
+    return pipelines[0]
   key = jax.random.key(config.seed)
 
   def evaluate_on(state, split):
@@ -175,11 +196,10 @@ def _train(config, arch_source, workdir, progress, resume, preemption):
 
   def step(state, batch, epoch, i):
     k = jax.random.fold_in(key, epoch * steps_per_epoch + i)
-    *out, metrics = train_step(*state, parallel.put_batch(batch, mesh), k, drop_prob(epoch))
-    return tuple(out), metrics
+    return train_step(state, parallel.put_batch(batch, mesh), k, drop_prob(epoch))
 
-  def end_epoch(state, epoch, means):
-    valid_loss, valid_acc = evaluate_on(state, "validation")
+  def end_epoch(leaves, epoch, means):
+    valid_loss, valid_acc = evaluate_on(flat.tree(leaves), "validation")
     return dict(epoch=epoch, lr=float(schedule(epoch * steps_per_epoch)),
                 drop_path_prob=drop_prob(epoch), train_loss=means["loss"],
                 train_acc=means["acc"], valid_loss=valid_loss, valid_acc=valid_acc)
@@ -188,10 +208,9 @@ def _train(config, arch_source, workdir, progress, resume, preemption):
   run = loop.EpochLoop(name="train", workdir=workdir, ckpt=ckpt, meta=meta, epochs=t.epochs,
                        steps_per_epoch=steps_per_epoch, every_steps=config.checkpoint.every_steps,
                        preemption=preemption, metrics_file="train_metrics.jsonl",
-                       progress=progress, resumed=bool(found), postfix_keys=("loss", "acc"))
-  state = run.run(state, lambda epoch, start: make(splits["train"], seed=config.seed,
-                                                    epoch=epoch, start=start),
-                  step, end_epoch)
+                       progress=progress, resumed=bool(found), postfix_keys=("loss", "acc"),
+                       to_tree=flat.tree)
+  state = flat.tree(run.run(flat.leaves(state), batches, step, end_epoch))
   test_loss, test_acc = evaluate_on(state, "test")
   params, stats, _ = state
   nnx.update(net, params, stats)

@@ -23,7 +23,7 @@ from absl import app, flags
 from ml_collections import config_flags
 from scipy import stats
 
-from dnas import latency_lib, utils
+from dnas import latency as latency_lib, utils
 from dnas.data.pipeline import dataset_info
 from dnas.spaces import darts
 from dnas.spaces.darts import latency as darts_latency
@@ -67,8 +67,7 @@ def main(argv):
            for i in range(_RANDOM.value)]
   cases += [("DARTS_V1", darts.DARTS_V1), ("DARTS_V2", darts.DARTS_V2)]
   cases += [(path, darts.load_genotype(path)) for path in _GENOTYPES.value]
-  raw_table = latency_lib.LatencyTable(
-      {k: v for k, v in table.meta.items() if k != "correction"}, table.entries)
+  raw_table = table.without_correction()
   compiled = [darts_latency.compile_network(layout, g, batch_size=L.batch_size, dtype=dtype)
               for _, g in cases]
   rounds = [[] for _ in cases]

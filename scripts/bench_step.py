@@ -8,7 +8,10 @@ per program, and summed in `trace_s` and `compile_s`; split steps (`--programs`,
 default the second-order methods) also report the first call of each phase: trace +
 compile + one run), then the median of `--steps` timed steps of each phase and of the whole step; XLA's
 temporary buffer size per phase; the process's peak RSS after compiling, and (Linux,
-peak reset) while stepping. Prints one JSON line per case. Random inputs of the
+peak reset) while stepping; host time apart from device time: each phase's dispatch
+(the call until it returns, the device still working) and the jit boundary alone with
+the state as a tree and as the loop's flat list of leaves (`host_jit_tree_ms`,
+`host_jit_flat_ms`). Prints one JSON line per case. Random inputs of the
 config's image shape (no data needed); the compile cache is off unless DNAS_JAX_CACHE
 is set.
 
@@ -32,7 +35,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from dnas import bilevel, hypergrad, parallel, search_lib, utils
+from dnas import bilevel, cpu, hypergrad, loop, parallel, search_lib, utils
 
 _CONFIG = config_flags.DEFINE_config_file("config", "dnas/configs/cifar10_darts.py", "Config.")
 _ORDERS = flags.DEFINE_list("orders", ["first"], "Orders to time.")
@@ -82,6 +85,56 @@ def _median_time(fn, steps):
   return float(np.median(times)), times
 
 
+def _median_ms(fn, calls=30):
+  times = []
+  for _ in range(calls):
+    t = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t)
+  return round(1e3 * float(np.median(times)), 2)
+
+
+def _dispatch_ms(fn, calls=3):
+  """Median ms until `fn()` returns (the device may still be working), then waits."""
+  outs, times = [], []
+  for _ in range(calls):
+    t = time.perf_counter()
+    outs.append(fn())
+    times.append(time.perf_counter() - t)
+  jax.block_until_ready(outs)
+  return round(1e3 * float(np.median(times)), 2)
+
+
+def host_boundary_ms(state, bt, bv) -> dict:
+  """Host time of one jit call with this state, apart from any device work: a program
+  that only hands its (donated) state back, called with the state as a tree (as
+  `make_search_steps`' own jit takes it) and as the flat list of leaves that the loop
+  carries (`loop.Flat`). Median ms per call; the call returns when dispatched."""
+  out = {}
+  flat = loop.Flat(state)
+  tree_fn = jax.jit(lambda st, bt, bv: (st, jnp.float32(0)), donate_argnums=0)
+  flat_fn = flat.jit(lambda st, bt, bv: (st, jnp.float32(0)))
+  copy = lambda: jax.tree.map(jnp.copy, state)
+  st = copy()
+  st, _ = tree_fn(st, bt, bv)
+
+  def tree_call():
+    nonlocal st
+    st, _ = tree_fn(st, bt, bv)
+  out["host_jit_tree_ms"] = _median_ms(tree_call)
+  leaves = flat.leaves(copy())
+  leaves, _ = flat_fn(leaves, bt, bv)
+
+  def flat_call():
+    nonlocal leaves
+    leaves, _ = flat_fn(leaves, bt, bv)
+  out["host_jit_flat_ms"] = _median_ms(flat_call)
+  out["host_flatten_tree_ms"] = _median_ms(lambda: flat.leaves(state))
+  out["host_unflatten_tree_ms"] = _median_ms(lambda: flat.tree(leaves))
+  out["state_leaves"] = len(leaves)
+  return out
+
+
 def bench(config, order, steps, image, num_classes, dtype, devices=0):
   m, s = config.model, config.search
   h, w, c = image
@@ -106,8 +159,8 @@ def bench(config, order, steps, image, num_classes, dtype, devices=0):
     shardings = (parallel.state_shardings(state, mesh), parallel.batch_sharding(mesh))
     state = parallel.put_state(state, shardings[0])
     bt, bv = (parallel.put_batch(jax.device_get(b), mesh) for b in (bt, bv))
-    jit = {"arch": bilevel._jit_shardings(shardings, 2),
-           "weight": bilevel._jit_shardings(shardings, 1)}
+    jit = {"arch": bilevel.jit_shardings(shardings, 2),
+           "weight": bilevel.jit_shardings(shardings, 1)}
   hg = hypergrad.from_order(order, bilevel.make_w_tx(schedule, s.momentum, s.weight_decay,
                                                      grad_clip=None),
                             fd_r=s.fd_r, remat=hvp_remat)
@@ -120,7 +173,7 @@ def bench(config, order, steps, image, num_classes, dtype, devices=0):
         graphdef, w_tx, a_tx, piece=bilevel.split_piece(shardings if devices else None,
                                                         donate=False), **phase_kwargs)
     compiled = {"arch": arch_step, "weight": weight_step}
-    del utils.COMPILE_LOG[:]
+    del cpu.COMPILE_LOG[:]
     for name, args in (("arch", (state, bt, bv)), ("weight", (state, bt))):
       t0 = time.perf_counter()
       jax.block_until_ready(compiled[name](*args))
@@ -128,9 +181,9 @@ def bench(config, order, steps, image, num_classes, dtype, devices=0):
     out["peak_rss_first_calls_gib"] = round(_rss_gib(), 2)
     # Each program once (shared ones are compiled by their first caller).
     out["programs"] = [dict(name=c["name"], trace_s=round(c["trace_s"], 1),
-                            compile_s=round(c["compile_s"], 1)) for c in utils.COMPILE_LOG]
-    out["trace_s"] = round(sum(c["trace_s"] for c in utils.COMPILE_LOG), 1)
-    out["compile_s"] = round(sum(c["compile_s"] for c in utils.COMPILE_LOG), 1)
+                            compile_s=round(c["compile_s"], 1)) for c in cpu.COMPILE_LOG]
+    out["trace_s"] = round(sum(c["trace_s"] for c in cpu.COMPILE_LOG), 1)
+    out["compile_s"] = round(sum(c["compile_s"] for c in cpu.COMPILE_LOG), 1)
   else:
     arch_step, weight_step = bilevel.make_phase_steps(graphdef, w_tx, a_tx, **phase_kwargs)
     for name, fn, args in (("arch", arch_step, (state, bt, bv)),
@@ -148,7 +201,7 @@ def bench(config, order, steps, image, num_classes, dtype, devices=0):
         out[f"{name}_xla_temp_gib"] = round(mem.temp_size_in_bytes / 2**30, 2)
     out["peak_rss_compile_gib"] = round(_rss_gib(), 2)
   if _TRIM.value:
-    utils.release_free_memory()
+    cpu.release_free_memory()
   out["rss_before_steps_gib"] = round(_rss_gib("VmRSS"), 2)
   reset = _reset_peak_rss()
   # Warm up once, then time each phase from the same state (steps are pure).
@@ -161,6 +214,11 @@ def bench(config, order, steps, image, num_classes, dtype, devices=0):
     out["compile_wall_s"] = round(out["arch_first_call_s"] + out["weight_first_call_s"]
                                   - out["search_step_s"], 1)
   out["images_per_s"] = round(s.batch_size / out["search_step_s"], 2)
+  # Host time: each phase's call until it returns (dispatched; the device works on), and
+  # the jit boundary alone, with the state as a tree and as the loop's flat list.
+  out["arch_dispatch_ms"] = _dispatch_ms(lambda: compiled["arch"](state, bt, bv))
+  out["weight_dispatch_ms"] = _dispatch_ms(lambda: compiled["weight"](state, bt))
+  out.update(host_boundary_ms(state, bt, bv))
   out["arch_times"] = [round(t, 3) for t in arch_all]
   out["weight_times"] = [round(t, 3) for t in weight_all]
   # With the reset: peak while stepping; otherwise the whole run's peak.

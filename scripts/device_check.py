@@ -36,7 +36,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from dnas import bilevel, hypergrad, utils  # noqa: E402
+from dnas import bilevel, hypergrad, loop, utils  # noqa: E402
 from dnas.spaces import darts  # noqa: E402
 
 CASES = ("first", "retrain", "second_fd", "second", "bf16", "pc_darts", "digits")
@@ -101,16 +101,20 @@ def search_case(name: str, s: dict, *, order="first", dtype=None, pc=False, batc
   graphdef, state = bilevel.init_search_state(net, w_tx, a_tx, jax.random.key(0))
   hg = hypergrad.from_order(order, bilevel.make_w_tx(schedule, grad_clip=None),
                             remat=order == "second")
-  # As `dnas.search` runs it: one program off the CPU; a few (split) on CPU for the
-  # second-order methods.
-  step = bilevel.make_search_step(graphdef, w_tx, a_tx, hypergrad=hg,
-                                  execution=bilevel.Execution(dtype=dtype))
+  # As `dnas.search` runs it: one program off the CPU (a few, split, on CPU for the
+  # second-order methods), the state carried as a flat list of leaves (`loop.Flat`).
+  execution = bilevel.Execution(dtype=dtype)
+  step, _ = bilevel.make_search_steps(graphdef, w_tx, a_tx, hypergrad=hg,
+                                      execution=execution._replace(jit=False))
+  flat = loop.Flat(state)
+  state = flat.leaves(state)
   rng = np.random.default_rng(0)
   bt, bv = _batch(rng, batch, s["image"]), _batch(rng, batch, s["image"])
   t0 = time.perf_counter()
-  if hasattr(step, "lower"):
-    step = step.lower(state, bt, bv).compile()
+  if not execution.split(order):
+    step = flat.jit(step).lower(state, bt, bv).compile()
   else:  # split pieces compile on their first call: count that call (one step) too
+    step = flat.wrap(step)
     state, _ = step(state, bt, bv)
     jax.block_until_ready(state)
   out = dict(case=name, order=order, batch=batch, C=s["C"], layers=s["layers"],
@@ -129,20 +133,23 @@ def retrain_case(s: dict):
   net.train()
   graphdef, params, stats = nnx.split(net, nnx.Param, nnx.BatchStat)
   tx = bilevel.make_w_tx(bilevel.per_epoch_cosine(0.025, 0.0, 600, 521))
-  step = train_lib.make_train_step(graphdef, tx, auxiliary_weight=0.4, label_smoothing=0.0)
+  pure = train_lib.make_train_step(graphdef, tx, auxiliary_weight=0.4, label_smoothing=0.0,
+                                   jit=False)
+
+  def tree_step(state, batch, key, p):  # as `dnas.train` runs it, over a flat state
+    *state, metrics = pure(*state, batch, key, p)
+    return tuple(state), metrics
   batch = _batch(np.random.default_rng(0), s["retrain_batch"], s["image"])
   key, p = jax.random.key(0), jnp.float32(0.2)
-  state = (params, stats, tx.init(params))
+  flat = loop.Flat((params, stats, tx.init(params)))
+  state = flat.leaves((params, stats, tx.init(params)))
   t0 = time.perf_counter()
-  compiled = step.lower(*state, batch, key, p).compile()
+  compiled = flat.jit(tree_step).lower(state, batch, key, p).compile()
   out = dict(case="retrain", genotype="DARTS_V2", batch=s["retrain_batch"], C=s["retrain_C"],
              layers=s["retrain_layers"], auxiliary=s["auxiliary"],
              compile_s=round(time.perf_counter() - t0, 2))
 
-  def run(state):
-    *new, metrics = compiled(*state, batch, key, p)
-    return tuple(new), metrics
-  out.update(_time_steps(run, state, _STEPS.value))
+  out.update(_time_steps(lambda state: compiled(state, batch, key, p), state, _STEPS.value))
   out["images_s"] = round(s["retrain_batch"] / out["step_s"], 1)
   return out
 

@@ -21,7 +21,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from dnas import latency_lib, search_lib, train_lib, utils
+from dnas import latency as latency_lib, search_lib, train_lib, utils
 from dnas.data.pipeline import dataset_info
 from dnas.spaces import darts
 from dnas.spaces.darts import latency as darts_latency

@@ -17,7 +17,7 @@ import optax
 import pytest
 from flax import nnx
 
-from dnas import bilevel, hypergrad, utils
+from dnas import bilevel, cpu, hypergrad
 from dnas.spaces import darts
 
 N, H = 4, 6
@@ -96,10 +96,10 @@ def test_first_order_split_shares_one_gradient_program(parts, setup):
   rng = np.random.default_rng()
   bt, bv = _batch(rng), _batch(rng)
   want, m_want = setup[3](state, bt, bv)
-  del utils.COMPILE_LOG[:]
+  del cpu.COMPILE_LOG[:]
   got, m_got = split(jax.tree.map(jnp.copy, state), bt, bv)  # donated
   warmup(jax.tree.map(jnp.copy, state), bt, bv)  # the warm-up step compiles nothing new
-  assert sorted(c["name"] for c in utils.COMPILE_LOG) == ["arch_update", "grads",
+  assert sorted(c["name"] for c in cpu.COMPILE_LOG) == ["arch_update", "grads",
                                                            "weight_update"]
   chex.assert_trees_all_close(got.params, want.params, rtol=1e-5, atol=1e-6)
   chex.assert_trees_all_close(got.alphas, want.alphas, rtol=1e-5, atol=1e-6)

@@ -15,6 +15,7 @@ from tests import cli_helpers
 from tests.test_plot_export import read_events
 
 TINY = cli_helpers.TINY
+PROBE = os.path.join(cli_helpers.ROOT, "tests", "configs", "selection_probe.py")
 FAST_OPS = "--config.model.primitives=('none','max_pool_3x3','avg_pool_3x3','skip_connect','dil_conv_3x3')"
 
 
@@ -24,9 +25,12 @@ def _run(module, *args, cache=None, timeout=600):
 
 @pytest.fixture(scope="module")
 def searched(tmp_path_factory):
+  # The tiny config, with a selection rule that probes `dnas.selection.Context`.
   workdir = tmp_path_factory.mktemp("search")
-  out = _run("dnas.search", f"--config={TINY}", f"--workdir={workdir}",
-             "--config.search.epochs=2", FAST_OPS, cache=str(tmp_path_factory.mktemp("cache")))
+  out = cli_helpers.run("dnas.search", f"--config={PROBE}", f"--workdir={workdir}",
+                        "--config.search.epochs=2", FAST_OPS, "--progress=false",
+                        cache=str(tmp_path_factory.mktemp("cache")),
+                        extra_env=dict(DNAS_PROBE_OUT=str(workdir / "probe.json")))
   assert out.returncode == 0, out.stderr[-3000:]
   return workdir
 
@@ -40,6 +44,12 @@ def test_search_writes_genotype_metrics_and_plot(searched):
               "alpha_entropy_reduce", "genotype", "wall_time", "lr"):
     assert key in records[-1]
   assert darts.Genotype.from_dict(records[-1]["genotype"]) == g
+  # The selection rule ran after the last epoch with a working context: it evaluated the
+  # final supernet (the last record's validation accuracy) and trained it two steps on.
+  probe = json.loads((searched / "probe.json").read_text())
+  assert probe["before"][1] == pytest.approx(records[-1]["valid_acc"])
+  assert probe["params_changed"] and probe["step"] == 2 * 3 + 2
+  assert 0 <= probe["after"][1] <= 1 and probe["after"] != probe["before"]
   assert (searched / "alphas.png").stat().st_size > 10_000
   for kind in ("normal", "reduce"):  # drawings of the final cells
     assert (searched / f"genotype_{kind}.png").stat().st_size > 10_000

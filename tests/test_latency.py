@@ -10,16 +10,25 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from dnas import bilevel, latency_lib
+from dnas import bilevel, latency as latency_lib
 from dnas.spaces import darts
 from dnas.spaces.darts import latency as darts_latency
 
 OPS = ("none", "max_pool_3x3", "skip_connect", "sep_conv_3x3")
-LAYOUT = darts_latency.final_layout("cifar", 4, 3, (8, 8, 1), 10, steps=2, multiplier=2)
 G2 = darts.Genotype(normal=[("sep_conv_3x3", 0), ("skip_connect", 1), ("max_pool_3x3", 2),
                             ("sep_conv_3x3", 0)], normal_concat=[2, 3],
                     reduce=[("max_pool_3x3", 0), ("max_pool_3x3", 1), ("skip_connect", 2),
                             ("max_pool_3x3", 1)], reduce_concat=[2, 3])
+# Traced from the final network itself.
+LAYOUT = darts_latency.trace_layout(nnx.eval_shape(lambda: darts.NetworkCIFAR(
+    G2, 4, 10, 3, in_channels=1, rngs=nnx.Rngs(0))), (8, 8, 1))
+
+
+def _expected(expected, a_n, a_r, b_n=None, b_r=None):
+  alphas = dict(alphas_normal=a_n, alphas_reduce=a_r)
+  if b_n is not None:
+    alphas.update(betas_normal=b_n, betas_reduce=b_r)
+  return expected(alphas)
 
 
 def _synthetic_table(rng, cost=None):
@@ -48,7 +57,9 @@ def test_layout_matches_the_final_network():
     assert shape.reduction == cell.reduction
     assert shape.C == cell.preprocess1.bn.mean.get_value().shape[0]
   assert [c.hw1 for c in LAYOUT.cells] == [(8, 8), (8, 8), (4, 4)]
-  assert LAYOUT.head_hw == (2, 2)
+  assert [c.hw_out for c in LAYOUT.cells] == [(8, 8), (4, 4), (2, 2)]
+  assert LAYOUT.head_hw == (2, 2) and LAYOUT.stem_out == 12 and LAYOUT.num_classes == 10
+  assert (LAYOUT.C, LAYOUT.steps, LAYOUT.multiplier) == (4, 2, 2)
 
 
 def test_profiled_table_round_trip_and_refusals(measured, tmp_path):
@@ -81,14 +92,14 @@ def test_prediction_sums_the_genotype_ops(measured):
     edges = g.reduce if cell.reduction else g.normal
     for e, (name, j) in enumerate(edges):
       hw, stride = cell.edge(e // 2, j)
-      total += net(latency_lib.op_key(name, *hw, cell.C, cell.C, stride))
+      total += net(latency_lib.op_key(name, (*hw, cell.C), cell.C, stride))
   assert darts_latency.predict(table, LAYOUT, g) == pytest.approx(total)
 
 
 def test_expected_latency_is_the_hand_computed_sum_and_its_gradient_is_right():
   rng = np.random.default_rng(np.random.default_rng().integers(1 << 30))
   table = _synthetic_table(rng)
-  expected = darts_latency.ExpectedLatency.build(table, LAYOUT, OPS)
+  expected = darts_latency.expected_latency(table, LAYOUT, OPS)
   E = 5
   a_n, a_r = rng.standard_normal((E, len(OPS))), rng.standard_normal((E, len(OPS)))
   b_n, b_r = rng.standard_normal(E), rng.standard_normal(E)
@@ -108,15 +119,15 @@ def test_expected_latency_is_the_hand_computed_sum_and_its_gradient_is_right():
             b = (betas[1] if cell.reduction else betas[0])[e - j:e - j + node + 2]
             w = 2 * np.exp(b[j]) / np.exp(b).sum()
           hw, stride = cell.edge(node, j)
-          hand += w * sum(p[k - 1] * net(latency_lib.op_key(OPS[k], *hw, cell.C, cell.C, stride))
+          hand += w * sum(p[k - 1] * net(latency_lib.op_key(OPS[k], (*hw, cell.C), cell.C, stride))
                           for k in range(1, len(OPS)))
           e += 1
     args = (a_n, a_r) + (() if betas is None else betas)
-    got = expected(*(jnp.asarray(x, jnp.float32) for x in args))
+    got = _expected(expected, *(jnp.asarray(x, jnp.float32) for x in args))
     np.testing.assert_allclose(float(got), hand, rtol=1e-5)
   # Gradient vs central differences (float64 numpy evaluation through the same function).
-  f = lambda a: expected(a, jnp.asarray(a_r, jnp.float32), jnp.asarray(b_n, jnp.float32),
-                         jnp.asarray(b_r, jnp.float32))
+  f = lambda a: _expected(expected, a, jnp.asarray(a_r, jnp.float32),
+                         jnp.asarray(b_n, jnp.float32), jnp.asarray(b_r, jnp.float32))
   grad = np.asarray(jax.grad(f)(jnp.asarray(a_n, jnp.float32)))
   eps = 1e-2
   for e, k in [(0, 1), (3, 3), (4, 2), (2, 0)]:
@@ -129,17 +140,18 @@ def test_expected_latency_is_the_hand_computed_sum_and_its_gradient_is_right():
 
 
 def test_imagenet_parts_are_measured_in_eval_mode():
-  layout = darts_latency.final_layout("imagenet", 8, 3, (32, 32, 3), 10, steps=2,
-                                      multiplier=2)
+  layout = darts_latency.trace_layout(nnx.eval_shape(lambda: darts.NetworkImageNet(
+      G2, 8, 10, 3, in_channels=3, rngs=nnx.Rngs(0))), (32, 32, 3))
+  assert [c.hw0 for c in layout.cells[:2]] == [(8, 8), (4, 4)] and layout.stem_out == 8
   keys = darts_latency._fixed_keys(layout)
   assert keys[0] == "stem_imagenet|32x32x3->8|s1" and keys[-1].startswith("classifier|")
   for key in (keys[0], keys[-1]):
     assert darts_latency.measure(key, 2, jnp.float32, repeats=2)["median"] > 0
-  expected = darts_latency.ExpectedLatency.build(_synthetic_table(np.random.default_rng(0)),
+  expected = darts_latency.expected_latency(_synthetic_table(np.random.default_rng(0)),
                                                  LAYOUT, OPS)
   a = jnp.asarray(np.random.default_rng(1).standard_normal((5, 4)), jnp.float32)
   b = jnp.asarray(5 * np.random.default_rng(2).standard_normal(5), jnp.float32)
-  assert float(expected(a, a, b, b)) >= expected.minimum()  # the FBNet check's bound
+  assert float(_expected(expected, a, a, b, b)) >= expected.minimum()  # the FBNet check's bound
 
 
 def test_objectives_follow_the_papers():
@@ -158,14 +170,14 @@ def test_large_latency_weight_prefers_cheap_ops():
   # Tiny supernet, first order: with a huge weight on a table where sep_conv costs 100x
   # the rest, a few architecture steps drive its probability down on every edge.
   table = _synthetic_table(None, cost=lambda op: 10.0 if op == "sep_conv_3x3" else 0.1)
-  expected = darts_latency.ExpectedLatency.build(table, LAYOUT, OPS)
+  expected = darts_latency.expected_latency(table, LAYOUT, OPS)
   objective = latency_lib.make_objective("proxyless", weight=10.0)
   net = darts.Network(2, 3, 2, steps=2, multiplier=2, stem_multiplier=1, in_channels=1,
                       primitives=OPS, rngs=nnx.Rngs(0))
   w_tx, a_tx = bilevel.make_w_tx(0.05), bilevel.make_a_tx(lr=0.05)
   graphdef, state = bilevel.init_search_state(net, w_tx, a_tx, jax.random.key(0))
   arch_objective = lambda ce, alphas: ((lambda lat: (objective(ce, lat), {"a_latency_ms": lat}))
-                                       (expected.of_state(alphas)))
+                                       (expected(alphas)))
   arch_step, _ = bilevel.make_phase_steps(graphdef, w_tx, a_tx,
                                           arch_loss=bilevel.arch_loss(arch_objective))
   arch_step = jax.jit(arch_step)
@@ -196,12 +208,14 @@ def test_calibration_fits_scale_and_offset():
   for _ in range(12):
     g = darts_latency.random_genotype(rng, OPS, steps=2, multiplier=2)
     measured.append((g, 0.55 * darts_latency.predict(table, LAYOUT, g) - 0.3))
-  cal = darts_latency.calibrate(table, LAYOUT, measured)
+  cal = table.calibrated([darts_latency.predict(table, LAYOUT, g) for g, _ in measured],
+                         [ms for _, ms in measured])
   assert cal.meta["correction"]["scale"] == pytest.approx(0.55, rel=1e-4)
   assert cal.meta["correction"]["offset_ms"] == pytest.approx(-0.3, abs=1e-4)
   for g, ms in measured:
     assert darts_latency.predict(cal, LAYOUT, g) == pytest.approx(ms, rel=1e-4)
-  raw = darts_latency.ExpectedLatency.build(table, LAYOUT, OPS)
-  corrected = darts_latency.ExpectedLatency.build(cal, LAYOUT, OPS)
+  raw = darts_latency.expected_latency(table, LAYOUT, OPS)
+  corrected = darts_latency.expected_latency(cal, LAYOUT, OPS)
   a = jnp.asarray(rng.standard_normal((5, 4)), jnp.float32)
-  np.testing.assert_allclose(float(corrected(a, a)), 0.55 * float(raw(a, a)) - 0.3, rtol=1e-4)
+  np.testing.assert_allclose(float(_expected(corrected, a, a)),
+                             0.55 * float(_expected(raw, a, a)) - 0.3, rtol=1e-4)

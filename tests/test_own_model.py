@@ -5,16 +5,15 @@ DARTS-specific code."""
 import json
 import os
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import linen as nn
 from flax import nnx
 
 import dnas
-from dnas import arch, bilevel, latency_lib
+from dnas import arch, bilevel, latency as latency_lib
+from dnas.latency import mixed as mixed_latency
 from experiments.own_model import linen as own_linen
 from experiments.own_model.model import CANDIDATES, OwnNet
 from tests import cli_helpers
@@ -50,29 +49,31 @@ def test_choices_and_discretize_follow_argmax():
 def test_expected_latency_of_any_mixed_ops():
   net = OwnNet(width=4, blocks=1, rngs=nnx.Rngs(0))
   example = jnp.zeros((8, 8, 8, 1))
-  inputs = arch.mixed_op_inputs(net, example)
-  assert {p: s.shape for p, s in inputs.items()} == {"stage1/0/op": (8, 8, 8, 4),
-                                                    "stage2/0/op": (8, 4, 4, 8)}
-  table = latency_lib.profile_mixed_ops(net, example, repeats=3)
+  shapes, _, _ = mixed_latency.mixed_op_shapes(net, example)  # traced
+  assert {p: x.shape for p, (x, _) in shapes.items()} == {"stage1/0/op": (8, 8, 8, 4),
+                                                         "stage2/0/op": (8, 4, 4, 8)}
+  table = mixed_latency.profile(net, example, repeats=3)
+  assert "stage1/0/op/2|8x8x4->4|s1" in table.entries and "rest|8x8x1->10|s1" in table.entries
   assert len(table.entries) == 2 * len(OPS) + 1
   table = latency_lib.LatencyTable.from_dict(json.loads(json.dumps(table.to_dict())))
-  expected = latency_lib.MixedOpLatency.build(table, net, example)
+  expected = mixed_latency.expected_latency(table, net, example)
   _, _, alphas, _ = bilevel.split_supernet(net)
   # FBNet Eq. 4: rest + sum over MixedOps of softmax(alpha) . latencies.
-  hand = expected.rest_ms + sum(
-      float(np.dot(jax.nn.softmax(arch.mixed_ops(net)[p].alpha.get_value()), lat))
-      for p, lat in expected.ops_ms.items())
+  hand = expected.fixed_ms + sum(
+      float(np.dot(jax.nn.softmax(arch.mixed_ops(net)[p].alpha.get_value()), lat[0]))
+      for p, lat in expected.lat.items())
   np.testing.assert_allclose(float(expected(alphas)), hand, rtol=1e-5)
   # Its alpha gradient is the latency of each op relative to the mix: the cheapest op of
   # each MixedOp gets the most negative derivative.
   g = {arch.path_str(p[:-1]): v for p, v in nnx.to_flat_state(jax.grad(expected)(alphas))}
-  for path, lat in expected.ops_ms.items():
+  for path, lat in expected.lat.items():
+    lat = lat[0]
     d = np.asarray(g[path].get_value())
     w = np.asarray(jax.nn.softmax(arch.mixed_ops(net)[path].alpha.get_value()))
     np.testing.assert_allclose(d, w * (lat - np.dot(w, lat)), rtol=1e-4, atol=1e-7)
   picks = arch.choices(net)
   assert expected.predict(picks) == pytest.approx(
-      expected.rest_ms + sum(expected.ops_ms[p][k] for p, k in picks.items()))
+      expected.fixed_ms + sum(expected.lat[p][0, k] for p, k in picks.items()))
   assert expected.minimum() <= expected.predict(picks)
 
 
@@ -179,4 +180,4 @@ def test_sown_intermediates_and_nested_mixed_ops():
   assert sorted(arch.mixed_ops(model)) == ["op", "op/ops/0"]
   assert type(arch.discretize(model, {"op": 0, "op/ops/0": 1}).op).__name__ == "Linear"
   with pytest.raises(latency_lib.LatencyError, match="op/ops/0 is nested inside"):
-    latency_lib.profile_mixed_ops(model, x, repeats=1)
+    mixed_latency.profile(model, x, repeats=1)

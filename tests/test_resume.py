@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 
 from dnas.spaces import darts
-from tests.test_plot_export import read_events
-from tests.cli_helpers import (FAST, TINY, assert_same_run, final, read_checkpoint, run, start,
+from tests.cli_helpers import (FAST, TINY, final, read_checkpoint, run, start,
                                wait_for_checkpoint)
 
 

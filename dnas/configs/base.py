@@ -26,7 +26,9 @@ def get_config():
   # channels, and edge-normalisation weights beta decide the edges.
   c.method = "darts"
   c.max_steps_per_epoch = 0  # 0: whole epochs; >0 caps steps per epoch (tests, smoke runs)
-  c.data = dict(name="digits", data_dir="", train_portion=0.5, image_size=224, workers=0,
+  # data.workers: Grain worker processes reading and augmenting (0: in the main process;
+  # -1: none on a CPU backend, half the cores (at most 8) on a GPU/TPU host).
+  c.data = dict(name="digits", data_dir="", train_portion=0.5, image_size=224, workers=-1,
                 crop_padding=1, flip=False)
   # The supernet (DARTS: Liu et al. 2019, Sec. 3.1), read by the space.
   c.model = dict(C=16, layers=8, steps=4, multiplier=4, stem_multiplier=3,
@@ -42,11 +44,14 @@ def get_config():
   # relaxation: "softmax" (DARTS) or "gumbel" (FBNet, GDAS: op weights sampled with a
   # temperature annealed per epoch from tau_start to tau_end, "linear" or "exponential";
   # gumbel_hard: straight-through one-hot, each edge runs only its sampled op).
+  # selection: how the trained supernet becomes the architecture (`dnas.selection`):
+  # "argmax" of the architecture weights (DARTS).
   c.search = dict(epochs=50, batch_size=64, order="first", w_lr=0.025, w_lr_min=0.001,
                   momentum=0.9, weight_decay=3e-4, grad_clip=5.0, a_lr=3e-4, a_b1=0.5,
                   a_b2=0.999, a_weight_decay=1e-3, fd_r=0.01, arch_start_epoch=0,
                   relaxation="softmax", gumbel_hard=False, tau_start=10.0, tau_end=0.1,
-                  tau_anneal="linear", hvp_remat=False, programs="auto")
+                  tau_anneal="linear", hvp_remat=False, programs="auto",
+                  selection="argmax")
   # Retraining the found architecture from scratch (reference train.py).
   c.train = dict(network="cifar", C=36, layers=20, epochs=600, batch_size=96, lr=0.025,
                  lr_min=0.0, momentum=0.9, weight_decay=3e-4, grad_clip=5.0, auxiliary=True,

@@ -12,6 +12,7 @@ where a run was resumed; (epoch, batch index) is the whole iterator state.
 """
 
 import dataclasses
+import os
 
 import grain
 import numpy as np
@@ -157,26 +158,40 @@ def make_augment(info: DatasetInfo, *, crop_padding: int = 0, flip: bool = False
 
 
 class _ProcessView:
-  """This process's examples of the shuffled epoch: global batch b holds permuted
-  positions [b G, (b + 1) G); this process reads [b G + offset, b G + offset + L)."""
+  """This process's examples of epochs [epoch, epochs): in each epoch's permutation
+  (seeded by (seed, epoch); the identity for eval), global batch b holds permuted
+  positions [b G, (b + 1) G), and this process reads [b G + offset, b G + offset + L).
+  Items are (epoch, position, example index or -1 past the end)."""
 
-  def __init__(self, num_examples, global_batch, offset, local_batch, num_batches, perm):
-    self.G, self.offset, self.L, self.n, self.perm = (global_batch, offset, local_batch,
-                                                      num_batches * local_batch, perm)
-    self.num_examples = num_examples
+  def __init__(self, num_examples, global_batch, offset, local_batch, num_batches, *,
+               seed, epoch, epochs, train):
+    self.G, self.offset, self.L = global_batch, offset, local_batch
+    self.per_epoch = num_batches * local_batch
+    self.num_examples, self.seed, self.epoch, self.train = num_examples, seed, epoch, train
+    self.n = (epochs - epoch) * self.per_epoch
+    self._perm = (None, None)
+
+  def perm(self, epoch):
+    if self._perm[0] != epoch:  # one epoch at a time, in each worker
+      n = self.num_examples
+      self._perm = (epoch, np.random.default_rng([self.seed, epoch]).permutation(n)
+                    if self.train else np.arange(n))
+    return self._perm[1]
 
   def __len__(self):
     return self.n
 
   def __getitem__(self, i):
+    epoch, i = self.epoch + i // self.per_epoch, i % self.per_epoch
     pos = (i // self.L) * self.G + self.offset + i % self.L
-    return pos, (self.perm[pos] if pos < self.num_examples else -1)
+    return epoch, pos, (self.perm(epoch)[pos] if pos < self.num_examples else -1)
 
 
 def make_batches(source, *, batch_size: int, seed: int, epoch: int, augment,
                  train: bool = True, start: int = 0, workers: int = 0,
-                 process: tuple[int, int] | None = None):
-  """This process's batches of one epoch, through Grain.
+                 process: tuple[int, int] | None = None, epochs: int | None = None,
+                 batches_per_epoch: int | None = None):
+  """This process's batches of one epoch (or of epochs [epoch, epochs)), through Grain.
 
   Train: a fresh permutation and augmentation per (seed, epoch); the last partial global
   batch is dropped. Eval (train=False): every example once in order, no augmentation;
@@ -189,22 +204,23 @@ def make_batches(source, *, batch_size: int, seed: int, epoch: int, augment,
     start: first batch to yield: (epoch, start) is the iterator state a checkpoint keeps.
     workers: Grain worker processes for reading and augmenting (0: in this process).
     process: (offset, size) of this process's slice of each global batch (default all).
+    epochs: yield the epochs up to this one, one after the other, from one pipeline (one
+      worker pool for the whole run); default: epoch `epoch` only.
+    batches_per_epoch: batches of each epoch (default all; fewer for capped epochs).
 
   Yields:
     {"image": f32[L, H, W, C], "label": int32[L]} (+ "mask" in eval), L the slice size.
   """
   n = len(source)
   offset, local = process or (0, batch_size)
-  if train:
-    num_batches = n // batch_size
-    perm = np.random.default_rng([seed, epoch]).permutation(n)
-  else:
-    num_batches = -(-n // batch_size)
-    perm = np.arange(n)
-  view = _ProcessView(n, batch_size, offset, local, num_batches, perm)
+  num_batches = n // batch_size if train else -(-n // batch_size)
+  if batches_per_epoch is not None:
+    num_batches = min(num_batches, batches_per_epoch)
+  view = _ProcessView(n, batch_size, offset, local, num_batches, seed=seed, epoch=epoch,
+                      epochs=epoch + 1 if epochs is None else epochs, train=train)
 
   def load(item):
-    pos, index = item
+    e, pos, index = item
     if index < 0:  # eval padding past the end
       ex = source[0]
       out = augment.evaluate(ex)
@@ -212,13 +228,25 @@ def make_batches(source, *, batch_size: int, seed: int, epoch: int, augment,
               "mask": np.float32(0)}
     ex = source[int(index)]
     if train:
-      return augment(ex, np.random.default_rng([seed, epoch, pos]))
+      return augment(ex, np.random.default_rng([seed, e, pos]))
     return dict(augment.evaluate(ex), mask=np.float32(1))
 
   ds = grain.MapDataset.source(view).map(load).batch(local, drop_remainder=False)[start:]
   if workers:
     ds = ds.to_iter_dataset().mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
   yield from ds
+
+
+def auto_workers(workers: int) -> int:
+  """`config.data.workers`: -1 picks a count for this host: none when the backend is the
+  CPU (XLA:CPU's step uses every core; a worker would take cores from it), otherwise
+  half the cores, at most 8. Other values are used as they are."""
+  if workers >= 0:
+    return workers
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.default_backend() == "cpu":
+    return 0
+  return min(8, (os.cpu_count() or 1) // 2)
 
 
 __all__ = ["DataError", "DatasetInfo", "ArraySource", "SubsetSource", "TfdsSource", "DATASETS",

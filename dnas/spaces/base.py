@@ -60,6 +60,23 @@ class SearchSpace(Protocol):
   def draw(self, arch, path_prefix: str) -> list[str]:
     """Writes drawings of the architecture; returns their paths ([] when it has none)."""
 
+  # Latency-aware search (optional; `dnas.latency`):
+
+  def latency_profile(self, config, info, *, batch_size: int, dtype: str, repeats: int,
+                      progress=None):
+    """A `dnas.latency.LatencyTable` of every part of the final network, measured here
+    at the shapes traced from that network."""
+
+  def latency_model(self, table, config, info):
+    """The table's view of the final network: `expected(alphas)` (f32[] ms,
+    differentiable), `predict(arch)` and `minimum()` (ms), as `dnas.latency.ExpectedLatency`."""
+
+  def random_arch(self, rng: np.random.Generator, config) -> Any:
+    """A uniformly drawn architecture (for calibrating a table)."""
+
+  def compile_final(self, arch, config, info, *, batch_size: int, dtype: str):
+    """(forward, args): the compiled final network in eval mode and random inputs."""
+
 
 def save(space: SearchSpace, arch, path: str | os.PathLike) -> None:
   """Writes `arch` as the space's JSON."""

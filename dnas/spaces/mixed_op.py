@@ -18,7 +18,8 @@ import numpy as np
 from flax import nnx
 
 from dnas import arch as arch_lib
-from dnas import latency_lib
+from dnas import latency
+from dnas.latency import mixed as mixed_latency
 from dnas.spaces.base import ArchError
 
 
@@ -97,7 +98,7 @@ class MixedOpSpace:
                       progress=None):
     net = self.build(config, info, nnx.Rngs(0))
     example = jnp.zeros((batch_size,) + tuple(info.image_shape), jnp.dtype(dtype))
-    return latency_lib.profile_mixed_ops(net, example, repeats=repeats, progress=progress)
+    return mixed_latency.profile(net, example, repeats=repeats, progress=progress)
 
   def random_arch(self, rng: np.random.Generator, config, info=None) -> dict[str, int]:
     """A uniformly drawn choice per MixedOp."""
@@ -108,34 +109,15 @@ class MixedOpSpace:
 
   def compile_final(self, arch, config, info, *, batch_size: int, dtype: str):
     """(forward, args): the compiled final network in eval mode and random inputs."""
-    forward, state = latency_lib.jit_eval(self.final(arch, config, info, nnx.Rngs(0)),
+    forward, state = latency.jit_eval(self.final(arch, config, info, nnx.Rngs(0)),
                                           jnp.dtype(dtype))
     x = jnp.asarray(np.random.default_rng(0).standard_normal(
         (batch_size,) + tuple(info.image_shape)), jnp.dtype(dtype))
     return forward.lower(state, x).compile(), (state, x)
 
-  def latency_calibrate(self, table, config, info, measured):
-    del table, config, info, measured
-    raise latency_lib.LatencyError(f"calibrate is not available for space {self.name!r} "
-                                   f"yet (DARTS tables only)")
-
-  def latency_model(self, table, config, info) -> "MixedOpSpaceLatency":
+  def latency_model(self, table, config, info) -> latency.ExpectedLatency:
+    """E[LAT] over the MixedOps, differentiable in their alphas; `predict(arch)` of
+    {path: op index}."""
     net = nnx.eval_shape(lambda: self.build(config, info, nnx.Rngs(0)))
     example = self._example(config, info, table.meta["batch_size"], table.meta["dtype"])
-    return MixedOpSpaceLatency(latency_lib.MixedOpLatency.build(table, net, example))
-
-
-class MixedOpSpaceLatency:
-  """The latency protocol over `latency_lib.MixedOpLatency`."""
-
-  def __init__(self, model: latency_lib.MixedOpLatency):
-    self.model = model
-
-  def expected(self, alphas):
-    return self.model(alphas)
-
-  def predict(self, arch) -> float:
-    return self.model.predict(arch)
-
-  def minimum(self) -> float:
-    return self.model.minimum()
+    return mixed_latency.expected_latency(table, net, example)

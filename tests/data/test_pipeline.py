@@ -7,7 +7,7 @@ from absl import flags
 
 from dnas.data import DataError, get_dataset, make_augment, make_batches, search_splits
 from dnas.data import augment as augment_lib
-from dnas.data.pipeline import Augment
+from dnas.data.pipeline import Augment, auto_workers
 
 
 def test_digits_splits_fixed_disjoint_and_complete():
@@ -82,6 +82,28 @@ def test_worker_processes_give_the_same_batches():
   assert len(a) == len(b)
   for x, y in zip(a, b):
     np.testing.assert_array_equal(x["image"], y["image"])
+
+
+def test_one_pipeline_for_several_epochs_gives_each_epochs_batches():
+  # What the loops iterate (one Grain pool for the run): from batch 3 of epoch 1 to the end
+  # of epoch 3, 5 batches per epoch (capped epochs), equal to the epochs made one by one.
+  flags.FLAGS(["pytest"], known_only=True)
+  info, splits = get_dataset("digits")
+  aug = Augment(info.mean, info.std, crop_padding=1, cutout=2)
+  kw = dict(batch_size=16, seed=3, augment=aug, batches_per_epoch=5)
+  expected = [b for e in (1, 2, 3)
+              for b in make_batches(splits["train"], epoch=e, start=3 if e == 1 else 0, **kw)]
+  assert len(expected) == 2 + 5 + 5
+  for workers in (0, 2):
+    got = list(make_batches(splits["train"], epoch=1, start=3, epochs=4, workers=workers, **kw))
+    assert len(got) == len(expected)
+    for x, y in zip(got, expected):
+      np.testing.assert_array_equal(x["image"], y["image"])
+      np.testing.assert_array_equal(x["label"], y["label"])
+
+
+def test_auto_workers_leave_the_cpu_to_xla():
+  assert auto_workers(-1) == 0 and auto_workers(3) == 3  # this is a CPU backend
 
 
 def test_cifar10_through_tfds_data_source():

@@ -1,7 +1,7 @@
 """DARTS final networks on a latency table: the ops and fixed parts at the shapes the
-final network meets, measuring them, a genotype's predicted latency, and the supernet's
-expected latency, differentiable in the architecture parameters (FBNet Eq. 4,
-ProxylessNAS Eq. 5).
+final network meets (traced from it, `dnas.latency.trace`), measuring them, a genotype's
+predicted latency, and the supernet's expected latency (`dnas.latency.ExpectedLatency`),
+differentiable in the architecture parameters (FBNet Eq. 4, ProxylessNAS Eq. 5).
 
 The table describes the network that will ship: the final network of the config
 (`train.network`, `train.C`, `train.layers`; eval mode, no auxiliary head), not the
@@ -10,23 +10,19 @@ latency sums each edge's expected op latency over every final cell of that type.
 """
 
 import dataclasses
-import math
+import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from dnas import latency_lib
 from dnas.arch import node_softmax
-from dnas.latency_lib import LatencyTable, op_key
+from dnas.latency import (ExpectedLatency, LatencyError, LatencyTable, device_stamp, dispatch_ms,
+                          jit_eval, op_key, time_call, trace)
 from dnas.spaces.darts import final
 from dnas.spaces.darts.genotypes import Genotype
 from dnas.spaces.darts.ops import FactorizedReduce, ReLUConvBN, batch_norm, conv2d, linear, make_op
-
-def _half(hw):
-  return tuple(math.ceil(v / 2) for v in hw)
-
 
 @dataclasses.dataclass(frozen=True)
 class CellShape:
@@ -38,13 +34,12 @@ class CellShape:
   C: int
   hw0: tuple[int, int]  # of s0 (2x hw1 after a reduction cell)
   hw1: tuple[int, int]  # of s1, and of the preprocessed states 0 and 1
-
-  @property
-  def hw_out(self):
-    return _half(self.hw1) if self.reduction else self.hw1
+  hw_out: tuple[int, int]  # of the intermediate nodes and the cell's output
 
   def edge(self, node: int, j: int) -> tuple[tuple[int, int], int]:
-    """(input spatial size, stride) of the edge from state j into intermediate `node`."""
+    """(input spatial size, stride) of the edge from state j into intermediate `node`:
+    the preprocessed inputs (j < 2) are at hw1, strided in a reduction cell; nodes at
+    hw_out."""
     if self.reduction and j < 2:
       return self.hw1, 2
     return (self.hw1 if j < 2 else self.hw_out), 1
@@ -59,56 +54,48 @@ class Layout:
   num_classes: int
   steps: int
   multiplier: int
-  stem_multiplier: int
+  stem_out: int
   cells: tuple[CellShape, ...]
   head_hw: tuple[int, int]
   head_C: int
 
 
-def final_layout(network: str, C: int, layers: int, image: tuple[int, int, int],
-                 num_classes: int, *, steps: int = 4, multiplier: int = 4,
-                 stem_multiplier: int = 3) -> Layout:
-  """The shapes `NetworkCIFAR` / `NetworkImageNet` meet (same bookkeeping as `final`)."""
-  if network not in final.NETWORKS:
-    raise ValueError(f"network {network!r} is unknown; valid: {', '.join(final.NETWORKS)}")
-  hw = tuple(image[:2])
-  if network == "cifar":
-    C_pp = C_p = stem_multiplier * C
-    hw0 = hw1 = hw
-    reduction_prev = False
-  else:  # two stride-2 stems, then stride 2 again: s0 at H/4, s1 at H/8
-    C_pp = C_p = C
-    hw0 = _half(_half(hw))
-    hw1 = _half(hw0)
-    reduction_prev = True
-  C_curr, cells = C, []
-  for i in range(layers):
-    reduction = i in (layers // 3, 2 * layers // 3)
-    if reduction:
-      C_curr *= 2
-    cell = CellShape(reduction, reduction_prev, C_pp, C_p, C_curr, hw0, hw1)
-    cells.append(cell)
-    reduction_prev = reduction
-    C_pp, C_p = C_p, multiplier * C_curr
-    hw0, hw1 = hw1, cell.hw_out
-  return Layout(network, tuple(image), C, num_classes, steps, multiplier, stem_multiplier,
-                tuple(cells), hw1, C_p)
+def trace_layout(net: nnx.Module, image: tuple[int, int, int]) -> Layout:
+  """The shapes a final network (`NetworkCIFAR` or `NetworkImageNet`, possibly abstract
+  from `nnx.eval_shape`) meets on f32[1, *image], from tracing its forward in eval mode:
+  each cell's inputs and output, and the logits."""
+  net = nnx.clone(net)
+  net.eval()
+  calls, out = trace.calls(net, jax.ShapeDtypeStruct((1,) + tuple(image), jnp.float32),
+                           types=(final.Cell,))
+  cells = []
+  for c in calls:
+    s0, s1 = c.inputs[:2]
+    cells.append(CellShape(c.module.reduction, isinstance(c.module.preprocess0, FactorizedReduce),
+                           s0.shape[-1], s1.shape[-1], c.output.shape[-1] // c.module.multiplier,
+                           tuple(s0.shape[1:3]), tuple(s1.shape[1:3]),
+                           tuple(c.output.shape[1:3])))
+  first, last = calls[0], calls[-1]
+  return Layout(network="cifar" if isinstance(net, final.NetworkCIFAR) else "imagenet",
+                image=tuple(image), C=cells[0].C // (2 if cells[0].reduction else 1),
+                num_classes=out[0].shape[-1], steps=len(first.module.ops) // 2,
+                multiplier=first.module.multiplier, stem_out=first.inputs[0].shape[-1],
+                cells=tuple(cells), head_hw=tuple(last.output.shape[1:3]),
+                head_C=last.output.shape[-1])
 
 
 def _fixed_keys(layout: Layout) -> list[str]:
   """Keys of everything that does not depend on the genotype."""
-  h, w, c_in = layout.image
-  stem_out = layout.stem_multiplier * layout.C if layout.network == "cifar" else layout.C
-  keys = [op_key(f"stem_{layout.network}", h, w, c_in, stem_out, 1)]
+  keys = [op_key(f"stem_{layout.network}", layout.image, layout.stem_out)]
   for cell in layout.cells:
     if cell.reduction_prev:
-      keys.append(op_key("factorized_reduce", *cell.hw0, cell.C_prev_prev, cell.C, 2))
+      keys.append(op_key("factorized_reduce", (*cell.hw0, cell.C_prev_prev), cell.C, 2))
     else:
-      keys.append(op_key("relu_conv_bn", *cell.hw0, cell.C_prev_prev, cell.C, 1))
-    keys.append(op_key("relu_conv_bn", *cell.hw1, cell.C_prev, cell.C, 1))
-    keys.append(op_key(f"cell_output_{layout.steps}_{layout.multiplier}", *cell.hw_out,
-                       cell.C, layout.multiplier * cell.C, 1))
-  keys.append(op_key("classifier", *layout.head_hw, layout.head_C, layout.num_classes, 1))
+      keys.append(op_key("relu_conv_bn", (*cell.hw0, cell.C_prev_prev), cell.C))
+    keys.append(op_key("relu_conv_bn", (*cell.hw1, cell.C_prev), cell.C))
+    keys.append(op_key(f"cell_output_{layout.steps}_{layout.multiplier}",
+                       (*cell.hw_out, cell.C), layout.multiplier * cell.C))
+  keys.append(op_key("classifier", (*layout.head_hw, layout.head_C), layout.num_classes))
   return keys
 
 
@@ -116,7 +103,7 @@ def _op_key(cell: CellShape, name: str, node: int, j: int) -> str | None:
   if name == "none":
     return None
   hw, stride = cell.edge(node, j)
-  return op_key(name, *hw, cell.C, cell.C, stride)
+  return op_key(name, (*hw, cell.C), cell.C, stride)
 
 
 def table_keys(layout: Layout, primitives) -> list[str]:
@@ -186,13 +173,13 @@ def measure(key: str, batch_size: int, dtype, repeats: int, seed: int = 0) -> di
   """Compiles the module of `key` alone (eval mode) and times it on random inputs."""
   fn, shapes = _module_for(key, nnx.Rngs(seed))
   if isinstance(fn, nnx.Module):
-    jitted, state = latency_lib.jit_eval(fn, dtype)
+    jitted, state = jit_eval(fn, dtype)
     args = (state,)
   else:
     jitted, args = jax.jit(fn), ()
   rng = np.random.default_rng(seed)
   xs = [jnp.asarray(rng.standard_normal((batch_size,) + s), dtype) for s in shapes]
-  return latency_lib.time_call(jitted, *args, *xs, repeats=repeats)
+  return time_call(jitted, *args, *xs, repeats=repeats)
 
 
 def profile(layout: Layout, primitives, *, batch_size: int, dtype: str = "float32",
@@ -205,41 +192,27 @@ def profile(layout: Layout, primitives, *, batch_size: int, dtype: str = "float3
     entries[key] = measure(key, batch_size, jdtype, repeats)
     if progress:
       progress(i + 1, len(keys), key, entries[key]["median"])
-  meta = dict(latency_lib.device_stamp(), batch_size=batch_size, dtype=dtype, unit="ms",
+  meta = dict(device_stamp(), batch_size=batch_size, dtype=dtype, unit="ms",
               repeats=repeats, network=layout.network, image=list(layout.image),
-              dispatch_ms=latency_lib.dispatch_ms((batch_size,) + layout.image, jdtype))
+              dispatch_ms=dispatch_ms((batch_size,) + layout.image, jdtype))
   return LatencyTable(meta, entries)
-
-
-def _correction(table: LatencyTable) -> tuple[float, float]:
-  """(scale, offset_ms) of a calibrated table; (1, 0) otherwise."""
-  c = table.meta.get("correction", {})
-  return float(c.get("scale", 1.0)), float(c.get("offset_ms", 0.0))
-
-
-def _net(table: LatencyTable, key: str) -> float:
-  """An entry without the call overhead that the whole network pays once, times the
-  table's fitted scale (1 without a correction)."""
-  return _correction(table)[0] * max(table.lookup(key) - table.dispatch_ms, 0.0)
 
 
 def fixed_latency(table: LatencyTable, layout: Layout) -> float:
   """ms of the stem, preprocessing, cell outputs and classifier plus one dispatch (on a
   calibrated table: scaled, plus the fitted offset)."""
-  scale, offset = _correction(table)
-  return offset + scale * (table.dispatch_ms + sum(
-      max(table.lookup(k) - table.dispatch_ms, 0.0) for k in _fixed_keys(layout)))
+  return table.network_ms(sum(table.part_ms(k) for k in _fixed_keys(layout)))
 
 
 def predict(table: LatencyTable, layout: Layout, genotype: Genotype) -> float:
   """Predicted latency (ms) of the final network of `genotype`: the sum of its parts
-  (on a calibrated table, scale * sum + offset)."""
+  (on a calibrated table, scale * sum + offset). Looks up only the genotype's ops."""
   total = fixed_latency(table, layout)
   for cell in layout.cells:
     edges = genotype.reduce if cell.reduction else genotype.normal
     for e, (name, j) in enumerate(edges):
       key = _op_key(cell, name, e // 2, j)
-      total += _net(table, key) if key else 0.0
+      total += table.part_ms(key) if key else 0.0
   return total
 
 
@@ -258,32 +231,6 @@ def random_genotype(rng: np.random.Generator, primitives, steps: int = 4,
   return Genotype(normal=cell(), normal_concat=concat, reduce=cell(), reduce_concat=concat)
 
 
-def calibrate(table: LatencyTable, layout: Layout, measured) -> LatencyTable:
-  """The table with a fitted correction, measured ~ scale * (sum of parts) + offset, by
-  least squares over `measured`, a list of (genotype, ms) end-to-end times of other
-  networks. Whole compiled networks run faster than the sum of their separately timed
-  parts (XLA fuses across op boundaries and runs independent kernels side by side; on
-  this 2-core CPU about 2x). One scale and one offset keep the table's ranking, which
-  the raw sums already get right, and extrapolate to networks unlike the calibration
-  set; a scale per kind of op overfitted the timing noise (BUILD_NOTES.md). The model
-  stays linear in the op latencies, so the expected latency stays differentiable."""
-  raw = LatencyTable({k: v for k, v in table.meta.items() if k != "correction"},
-                     table.entries)
-  x = np.array([predict(raw, layout, g) for g, _ in measured])
-  y = np.array([ms for _, ms in measured])
-  (scale, offset), *_ = np.linalg.lstsq(np.stack([x, np.ones_like(x)], 1), y, rcond=None)
-  if scale <= 0:
-    raise latency_lib.LatencyError(f"calibration found no positive relation between the "
-                                   f"table's sums and {len(y)} measured networks")
-  fit = scale * x + offset
-  correction = dict(scale=round(float(scale), 6), offset_ms=round(float(offset), 6),
-                    networks=len(measured),
-                    fit_mape_pct=round(float(100 * np.mean(np.abs(fit - y) / y)), 3),
-                    layout=dict(network=layout.network, C=layout.C, layers=len(layout.cells),
-                                image=list(layout.image)))
-  return LatencyTable(dict(raw.meta, correction=correction), table.entries)
-
-
 def op_latency_matrices(table: LatencyTable, layout: Layout, primitives):
   """(normal, reduce) f64[E, K]: per supernet edge and op, the summed latency (ms) of
   that op on that edge over all final cells of the type; `none` costs 0."""
@@ -295,72 +242,96 @@ def op_latency_matrices(table: LatencyTable, layout: Layout, primitives):
       for j in range(node + 2):
         for k, name in enumerate(primitives):
           key = _op_key(cell, name, node, j)
-          mats[cell.reduction][e, k] += _net(table, key) if key else 0.0
+          mats[cell.reduction][e, k] += table.part_ms(key) if key else 0.0
         e += 1
   return mats[False], mats[True]
 
 
-@dataclasses.dataclass(frozen=True)
-class ExpectedLatency:
-  """E[LAT](alphas) in ms, differentiable (FBNet Eq. 4, ProxylessNAS Eq. 5, on the DARTS
-  cell): fixed + sum over cell types, edges e and ops k != none of
-  w_e * p'_{e,k} * LAT_{e,k}.
+def expected_latency(table: LatencyTable, layout: Layout, primitives) -> ExpectedLatency:
+  """E[LAT](alphas) in ms over the DARTS cell (FBNet Eq. 4, ProxylessNAS Eq. 5): fixed +
+  sum over cell types, edges e and ops k != none of w_e * p'_{e,k} * LAT_{e,k}.
 
   p' is softmax(alpha) over the non-`none` ops: the discretizer never keeps `none`, so
   probability on it would lower the estimate without making the derived network faster.
   w_e is edge e's share of the two edges the derived cell keeps per node (the weights of
   a node's inputs sum to 2): 2 / (inputs of its node) under DARTS, 2 * node_softmax(beta)_e
-  with PC-DARTS's edge logits.
+  with PC-DARTS's edge logits. The groups are "normal" and "reduce"; the weights read
+  `alphas_{group}` (and `betas_{group}`) of the supernet's ArchParam state.
   """
-  fixed: float
-  normal: np.ndarray  # f64[E, K]
-  reduce: np.ndarray
-  steps: int
-  primitives: tuple[str, ...]
+  primitives = tuple(primitives)
+  normal, reduce = op_latency_matrices(table, layout, primitives)
+  steps = layout.steps
+  keep = np.array([n != "none" for n in primitives])
+  uniform = np.concatenate([np.full(i + 2, 2.0 / (i + 2)) for i in range(steps)])
+  starts = np.cumsum([0] + [i + 2 for i in range(steps)])
 
-  @classmethod
-  def build(cls, table: LatencyTable, layout: Layout, primitives) -> "ExpectedLatency":
-    normal, reduce = op_latency_matrices(table, layout, primitives)  # corrected by _net
-    return cls(fixed_latency(table, layout), normal, reduce, layout.steps, tuple(primitives))
+  def weights(alphas):
+    get = lambda k: _value(alphas[k]) if k in alphas else None
+    out = {}
+    for group in ("normal", "reduce"):
+      a, b = get(f"alphas_{group}"), get(f"betas_{group}")
+      p = jax.nn.softmax(jnp.where(keep, a.astype(jnp.float32), -jnp.inf), axis=-1)
+      w = (jnp.asarray(uniform, jnp.float32) if b is None
+           else 2.0 * node_softmax(b.astype(jnp.float32), steps))
+      out[group] = w[:, None] * p
+    return out
 
-  def __call__(self, alphas_normal, alphas_reduce, betas_normal=None, betas_reduce=None):
-    """f32[E, K] logits (and optional f32[E] edge logits) -> f32[] ms."""
-    keep = np.array([n != "none" for n in self.primitives])
-    uniform = jnp.asarray(np.concatenate([np.full(i + 2, 2.0 / (i + 2))
-                                          for i in range(self.steps)]), jnp.float32)
-    total = jnp.asarray(self.fixed, jnp.float32)
-    for a, b, lat in ((alphas_normal, betas_normal, self.normal),
-                      (alphas_reduce, betas_reduce, self.reduce)):
-      p = jax.nn.softmax(jnp.where(keep, a, -jnp.inf), axis=-1)
-      w = uniform if b is None else 2.0 * node_softmax(b, self.steps)
-      total = total + jnp.sum(w[:, None] * p * jnp.asarray(lat, jnp.float32))
-    return total
+  def picks(genotype):
+    out = {}
+    for group, edges in (("normal", genotype.normal), ("reduce", genotype.reduce)):
+      for name in {n for n, _ in edges} - set(primitives):
+        raise LatencyError(f"op {name!r} of the genotype is not among the searched ops "
+                           f"({', '.join(primitives)})")
+      out[group] = [(int(starts[e // 2]) + j, primitives.index(name))
+                    for e, (name, j) in enumerate(edges)]
+    return out
 
-  def of_state(self, alphas) -> jax.Array:
-    """E[LAT] of an ArchParam state of `darts.Network` (with PC-DARTS betas if present)."""
-    get = lambda k: alphas[k].get_value() if k in alphas else None
-    return self(get("alphas_normal"), get("alphas_reduce"), get("betas_normal"),
-                get("betas_reduce"))
+  # A lower bound: per node, twice the cheapest non-`none` op on its cheapest edge, since
+  # each node's edge weights sum to 2.
+  minimum = fixed_latency(table, layout) + sum(
+      2 * lat[starts[i]:starts[i + 1]][:, keep].min() for lat in (normal, reduce)
+      for i in range(steps))
+  return ExpectedLatency(fixed_latency(table, layout), {"normal": normal, "reduce": reduce},
+                         weights, picks, float(minimum))
+
+
+def _value(v):
+  return v.get_value() if hasattr(v, "get_value") else v
+
+
+class DartsLatency:
+  """The space's latency model: the supernet's expected latency (differentiable in its
+  ArchParam state; built on first use), a genotype's predicted latency (only its own
+  ops' entries), and a lower bound."""
+
+  def __init__(self, table: LatencyTable, layout: Layout, primitives):
+    self.table, self.layout, self.primitives = table, layout, tuple(primitives)
+
+  @functools.cached_property
+  def _expected(self) -> ExpectedLatency:
+    return expected_latency(self.table, self.layout, self.primitives)
+
+  def expected(self, alphas) -> jax.Array:
+    return self._expected(alphas)
+
+  def predict(self, genotype: Genotype) -> float:
+    return predict(self.table, self.layout, genotype)
 
   def minimum(self) -> float:
-    """A lower bound of the expected latency (and of every derived network's): per node,
-    twice the cheapest non-`none` op on its cheapest edge, since each node's edge weights
-    sum to 2. The objectives are checked against it."""
-    keep = np.array([n != "none" for n in self.primitives])
-    total = self.fixed
-    for lat in (self.normal, self.reduce):
-      start = 0
-      for i in range(self.steps):
-        total += 2 * lat[start:start + i + 2][:, keep].min()
-        start += i + 2
-    return float(total)
+    return self._expected.minimum()
 
 
 def layout_for(config, info) -> Layout:
-  """The layout of the final network that `config` retrains (`train.*`) on data `info`."""
+  """The layout of the final network that `config` retrains (`train.*`) on data `info`,
+  traced from that network built abstractly (any genotype: shapes do not depend on its
+  ops)."""
   t, m = config.train, config.model
-  return final_layout(t.network, t.C, t.layers, tuple(info.image_shape), info.num_classes,
-                      steps=m.steps, multiplier=m.multiplier, stem_multiplier=3)
+  genotype = random_genotype(np.random.default_rng(0), tuple(m.primitives), m.steps,
+                             m.multiplier)
+  net = nnx.eval_shape(lambda: final.NETWORKS[t.network](
+      genotype, t.C, info.num_classes, t.layers, in_channels=info.image_shape[-1],
+      rngs=nnx.Rngs(0)))
+  return trace_layout(net, tuple(info.image_shape))
 
 
 def compile_network(layout: Layout, genotype: Genotype, *, batch_size: int,
@@ -371,12 +342,12 @@ def compile_network(layout: Layout, genotype: Genotype, *, batch_size: int,
   kwargs = dict(in_channels=c, rngs=nnx.Rngs(seed))
   if layout.network == "cifar":
     net = final.NetworkCIFAR(genotype, layout.C, layout.num_classes, len(layout.cells),
-                             stem_multiplier=layout.stem_multiplier, **kwargs)
+                             stem_multiplier=layout.stem_out // layout.C, **kwargs)
   else:
     net = final.NetworkImageNet(genotype, layout.C, layout.num_classes, len(layout.cells),
                                 **kwargs)
   jdtype = jnp.dtype(dtype)
-  forward, state = latency_lib.jit_eval(net, jdtype)
+  forward, state = jit_eval(net, jdtype)
   x = jnp.asarray(np.random.default_rng(seed).standard_normal((batch_size, h, w, c)), jdtype)
   compiled = forward.lower(state, x).compile()
   return (lambda state, x: compiled(state, x)[0]), (state, x)
@@ -388,4 +359,4 @@ def measure_network(layout: Layout, genotype: Genotype, *, batch_size: int,
   `genotype` in eval mode on random inputs: what `predict` estimates."""
   forward, args = compile_network(layout, genotype, batch_size=batch_size, dtype=dtype,
                                   seed=seed)
-  return latency_lib.time_call(forward, *args, repeats=repeats)
+  return time_call(forward, *args, repeats=repeats)

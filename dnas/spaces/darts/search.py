@@ -15,8 +15,9 @@ from dnas import autodiff
 from dnas.arch import (RELAXATIONS, ArchParam, MixedOp, PartialMixedOp, batched_mixed_ops, gumbel_softmax,
                        init_alphas, node_softmax)
 from dnas.spaces.darts import genotypes as genotypes_lib
+from dnas.kernels import fusion_barrier
 from dnas.spaces.darts.ops import (PRIMITIVES, FactorizedReduce, ReLUConvBN, batch_norm, conv2d,
-                                   fusion_barrier, linear, make_op)
+                                   linear, make_op)
 
 
 def num_edges(steps: int) -> int:

@@ -3,8 +3,6 @@
 `config.method = "pc_darts"`), Genotypes, NetworkCIFAR / NetworkImageNet of `config.train`,
 cell drawings, and latency over the final network's ops."""
 
-import functools
-
 import numpy as np
 from flax import nnx
 
@@ -84,7 +82,7 @@ class DartsSpace:
   def draw(self, arch, path_prefix: str) -> list[str]:
     return draw.plot_genotype(arch, path_prefix)
 
-  # Latency over the final network's ops (`dnas.spaces.darts.latency`).
+  # Latency over the final network's ops (`dnas.spaces.darts.latency`, on `dnas.latency`).
 
   def latency_profile(self, config, info, *, batch_size: int, dtype: str, repeats: int,
                       progress=None):
@@ -93,13 +91,9 @@ class DartsSpace:
                            batch_size=batch_size, dtype=dtype, repeats=repeats,
                            progress=progress)
 
-  def latency_model(self, table, config, info) -> "DartsLatency":
-    return DartsLatency(table, latency.layout_for(config, info),
-                        tuple(config.model.primitives))
-
-  def latency_calibrate(self, table, config, info, measured):
-    """The table with a fitted correction from (architecture, measured ms) pairs."""
-    return latency.calibrate(table, latency.layout_for(config, info), measured)
+  def latency_model(self, table, config, info) -> latency.DartsLatency:
+    return latency.DartsLatency(table, latency.layout_for(config, info),
+                                tuple(config.model.primitives))
 
   def random_arch(self, rng: np.random.Generator, config) -> genotypes.Genotype:
     """A uniformly drawn cell pair of the config's space (no `none` ops)."""
@@ -110,28 +104,6 @@ class DartsSpace:
     """(forward, args): the compiled final network in eval mode and random inputs."""
     return latency.compile_network(latency.layout_for(config, info), arch,
                                    batch_size=batch_size, dtype=dtype)
-
-
-class DartsLatency:
-  """A table's view of the final network: the supernet's expected latency (differentiable
-  in its ArchParam state), a genotype's predicted latency, and a lower bound."""
-
-  def __init__(self, table, layout, primitives):
-    self.table, self.layout, self.primitives = table, layout, primitives
-
-  @functools.cached_property
-  def _expected(self) -> latency.ExpectedLatency:
-    # Built on first use: a prediction needs only the entries of its genotype's ops.
-    return latency.ExpectedLatency.build(self.table, self.layout, self.primitives)
-
-  def expected(self, alphas):
-    return self._expected.of_state(alphas)
-
-  def predict(self, arch) -> float:
-    return latency.predict(self.table, self.layout, arch)
-
-  def minimum(self) -> float:
-    return self._expected.minimum()
 
 
 SPACE = DartsSpace()

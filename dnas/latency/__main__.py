@@ -1,8 +1,8 @@
-"""Latency tables for latency-aware search (FBNet, ProxylessNAS).
+"""The latency CLI: tables for latency-aware search (FBNet, ProxylessNAS).
 
 python -m dnas.latency profile [--config=dnas/configs/digits.py] [--out=latency_table.json]
     measures every candidate op and fixed part of the config's final network at each
-    shape it meets (`train.*`, `latency.batch_size`, `dtype`) on this JAX backend.
+    shape it meets (traced from the network) (`train.*`, `latency.batch_size`, `dtype`) on this JAX backend.
 python -m dnas.latency calibrate --table=latency_table.json [--networks=30] [--out=...]
     times `--networks` random final networks end to end here and fits the table's
     correction, measured ~ scale * (table sum) + offset (BUILD_NOTES.md).
@@ -18,7 +18,8 @@ import json
 import numpy as np
 from absl import flags
 
-from dnas import cli, config as config_lib, latency_lib, spaces
+from dnas import cli, config as config_lib, spaces
+from dnas.latency import LatencyError, LatencyTable, time_call
 from dnas.data.pipeline import dataset_info
 
 _CONFIG = cli.define_config_flag()
@@ -52,8 +53,8 @@ def profile(config):
 
 def calibrate(config):
   if not _TABLE.value:
-    raise latency_lib.LatencyError("calibrate needs --table")
-  table = latency_lib.LatencyTable.load(_TABLE.value)
+    raise LatencyError("calibrate needs --table")
+  table = LatencyTable.load(_TABLE.value)
   table.check()  # the networks are timed here: the table must be from this device kind
   space, info = spaces.get(config.space), _info(config)
   rng = np.random.default_rng(_SEED.value)
@@ -64,14 +65,16 @@ def calibrate(config):
   times = [[] for _ in genotypes]
   for _ in range(_ROUNDS.value):
     for i, (forward, args) in enumerate(compiled):
-      times[i].append(latency_lib.time_call(forward, *args,
+      times[i].append(time_call(forward, *args,
                                             repeats=table.meta.get("repeats", 50))["median"])
-  measured = [(g, float(np.median(t))) for g, t in zip(genotypes, times)]
-  model = space.latency_model(table, config, info)
-  for i, (g, ms) in enumerate(measured):
-    print(f"[{i + 1}/{len(measured)}] measured {ms:.4f} ms, table sum "
-          f"{model.predict(g):.4f} ms", flush=True)
-  table = space.latency_calibrate(table, config, info, measured)
+  measured = [float(np.median(t)) for t in times]
+  raw = space.latency_model(table.without_correction(), config, info)
+  sums = [raw.predict(g) for g in genotypes]
+  for i, (ms, s) in enumerate(zip(measured, sums)):
+    print(f"[{i + 1}/{len(measured)}] measured {ms:.4f} ms, table sum {s:.4f} ms", flush=True)
+  table = table.calibrated(sums, measured, space=space.name, network=config.train.network,
+                           C=config.train.C, layers=config.train.layers,
+                           image=list(info.image_shape))
   out = _OUT.value if _OUT.present else _TABLE.value
   table.save(out)
   print(f"wrote {out}: correction {json.dumps(table.meta['correction'])}")
@@ -79,8 +82,8 @@ def calibrate(config):
 
 def predict(config):
   if not _TABLE.value or not _GENOTYPE.value:
-    raise latency_lib.LatencyError("predict needs --table and --genotype")
-  table = latency_lib.LatencyTable.load(_TABLE.value)
+    raise LatencyError("predict needs --table and --genotype")
+  table = LatencyTable.load(_TABLE.value)
   table.check(allow_foreign=_ALLOW_FOREIGN.value or not _MEASURE.value)
   space, info = spaces.get(config.space), _info(config)
   genotype = spaces.load(space, _GENOTYPE.value)
@@ -89,7 +92,7 @@ def predict(config):
     forward, args = space.compile_final(genotype, config, info,
                                         batch_size=table.meta["batch_size"],
                                         dtype=table.meta["dtype"])
-    measured = latency_lib.time_call(forward, *args)
+    measured = time_call(forward, *args)
     out.update(measured_ms=measured["median"], measured_q25=measured["q25"],
                measured_q75=measured["q75"])
   print(json.dumps(out))

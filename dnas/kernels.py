@@ -1,0 +1,106 @@
+"""Spatial kernels of the search spaces, portable by default, fast where it pays.
+
+Each kernel has one reference implementation made of XLA's own ops (grouped
+convolution, `reduce_window`), which every backend compiles well, and a CPU fast path
+(`dnas.cpu`). `lax.platform_dependent` chooses between them by the platform the program
+is lowered for, not by the host that traces it: a step jitted on a CPU runs the fast
+path, and the same step exported for `cuda` or `tpu` from that CPU contains only XLA's
+ops (tests/test_kernels.py). Both paths agree in value and in first and second
+derivatives.
+
+Layout is NHWC; kernels are f32[k, k, 1, C] (HWIO with one input channel per group).
+Semantics are PyTorch's: symmetric zero padding, `MaxPool2d` whose padding never wins
+and whose gradient goes to the first maximum in row-major window order, `AvgPool2d` with
+`count_include_pad=False`.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from dnas import cpu
+
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def out_size(size: int, k: int, stride: int, dilation: int, padding: int) -> int:
+  """Output length of a window op along one axis (PyTorch's floor formula)."""
+  return (size + 2 * padding - dilation * (k - 1) - 1) // stride + 1
+
+
+def _depthwise_xla(x, kernel, stride, dilation, padding):
+  return lax.conv_general_dilated(
+      x, kernel, (stride, stride), ((padding, padding),) * 2, rhs_dilation=(dilation,) * 2,
+      dimension_numbers=_NHWC, feature_group_count=x.shape[-1])
+
+
+def _window(k, stride, padding):
+  return dict(window_dimensions=(1, k, k, 1), window_strides=(1, stride, stride, 1),
+              padding=((0, 0), (padding, padding), (padding, padding), (0, 0)))
+
+
+def _max_pool_xla(x, k, stride, padding):
+  # JAX differentiates reduce_window max through XLA's select-and-scatter with a >=
+  # selection, which keeps the first maximum of each window.
+  return lax.reduce_window(x, -jnp.inf, lax.max, **_window(k, stride, padding))
+
+
+def _sum_pool_xla(x, k, stride, padding):
+  # A constant init value (not a traced one) makes JAX use its differentiable sum pool.
+  return lax.reduce_window(x, np.zeros((), x.dtype), lax.add, **_window(k, stride, padding))
+
+
+def depthwise_conv2d(x: jax.Array, kernel: jax.Array, stride: int, dilation: int,
+                     padding: int) -> jax.Array:
+  """Depthwise 2-D cross-correlation, PyTorch `conv2d(groups=C)`.
+
+  Args:
+    x: f32[N, H, W, C].
+    kernel: f32[k, k, 1, C].
+    stride, dilation, padding: ints; the padding is symmetric.
+
+  Returns:
+    f32[N, Ho, Wo, C], Ho = out_size(H, k, stride, dilation, padding).
+  """
+  args = (stride, dilation, padding)
+  return lax.platform_dependent(
+      x, kernel, cpu=lambda x, w: cpu.depthwise_conv2d(x, w, *args),
+      default=lambda x, w: _depthwise_xla(x, w, *args))
+
+
+def max_pool2d(x: jax.Array, k: int, stride: int, padding: int) -> jax.Array:
+  """k x k max pool over -inf padding: f32[N, H, W, C] -> f32[N, Ho, Wo, C]."""
+  return lax.platform_dependent(
+      x, cpu=lambda x: cpu.max_pool2d(x, k, stride, padding),
+      default=lambda x: _max_pool_xla(x, k, stride, padding))
+
+
+@functools.cache
+def _inverse_counts(h, w, k, stride, padding):
+  """1 / (number of in-image pixels under each window), f64[Ho, Wo], on the host."""
+  ho, wo = out_size(h, k, stride, 1, padding), out_size(w, k, stride, 1, padding)
+  ones = np.pad(np.ones((h, w)), padding)
+  counts = sum(ones[i:i + (ho - 1) * stride + 1:stride, j:j + (wo - 1) * stride + 1:stride]
+               for i in range(k) for j in range(k))
+  return 1.0 / counts
+
+
+def avg_pool2d(x: jax.Array, k: int, stride: int, padding: int) -> jax.Array:
+  """k x k average pool, PyTorch `AvgPool2d(count_include_pad=False)`: each output
+  divides its window sum by the number of in-image pixels under the window.
+  f32[N, H, W, C] -> f32[N, Ho, Wo, C]."""
+  total = lax.platform_dependent(
+      x, cpu=lambda x: cpu.sum_pool2d(x, k, stride, padding),
+      default=lambda x: _sum_pool_xla(x, k, stride, padding))
+  inv = _inverse_counts(x.shape[1], x.shape[2], k, stride, padding)
+  return total * jnp.asarray(inv, x.dtype)[None, :, :, None]
+
+
+def fusion_barrier(x: jax.Array) -> jax.Array:
+  """The identity, with a buffer of its own on CPU (`dnas.cpu.fusion_barrier`) and
+  nothing at all elsewhere: other backends' fusion does not recompute a producer per
+  consumer the way XLA:CPU's does."""
+  return lax.platform_dependent(x, cpu=cpu.fusion_barrier, default=lambda x: x)
