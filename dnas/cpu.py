@@ -236,7 +236,40 @@ _max_pool2d_vjp.defvjp(_max_pool_fwd, _max_pool_bwd)
 def sum_pool2d(x: jax.Array, k: int, stride: int, padding: int) -> jax.Array:
   """k x k window sums over zero padding, f32[N, H, W, C] -> f32[N, Ho, Wo, C]: a
   depthwise conv with a ones kernel, so it shares its fused loops and their gradients."""
-  return depthwise_conv2d(x, jnp.ones((k, k, 1, x.shape[-1]), x.dtype), stride, 1, padding)
+  return depthwise_conv2d(x, _ones_kernel(x, k), stride, 1, padding)
+
+
+def _ones_kernel(x, k):
+  return jnp.ones((k, k, 1, x.shape[-1]), x.dtype)
+
+
+# The forward and backward passes on their own, for `dnas.kernels`' custom VJPs (which
+# choose between these and XLA's ops by platform): plain functions of arrays.
+
+def depthwise_forward(x, kernel, stride, dilation, padding):
+  return _depthwise_fwd_impl(x, kernel, stride, dilation, padding)
+
+
+def depthwise_backward(x, kernel, g, stride, dilation, padding):
+  """(dx, dkernel) of `depthwise_conv2d` for the output cotangent g."""
+  return _depthwise_bwd(stride, dilation, padding, (x, kernel), g)
+
+
+def max_pool_forward(x, k, stride, padding):
+  return _max_pool_impl(x, k, stride, padding)
+
+
+def max_pool_backward(x, out, g, k, stride, padding):
+  """dx of `max_pool2d` (the first maximum of each window takes the gradient)."""
+  return _max_pool_bwd(k, stride, padding, (x, out), g)[0]
+
+
+def sum_pool_forward(x, k, stride, padding):
+  return _depthwise_fwd_impl(x, _ones_kernel(x, k), stride, 1, padding)
+
+
+def sum_pool_backward(x, g, k, stride, padding):
+  return _depthwise_transpose(g, _ones_kernel(x, k), x.shape[1:3], stride, 1, padding)
 
 
 # XLA:CPU's default concurrency-optimised scheduler keeps many more buffers alive.

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from dnas import cpu
+from dnas import autodiff, cpu
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -53,6 +53,21 @@ def _sum_pool_xla(x, k, stride, padding):
   return lax.reduce_window(x, np.zeros((), x.dtype), lax.add, **_window(k, stride, padding))
 
 
+# Each kernel is a custom VJP whose forward and backward each pick their platform's code:
+# differentiating a `platform_dependent` (a `cond`) directly made JAX partial-evaluate and
+# transpose both branches, which doubled the tracing time of the CIFAR search step
+# (BUILD_NOTES.md). Under `dnas.autodiff.forward_mode_autodiff()` (forward mode, which
+# custom VJPs refuse) both paths are plain JAX functions.
+
+def _dispatch(args, cpu_fn, xla_fn):
+  return lax.platform_dependent(*args, cpu=cpu_fn, default=xla_fn)
+
+
+def _xla_vjp(fn, *primals):
+  """The backward pass of XLA's own op: JAX's derivative of `fn` at `primals`."""
+  return lambda g: jax.vjp(fn, *primals)[1](g)
+
+
 def depthwise_conv2d(x: jax.Array, kernel: jax.Array, stride: int, dilation: int,
                      padding: int) -> jax.Array:
   """Depthwise 2-D cross-correlation, PyTorch `conv2d(groups=C)`.
@@ -65,17 +80,87 @@ def depthwise_conv2d(x: jax.Array, kernel: jax.Array, stride: int, dilation: int
   Returns:
     f32[N, Ho, Wo, C], Ho = out_size(H, k, stride, dilation, padding).
   """
+  if autodiff.plain_autodiff():
+    return _dispatch((x, kernel), lambda x, w: cpu.depthwise_forward(x, w, stride, dilation,
+                                                                     padding),
+                     lambda x, w: _depthwise_xla(x, w, stride, dilation, padding))
+  return _depthwise_vjp(x, kernel, stride, dilation, padding)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _depthwise_vjp(x, kernel, stride, dilation, padding):
+  return _dispatch((x, kernel), lambda x, w: cpu.depthwise_forward(x, w, stride, dilation,
+                                                                   padding),
+                   lambda x, w: _depthwise_xla(x, w, stride, dilation, padding))
+
+
+def _depthwise_fwd(x, kernel, stride, dilation, padding):
+  return _depthwise_vjp(x, kernel, stride, dilation, padding), (x, kernel)
+
+
+def _depthwise_bwd(stride, dilation, padding, residuals, g):
   args = (stride, dilation, padding)
-  return lax.platform_dependent(
-      x, kernel, cpu=lambda x, w: cpu.depthwise_conv2d(x, w, *args),
-      default=lambda x, w: _depthwise_xla(x, w, *args))
+  return _dispatch(
+      (*residuals, g), lambda x, w, g: cpu.depthwise_backward(x, w, g, *args),
+      lambda x, w, g: _xla_vjp(lambda x, w: _depthwise_xla(x, w, *args), x, w)(g))
+
+
+_depthwise_vjp.defvjp(_depthwise_fwd, _depthwise_bwd)
 
 
 def max_pool2d(x: jax.Array, k: int, stride: int, padding: int) -> jax.Array:
   """k x k max pool over -inf padding: f32[N, H, W, C] -> f32[N, Ho, Wo, C]."""
-  return lax.platform_dependent(
-      x, cpu=lambda x: cpu.max_pool2d(x, k, stride, padding),
-      default=lambda x: _max_pool_xla(x, k, stride, padding))
+  if autodiff.plain_autodiff():
+    return _dispatch((x,), lambda x: cpu.max_pool_forward(x, k, stride, padding),
+                     lambda x: _max_pool_xla(x, k, stride, padding))
+  return _max_pool_vjp(x, k, stride, padding)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _max_pool_vjp(x, k, stride, padding):
+  return _dispatch((x,), lambda x: cpu.max_pool_forward(x, k, stride, padding),
+                   lambda x: _max_pool_xla(x, k, stride, padding))
+
+
+def _max_pool_fwd(x, k, stride, padding):
+  out = _max_pool_vjp(x, k, stride, padding)
+  return out, (x, out)
+
+
+def _max_pool_bwd(k, stride, padding, residuals, g):
+  return (_dispatch(
+      (*residuals, g), lambda x, out, g: cpu.max_pool_backward(x, out, g, k, stride, padding),
+      lambda x, out, g: _xla_vjp(lambda x: _max_pool_xla(x, k, stride, padding), x)(g)[0]),)
+
+
+_max_pool_vjp.defvjp(_max_pool_fwd, _max_pool_bwd)
+
+
+def _sum_pool(x, k, stride, padding):
+  """k x k window sums over zero padding, f32[N, H, W, C] -> f32[N, Ho, Wo, C]."""
+  if autodiff.plain_autodiff():
+    return _dispatch((x,), lambda x: cpu.sum_pool_forward(x, k, stride, padding),
+                     lambda x: _sum_pool_xla(x, k, stride, padding))
+  return _sum_pool_vjp(x, k, stride, padding)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _sum_pool_vjp(x, k, stride, padding):
+  return _dispatch((x,), lambda x: cpu.sum_pool_forward(x, k, stride, padding),
+                   lambda x: _sum_pool_xla(x, k, stride, padding))
+
+
+def _sum_pool_fwd(x, k, stride, padding):
+  return _sum_pool_vjp(x, k, stride, padding), x
+
+
+def _sum_pool_bwd(k, stride, padding, x, g):
+  return (_dispatch(
+      (x, g), lambda x, g: cpu.sum_pool_backward(x, g, k, stride, padding),
+      lambda x, g: _xla_vjp(lambda x: _sum_pool_xla(x, k, stride, padding), x)(g)[0]),)
+
+
+_sum_pool_vjp.defvjp(_sum_pool_fwd, _sum_pool_bwd)
 
 
 @functools.cache
@@ -92,9 +177,7 @@ def avg_pool2d(x: jax.Array, k: int, stride: int, padding: int) -> jax.Array:
   """k x k average pool, PyTorch `AvgPool2d(count_include_pad=False)`: each output
   divides its window sum by the number of in-image pixels under the window.
   f32[N, H, W, C] -> f32[N, Ho, Wo, C]."""
-  total = lax.platform_dependent(
-      x, cpu=lambda x: cpu.sum_pool2d(x, k, stride, padding),
-      default=lambda x: _sum_pool_xla(x, k, stride, padding))
+  total = _sum_pool(x, k, stride, padding)
   inv = _inverse_counts(x.shape[1], x.shape[2], k, stride, padding)
   return total * jnp.asarray(inv, x.dtype)[None, :, :, None]
 
