@@ -2,9 +2,9 @@
 
 `dnas.kernels` picks these kernels by compile target (`lax.platform_dependent`), so a
 program compiled or exported for a GPU or TPU never contains them:
-- spatial kernels as k*k shifted slices with hand-written VJPs (`depthwise_conv2d`,
-  `max_pool2d`, `sum_pool2d`): XLA:CPU's grouped convolution and select-and-scatter are
-  4-9x slower here;
+- spatial kernels as k*k shifted slices with hand-written backward passes
+  (`depthwise_forward`/`_backward`, `max_pool_*`, `sum_pool_*`): XLA:CPU's grouped
+  convolution and select-and-scatter are 4-9x slower here;
 - `fusion_barrier`: an identity matmul that stops XLA:CPU from recomputing a producer in
   every consumer;
 - the scheduler flag (`XLA_CPU_FLAGS`) and `compile_then_trim`, which hand the
@@ -14,17 +14,15 @@ Layout is NHWC. The kernels equal their portable versions in `dnas.kernels` in v
 in first and second derivatives (tests/test_kernels.py).
 """
 
-import functools
+import ctypes
 import threading
 import time
-import ctypes
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from dnas import autodiff
 
 def _pad_hw(x, lo, hi=None, interior=0, value=0.0):
   """Pads (or crops, if negative) the H and W axes of f32[N, H, W, C]."""
@@ -91,37 +89,8 @@ def _depthwise_fwd_impl(x, kernel, stride, dilation, padding):
   return _materialize(out)[0]
 
 
-def depthwise_conv2d(x: jax.Array, kernel: jax.Array, stride: int, dilation: int,
-                     padding: int) -> jax.Array:
-  """Depthwise 2-D cross-correlation, PyTorch `conv2d(groups=C)` semantics.
-
-  Written as k*k strided shifts of the padded input, which XLA fuses into one loop; the
-  input gradient is the same kind of loop over the dilated gradient with the flipped
-  kernel, and the kernel gradient a matmul (`_depthwise_kernel_grad`). On CPU this is
-  4-9x faster, forward and backward, than XLA's grouped convolution, whose kernel
-  gradient is lowered as a dense convolution. Under
-  `dnas.autodiff.forward_mode_autodiff()` JAX differentiates the forward loop itself.
-
-  Args:
-    x: f32[N, H, W, C].
-    kernel: f32[k, k, 1, C].
-    stride, dilation, padding: ints, symmetric padding on both sides.
-
-  Returns:
-    f32[N, Ho, Wo, C], Ho = (H + 2 padding - dilation (k - 1) - 1) // stride + 1.
-  """
-  if autodiff.plain_autodiff():
-    return _depthwise_fwd_impl(x, kernel, stride, dilation, padding)
-  return _depthwise_conv2d_vjp(x, kernel, stride, dilation, padding)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _depthwise_conv2d_vjp(x, kernel, stride, dilation, padding):
-  return _depthwise_fwd_impl(x, kernel, stride, dilation, padding)
-
-
 def _depthwise_transpose(g, kernel, in_hw, stride, dilation, padding):
-  """Input gradient of `depthwise_conv2d`: f32[N, Ho, Wo, C] -> f32[N, H, W, C].
+  """Input gradient of `depthwise_forward`: f32[N, Ho, Wo, C] -> f32[N, H, W, C].
 
   The transposed convolution: a stride-1 depthwise conv of g, dilated by the stride and
   padded, with the spatially flipped kernel.
@@ -135,7 +104,7 @@ def _depthwise_transpose(g, kernel, in_hw, stride, dilation, padding):
 
 
 def _depthwise_kernel_grad(x, g, k, stride, dilation, padding):
-  """Kernel gradient of `depthwise_conv2d`, f32[k, k, 1, C]:
+  """Kernel gradient of `depthwise_forward`, f32[k, k, 1, C]:
   dw[i, j, c] = sum_{n, y, x} xp[n, y*s + i*d, x*s + j*d, c] g[n, y, x, c].
 
   One matmul over (n, y) gives S[c, i, a, b] = sum_{n, y} xp[n, y*s + i*d, a, c]
@@ -158,19 +127,6 @@ def _depthwise_kernel_grad(x, g, k, stride, dilation, padding):
   return jnp.einsum("ciab,jab->ijc", s, jnp.asarray(select, s.dtype))[:, :, None, :]
 
 
-def _depthwise_fwd(x, kernel, stride, dilation, padding):
-  return _depthwise_fwd_impl(x, kernel, stride, dilation, padding), (x, kernel)
-
-
-def _depthwise_bwd(stride, dilation, padding, residuals, g):
-  x, kernel = residuals
-  return (_depthwise_transpose(g, kernel, x.shape[1:3], stride, dilation, padding),
-          _depthwise_kernel_grad(x, g, kernel.shape[0], stride, dilation, padding))
-
-
-_depthwise_conv2d_vjp.defvjp(_depthwise_fwd, _depthwise_bwd)
-
-
 def _place(tap_grad, i, j, stride, dilation, padding, in_hw):
   """Transpose of one window tap: scatters f32[N, ho, wo, C] back onto f32[N, H, W, C]."""
   ho, wo = tap_grad.shape[1:3]
@@ -180,25 +136,6 @@ def _place(tap_grad, i, j, stride, dilation, padding, in_hw):
                   (0, 0, 0)))
 
 
-def max_pool2d(x: jax.Array, k: int, stride: int, padding: int) -> jax.Array:
-  """k x k max pool, PyTorch `MaxPool2d` semantics: f32[N, H, W, C] -> f32[N, Ho, Wo, C].
-
-  Padded cells never win. As a max of strided shifts it is one fused loop on CPU; the
-  gradient goes to the first maximum in row-major window order, as PyTorch routes it
-  (XLA's select-and-scatter is several times slower here). Under
-  `dnas.autodiff.forward_mode_autodiff()` JAX differentiates the max of shifts itself
-  (ties split the gradient).
-  """
-  if autodiff.plain_autodiff():
-    return _max_pool_impl(x, k, stride, padding)
-  return _max_pool2d_vjp(x, k, stride, padding)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
-def _max_pool2d_vjp(x, k, stride, padding):
-  return _max_pool_impl(x, k, stride, padding)
-
-
 def _max_pool_impl(x, k, stride, padding):
   ho, wo = (_out_size(s, k, stride, 1, padding) for s in x.shape[1:3])
   (x,) = _materialize(x)
@@ -206,11 +143,6 @@ def _max_pool_impl(x, k, stride, padding):
   for _, _, tap in _windows(_pad_hw(x, padding, value=-jnp.inf), k, stride, 1, ho, wo):
     out = tap if out is None else jnp.maximum(out, tap)
   return _materialize(out)[0]
-
-
-def _max_pool_fwd(x, k, stride, padding):
-  out = _max_pool_impl(x, k, stride, padding)
-  return out, (x, out)
 
 
 def _max_pool_bwd(k, stride, padding, residuals, g):
@@ -230,41 +162,50 @@ def _max_pool_bwd(k, stride, padding, residuals, g):
   return _materialize(dx)
 
 
-_max_pool2d_vjp.defvjp(_max_pool_fwd, _max_pool_bwd)
-
-
-def sum_pool2d(x: jax.Array, k: int, stride: int, padding: int) -> jax.Array:
-  """k x k window sums over zero padding, f32[N, H, W, C] -> f32[N, Ho, Wo, C]: a
-  depthwise conv with a ones kernel, so it shares its fused loops and their gradients."""
-  return depthwise_conv2d(x, _ones_kernel(x, k), stride, 1, padding)
-
 
 def _ones_kernel(x, k):
   return jnp.ones((k, k, 1, x.shape[-1]), x.dtype)
 
 
-# The forward and backward passes on their own, for `dnas.kernels`' custom VJPs (which
-# choose between these and XLA's ops by platform): plain functions of arrays.
+# The forward and backward passes, which `dnas.kernels`' custom VJPs call in programs
+# lowered for the CPU (the backward passes are each other's transposes, so derivatives
+# of every order reuse them). Under `dnas.autodiff.forward_mode_autodiff()` the forward
+# passes are differentiated by JAX itself (max pool's ties then split the gradient).
 
 def depthwise_forward(x, kernel, stride, dilation, padding):
+  """Depthwise 2-D cross-correlation, PyTorch `conv2d(groups=C)`: f32[N, H, W, C] with
+  kernel f32[k, k, 1, C] -> f32[N, Ho, Wo, C].
+
+  Written as k*k strided shifts of the padded input, which XLA fuses into one loop; the
+  input gradient is the same kind of loop over the dilated gradient with the flipped
+  kernel, and the kernel gradient a matmul (`_depthwise_kernel_grad`). On CPU this is
+  4-9x faster, forward and backward, than XLA's grouped convolution, whose kernel
+  gradient is lowered as a dense convolution.
+  """
   return _depthwise_fwd_impl(x, kernel, stride, dilation, padding)
 
 
 def depthwise_backward(x, kernel, g, stride, dilation, padding):
-  """(dx, dkernel) of `depthwise_conv2d` for the output cotangent g."""
-  return _depthwise_bwd(stride, dilation, padding, (x, kernel), g)
+  """(dx, dkernel) of `depthwise_forward` for the output cotangent g."""
+  return (_depthwise_transpose(g, kernel, x.shape[1:3], stride, dilation, padding),
+          _depthwise_kernel_grad(x, g, kernel.shape[0], stride, dilation, padding))
 
 
 def max_pool_forward(x, k, stride, padding):
+  """k x k max pool, PyTorch `MaxPool2d`: padded cells never win. A max of strided
+  shifts, one fused loop on CPU (XLA's select-and-scatter gradient is several times
+  slower here)."""
   return _max_pool_impl(x, k, stride, padding)
 
 
 def max_pool_backward(x, out, g, k, stride, padding):
-  """dx of `max_pool2d` (the first maximum of each window takes the gradient)."""
+  """dx of `max_pool_forward` (out its output): the first maximum of each window in
+  row-major order takes the gradient, as PyTorch routes it."""
   return _max_pool_bwd(k, stride, padding, (x, out), g)[0]
 
 
 def sum_pool_forward(x, k, stride, padding):
+  """k x k window sums over zero padding: a depthwise conv with a ones kernel."""
   return _depthwise_fwd_impl(x, _ones_kernel(x, k), stride, 1, padding)
 
 

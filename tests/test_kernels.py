@@ -1,5 +1,6 @@
-"""dnas.kernels: the portable XLA kernels and the CPU fast path agree to second order, and
-the program lowered for each platform holds only its own path."""
+"""dnas.kernels: the portable XLA kernels and the CPU fast path (dnas.cpu, which the
+kernels' custom VJPs pick in programs lowered for this CPU) agree to second order, and the
+program lowered for each platform holds only its own path."""
 
 import collections
 import re
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from dnas import autodiff, cpu, kernels
+from dnas import autodiff, kernels
 from dnas.spaces.darts import search
 
 
@@ -19,22 +20,21 @@ def _x(shape, seed=None):
   return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), jnp.float32)
 
 
-def _paths(name, *args, public=False):
-  """(portable, CPU fast path) of a kernel as functions of its array arguments; with
-  `public`, the second is `dnas.kernels`' own function (its custom VJP that picks by
-  platform: the CPU path here)."""
+def _paths(name, *args):
+  """(portable, CPU fast path) of a kernel as functions of its array arguments: XLA's op
+  with JAX's derivatives, and `dnas.kernels`' function, whose custom VJP picks the
+  `dnas.cpu` passes in programs lowered for this CPU."""
   portable = {"depthwise": kernels._depthwise_xla, "max": kernels._max_pool_xla,
               "sum": kernels._sum_pool_xla}[name]
-  fast = ({"depthwise": kernels.depthwise_conv2d, "max": kernels.max_pool2d,
-           "sum": kernels._sum_pool} if public else
-          {"depthwise": cpu.depthwise_conv2d, "max": cpu.max_pool2d, "sum": cpu.sum_pool2d})[name]
+  fast = {"depthwise": kernels.depthwise_conv2d, "max": kernels.max_pool2d,
+          "sum": kernels._sum_pool}[name]
   return (lambda *a: portable(*a, *args)), (lambda *a: fast(*a, *args))
 
 
-def _assert_agree_to_second_order(name, args, inputs, atol=1e-4, public=False):
+def _assert_agree_to_second_order(name, args, inputs, atol=1e-4):
   """Values, gradients, grad of a gradient norm, and forward-over-reverse (what
   order="second" traces inside `forward_mode_autodiff`) all agree."""
-  portable, fast = _paths(name, *args, public=public)
+  portable, fast = _paths(name, *args)
   chex.assert_trees_all_close(fast(*inputs), portable(*inputs), atol=1e-5)
   argnums = tuple(range(len(inputs)))
   loss = lambda f: lambda *a: jnp.sum(jnp.sin(f(*a)))
@@ -66,15 +66,6 @@ def test_sum_pool_paths_agree(k, stride, pad):
 def test_max_pool_paths_agree(stride):
   # Random inputs: no ties, where forward mode over the fast path would split gradients.
   _assert_agree_to_second_order("max", (3, stride, 1), (_x((2, 7, 7, 3), 3),))
-
-
-@pytest.mark.parametrize("name,args,shapes", [
-    ("depthwise", (2, 2, 2), ((2, 9, 9, 3), (3, 3, 1, 3))), ("max", (3, 2, 1), ((2, 7, 7, 3),)),
-    ("sum", (3, 1, 1), ((2, 8, 8, 3),))])
-def test_public_kernels_agree_with_the_portable_path(name, args, shapes):
-  # The dispatching custom VJPs of dnas.kernels, on this CPU, to second order.
-  _assert_agree_to_second_order(name, args, tuple(_x(s, i) for i, s in enumerate(shapes)),
-                                public=True)
 
 
 @pytest.mark.parametrize("path", ["portable", "fast"])
