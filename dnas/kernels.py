@@ -68,6 +68,12 @@ def _xla_vjp(fn, *primals):
   return lambda g: jax.vjp(fn, *primals)[1](g)
 
 
+def _depthwise_forward(x, kernel, stride, dilation, padding):
+  return _dispatch((x, kernel), lambda x, w: cpu.depthwise_forward(x, w, stride, dilation,
+                                                                   padding),
+                   lambda x, w: _depthwise_xla(x, w, stride, dilation, padding))
+
+
 def depthwise_conv2d(x: jax.Array, kernel: jax.Array, stride: int, dilation: int,
                      padding: int) -> jax.Array:
   """Depthwise 2-D cross-correlation, PyTorch `conv2d(groups=C)`.
@@ -80,22 +86,8 @@ def depthwise_conv2d(x: jax.Array, kernel: jax.Array, stride: int, dilation: int
   Returns:
     f32[N, Ho, Wo, C], Ho = out_size(H, k, stride, dilation, padding).
   """
-  if autodiff.plain_autodiff():
-    return _dispatch((x, kernel), lambda x, w: cpu.depthwise_forward(x, w, stride, dilation,
-                                                                     padding),
-                     lambda x, w: _depthwise_xla(x, w, stride, dilation, padding))
-  return _depthwise_vjp(x, kernel, stride, dilation, padding)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _depthwise_vjp(x, kernel, stride, dilation, padding):
-  return _dispatch((x, kernel), lambda x, w: cpu.depthwise_forward(x, w, stride, dilation,
-                                                                   padding),
-                   lambda x, w: _depthwise_xla(x, w, stride, dilation, padding))
-
-
-def _depthwise_fwd(x, kernel, stride, dilation, padding):
-  return _depthwise_vjp(x, kernel, stride, dilation, padding), (x, kernel)
+  fn = _depthwise_forward if autodiff.plain_autodiff() else _depthwise_vjp
+  return fn(x, kernel, stride, dilation, padding)
 
 
 def _depthwise_bwd(stride, dilation, padding, residuals, g):
@@ -105,25 +97,24 @@ def _depthwise_bwd(stride, dilation, padding, residuals, g):
       lambda x, w, g: _xla_vjp(lambda x, w: _depthwise_xla(x, w, *args), x, w)(g))
 
 
-_depthwise_vjp.defvjp(_depthwise_fwd, _depthwise_bwd)
+_depthwise_vjp = jax.custom_vjp(_depthwise_forward, nondiff_argnums=(2, 3, 4))
+_depthwise_vjp.defvjp(lambda x, w, *args: (_depthwise_forward(x, w, *args), (x, w)),
+                      _depthwise_bwd)
 
 
-def max_pool2d(x: jax.Array, k: int, stride: int, padding: int) -> jax.Array:
-  """k x k max pool over -inf padding: f32[N, H, W, C] -> f32[N, Ho, Wo, C]."""
-  if autodiff.plain_autodiff():
-    return _dispatch((x,), lambda x: cpu.max_pool_forward(x, k, stride, padding),
-                     lambda x: _max_pool_xla(x, k, stride, padding))
-  return _max_pool_vjp(x, k, stride, padding)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
-def _max_pool_vjp(x, k, stride, padding):
+def _max_pool_forward(x, k, stride, padding):
   return _dispatch((x,), lambda x: cpu.max_pool_forward(x, k, stride, padding),
                    lambda x: _max_pool_xla(x, k, stride, padding))
 
 
+def max_pool2d(x: jax.Array, k: int, stride: int, padding: int) -> jax.Array:
+  """k x k max pool over -inf padding: f32[N, H, W, C] -> f32[N, Ho, Wo, C]."""
+  fn = _max_pool_forward if autodiff.plain_autodiff() else _max_pool_vjp
+  return fn(x, k, stride, padding)
+
+
 def _max_pool_fwd(x, k, stride, padding):
-  out = _max_pool_vjp(x, k, stride, padding)
+  out = _max_pool_forward(x, k, stride, padding)
   return out, (x, out)
 
 
@@ -133,25 +124,19 @@ def _max_pool_bwd(k, stride, padding, residuals, g):
       lambda x, out, g: _xla_vjp(lambda x: _max_pool_xla(x, k, stride, padding), x)(g)[0]),)
 
 
+_max_pool_vjp = jax.custom_vjp(_max_pool_forward, nondiff_argnums=(1, 2, 3))
 _max_pool_vjp.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
-def _sum_pool(x, k, stride, padding):
-  """k x k window sums over zero padding, f32[N, H, W, C] -> f32[N, Ho, Wo, C]."""
-  if autodiff.plain_autodiff():
-    return _dispatch((x,), lambda x: cpu.sum_pool_forward(x, k, stride, padding),
-                     lambda x: _sum_pool_xla(x, k, stride, padding))
-  return _sum_pool_vjp(x, k, stride, padding)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
-def _sum_pool_vjp(x, k, stride, padding):
+def _sum_pool_forward(x, k, stride, padding):
   return _dispatch((x,), lambda x: cpu.sum_pool_forward(x, k, stride, padding),
                    lambda x: _sum_pool_xla(x, k, stride, padding))
 
 
-def _sum_pool_fwd(x, k, stride, padding):
-  return _sum_pool_vjp(x, k, stride, padding), x
+def _sum_pool(x, k, stride, padding):
+  """k x k window sums over zero padding, f32[N, H, W, C] -> f32[N, Ho, Wo, C]."""
+  fn = _sum_pool_forward if autodiff.plain_autodiff() else _sum_pool_vjp
+  return fn(x, k, stride, padding)
 
 
 def _sum_pool_bwd(k, stride, padding, x, g):
@@ -160,7 +145,8 @@ def _sum_pool_bwd(k, stride, padding, x, g):
       lambda x, g: _xla_vjp(lambda x: _sum_pool_xla(x, k, stride, padding), x)(g)[0]),)
 
 
-_sum_pool_vjp.defvjp(_sum_pool_fwd, _sum_pool_bwd)
+_sum_pool_vjp = jax.custom_vjp(_sum_pool_forward, nondiff_argnums=(1, 2, 3))
+_sum_pool_vjp.defvjp(lambda x, *args: (_sum_pool_forward(x, *args), x), _sum_pool_bwd)
 
 
 @functools.cache
