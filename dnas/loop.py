@@ -9,49 +9,118 @@ import threading
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from dnas.config import ConfigError, flatten
 
 
 class Flat:
-  """A state pytree carried between steps as the flat list of its leaves.
+  """A state pytree carried between steps as a short list of buffers.
 
-  Flattening the search state's `nnx.State`s (4,666 leaves at CIFAR shapes) costs tens of
-  milliseconds of host time per jit call, unflattening the result more; a list of arrays
-  crosses the jit boundary in about a millisecond. The loop holds the leaves and builds
-  the tree only where it needs one (checkpoints, epoch ends).
+  Each jit call pays host time per argument and result buffer: the DARTS search state at
+  CIFAR shapes has 4,665 leaves, which cost tens of milliseconds to flatten as `nnx.State`s
+  and as many again to pass as a plain list. The leaves have only 26 distinct shapes, so
+  with `stack` the leaves of equal shape, dtype and sharding travel as one stacked buffer
+  (unstacked and restacked inside the step's program). The loop holds the buffers and
+  builds the tree only where it needs one (checkpoints, epoch ends).
+
+  `stack=None` stacks off the CPU only: a CPU step takes seconds, so its host time does
+  not count, while XLA:CPU compiles the unstacking slices and restacking concatenations
+  as extra kernels (compile time up by half in a microbenchmark, BUILD_NOTES).
+  `shardings` (a tree like the state, optional): where the leaves live; a stack of
+  leaves sharded as P(a, b) is sharded as P(None, a, b).
   """
 
-  def __init__(self, tree):
-    self.treedef = jax.tree.structure(tree)
+  def __init__(self, tree, shardings=None, stack: bool | None = None):
+    leaves, self.treedef = jax.tree.flatten(tree)
+    if stack is None:
+      stack = jax.default_backend() != "cpu"
+    self.shardings = (None if shardings is None else self.treedef.flatten_up_to(shardings))
+    groups: dict = {}
+    for i, x in enumerate(leaves):
+      key = ((tuple(x.shape), x.dtype, getattr(x, "weak_type", False),
+              None if shardings is None else self.shardings[i]) if stack else i)
+      groups.setdefault(key, []).append(i)
+    self.groups = list(groups.values())
+    self.stacked = len(self.groups) < len(leaves)
+    self._pack = self._unpack = None
+
+  def __len__(self) -> int:
+    """Buffers carried."""
+    return len(self.groups)
+
+  def _stack(self, leaves: list) -> list:
+    return [leaves[g[0]] if len(g) == 1 else jnp.stack([leaves[i] for i in g])
+            for g in self.groups]
+
+  def _unstack(self, buffers: list) -> list:
+    leaves = [None] * sum(map(len, self.groups))
+    for g, b in zip(self.groups, buffers):
+      if len(g) == 1:
+        leaves[g[0]] = b
+      else:
+        for j, i in enumerate(g):
+          leaves[i] = b[j]
+    return leaves
+
+  def buffer_shardings(self, shardings) -> list | None:
+    """Shardings of the carried buffers, from a tree of shardings like the state's."""
+    if shardings is None:
+      return None
+    flat = self.treedef.flatten_up_to(shardings)
+    return [flat[g[0]] if len(g) == 1 else _stacked_sharding(flat[g[0]]) for g in self.groups]
 
   def leaves(self, tree) -> list:
-    return self.treedef.flatten_up_to(tree)
+    """The tree as the carried buffers (one program call when stacking)."""
+    leaves = self.treedef.flatten_up_to(tree)
+    if not self.stacked:
+      return leaves
+    if self._pack is None:
+      out = None if self.shardings is None else self.buffer_shardings(
+          self.treedef.unflatten(self.shardings))
+      self._pack = jax.jit(self._stack, out_shardings=out)
+    return self._pack(leaves)
 
-  def tree(self, leaves):
-    return self.treedef.unflatten(leaves)
+  def tree(self, buffers):
+    """The carried buffers as the tree (new arrays when stacking; `buffers` stay valid)."""
+    if not self.stacked:
+      return self.treedef.unflatten(buffers)
+    if self._unpack is None:
+      self._unpack = jax.jit(self._unstack, out_shardings=self.shardings)
+    return self.treedef.unflatten(self._unpack(buffers))
 
   def jit(self, fn, *, in_shardings=None, out_shardings=None):
-    """fn(state, *args) -> (state, out), pure, as a jitted f(leaves, *args) -> (leaves,
-    out) that donates the leaves. Shardings as `jax.jit`'s, with the state's (the first
+    """fn(state, *args) -> (state, out), pure, as a jitted f(buffers, *args) -> (buffers,
+    out) that donates the buffers. Shardings as `jax.jit`'s, with the state's (the first
     argument's and output's) given as a tree like the state."""
-    def flat_fn(leaves, *args):
-      state, out = fn(self.tree(leaves), *args)
-      return self.leaves(state), out
+    def flat_fn(buffers, *args):
+      state, out = fn(self.treedef.unflatten(self._unstack(buffers)), *args)
+      return self._stack(self.treedef.flatten_up_to(state)), out
     kwargs = {}
     if in_shardings is not None:
-      kwargs = dict(in_shardings=(self.leaves(in_shardings[0]),) + tuple(in_shardings[1:]),
-                    out_shardings=(self.leaves(out_shardings[0]), out_shardings[1]))
+      kwargs = dict(in_shardings=(self.buffer_shardings(in_shardings[0]),)
+                    + tuple(in_shardings[1:]),
+                    out_shardings=(self.buffer_shardings(out_shardings[0]), out_shardings[1]))
     return jax.jit(flat_fn, donate_argnums=0, **kwargs)
 
   def wrap(self, step):
     """A step that is not one program (`bilevel`'s split steps take trees): the same
-    interface over leaves, converting at each call."""
-    def flat_step(leaves, *args):
-      state, out = step(self.tree(leaves), *args)
+    interface over the buffers, converting at each call."""
+    def flat_step(buffers, *args):
+      state, out = step(self.tree(buffers), *args)
       return self.leaves(state), out
     return flat_step
+
+
+def _stacked_sharding(sharding):
+  """The sharding of a stack of leaves that each have `sharding` (a new leading axis)."""
+  if isinstance(sharding, jax.sharding.NamedSharding):
+    return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(
+        None, *sharding.spec))
+  if sharding.is_fully_replicated:
+    return sharding
+  raise ValueError(f"cannot stack leaves with sharding {sharding}; pass stack=False")
 
 
 class Preempted(Exception):

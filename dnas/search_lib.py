@@ -147,7 +147,7 @@ def _search(config, workdir, progress, resume, preemption):
   objective = latency and make_arch_objective(config, latency[1])
   # Epochs before `arch_start_epoch` train the weights only (PC-DARTS's warm-up); each
   # step is compiled on its first use (split steps share their programs). The loop
-  # carries the state as a flat list of leaves (`loop.Flat`).
+  # carries the state as a short list of buffers (`loop.Flat`).
   execution = bilevel.Execution(programs=s.programs, shardings=shardings, dtype=dtype)
   steps = bilevel.make_search_steps(
       graphdef, w_tx, a_tx, hypergrad=hg, arch_loss=objective and bilevel.arch_loss(objective),
@@ -155,7 +155,8 @@ def _search(config, workdir, progress, resume, preemption):
           s.tau_start, s.tau_end, s.epochs, steps_per_epoch, s.tau_anneal))
                   if s.relaxation == "gumbel" else relaxation.softmax()),
       execution=execution._replace(jit=False))
-  flat = loop.Flat(state)
+  # Stacked off the CPU (`loop.Flat`); split steps convert at each call, so never there.
+  flat = loop.Flat(state, shardings[0], stack=False if execution.split(s.order) else None)
   if execution.split(s.order):
     search_step, warmup_step = map(flat.wrap, steps)
   else:

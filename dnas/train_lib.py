@@ -162,8 +162,8 @@ def _train(config, arch_source, workdir, progress, resume, preemption):
     *state, metrics = pure_step(*state, batch, key, p)
     return tuple(state), metrics
 
-  # The loop carries the state as a flat list of leaves (`loop.Flat`).
-  flat = loop.Flat(state)
+  # The loop carries the state as a short list of buffers (`loop.Flat`).
+  flat = loop.Flat(state, shardings[0])
   rep = NamedSharding(mesh, P())
   train_step = cpu.compile_then_trim(flat.jit(
       tree_step, in_shardings=(shardings[0], shardings[1], rep, rep),

@@ -10,8 +10,9 @@ compile + one run), then the median of `--steps` timed steps of each phase and o
 temporary buffer size per phase; the process's peak RSS after compiling, and (Linux,
 peak reset) while stepping; host time apart from device time: each phase's dispatch
 (the call until it returns, the device still working) and the jit boundary alone with
-the state as a tree and as the loop's flat list of leaves (`host_jit_tree_ms`,
-`host_jit_flat_ms`). Prints one JSON line per case. Random inputs of the
+the state as a tree, as the flat list of its leaves and as the stacked buffers that
+the loops carry off the CPU (`host_jit_tree_ms`, `host_jit_flat_ms`,
+`host_jit_stacked_ms`). Prints one JSON line per case. Random inputs of the
 config's image shape (no data needed); the compile cache is off unless DNAS_JAX_CACHE
 is set.
 
@@ -108,12 +109,11 @@ def _dispatch_ms(fn, calls=3):
 def host_boundary_ms(state, bt, bv) -> dict:
   """Host time of one jit call with this state, apart from any device work: a program
   that only hands its (donated) state back, called with the state as a tree (as
-  `make_search_steps`' own jit takes it) and as the flat list of leaves that the loop
-  carries (`loop.Flat`). Median ms per call; the call returns when dispatched."""
+  `make_search_steps`' own jit takes it), as the flat list of its leaves, and as the
+  stacked buffers that the loops carry off the CPU (`loop.Flat`). Median ms per call;
+  the call returns when dispatched."""
   out = {}
-  flat = loop.Flat(state)
   tree_fn = jax.jit(lambda st, bt, bv: (st, jnp.float32(0)), donate_argnums=0)
-  flat_fn = flat.jit(lambda st, bt, bv: (st, jnp.float32(0)))
   copy = lambda: jax.tree.map(jnp.copy, state)
   st = copy()
   st, _ = tree_fn(st, bt, bv)
@@ -122,16 +122,20 @@ def host_boundary_ms(state, bt, bv) -> dict:
     nonlocal st
     st, _ = tree_fn(st, bt, bv)
   out["host_jit_tree_ms"] = _median_ms(tree_call)
-  leaves = flat.leaves(copy())
-  leaves, _ = flat_fn(leaves, bt, bv)
+  for name, stack in (("flat", False), ("stacked", True)):
+    flat = loop.Flat(state, stack=stack)
+    fn = flat.jit(lambda st, bt, bv: (st, jnp.float32(0)))
+    buffers = flat.leaves(copy())
+    buffers, _ = fn(buffers, bt, bv)
 
-  def flat_call():
-    nonlocal leaves
-    leaves, _ = flat_fn(leaves, bt, bv)
-  out["host_jit_flat_ms"] = _median_ms(flat_call)
-  out["host_flatten_tree_ms"] = _median_ms(lambda: flat.leaves(state))
-  out["host_unflatten_tree_ms"] = _median_ms(lambda: flat.tree(leaves))
-  out["state_leaves"] = len(leaves)
+    def call():
+      nonlocal buffers
+      buffers, _ = fn(buffers, bt, bv)
+    out[f"host_jit_{name}_ms"] = _median_ms(call)
+    out[f"{name}_buffers"] = len(buffers)
+    if not stack:  # host work only; stacked, these are programs
+      out["host_flatten_tree_ms"] = _median_ms(lambda: flat.leaves(state))
+      out["host_unflatten_tree_ms"] = _median_ms(lambda: flat.tree(buffers))
   return out
 
 

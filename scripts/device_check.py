@@ -102,11 +102,12 @@ def search_case(name: str, s: dict, *, order="first", dtype=None, pc=False, batc
   hg = hypergrad.from_order(order, bilevel.make_w_tx(schedule, grad_clip=None),
                             remat=order == "second")
   # As `dnas.search` runs it: one program off the CPU (a few, split, on CPU for the
-  # second-order methods), the state carried as a flat list of leaves (`loop.Flat`).
+  # second-order methods), the state carried as a few stacked buffers off the CPU
+  # (`loop.Flat`; split steps convert at each call, so they take the plain leaves).
   execution = bilevel.Execution(dtype=dtype)
   step, _ = bilevel.make_search_steps(graphdef, w_tx, a_tx, hypergrad=hg,
                                       execution=execution._replace(jit=False))
-  flat = loop.Flat(state)
+  flat = loop.Flat(state, stack=False if execution.split(order) else None)
   state = flat.leaves(state)
   rng = np.random.default_rng(0)
   bt, bv = _batch(rng, batch, s["image"]), _batch(rng, batch, s["image"])

@@ -366,3 +366,37 @@ def test_execution_splits_second_order_on_cpu_only():
   assert not bilevel.Execution(jit=False, programs="split").split("second")
   with pytest.raises(ValueError, match="programs 'many' is unknown"):
     bilevel.Execution(programs="many").split("first")
+
+
+def test_flat_stacked_state_steps_as_the_tree(parts, setup):
+  # loop.Flat(stack=True) (the default off the CPU) carries equal-shaped leaves as one
+  # buffer each; the step computes what it computes on the tree (to rounding: XLA fuses
+  # the two programs differently), the buffers round-trip to the same tree, and their
+  # shardings follow the leaves' (one stacked axis).
+  from dnas import loop, parallel
+  graphdef, state, w_tx, a_tx, _ = parts
+  step = bilevel.make_search_step(graphdef, w_tx, a_tx, execution=bilevel.Execution(jit=False))
+  mesh = parallel.make_mesh(1, 1)
+  shardings = (parallel.state_shardings(state, mesh), parallel.batch_sharding(mesh))
+  flat = loop.Flat(state, shardings[0], stack=True)
+  n = len(jax.tree.leaves(state))
+  assert flat.stacked and len(flat) < n // 3
+  assert len(loop.Flat(state, shardings[0], stack=False)) == n
+  chex.assert_trees_all_equal(flat.tree(flat.leaves(state)), state)
+  rng = np.random.default_rng(0)
+  fn = flat.jit(step, **bilevel.jit_shardings(shardings, 2))
+  buffers, want = flat.leaves(jax.tree.map(jnp.copy, state)), state
+  for _ in range(2):
+    bt, bv = _batch(rng), _batch(rng)
+    buffers, metrics = fn(buffers, bt, bv)
+    want, want_metrics = setup[3](want, bt, bv)  # the tree step (compiled for other tests)
+  assert len(buffers) == len(flat)
+  got = flat.tree(buffers)
+  chex.assert_trees_all_close(got._replace(rng=None), want._replace(rng=None), rtol=1e-5,
+                              atol=1e-7)
+  np.testing.assert_array_equal(jax.random.key_data(got.rng), jax.random.key_data(want.rng))
+  chex.assert_trees_all_close(metrics, want_metrics, rtol=1e-5, atol=1e-7)
+  assert jax.tree.leaves(jax.tree.map(lambda x: x.sharding, got)) == jax.tree.leaves(
+      shardings[0])
+  sharded = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("fsdp"))
+  assert loop._stacked_sharding(sharded).spec == jax.sharding.PartitionSpec(None, "fsdp")
