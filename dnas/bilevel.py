@@ -108,14 +108,17 @@ def per_epoch_anneal(start: float, end: float, epochs: int, steps_per_epoch: int
 
 
 def make_w_tx(lr: optax.ScalarOrSchedule, momentum: float = 0.9, weight_decay: float = 3e-4,
-              grad_clip: float | None = 5.0) -> optax.GradientTransformation:
+              grad_clip: float | None = 5.0, nesterov: bool = False
+              ) -> optax.GradientTransformation:
   """The reference weight optimiser: clip the gradient's global norm, then PyTorch SGD
-  (coupled L2 weight decay, heavy-ball momentum buf = mu buf + g, step -lr buf).
+  (coupled L2 weight decay, heavy-ball momentum buf = mu buf + g, step -lr buf; with
+  `nesterov`, PyTorch's Nesterov step -lr (g + mu buf), as NAS-Bench-201's scripts use).
 
   The clipping is stateless and wraps the SGD part, so the optimiser with and without
   `grad_clip` has one state structure: the unclipped one is DARTS's virtual step
   (`hypergrad.unrolled`) on the clipped one's state."""
-  sgd = optax.chain(optax.add_decayed_weights(weight_decay), optax.trace(decay=momentum),
+  sgd = optax.chain(optax.add_decayed_weights(weight_decay),
+                    optax.trace(decay=momentum, nesterov=nesterov),
                     optax.scale_by_learning_rate(lr))
   if not grad_clip:
     return sgd

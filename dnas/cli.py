@@ -38,13 +38,13 @@ def _config_error(e: Exception) -> str:
   return f"bad config override in {overrides}: {str(e).strip().splitlines()[-1]}"
 
 
-def define_config_flag(default: str = DEFAULT_CONFIG):
+def define_config_flag(default: str | None = DEFAULT_CONFIG, help: str = "Config file."):  # pylint: disable=redefined-builtin
   """`--config` (a locked ml_collections config file) with its `--config.KEY=VALUE`
-  overrides. ml_collections parses the overrides of the *default* config while the flag
+  overrides; with `default=None` it is optional (its value None until given). ml_collections parses the overrides of the *default* config while the flag
   is being defined, at import, before `run` could catch anything: a bad override exits
   2 with one line here too."""
   try:
-    return config_flags.DEFINE_config_file("config", default, "Config file.", lock_config=True)
+    return config_flags.DEFINE_config_file("config", default, help, lock_config=True)
   except (AttributeError, KeyError, ValueError, TypeError, flags.Error) as e:
     fail(_config_error(e))
 
@@ -81,7 +81,7 @@ def run(main, commands: tuple[str, ...] = (), positional: bool = False,
       fail(f"unexpected arguments: {' '.join(argv[2:])}")
   elif len(argv) > 1 and not positional:
     fail(f"unexpected arguments: {' '.join(argv[1:])}")
-  if "config" in flags.FLAGS:
+  if "config" in flags.FLAGS and flags.FLAGS["config"].value is not None:
     try:  # config_flags defers a config file's load error until first use
       flags.FLAGS["config"].value.to_dict()
     except Exception as e:  # pylint: disable=broad-except

@@ -5,7 +5,9 @@ python -m dnas.export --trained=runs/x/trained [--out=runs/x/model.jax_export] [
                       [--table=latency_table.json] [--platforms=cpu,cuda,tpu]
 
 `--trained` is what `python -m dnas.train` saved (an Orbax checkpoint holding the
-variables, the genotype and the config). The export takes f32[batch, H, W, C] images
+variables, the genotype and the config). A checkpoint of a space outside dnas (an own
+model's) also needs `--config=<the config file that registers the space>`, e.g.
+experiments/own_model/config.py. The export takes f32[batch, H, W, C] images
 normalised as the data pipeline does (mean and std in `<out>.json`) and returns f32[batch,
 classes] logits; the weights are constants inside it. Loading needs only JAX:
 
@@ -37,6 +39,11 @@ _TABLE = flags.DEFINE_string("table", None, "Latency table whose prediction to r
 _PLATFORMS = flags.DEFINE_list("platforms", [], "Platforms to lower for (default: this "
                                "backend), e.g. cpu,cuda,tpu.")
 _REPEATS = flags.DEFINE_integer("repeats", 50, "Timed calls of the export.")
+# Only imported: a config file that registers its own search space (an own model's, e.g.
+# experiments/own_model/config.py) makes that space known; the network is built from the
+# config saved with the checkpoint.
+_CONFIG = cli.define_config_flag(None, "Config file that registers the checkpoint's search "
+                                 "space, for a space outside dnas (an own model's).")
 _ALLOW_FOREIGN = flags.DEFINE_bool("allow_foreign_table", False, "Accept a table measured "
                                    "on another device kind.")
 
@@ -62,7 +69,8 @@ def load_trained(directory: str):
   try:
     space = spaces.get(config.space)
   except ValueError as e:
-    raise ExportError(f"--trained {directory}: {e}") from None
+    raise ExportError(f"--trained {directory}: {e}; for a space of your own, pass "
+                      f"--config=<the config file that registers it>") from None
   genotype = space.from_dict(genotype)
   info = dataset_info(config.data.name, config.data.image_size)
   abstract = nnx.eval_shape(lambda: space.final(genotype, config, info, nnx.Rngs(0)))

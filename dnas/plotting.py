@@ -1,10 +1,15 @@
 """Plots of a search: each edge's op weights over the epochs (any space)."""
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+
+def pyplot():
+  """matplotlib.pyplot on the file-only Agg backend, imported on first use (importing it
+  costs every entry point's start-up most of a second)."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  return plt
 
 
 def plot_alphas(history: dict[str, list[np.ndarray]], primitives, path: str) -> None:
@@ -18,6 +23,7 @@ def plot_alphas(history: dict[str, list[np.ndarray]], primitives, path: str) -> 
   kinds = list(history)
   names = primitives if isinstance(primitives, dict) else {k: primitives for k in kinds}
   E = max(history[k][0].shape[0] for k in kinds)
+  plt = pyplot()
   fig, axes = plt.subplots(len(kinds), E, figsize=(1.6 * E, 2.0 * len(kinds) + 0.8),
                            sharex=True, sharey=True, squeeze=False)
   for r, kind in enumerate(kinds):

@@ -124,7 +124,7 @@ def _search(config, workdir, progress, resume, preemption):
 
   net = space.supernet(config, info, nnx.Rngs(config.seed))
   schedule = bilevel.per_epoch_cosine(s.w_lr, s.w_lr_min, s.epochs, steps_per_epoch)
-  w_tx = bilevel.make_w_tx(schedule, s.momentum, s.weight_decay, s.grad_clip)
+  w_tx = bilevel.make_w_tx(schedule, s.momentum, s.weight_decay, s.grad_clip, s.nesterov)
   a_tx = bilevel.make_a_tx(s.a_lr, s.a_b1, s.a_b2, s.a_weight_decay)
   net.eval()
   graphdef_eval = bilevel.split_supernet(net)[0]
@@ -142,7 +142,7 @@ def _search(config, workdir, progress, resume, preemption):
   # What the steps compute: DARTS's hypergradient with the reference's virtual step (the
   # weight optimiser without its clipping), the latency objective, the relaxation.
   hg = hypergrad.from_order(s.order, bilevel.make_w_tx(schedule, s.momentum, s.weight_decay,
-                                                       grad_clip=None),
+                                                       grad_clip=None, nesterov=s.nesterov),
                             fd_r=s.fd_r, remat=s.hvp_remat)
   objective = latency and make_arch_objective(config, latency[1])
   # Epochs before `arch_start_epoch` train the weights only (PC-DARTS's warm-up); each

@@ -139,7 +139,7 @@ def _train(config, arch_source, workdir, progress, resume, preemption):
   net = space.final(arch, config, info, nnx.Rngs(config.seed))
   # Reference train.py: CosineAnnealingLR(epochs) stepped per epoch, SGD, clipping.
   schedule = bilevel.per_epoch_cosine(t.lr, t.lr_min, t.epochs, steps_per_epoch)
-  tx = bilevel.make_w_tx(schedule, t.momentum, t.weight_decay, t.grad_clip)
+  tx = bilevel.make_w_tx(schedule, t.momentum, t.weight_decay, t.grad_clip, t.nesterov)
   net.eval()
   graphdef_eval = nnx.split(net, nnx.Param, nnx.BatchStat)[0]
   net.train()

@@ -2,6 +2,7 @@
 
 python scripts/bench_step.py --config=dnas/configs/cifar10_darts.py --orders=first,second,second_fd
 python scripts/bench_step.py --devices=1,2,4,8 --dtypes=float32,bfloat16
+python scripts/bench_step.py --config=dnas/configs/cifar10_darts.py --host_only
 
 For each order, dtype and device count: trace+lower and compile time (reported apart,
 per program, and summed in `trace_s` and `compile_s`; split steps (`--programs`, by
@@ -48,6 +49,8 @@ _DEVICES = flags.DEFINE_list("devices", [], "Device counts of the mesh (empty: n
 _TRIM = flags.DEFINE_bool("malloc_trim", False, "Return freed heap memory to the OS after "
                           "compiling (what the search loop does), before stepping.")
 _DTYPES = flags.DEFINE_list("dtypes", [], "Activation dtypes (empty: the config's).")
+_HOST_ONLY = flags.DEFINE_bool("host_only", False, "Only the host time of the jit boundary "
+                                "(tree, flat, stacked state); compiles no step.")
 _PROGRAMS = flags.DEFINE_enum("programs", "auto", ["auto", "one", "split"],
                               "As config search.programs: one program per phase, or the "
                               "split pieces with one shared gradient program (auto: split "
@@ -165,6 +168,9 @@ def bench(config, order, steps, image, num_classes, dtype, devices=0):
     bt, bv = (parallel.put_batch(jax.device_get(b), mesh) for b in (bt, bv))
     jit = {"arch": bilevel.jit_shardings(shardings, 2),
            "weight": bilevel.jit_shardings(shardings, 1)}
+  if _HOST_ONLY.value:  # the jit boundary alone: nothing of the step is compiled
+    out.update(host_boundary_ms(state, bt, bv))
+    return out
   hg = hypergrad.from_order(order, bilevel.make_w_tx(schedule, s.momentum, s.weight_decay,
                                                      grad_clip=None),
                             fd_r=s.fd_r, remat=hvp_remat)

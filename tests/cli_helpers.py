@@ -20,17 +20,21 @@ FAST = [f"--config={TINY}", "--config.search.epochs=2", "--config.checkpoint.eve
         "--progress=false"]
 
 
-def env(cache="", **extra):
+def env(cache=None, **extra):
+  """The subprocess environment: CPU, and the test session's compile cache (conftest.py)
+  unless `cache` names another ("" turns it off)."""
+  if cache is None:
+    cache = os.environ.get("DNAS_TEST_JAX_CACHE", "")
   return dict(os.environ, JAX_PLATFORMS="cpu", DNAS_JAX_CACHE=str(cache), **extra)
 
 
-def run(module, *args, cache="", timeout=600, extra_env=None):
+def run(module, *args, cache=None, timeout=600, extra_env=None):
   return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT,
                         env=env(cache, **(extra_env or {})), capture_output=True, text=True,
                         timeout=timeout)
 
 
-def start(module, *args, cache="", extra_env=None):
+def start(module, *args, cache=None, extra_env=None):
   return subprocess.Popen([sys.executable, "-m", module, *args], cwd=ROOT,
                           env=env(cache, **(extra_env or {})), stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True)

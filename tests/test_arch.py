@@ -171,6 +171,7 @@ def test_gumbel_search_step_moves_alphas():
   from dnas.spaces import darts
   for hard in (True,):
     net = darts.Network(2, 3, 2, steps=1, multiplier=1, stem_multiplier=1, in_channels=1,
+                        primitives=("none", "max_pool_3x3", "skip_connect", "sep_conv_3x3"),
                         relaxation="gumbel", gumbel_hard=hard, rngs=nnx.Rngs(0))
     w_tx, a_tx = bilevel.make_w_tx(0.05), bilevel.make_a_tx(lr=0.01)
     graphdef, state = bilevel.init_search_state(net, w_tx, a_tx, jax.random.key(1))

@@ -21,6 +21,7 @@ from dnas import bilevel, cpu, hypergrad
 from dnas.spaces import darts
 
 N, H = 4, 6
+FOUR_OPS = ("none", "max_pool_3x3", "skip_connect", "sep_conv_3x3")
 
 
 def _batch(rng, n=N):
@@ -30,9 +31,12 @@ def _batch(rng, n=N):
 
 @pytest.fixture(scope="module")
 def parts():
-  """(graphdef, state, w_tx, a_tx, schedule) of the tiny supernet the tests step."""
+  """(graphdef, state, w_tx, a_tx, schedule) of the tiny supernet the tests step: four
+  kinds of op (none, a pool, the identity, a convolution) cover what a step treats
+  differently and compile in half the time of all eight; what each op computes is
+  tested in tests/spaces/darts and tests/test_kernels.py."""
   net = darts.Network(2, 3, 2, steps=1, multiplier=1, stem_multiplier=1, in_channels=1,
-                      rngs=nnx.Rngs(0))
+                      primitives=FOUR_OPS, rngs=nnx.Rngs(0))
   schedule = bilevel.per_epoch_cosine(0.1, 0.001, 4, 2)
   w_tx, a_tx = bilevel.make_w_tx(schedule), bilevel.make_a_tx(lr=0.01)
   graphdef, state = bilevel.init_search_state(net, w_tx, a_tx, jax.random.key(0))
@@ -114,8 +118,14 @@ def test_bfloat16_activations_float32_state(parts, setup):
   step32 = setup[3]
   rng = np.random.default_rng()
   bt, bv = _batch(rng), _batch(rng)
-  params16 = jax.tree.map(lambda x: x.astype(jnp.bfloat16), state.params)
-  forward = lambda p, x: nnx.merge(graphdef, p, state.alphas, state.batch_stats, copy=True)(x)
+  # Every op of the space (traced, not compiled).
+  full = darts.Network(2, 3, 2, steps=1, multiplier=1, stem_multiplier=1, in_channels=1,
+                       rngs=nnx.Rngs(0))
+  assert len(full.primitives) == 8
+  full_graphdef, full_state = bilevel.init_search_state(full, w_tx, a_tx, jax.random.key(0))
+  params16 = jax.tree.map(lambda x: x.astype(jnp.bfloat16), full_state.params)
+  forward = lambda p, x: nnx.merge(full_graphdef, p, full_state.alphas, full_state.batch_stats,
+                                   copy=True)(x)
   assert jax.eval_shape(forward, params16, bt["image"].astype(jnp.bfloat16)).dtype == jnp.bfloat16
   step16 = jax.jit(bilevel.make_search_step(
       graphdef, w_tx, a_tx, execution=bilevel.Execution(jit=False, dtype=jnp.bfloat16)))

@@ -82,28 +82,37 @@ def test_search_retrain_and_resume_through_the_cli(tmp_path):
   # config (the generic MixedOp space), on a tiny model, with the latency term and the
   # exact second order; a rerun resumes from the checkpoint and searches no further.
   config = os.path.join(cli_helpers.ROOT, "experiments", "own_model", "config.py")
+  ops = ("conv3_relu", "conv5_relu", "bottleneck_x0.5")  # three of the six compile faster
   tiny = [f"--config={config}", "--config.model.width=4", "--config.model.blocks=1",
-          "--config.max_steps_per_epoch=2", "--progress=false"]
+          f"--config.model.ops={ops}", "--config.max_steps_per_epoch=2", "--progress=false"]
   search = [*tiny, f"--workdir={tmp_path}", "--config.search.epochs=1",
             "--config.search.order=second", "--config.latency.objective=proxyless",
             "--config.latency.weight=0.1", "--config.latency.repeats=3"]
-  out = cli_helpers.run("dnas.search", *search, cache=tmp_path / "cache")
+  out = cli_helpers.run("dnas.search", *search)
   assert out.returncode == 0, out.stderr[-3000:]
   found = json.loads((tmp_path / "genotype.json").read_text())["choices"]
   assert set(found) == {"stage1/0/op", "stage2/0/op"}
-  assert all(0 <= k < len(OPS) for k in found.values())
+  assert all(0 <= k < len(ops) for k in found.values())
   record = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
   assert record["predicted_latency_ms"] > 0 and record["a_latency_ms"] > 0
   assert record["genotype"]["choices"] == found
   assert set(record) >= {"alpha_entropy_stage1/0/op", "alpha_entropy_stage2/0/op"}
-  again = cli_helpers.run("dnas.search", *search, cache=tmp_path / "cache")
+  again = cli_helpers.run("dnas.search", *search)
   assert again.returncode == 0 and "resuming" in again.stderr, again.stderr[-3000:]
   assert json.loads((tmp_path / "genotype.json").read_text())["choices"] == found
   out = cli_helpers.run("dnas.train", *tiny, f"--genotype={tmp_path / 'genotype.json'}",
-                        "--config.train.epochs=1", cache=tmp_path / "cache")
+                        "--config.train.epochs=1")
   assert out.returncode == 0, out.stderr[-3000:]
   result = json.loads((tmp_path / "train_result.json").read_text())
   assert 0.0 <= result["test_acc"] <= 1.0 and result["genotype"]["choices"] == found
+  # Export needs the config file that registers the space; without it, one line says so.
+  trained = f"--trained={tmp_path / 'trained'}"
+  out = cli_helpers.run("dnas.export", trained, f"--config={config}", "--repeats=2")
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert (tmp_path / "model.jax_export").stat().st_size > 0
+  out = cli_helpers.run("dnas.export", trained, "--repeats=2")
+  assert out.returncode == 2 and "pass --config=" in out.stderr, out.stderr[-3000:]
+  assert len(out.stderr.strip().splitlines()) == 1
 
 
 def test_linen_module_as_candidate_op():

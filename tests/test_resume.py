@@ -15,19 +15,14 @@ from tests.cli_helpers import (FAST, TINY, final, read_checkpoint, run, start,
                                wait_for_checkpoint)
 
 
-def _search(workdir, cache, *extra):
-  return run("dnas.search", *FAST, f"--workdir={workdir}", *extra, cache=cache)
+def _search(workdir, *extra):
+  return run("dnas.search", *FAST, f"--workdir={workdir}", *extra)
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-  return tmp_path_factory.mktemp("jax_cache")
-
-
-@pytest.fixture(scope="module")
-def uninterrupted_dir(tmp_path_factory, cache):
+def uninterrupted_dir(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("uninterrupted")
-  out = _search(workdir, cache)
+  out = _search(workdir)
   assert out.returncode == 0, out.stderr[-3000:]
   return workdir
 
@@ -43,20 +38,20 @@ def uninterrupted(uninterrupted_dir):
 # would pass.
 
 
-def test_resume_false_refuses_an_existing_run(uninterrupted_dir, cache):
-  out = _search(uninterrupted_dir, cache, "--resume=false")
+def test_resume_false_refuses_an_existing_run(uninterrupted_dir):
+  out = _search(uninterrupted_dir, "--resume=false")
   assert out.returncode == 2
   assert out.stderr.strip().splitlines() == [
       f"dnas: error: --workdir {uninterrupted_dir} already holds a search run with "
       f"checkpoints; rerun with --resume to continue it, or choose another --workdir"]
-  out = _search(uninterrupted_dir, cache, "--config.max_steps_per_epoch=2")
+  out = _search(uninterrupted_dir, "--config.max_steps_per_epoch=2")
   assert out.returncode == 2
   assert "another config (max_steps_per_epoch: 3 there, 2 now)" in out.stderr
 
 
-def test_non_finite_loss_stops_naming_step_and_phase(tmp_path, cache):
+def test_non_finite_loss_stops_naming_step_and_phase(tmp_path):
   # A huge learning rate makes the weights overflow in the first weight step.
-  out = _search(tmp_path, cache, "--config.search.w_lr=1e38", "--config.search.w_lr_min=0",
+  out = _search(tmp_path, "--config.search.w_lr=1e38", "--config.search.w_lr_min=0",
                 "--config.search.grad_clip=0")
   assert out.returncode == 1, out.stderr[-3000:]
   line = out.stderr.strip().splitlines()[-1]
@@ -82,19 +77,19 @@ def _final_train(workdir):
   return last, leaves, records, (result["test_loss"], result["test_acc"])
 
 
-def test_retraining_sigkill_then_resume_is_bitwise_equal(tmp_path, cache):
+def test_retraining_sigkill_then_resume_is_bitwise_equal(tmp_path):
   genotype = tmp_path / "genotype.json"
   darts.save_genotype(darts.DARTS_V2, str(genotype))
   args = [f"--config={TINY}", f"--genotype={genotype}", "--config.train.epochs=2",
           "--config.checkpoint.every_steps=1", "--progress=false"]
-  out = run("dnas.train", *args, f"--workdir={tmp_path / 'a'}", cache=cache)
+  out = run("dnas.train", *args, f"--workdir={tmp_path / 'a'}")
   assert out.returncode == 0, out.stderr[-3000:]
-  proc = start("dnas.train", *args, f"--workdir={tmp_path / 'b'}", cache=cache)
+  proc = start("dnas.train", *args, f"--workdir={tmp_path / 'b'}")
   wait_for_checkpoint(tmp_path / "b", proc, subdir="train_checkpoints")
   time.sleep(random.uniform(0.0, 2.0))
   proc.send_signal(signal.SIGKILL)
   proc.communicate()
-  out = run("dnas.train", *args, f"--workdir={tmp_path / 'b'}", cache=cache)
+  out = run("dnas.train", *args, f"--workdir={tmp_path / 'b'}")
   assert out.returncode == 0, out.stderr[-3000:]
   (step_a, leaves_a, rec_a, test_a), (step_b, leaves_b, rec_b, test_b) = (
       _final_train(tmp_path / "a"), _final_train(tmp_path / "b"))

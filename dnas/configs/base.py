@@ -34,10 +34,10 @@ def get_config():
   c.model = dict(C=16, layers=8, steps=4, multiplier=4, stem_multiplier=3,
                  primitives=PRIMITIVES, remat=False, pc_k=4)
   # The bilevel search. Weights: SGD (w_lr annealed per epoch by cosine to w_lr_min,
-  # momentum, weight_decay, grad_clip); architecture: Adam (a_lr, a_b1, a_b2,
-  # a_weight_decay). order: "first", "second" (exact), "second_fd" (DARTS Eq. 8 with
-  # fd_r); hvp_remat: `order=second`'s Hessian-vector product recomputes cell
-  # activations. arch_start_epoch: weight-only epochs first (PC-DARTS: 15).
+  # momentum (nesterov: PyTorch's Nesterov form), weight_decay, grad_clip); architecture:
+  # Adam (a_lr, a_b1, a_b2, a_weight_decay). order: "first", "second" (exact),
+  # "second_fd" (DARTS Eq. 8 with fd_r); hvp_remat: `order=second`'s Hessian-vector
+  # product recomputes cell activations. arch_start_epoch: weight-only epochs first (PC-DARTS: 15).
   # programs: "one" jitted program per step; "split" into a few that share one gradient
   # program (first order: about 40 % less compile time on CPU, slower architecture
   # steps); "auto": split for the second-order methods only.
@@ -47,15 +47,16 @@ def get_config():
   # selection: how the trained supernet becomes the architecture (`dnas.selection`):
   # "argmax" of the architecture weights (DARTS).
   c.search = dict(epochs=50, batch_size=64, order="first", w_lr=0.025, w_lr_min=0.001,
-                  momentum=0.9, weight_decay=3e-4, grad_clip=5.0, a_lr=3e-4, a_b1=0.5,
-                  a_b2=0.999, a_weight_decay=1e-3, fd_r=0.01, arch_start_epoch=0,
+                  momentum=0.9, nesterov=False, weight_decay=3e-4, grad_clip=5.0, a_lr=3e-4,
+                  a_b1=0.5, a_b2=0.999, a_weight_decay=1e-3, fd_r=0.01, arch_start_epoch=0,
                   relaxation="softmax", gumbel_hard=False, tau_start=10.0, tau_end=0.1,
                   tau_anneal="linear", hvp_remat=False, programs="auto",
                   selection="argmax")
   # Retraining the found architecture from scratch (reference train.py).
   c.train = dict(network="cifar", C=36, layers=20, epochs=600, batch_size=96, lr=0.025,
-                 lr_min=0.0, momentum=0.9, weight_decay=3e-4, grad_clip=5.0, auxiliary=True,
-                 auxiliary_weight=0.4, drop_path_prob=0.2, cutout=16, label_smoothing=0.0)
+                 lr_min=0.0, momentum=0.9, nesterov=False, weight_decay=3e-4, grad_clip=5.0,
+                 auxiliary=True, auxiliary_weight=0.4, drop_path_prob=0.2, cutout=16,
+                 label_smoothing=0.0)
   # Latency-aware search (FBNet, ProxylessNAS): objective "none" (default), "fbnet"
   # (ce * fbnet_alpha * log(ms) ** fbnet_beta), "proxyless" (ce + weight * ms) or "target"
   # (ce + weight * max(0, ms / target_ms - 1)). `table`: a JSON latency table (README);

@@ -26,7 +26,9 @@ def names() -> tuple[str, ...]:
 
 def _register_builtin():
   from dnas.spaces.darts import space as darts_space  # pylint: disable=g-import-not-at-top
+  from dnas.spaces.nb201 import space as nb201_space  # pylint: disable=g-import-not-at-top
   register(darts_space.SPACE)
+  register(nb201_space.SPACE)
 
 
 _register_builtin()

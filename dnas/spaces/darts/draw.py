@@ -2,11 +2,7 @@
 
 import os
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
+from dnas import plotting
 
 # Colours of the DARTS paper's cell figures: inputs, intermediate nodes, output.
 _NODE_COLOURS = {"input": "#a8e6a3", "node": "#a3c9f0", "output": "#f5e08c"}
@@ -61,6 +57,7 @@ def plot_cell(genotype, kind: str, path_prefix: str) -> list[str]:
   nodes, edges = cell_graph(genotype, kind)
   pos = _layout(nodes)
   ys = [y for _, y in pos.values()]
+  plt = plotting.pyplot()
   fig, ax = plt.subplots(figsize=(7.5, 1.1 * (max(ys) - min(ys)) + 1.8))
   for src, dst, label in edges:
     p0, p1 = pos[src], pos[dst]

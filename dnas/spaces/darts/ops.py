@@ -14,15 +14,16 @@ Weights are initialised as PyTorch does (uniform, variance 1/(3 fan_in)), so tha
 training runs are comparable with the reference code.
 """
 
-import math
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from dnas.kernels import avg_pool2d, depthwise_conv2d, max_pool2d
+# Shared layers, also re-exported here for the space's modules.
+from dnas.layers import (BN_EPS, BN_MOMENTUM, BatchNorm, Conv1x1, batch_norm,  # noqa: F401
+                         conv2d, linear, torch_kernel_init, uniform_init)
 
 # The eight operations searched by DARTS, in the reference order (index = alpha column).
 PRIMITIVES = (
@@ -36,77 +37,6 @@ PRIMITIVES = (
     "dil_conv_5x5",
 )
 
-BN_MOMENTUM = 0.9  # PyTorch BatchNorm2d(momentum=0.1).
-BN_EPS = 1e-5
-
-def uniform_init(key: jax.Array, shape, bound: float, dtype=jnp.float32) -> jax.Array:
-  """U(-bound, bound) of `shape`.
-
-  Eagerly the numbers are drawn on the host from a NumPy generator seeded by `key`:
-  jax.random would compile one XLA program per distinct shape (~0.2 s each, ~10 s for a
-  small supernet). Under tracing (`nnx.eval_shape`, `jit`) it uses jax.random.
-  """
-  if isinstance(key, jax.core.Tracer):
-    return jax.random.uniform(key, shape, dtype, -bound, bound)
-  seed = np.asarray(jax.random.key_data(key)).ravel().tolist()
-  return jnp.asarray(np.random.default_rng(seed).uniform(-bound, bound, shape), dtype)
-
-
-def torch_kernel_init(key: jax.Array, shape, dtype=jnp.float32) -> jax.Array:
-  """PyTorch's default conv/linear weight init (kaiming_uniform, a=sqrt(5)):
-  U(+-1/sqrt(fan_in)), fan_in = prod(shape[:-1]) for the (kh, kw, in, out) layout."""
-  return uniform_init(key, shape, math.prod(shape[:-1]) ** -0.5, dtype)
-
-
-class BatchNorm(nnx.Module):
-  """PyTorch `BatchNorm2d` over the channel (last) axis of f32[N, H, W, C].
-
-  Train mode (`use_running_average=False`, set by `model.train()`) normalises with the
-  biased batch variance and updates the running mean and the *unbiased* running
-  variance with decay `momentum`, as PyTorch does. Eval mode uses the running values.
-  `affine=False` has no scale and shift (the supernet's BN).
-  """
-
-  def __init__(self, C: int, affine: bool = True, *, momentum: float = BN_MOMENTUM,
-               eps: float = BN_EPS):
-    self.momentum, self.eps, self.use_running_average = momentum, eps, False
-    self.scale = nnx.Param(jnp.asarray(np.ones(C, np.float32))) if affine else None
-    self.bias = nnx.Param(jnp.asarray(np.zeros(C, np.float32))) if affine else None
-    self.mean = nnx.BatchStat(jnp.asarray(np.zeros(C, np.float32)))
-    self.var = nnx.BatchStat(jnp.asarray(np.ones(C, np.float32)))
-
-  def __call__(self, x):
-    if self.use_running_average:
-      mean, var = self.mean.get_value(), self.var.get_value()
-    else:
-      # Statistics in at least float32 (bfloat16 activations; float64 stays float64).
-      axes = tuple(range(x.ndim - 1))
-      stat_dtype = jnp.promote_types(x.dtype, jnp.float32)
-      mean = jnp.mean(x, axes, dtype=stat_dtype)
-      var = jnp.mean(jnp.square(x.astype(stat_dtype) - mean), axes)
-      n = x.size // x.shape[-1]
-      m = self.momentum
-      # set_value, not `[...] =`: flax's indexed set asks a tracer for its sharding,
-      # which walks the whole jaxpr and makes tracing quadratic in model size.
-      self.mean.set_value(m * self.mean.get_value() + (1 - m) * jax.lax.stop_gradient(mean))
-      self.var.set_value(m * self.var.get_value()
-                         + (1 - m) * jax.lax.stop_gradient(var) * n / max(n - 1, 1))
-    y = (x - mean.astype(x.dtype)) * jax.lax.rsqrt(var + self.eps).astype(x.dtype)
-    if self.scale is not None:
-      y = y * self.scale.get_value() + self.bias.get_value()
-    return y
-
-
-def batch_norm(C: int, affine: bool, rngs: nnx.Rngs | None = None) -> BatchNorm:
-  del rngs  # BatchNorm has no random initialisation.
-  return BatchNorm(C, affine)
-
-
-def linear(C_in: int, C_out: int, *, rngs: nnx.Rngs) -> nnx.Linear:
-  """PyTorch `nn.Linear` (weight and bias uniform in +-1/sqrt(C_in))."""
-  bias_init = lambda key, shape, dtype=jnp.float32: uniform_init(key, shape, C_in ** -0.5, dtype)
-  return nnx.Linear(C_in, C_out, kernel_init=torch_kernel_init, bias_init=bias_init, rngs=rngs)
-
 
 class DepthwiseConv(nnx.Module):
   """Depthwise conv, no bias: f32[N, H, W, C] -> f32[N, Ho, Wo, C]."""
@@ -118,38 +48,6 @@ class DepthwiseConv(nnx.Module):
 
   def __call__(self, x):
     return depthwise_conv2d(x, self.kernel[...], self.stride, self.dilation, self.padding)
-
-
-class Conv1x1(nnx.Module):
-  """1x1 conv, no bias, optional stride: a matmul over channels.
-
-  f32[N, H, W, C_in] -> f32[N, ceil(H/s), ceil(W/s), C_out]. Kernel f32[1, 1, C_in, C_out]
-  (the `nnx.Conv` layout).
-  """
-
-  def __init__(self, C_in: int, C_out: int, stride: int = 1, *, rngs: nnx.Rngs):
-    self.stride = stride
-    self.kernel = nnx.Param(torch_kernel_init(rngs.params(), (1, 1, C_in, C_out)))
-
-  def __call__(self, x):
-    if self.stride > 1:
-      x = x[:, ::self.stride, ::self.stride, :]
-    return jnp.einsum("nhwc,co->nhwo", x, self.kernel[0, 0])
-
-
-def conv2d(C_in: int, C_out: int, kernel_size, stride=1, padding=0, *,
-           rngs: nnx.Rngs) -> nnx.Module:
-  """PyTorch `Conv2d(bias=False)` with explicit symmetric padding (never 'SAME').
-
-  kernel_size, stride, padding: int or (h, w) pairs.
-  """
-  pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)
-  kh, kw = pair(kernel_size)
-  if (kh, kw) == (1, 1) and pair(padding) == (0, 0) and pair(stride)[0] == pair(stride)[1]:
-    return Conv1x1(C_in, C_out, pair(stride)[0], rngs=rngs)
-  ph, pw = pair(padding)
-  return nnx.Conv(C_in, C_out, (kh, kw), strides=pair(stride), padding=((ph, ph), (pw, pw)),
-                  use_bias=False, kernel_init=torch_kernel_init, rngs=rngs)
 
 
 class ReLUConvBN(nnx.Module):

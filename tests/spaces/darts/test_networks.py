@@ -133,7 +133,7 @@ def test_supernet_remat_gives_same_loss_gradients_and_statistics():
   for remat in (False, True):
     # Both kinds of custom-VJP op (depthwise conv, max pool) and a parameter-free one; the
     # other ops add compile time, not cases.
-    net = darts.Network(2, 3, 2, steps=2, multiplier=2, remat=remat, rngs=nnx.Rngs(0),
+    net = darts.Network(2, 3, 2, steps=1, multiplier=1, remat=remat, rngs=nnx.Rngs(0),
                         primitives=("none", "max_pool_3x3", "skip_connect", "sep_conv_3x3",
                                     "dil_conv_3x3"))
     graphdef, params, rest = nnx.split(net, nnx.Param, ...)

@@ -1,0 +1,183 @@
+"""NAS-Bench-201's networks: the final `TinyNetwork` of one architecture, and the
+supernet `Network` whose edges mix all candidate ops (Dong & Yang, ICLR 2020).
+
+NHWC. The skeleton mirrors the reference `xautodl` (`cell_infers/tiny_network.py`,
+`cell_searchs/search_model_darts.py`, `search_model_gdas.py`) layer for layer: a 3x3 conv
+stem to C channels and BN; three stages of N cells at C, 2C and 4C channels with a ResNet
+basic block of stride 2 between them; BN, ReLU, global average pooling and a linear
+classifier. A cell has 4 nodes; node i is the sum over j < i of edge (i, j) applied to
+node j; the cell's output is node 3.
+"""
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from dnas import autodiff
+from dnas.arch import RELAXATIONS, MixedOp, batched_mixed_ops, gumbel_softmax, init_alphas
+from dnas.layers import batch_norm, conv2d, linear
+from dnas.spaces.nb201.ops import NAS_BENCH_201, ResNetBasicblock, make_op
+from dnas.spaces.nb201.structure import EDGES, MAX_NODES, Structure, derive
+
+
+def _stages(C: int, N: int):
+  """(channels, is_reduction) per layer: N cells, a block, N cells, a block, N cells."""
+  channels = [C] * N + [2 * C] + [2 * C] * N + [4 * C] + [4 * C] * N
+  reductions = [False] * N + [True] + [False] * N + [True] + [False] * N
+  return list(zip(channels, reductions))
+
+
+def _stem(in_channels: int, C: int, rngs: nnx.Rngs) -> nnx.Sequential:
+  return nnx.Sequential(conv2d(in_channels, C, 3, 1, 1, rngs=rngs), batch_norm(C, True))
+
+
+class InferCell(nnx.Module):
+  """The cell of one architecture (reference `InferCell`): every edge's op, `none`s
+  included. f32[N, H, W, C_in] -> f32[N, H, W, C_out]."""
+
+  def __init__(self, arch: Structure, C_in: int, C_out: int, *, rngs: nnx.Rngs):
+    self.layers = nnx.List([make_op(op, C_in if j == 0 else C_out, C_out, 1, rngs=rngs)
+                            for op, (_, j) in zip(arch.ops, EDGES)])
+
+  def __call__(self, x):
+    nodes = [x]
+    for i in range(1, MAX_NODES):
+      nodes.append(sum(self.layers[e](nodes[j]) for e, (ii, j) in enumerate(EDGES) if ii == i))
+    return nodes[-1]
+
+
+class TinyNetwork(nnx.Module):
+  """The network of one NAS-Bench-201 architecture (reference `TinyNetwork`).
+
+  Args:
+    arch: a `Structure` or its string.
+    C: channels of the first stage (16 in the benchmark).
+    N: cells per stage (5 in the benchmark).
+    num_classes: classifier outputs.
+    in_channels: image channels.
+
+  Call: f32[B, H, W, in_channels] -> logits f32[B, num_classes].
+  """
+
+  def __init__(self, arch, C: int = 16, N: int = 5, num_classes: int = 10, *,
+               in_channels: int = 3, rngs: nnx.Rngs):
+    self.arch = arch if isinstance(arch, Structure) else Structure.from_string(arch)
+    self.stem = _stem(in_channels, C, rngs)
+    cells, C_prev = [], C
+    for C_curr, reduction in _stages(C, N):
+      cells.append(ResNetBasicblock(C_prev, C_curr, 2, rngs=rngs) if reduction
+                   else InferCell(self.arch, C_prev, C_curr, rngs=rngs))
+      C_prev = C_curr
+    self.cells = nnx.List(cells)
+    self.lastact_bn = batch_norm(C_prev, True)
+    self.classifier = linear(C_prev, num_classes, rngs=rngs)
+
+  def __call__(self, x):
+    x = self.stem(x)
+    for cell in self.cells:
+      x = cell(x)
+    return self.classifier(jnp.mean(jax.nn.relu(self.lastact_bn(x)), axis=(1, 2)))
+
+
+class SearchCell(nnx.Module):
+  """The supernet cell (reference `NAS201SearchCell`): each edge a `MixedOp` over the
+  candidate ops, with the op weights f32[6, K] passed in (shared by all cells)."""
+
+  def __init__(self, C_in: int, C_out: int, primitives, affine: bool,
+               track_running_stats: bool, *, rngs: nnx.Rngs):
+    # The reference builds every edge's ops with C_in inputs (C_in == C_out in the cells).
+    self.edges = nnx.List([
+        MixedOp([make_op(p, C_in, C_out, 1, affine, track_running_stats, rngs=rngs)
+                 for p in primitives], own_alpha=False) for _ in EDGES])
+
+  def __call__(self, x, weights, sampled: bool = False):
+    nodes = [x]
+    for i in range(1, MAX_NODES):
+      rows = [e for e, (ii, _) in enumerate(EDGES) if ii == i]
+      if sampled:  # GDAS: one-hot weights, each edge runs only its sampled op
+        nodes.append(sum(self.edges[e](nodes[EDGES[e][1]], weights[e], sampled=True)
+                         for e in rows))
+      else:  # node i's edges have identical ops and shapes: one vmapped body
+        nodes.append(batched_mixed_ops([self.edges[e] for e in rows], nodes[:i],
+                                       weights[rows[0]:rows[-1] + 1]))
+    return nodes[-1]
+
+
+class Network(nnx.Module):
+  """The NAS-Bench-201 supernet (reference `TinyNetworkDarts` / `TinyNetworkGDAS`): one
+  row of architecture logits per edge (`alphas`, f32[6, K], ~1e-3 N(0, 1)) shared by all
+  cells.
+
+  Args:
+    C, N, num_classes, in_channels: as `TinyNetwork`.
+    primitives: candidate op names (the alpha columns), NAS_BENCH_201 by default.
+    affine, track_running_stats: of the cells' BatchNorms (the reference searches with
+      affine=False; its scripts choose track_running_stats with BN=0/1).
+    relaxation: "softmax" (DARTS) or "gumbel" (GDAS with `gumbel_hard`: a straight-through
+      one-hot sample per call, shared by all cells; each edge runs only its sampled op).
+      Called without `arch_key` (evaluation) it mixes with softmax(alpha).
+
+  Call: f32[B, H, W, in_channels] -> logits f32[B, num_classes].
+  """
+
+  def __init__(self, C: int = 16, N: int = 5, num_classes: int = 10, *, in_channels: int = 3,
+               primitives=NAS_BENCH_201, affine: bool = False,
+               track_running_stats: bool = True, relaxation: str = "softmax",
+               gumbel_hard: bool = False, remat: bool = False, rngs: nnx.Rngs):
+    for name, v in dict(C=C, N=N, num_classes=num_classes).items():
+      if v < 1:
+        raise ValueError(f"nb201.Network: {name} must be >= 1, got {v}")
+    bad = [p for p in primitives if p not in NAS_BENCH_201]
+    if bad:
+      raise ValueError(f"nb201.Network: unknown op {bad[0]!r}; valid: {', '.join(NAS_BENCH_201)}")
+    if relaxation not in RELAXATIONS:
+      raise ValueError(f"nb201.Network: relaxation {relaxation!r} is unknown; valid: "
+                       f"{', '.join(RELAXATIONS)}")
+    self.primitives = tuple(primitives)
+    self.relaxation, self.gumbel_hard, self.remat = relaxation, gumbel_hard, remat
+    self.stem = _stem(in_channels, C, rngs)
+    cells, C_prev = [], C
+    for C_curr, reduction in _stages(C, N):
+      cells.append(ResNetBasicblock(C_prev, C_curr, 2, rngs=rngs) if reduction
+                   else SearchCell(C_prev, C_curr, self.primitives, affine,
+                                   track_running_stats, rngs=rngs))
+      C_prev = C_curr
+    self.cells = nnx.List(cells)
+    self.lastact_bn = batch_norm(C_prev, True)
+    self.classifier = linear(C_prev, num_classes, rngs=rngs)
+    self.alphas = init_alphas(rngs.params(), (len(EDGES), len(self.primitives)))
+
+  def __call__(self, x, *, arch_key: jax.Array | None = None, tau=None):
+    """f32[B, H, W, C] -> f32[B, num_classes]; `arch_key` (PRNG key) and `tau` (f32[])
+    draw the Gumbel-softmax op weights of `relaxation="gumbel"`."""
+    sampled = self.relaxation == "gumbel" and arch_key is not None
+    if sampled:
+      weights = gumbel_softmax(arch_key, self.alphas[...], tau, self.gumbel_hard)
+    else:
+      weights = jax.nn.softmax(self.alphas[...], axis=-1)
+    hard = sampled and self.gumbel_hard
+    remat = self.remat or autodiff.remat_requested()
+    x = self.stem(x)
+    for cell in self.cells:
+      if isinstance(cell, SearchCell):
+        x = _checkpointed(cell, x, weights, hard) if remat else cell(x, weights, hard)
+      else:
+        x = cell(x)
+    return self.classifier(jnp.mean(jax.nn.relu(self.lastact_bn(x)), axis=(1, 2)))
+
+  def genotype(self) -> Structure:
+    """The architecture the current logits select (each edge's argmax)."""
+    return derive(self.alphas[...], self.primitives)
+
+
+def _checkpointed(cell: SearchCell, x, weights, sampled):
+  """cell(x, weights, sampled) under `jax.checkpoint`; BatchNorm statistics written back."""
+  graphdef, state = nnx.split(cell)
+
+  def body(state, x, weights):
+    c = nnx.merge(graphdef, state)
+    return c(x, weights, sampled), nnx.state(c)
+
+  out, new_state = jax.checkpoint(body)(state, x, weights)
+  nnx.update(cell, new_state)
+  return out

@@ -1,0 +1,75 @@
+"""The NAS-Bench-201 space behind `config.space = "nb201"` (the search-space protocol,
+`dnas.spaces.base`): the supernet of `config.model` (DARTS's softmax mixture, or GDAS with
+`search.relaxation=gumbel`, `search.gumbel_hard=true`), architectures as the benchmark's
+strings (`{"arch": "|op~0|+..."}` in genotype.json), and the `TinyNetwork` of
+`config.train` that `dnas.train` retrains."""
+
+import numpy as np
+from flax import nnx
+
+from dnas.spaces.nb201.network import Network, TinyNetwork
+from dnas.spaces.nb201.ops import NAS_BENCH_201
+from dnas.spaces.nb201.structure import Structure, derive, random_structure
+
+
+class NB201Space:
+  """NAS-Bench-201 (Dong & Yang, ICLR 2020); see the module docstring."""
+
+  name = "nb201"
+  published: dict = {}
+
+  def validate(self, config) -> None:
+    from dnas import config as config_lib  # pylint: disable=g-import-not-at-top
+    ConfigError = config_lib.ConfigError  # pylint: disable=invalid-name
+    flat = config_lib.flatten(config)
+    for k in ("model.C", "model.N", "train.C", "train.N"):
+      config_lib.positive(flat, k, int)
+    bad = [p for p in config.model.primitives if p not in NAS_BENCH_201]
+    if bad:
+      raise ConfigError(f"model.primitives: unknown op {bad[0]!r}; valid ops: "
+                        f"{', '.join(NAS_BENCH_201)}")
+    if config.method != "darts":
+      raise ConfigError(f"method {config.method!r} is not available for space nb201; valid: "
+                        f"darts (with search.relaxation=gumbel: GDAS)")
+    if config.latency.objective != "none":
+      raise ConfigError("latency objectives are not available for space nb201 yet; use "
+                        "latency.objective=none")
+
+  def supernet(self, config, info, rngs: nnx.Rngs) -> Network:
+    m, s = config.model, config.search
+    return Network(m.C, m.N, info.num_classes, in_channels=info.image_shape[-1],
+                   primitives=tuple(m.primitives), affine=m.affine,
+                   track_running_stats=m.track_running_stats, relaxation=s.relaxation,
+                   gumbel_hard=s.gumbel_hard, remat=m.remat, rngs=rngs)
+
+  def derive(self, alphas, config) -> Structure:
+    """The reference's rule: each edge's argmax op."""
+    return derive(np.asarray(alphas["alphas"].get_value()), tuple(config.model.primitives))
+
+  def alpha_groups(self, alphas, config):
+    return {"cell": (np.asarray(alphas["alphas"].get_value()), tuple(config.model.primitives))}
+
+  def to_dict(self, arch: Structure) -> dict:
+    return arch.to_dict()
+
+  def from_dict(self, d) -> Structure:
+    return Structure.from_dict(d)
+
+  def final(self, arch, config, info, rngs: nnx.Rngs) -> TinyNetwork:
+    t = config.train
+    return TinyNetwork(arch, t.C, t.N, info.num_classes, in_channels=info.image_shape[-1],
+                       rngs=rngs)
+
+  def final_apply(self, net, x, *, key=None, drop_path_prob=None):
+    del key, drop_path_prob  # TinyNetwork has neither drop path nor an auxiliary head
+    return net(x), None
+
+  def draw(self, arch, path_prefix: str) -> list[str]:
+    del arch, path_prefix  # the string is the picture
+    return []
+
+  def random_arch(self, rng: np.random.Generator, config) -> Structure:
+    return random_structure(rng, tuple(config.model.primitives))
+
+
+SPACE = NB201Space()
