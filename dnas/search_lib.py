@@ -141,8 +141,10 @@ def _search(config, workdir, progress, resume, preemption):
   latency = latency_setup(config, info, workdir)
   # What the steps compute: DARTS's hypergradient with the reference's virtual step (the
   # weight optimiser without its clipping), the latency objective, the relaxation.
+  # Its virtual step is heavy-ball SGD even when the weights train with Nesterov momentum:
+  # the references write Eq. 6 as w - lr (mu buf + g + wd w) (NAS-Bench-201's DARTS-V2 too).
   hg = hypergrad.from_order(s.order, bilevel.make_w_tx(schedule, s.momentum, s.weight_decay,
-                                                       grad_clip=None, nesterov=s.nesterov),
+                                                       grad_clip=None, nesterov=False),
                             fd_r=s.fd_r, remat=s.hvp_remat)
   objective = latency and make_arch_objective(config, latency[1])
   # Epochs before `arch_start_epoch` train the weights only (PC-DARTS's warm-up); each

@@ -410,3 +410,22 @@ def test_flat_stacked_state_steps_as_the_tree(parts, setup):
       shardings[0])
   sharded = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("fsdp"))
   assert loop._stacked_sharding(sharded).spec == jax.sharding.PartitionSpec(None, "fsdp")
+
+
+def test_nesterov_sgd_is_pytorchs():
+  # torch.optim.SGD(nesterov=True, dampening=0): g' = g + wd w; buf = mu buf + g';
+  # w -= lr (g' + mu buf). Two steps (the first starts the buffer at g').
+  rng = np.random.default_rng()
+  w = jnp.asarray(rng.standard_normal(5), jnp.float32)
+  grads = [jnp.asarray(rng.standard_normal(5), jnp.float32) for _ in range(2)]
+  lr, mu, wd = 0.1, 0.9, 5e-4
+  tx = bilevel.make_w_tx(lr, mu, wd, grad_clip=None, nesterov=True)
+  state, got = tx.init(w), w
+  want, buf = np.asarray(w, np.float64), np.zeros(5)
+  for g in grads:
+    updates, state = tx.update(g, state, got)
+    got = optax.apply_updates(got, updates)
+    g2 = np.asarray(g, np.float64) + wd * want
+    buf = mu * buf + g2
+    want = want - lr * (g2 + mu * buf)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

@@ -1,8 +1,9 @@
 """NAS-Bench-201's DARTS-V1 search on CIFAR-10 with the reference's settings (D-X-Y's
 scripts-search/NAS-Bench-201-algos/DARTS-V1.sh and configs/nas-benchmark/algos/DARTS.config;
 GDAS.sh: add --config.search.relaxation=gumbel --config.search.gumbel_hard=true
---config.search.epochs=250). Needs the prepared TFDS CIFAR-10 (`python -m
-dnas.data.prepare cifar10`).
+--config.search.epochs=250; BN=0). Needs the prepared TFDS CIFAR-10 (`python -m
+dnas.data.prepare cifar10`). What dnas does not yet match (the step order of DARTS-V1 and
+GDAS, clipping, the data split): BUILD_NOTES.md, "Deliberate deviations".
 
 python -m dnas.search --config=dnas/configs/nb201_cifar10.py --workdir=runs/nb201_c10
 """

@@ -68,7 +68,7 @@ class Structure:
         raise ArchError(f"{text!r}: node {i} must have {i} inputs, got {len(edges)}")
       for j, edge in enumerate(edges):
         op, sep, src = edge.partition("~")
-        if not sep or not src.isdigit():
+        if not sep or not (src.isascii() and src.isdigit()):
           raise ArchError(f"{text!r}: node {i}: {edge!r} is not op~input")
         if int(src) != j:
           raise ArchError(f"{text!r}: node {i}: input {j} reads node {src}; node {i} reads "

@@ -68,6 +68,8 @@ def test_string_round_trip_and_index():
      "node 1: 'nor_conv_3x3' is not op~input"),
     ("nor_conv_3x3~0+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_1x1~2|",
      "node 1 'nor_conv_3x3~0' must be |op~j|...| between bars"),
+    ("|nor_conv_3x3~²|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_1x1~2|",
+     "node 1: 'nor_conv_3x3~²' is not op~input"),
 ])
 def test_malformed_strings_are_one_line_errors(text, message):
   with pytest.raises(ArchError) as e:
@@ -111,3 +113,16 @@ def test_supernet_cell_is_the_weighted_sum_of_its_edges():
 
   got, want = both(state, x, w)
   chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_batch_norm_without_running_statistics_uses_the_batch_in_both_modes():
+  # track_running_stats=False (NAS-Bench-201's search with BN=0): no running values, eval
+  # mode normalises with the batch's statistics as train mode does.
+  from dnas.layers import BatchNorm
+  bn = BatchNorm(3, affine=False, track_running_stats=False)
+  assert not nnx.state(bn, nnx.BatchStat)
+  x = jnp.asarray(np.random.default_rng().standard_normal((4, 2, 2, 3)) * 3 + 1, jnp.float32)
+  train = bn(x)
+  bn.eval()
+  chex.assert_trees_all_close(bn(x), train, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(train).mean(axis=(0, 1, 2)), 0, atol=1e-5)
