@@ -286,6 +286,21 @@ def node_softmax(betas: jax.Array, steps: int) -> jax.Array:
   return jnp.concatenate(out)
 
 
+def checkpointed_call(module: nnx.Module, *args, **static):
+  """module(*args, **static) under `jax.checkpoint` (its activations are recomputed in the
+  backward pass); the module's state updates (BatchNorm statistics) are written back.
+  `static`: keyword arguments that are Python values, not arrays."""
+  graphdef, state = nnx.split(module)
+
+  def body(state, *args):
+    m = nnx.merge(graphdef, state)
+    return m(*args, **static), nnx.state(m)
+
+  out, new_state = jax.checkpoint(body)(state, *args)
+  nnx.update(module, new_state)
+  return out
+
+
 def batched_mixed_ops(ops: Sequence[MixedOp], xs: Sequence[jax.Array],
                       weights: jax.Array, edge_weights: jax.Array | None = None) -> jax.Array:
   """sum_e ops[e](xs[e], weights[e]) for structurally identical mixed ops, run as one

@@ -15,6 +15,7 @@ from flax import nnx
 BN_MOMENTUM = 0.9  # PyTorch BatchNorm2d(momentum=0.1).
 BN_EPS = 1e-5
 
+
 def uniform_init(key: jax.Array, shape, bound: float, dtype=jnp.float32) -> jax.Array:
   """U(-bound, bound) of `shape`.
 

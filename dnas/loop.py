@@ -19,7 +19,7 @@ class Flat:
   """A state pytree carried between steps as a short list of buffers.
 
   Each jit call pays host time per argument and result buffer: the DARTS search state at
-  CIFAR shapes has 4,665 leaves, which cost tens of milliseconds to flatten as `nnx.State`s
+  CIFAR shapes has 4,666 leaves, which cost tens of milliseconds to flatten as `nnx.State`s
   and as many again to pass as a plain list. The leaves have only 26 distinct shapes, so
   with `stack` the leaves of equal shape, dtype and sharding travel as one stacked buffer
   (unstacked and restacked inside the step's program). The loop holds the buffers and

@@ -12,7 +12,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from dnas import autodiff
-from dnas.arch import (RELAXATIONS, ArchParam, MixedOp, PartialMixedOp, batched_mixed_ops, gumbel_softmax,
+from dnas.arch import (RELAXATIONS, ArchParam, MixedOp, PartialMixedOp, batched_mixed_ops,
+                       checkpointed_call, gumbel_softmax,
                        init_alphas, node_softmax)
 from dnas.spaces.darts import genotypes as genotypes_lib
 from dnas.kernels import fusion_barrier
@@ -91,20 +92,6 @@ class Cell(nnx.Module):
       offset += n
       states.append(fusion_barrier(s))
     return jnp.concatenate(states[-self.multiplier:], axis=-1)
-
-
-def _checkpointed(cell: Cell, s0, s1, weights, edge_weights, sampled=False):
-  """cell(s0, s1, weights, edge_weights, sampled) under `jax.checkpoint`; BatchNorm
-  statistics are written back."""
-  graphdef, state = nnx.split(cell)
-
-  def body(state, s0, s1, weights, edge_weights):
-    c = nnx.merge(graphdef, state)
-    return c(s0, s1, weights, edge_weights, sampled), nnx.state(c)
-
-  out, new_state = jax.checkpoint(body)(state, s0, s1, weights, edge_weights)
-  nnx.update(cell, new_state)
-  return out
 
 
 class Network(nnx.Module):
@@ -204,7 +191,7 @@ class Network(nnx.Module):
     remat = self.remat or autodiff.remat_requested()
     for cell in self.cells:
       w, e = (w_reduce, e_reduce) if cell.reduction else (w_normal, e_normal)
-      s0, s1 = s1, (_checkpointed(cell, s0, s1, w, e, hard) if remat
+      s0, s1 = s1, (checkpointed_call(cell, s0, s1, w, e, sampled=hard) if remat
                     else cell(s0, s1, w, e, hard))
     return self.classifier(jnp.mean(s1, axis=(1, 2)))
 

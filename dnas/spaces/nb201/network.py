@@ -14,7 +14,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from dnas import autodiff
-from dnas.arch import RELAXATIONS, MixedOp, batched_mixed_ops, gumbel_softmax, init_alphas
+from dnas.arch import (RELAXATIONS, MixedOp, batched_mixed_ops, checkpointed_call,
+                       gumbel_softmax, init_alphas)
 from dnas.layers import batch_norm, conv2d, linear
 from dnas.spaces.nb201.ops import NAS_BENCH_201, ResNetBasicblock, make_op
 from dnas.spaces.nb201.structure import EDGES, MAX_NODES, Structure, derive
@@ -160,7 +161,8 @@ class Network(nnx.Module):
     x = self.stem(x)
     for cell in self.cells:
       if isinstance(cell, SearchCell):
-        x = _checkpointed(cell, x, weights, hard) if remat else cell(x, weights, hard)
+        x = (checkpointed_call(cell, x, weights, sampled=hard) if remat
+             else cell(x, weights, hard))
       else:
         x = cell(x)
     return self.classifier(jnp.mean(jax.nn.relu(self.lastact_bn(x)), axis=(1, 2)))
@@ -169,15 +171,3 @@ class Network(nnx.Module):
     """The architecture the current logits select (each edge's argmax)."""
     return derive(self.alphas[...], self.primitives)
 
-
-def _checkpointed(cell: SearchCell, x, weights, sampled):
-  """cell(x, weights, sampled) under `jax.checkpoint`; BatchNorm statistics written back."""
-  graphdef, state = nnx.split(cell)
-
-  def body(state, x, weights):
-    c = nnx.merge(graphdef, state)
-    return c(x, weights, sampled), nnx.state(c)
-
-  out, new_state = jax.checkpoint(body)(state, x, weights)
-  nnx.update(cell, new_state)
-  return out

@@ -126,3 +126,17 @@ def test_batch_norm_without_running_statistics_uses_the_batch_in_both_modes():
   bn.eval()
   chex.assert_trees_all_close(bn(x), train, atol=1e-6)
   np.testing.assert_allclose(np.asarray(train).mean(axis=(0, 1, 2)), 0, atol=1e-5)
+
+
+def test_supernet_remat_gives_same_loss_and_gradients():
+  x = jnp.asarray(np.random.default_rng().standard_normal((2, 8, 8, 3)), jnp.float32)
+  results = []
+  for remat in (False, True):
+    net = nb201.Network(2, 1, 3, remat=remat, rngs=nnx.Rngs(0))
+    graphdef, params, rest = nnx.split(net, nnx.Param, ...)
+
+    def loss(params, rest):
+      return jnp.sum(nnx.merge(graphdef, params, rest, copy=True)(x) ** 2)
+
+    results.append(jax.jit(jax.value_and_grad(loss))(params, rest))
+  chex.assert_trees_all_close(results[0], results[1], rtol=1e-5, atol=1e-6)
