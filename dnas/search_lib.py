@@ -209,12 +209,15 @@ def _search(config, workdir, progress, resume, preemption):
       meta["alphas"].setdefault(group, []).append(weights.tolist())
       run.summaries.op_weights(run.done, group, weights, ops)
     record["genotype"] = space.to_dict(arch)
+    facts = space.arch_metrics(arch, config) if hasattr(space, "arch_metrics") else {}
+    record.update(facts)
     if latency:  # the derived network's latency on the table's device
       record["predicted_latency_ms"] = latency[1].predict(arch)
       run.postfix["lat_ms"] = f"{record['predicted_latency_ms']:.3f}"
     lat = (f" predicted latency {record['predicted_latency_ms']:.3f} ms" if latency else "")
+    shown = "".join(f" {k} {v:.2f}" for k, v in facts.items() if isinstance(v, float))
     tqdm.tqdm.write(f"epoch {epoch}: w_acc {record['w_acc']:.3f} valid_acc {valid_acc:.3f}"
-                    f"{lat} architecture {arch}")
+                    f"{lat}{shown} architecture {arch}")
     return record
 
   def written(record):

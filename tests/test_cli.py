@@ -1,6 +1,7 @@
 """The entry points as a user runs them: a tiny search whose genotype dnas.train accepts,
 and user mistakes that exit 2 with one line and no traceback."""
 
+import itertools
 import json
 import os
 
@@ -12,6 +13,7 @@ from dnas import search_lib
 from dnas.configs import tiny
 from dnas.spaces import darts, nb201
 from tests import cli_helpers
+from tests.spaces.nb201 import nats_fixture
 from tests.test_plot_export import read_events
 
 TINY = cli_helpers.TINY
@@ -240,19 +242,31 @@ def test_bad_genotype_file_exits_2(tmp_path):
 
 def test_nb201_search_then_train(tmp_path):
   # NAS-Bench-201 through the CLI: a one-epoch search (GDAS: hard Gumbel samples, each
-  # edge running its sampled op) writes the benchmark's string under "arch", and
-  # dnas.train retrains that architecture's TinyNetwork.
+  # edge running its sampled op) writes the benchmark's string under "arch", looks each
+  # epoch's architecture up in a NATS-Bench file (a fixture in the package's format over
+  # the 3^6 architectures of three ops), and dnas.train retrains that TinyNetwork.
+  ops = ("none", "skip_connect", "nor_conv_3x3")
+  archs = [str(nb201.Structure(c)) for c in itertools.product(ops, repeat=6)]
+  bench = nats_fixture.write(str(tmp_path / "tss"), archs)
   config = os.path.join(cli_helpers.ROOT, "dnas", "configs", "nb201.py")
   tiny = [f"--config={config}", "--config.model.C=4", "--config.train.C=4",
-          "--config.train.N=1", "--config.max_steps_per_epoch=3"]
-  out = _run("dnas.search", *tiny, f"--workdir={tmp_path}", "--config.search.epochs=1",
-             "--config.search.batch_size=8", "--config.search.relaxation=gumbel",
-             "--config.search.gumbel_hard=true")
+          "--config.train.N=1", "--config.max_steps_per_epoch=3",
+          f"--config.model.primitives={ops!r}".replace(" ", "")]
+  out = cli_helpers.run("dnas.search", *tiny, f"--workdir={tmp_path}",  # with progress lines
+                        "--config.search.epochs=1", "--config.search.batch_size=8",
+                        "--config.search.relaxation=gumbel", "--config.search.gumbel_hard=true",
+                        f"--config.nb201.benchmark={bench}")
   assert out.returncode == 0, out.stderr[-3000:]
   arch = json.loads((tmp_path / "genotype.json").read_text())["arch"]
   parsed = nb201.Structure.from_string(arch)
   records = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert records[-1]["genotype"] == {"arch": arch} and "alpha_entropy_cell" in records[-1]
+  assert records[-1]["param_free_ops"] == parsed.parameter_free_ops()
+  for dataset in ("cifar10", "cifar100", "ImageNet16-120"):
+    want = sum(nats_fixture.accuracy(archs.index(arch), dataset, "200", s)
+               for s in nats_fixture.SEEDS) / 2
+    assert records[-1][f"nb201_{dataset}_test_acc"] == pytest.approx(want)
+  assert f"nb201_cifar10_test_acc {records[-1]['nb201_cifar10_test_acc']:.2f}" in out.stdout
   out = _run("dnas.train", *tiny, f"--genotype={tmp_path / 'genotype.json'}",
              f"--workdir={tmp_path}", "--config.train.epochs=1", "--config.train.batch_size=16")
   assert out.returncode == 0, out.stderr[-3000:]

@@ -14,8 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from dnas import autodiff
-from dnas.arch import (RELAXATIONS, MixedOp, batched_mixed_ops, checkpointed_call,
-                       gumbel_softmax, init_alphas)
+from dnas.arch import RELAXATIONS, MixedOp, checkpointed_call, gumbel_softmax, init_alphas
 from dnas.layers import batch_norm, conv2d, linear
 from dnas.spaces.nb201.ops import NAS_BENCH_201, ResNetBasicblock, make_op
 from dnas.spaces.nb201.structure import EDGES, MAX_NODES, Structure, derive
@@ -92,15 +91,13 @@ class SearchCell(nnx.Module):
                  for p in primitives], own_alpha=False) for _ in EDGES])
 
   def __call__(self, x, weights, sampled: bool = False):
+    # Each edge on its own: vmapping a node's edges (`batched_mixed_ops`, as the DARTS
+    # cell does) batches the conv kernels, and XLA:CPU's backward of such a conv was 5x
+    # slower at the digits shapes (BUILD_NOTES, session 10).
     nodes = [x]
     for i in range(1, MAX_NODES):
-      rows = [e for e, (ii, _) in enumerate(EDGES) if ii == i]
-      if sampled:  # GDAS: one-hot weights, each edge runs only its sampled op
-        nodes.append(sum(self.edges[e](nodes[EDGES[e][1]], weights[e], sampled=True)
-                         for e in rows))
-      else:  # node i's edges have identical ops and shapes: one vmapped body
-        nodes.append(batched_mixed_ops([self.edges[e] for e in rows], nodes[:i],
-                                       weights[rows[0]:rows[-1] + 1]))
+      nodes.append(sum(self.edges[e](nodes[j], weights[e], sampled=sampled)
+                       for e, (ii, j) in enumerate(EDGES) if ii == i))
     return nodes[-1]
 
 
@@ -148,15 +145,22 @@ class Network(nnx.Module):
     self.classifier = linear(C_prev, num_classes, rngs=rngs)
     self.alphas = init_alphas(rngs.params(), (len(EDGES), len(self.primitives)))
 
-  def __call__(self, x, *, arch_key: jax.Array | None = None, tau=None):
+  def __call__(self, x, *, arch_key: jax.Array | None = None, tau=None,
+               weights: jax.Array | None = None, hard: bool = False):
     """f32[B, H, W, C] -> f32[B, num_classes]; `arch_key` (PRNG key) and `tau` (f32[])
-    draw the Gumbel-softmax op weights of `relaxation="gumbel"`."""
-    sampled = self.relaxation == "gumbel" and arch_key is not None
-    if sampled:
+    draw the Gumbel-softmax op weights of `relaxation="gumbel"`. `weights` (f32[6, K])
+    replaces the op weights; with `hard=True` its rows are one-hot and each edge runs
+    only its op (`lax.switch`): the supernet is then one architecture's network, with
+    the architecture as data (evaluating a sample of architectures with shared weights,
+    training many architectures with one compiled program)."""
+    if weights is not None:
+      weights = jnp.asarray(weights, jnp.float32)
+    elif self.relaxation == "gumbel" and arch_key is not None:
       weights = gumbel_softmax(arch_key, self.alphas[...], tau, self.gumbel_hard)
+      hard = self.gumbel_hard
     else:
       weights = jax.nn.softmax(self.alphas[...], axis=-1)
-    hard = sampled and self.gumbel_hard
+      hard = False
     remat = self.remat or autodiff.remat_requested()
     x = self.stem(x)
     for cell in self.cells:

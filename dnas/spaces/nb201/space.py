@@ -4,9 +4,14 @@
 strings (`{"arch": "|op~0|+..."}` in genotype.json), and the `TinyNetwork` of
 `config.train` that `dnas.train` retrains."""
 
+import functools
+import importlib.util
+import os
+
 import numpy as np
 from flax import nnx
 
+from dnas.spaces.nb201.benchmark import Benchmark
 from dnas.spaces.nb201.network import Network, TinyNetwork
 from dnas.spaces.nb201.ops import NAS_BENCH_201
 from dnas.spaces.nb201.structure import Structure, derive, random_structure
@@ -31,6 +36,13 @@ class NB201Space:
     if config.method != "darts":
       raise ConfigError(f"method {config.method!r} is not available for space nb201; valid: "
                         f"darts (with search.relaxation=gumbel: GDAS)")
+    path = _benchmark_path(config)
+    if path and not os.path.exists(path):
+      raise ConfigError(f"nb201.benchmark: {path} does not exist (the NATS-Bench topology "
+                        f"file NATS-tss-v1_0-3ffb9-*)")
+    if path and importlib.util.find_spec("nats_bench") is None:
+      raise ConfigError("nb201.benchmark needs the nats_bench package: pip install "
+                        "'dnas[nats]'")
     if config.latency.objective != "none":
       raise ConfigError("latency objectives are not available for space nb201 yet; use "
                         "latency.objective=none")
@@ -48,6 +60,16 @@ class NB201Space:
 
   def alpha_groups(self, alphas, config):
     return {"cell": (np.asarray(alphas["alphas"].get_value()), tuple(config.model.primitives))}
+
+  def arch_metrics(self, arch: Structure, config) -> dict:
+    """Per-epoch facts about the derived architecture: its parameter-free ops and, with
+    `nb201.benchmark`, its 200-epoch test accuracies (%) in NAS-Bench-201, as the
+    reference's search scripts log them."""
+    out = {"param_free_ops": arch.parameter_free_ops()}
+    path = _benchmark_path(config)
+    if path:
+      out.update({f"nb201_{k}_test_acc": v for k, v in _benchmark(path).query(arch).items()})
+    return out
 
   def to_dict(self, arch: Structure) -> dict:
     return arch.to_dict()
@@ -70,6 +92,15 @@ class NB201Space:
 
   def random_arch(self, rng: np.random.Generator, config) -> Structure:
     return random_structure(rng, tuple(config.model.primitives))
+
+
+def _benchmark_path(config) -> str:
+  return config.nb201.benchmark if "nb201" in config else ""
+
+
+@functools.cache
+def _benchmark(path: str) -> Benchmark:
+  return Benchmark(path)
 
 
 SPACE = NB201Space()

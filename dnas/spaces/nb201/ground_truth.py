@@ -1,0 +1,247 @@
+"""A NAS-Bench-201 ground truth on the embedded digits: train many architectures, each
+with several seeds, under one fixed protocol, in one compiled program.
+
+The architecture is data: the supernet `Network` with affine BatchNorms that keep running
+statistics, called with one-hot op weights, computes exactly its architecture's
+`TinyNetwork` (the other ops' outputs are multiplied by zero, their parameters get zero
+gradients). So one XLA program trains any architecture: no compile per architecture. (A
+`jax.vmap` over architectures, which batches the conv kernels, and `hard=True`'s
+`lax.switch` were both slower on XLA:CPU: BUILD_NOTES, session 10.)
+
+The protocol is `PROTOCOL`; `GroundTruth` is the table
+(`experiments/nb201_digits/ground_truth.json`, made by `experiments/nb201_digits/run.py`)
+that records it, and a table under another protocol is refused.
+"""
+
+import dataclasses
+import json
+import os
+import functools
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from dnas import bilevel
+from dnas.data import digits
+from dnas.spaces.nb201.network import Network
+from dnas.spaces.nb201.ops import NAS_BENCH_201
+from dnas.spaces.nb201.structure import EDGES, Structure
+
+# The fixed training protocol (documented in experiments/nb201_digits/README.md): the
+# benchmark's recipe (SGD, Nesterov momentum 0.9, lr 0.1 cosine to 0, weight decay 5e-4,
+# no clipping) at digits size: TinyNetwork C=8, N=1 on the 1,257 training images (8x8,
+# random crop after 1-pixel zero padding), batch 64, 10 epochs; accuracy on the 360 test
+# and 180 validation images with BatchNorm running statistics.
+PROTOCOL = dict(data="digits", C=8, N=1, epochs=10, batch_size=64, lr=0.1, lr_min=0.0,
+                momentum=0.9, nesterov=True, weight_decay=5e-4, crop_padding=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+  """One trained (architecture, seed): accuracies in [0, 1] and the test loss."""
+  arch: str
+  seed: int
+  test_acc: float
+  valid_acc: float
+  test_loss: float
+
+
+def one_hot(archs) -> np.ndarray:
+  """f32[A, 6, 5]: each architecture's op per edge as one-hot rows (NAS_BENCH_201 order)."""
+  out = np.zeros((len(archs), len(EDGES), len(NAS_BENCH_201)), np.float32)
+  for a, arch in enumerate(archs):
+    arch = arch if isinstance(arch, Structure) else Structure.from_string(arch)
+    out[a, np.arange(len(EDGES)), [NAS_BENCH_201.index(op) for op in arch.ops]] = 1.0
+  return out
+
+
+def _data():
+  """Normalised f32 images and int32 labels of the digits splits."""
+  mean, std = digits.MEAN[0], digits.STD[0]
+  return {k: ((x.astype(np.float32) / 255.0 - mean) / std, y)
+          for k, (x, y) in digits.load_splits().items()}
+
+
+def _crop(key, image, pad: int):
+  """Random crop of f32[H, W, C] after zero padding by `pad` (in normalised space the
+  padding is the normalised zero, as padding the uint8 image then normalising)."""
+  h, w, c = image.shape
+  zero = -digits.MEAN[0] / digits.STD[0]
+  padded = jnp.pad(image, ((pad, pad), (pad, pad), (0, 0)), constant_values=zero)
+  dy, dx = jax.random.randint(key, (2,), 0, 2 * pad + 1)
+  return jax.lax.dynamic_slice(padded, (dy, dx, 0), (h, w, c))
+
+
+def make_train_fn(protocol=None):
+  """f(key (typed PRNG key), weights f32[6, 5] one-hot) -> (test_acc, valid_acc,
+  test_loss), each f32[]: one network trained and evaluated under the protocol."""
+  p = dict(PROTOCOL if protocol is None else protocol)
+  data = _data()
+  x_train, y_train = (jnp.asarray(v) for v in data["train"])
+  n = len(y_train)
+  b = p["batch_size"]
+  steps_per_epoch = n // b  # the last partial batch is dropped: one shape
+  total = steps_per_epoch * p["epochs"]
+  schedule = bilevel.per_epoch_cosine(p["lr"], p["lr_min"], p["epochs"], steps_per_epoch)
+  tx = bilevel.make_w_tx(schedule, p["momentum"], p["weight_decay"], None, p["nesterov"])
+  in_channels, num_classes = x_train.shape[-1], 10
+
+  def build(key):
+    return Network(p["C"], p["N"], num_classes, in_channels=in_channels, affine=True,
+                   track_running_stats=True, rngs=nnx.Rngs(key))
+
+  # The architecture logits (the rest) are unused: the op weights come in as data.
+  graphdef, _, _, rest = nnx.split(nnx.eval_shape(lambda: build(jax.random.key(0))),
+                                   nnx.Param, nnx.BatchStat, ...)
+  rest = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), rest)
+
+  def loss_fn(params, stats, w, x, y):
+    net = nnx.merge(graphdef, params, stats, rest, copy=True)
+    logits = net(x, weights=w)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+    return loss, nnx.state(net, nnx.BatchStat)
+
+  def evaluate(params, stats, w, x, y):
+    net = nnx.merge(graphdef, params, stats, rest, copy=True)
+    net.eval()
+    logits = net(x, weights=w)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+    return jnp.mean(jnp.argmax(logits, -1) == y), loss
+
+  @jax.jit
+  def init(key):
+    init_key, data_key = jax.random.split(key)
+    _, params, stats, _ = nnx.split(build(init_key), nnx.Param, nnx.BatchStat, ...)
+    # The whole schedule's batches up front (f32[steps, B, H, W, C], a few MB).
+    def epoch_order(e):
+      return jax.random.permutation(jax.random.fold_in(data_key, e), n)[:steps_per_epoch * b]
+    idx = jax.vmap(epoch_order)(jnp.arange(p["epochs"])).reshape(total, b)
+    crop_keys = jax.random.split(jax.random.fold_in(data_key, 1 << 20), total * b)
+    xs = jax.vmap(lambda k, i: _crop(k, x_train[i], p["crop_padding"]))(
+        crop_keys, idx.reshape(-1)).reshape((total, b) + x_train.shape[1:])
+    return (params, stats, tx.init(params)), xs, y_train[idx]
+
+  # One jitted step driven from Python, on the state's flat leaves (no per-call Variable
+  # rebuilding) and slicing its batch inside: inside a `lax.scan` XLA:CPU ran the same
+  # step about 3x slower, and an eager `xs[i]` costs more than the step (session 10).
+  treedef = jax.tree.structure(jax.eval_shape(lambda: init(jax.random.key(0))[0]))
+
+  @functools.partial(jax.jit, donate_argnums=0)
+  def step(leaves, w, xs, ys, i):
+    params, stats, opt_state = jax.tree.unflatten(treedef, leaves)
+    (_, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, stats, w, xs[i],
+                                                                   ys[i])
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return jax.tree.leaves((optax.apply_updates(params, updates), stats, opt_state))
+
+  test_data = tuple(map(jnp.asarray, data["test"]))
+  valid_data = tuple(map(jnp.asarray, data["validation"]))
+
+  @jax.jit
+  def evaluate_all(params, stats, w):
+    test_acc, test_loss = evaluate(params, stats, w, *test_data)
+    valid_acc, _ = evaluate(params, stats, w, *valid_data)
+    return test_acc, valid_acc, test_loss
+
+  def train_one(key, w):
+    carry, xs, ys = init(key)
+    leaves = jax.tree.leaves(carry)
+    for i in range(total):
+      leaves = step(leaves, w, xs, ys, i)
+    params, stats, _ = jax.tree.unflatten(treedef, leaves)
+    return evaluate_all(params, stats, w)
+
+  return train_one
+
+
+def train(archs, seeds, *, protocol=None, train_fn=None, progress=None) -> list[Result]:
+  """Trains every (architecture, seed) pair under `protocol` with one compiled program.
+
+  Args:
+    archs: `Structure`s or strings.
+    seeds: int seeds; each architecture is trained once per seed (the seed and the
+      architecture's index draw the initialisation, the batch order and the crops).
+    train_fn: a `make_train_fn(protocol)` result to reuse.
+    progress: called with (done, total, seconds) after each pair.
+  """
+  archs = [a if isinstance(a, Structure) else Structure.from_string(a) for a in archs]
+  pairs = [(a, s) for a in archs for s in seeds]
+  fn = train_fn or make_train_fn(protocol)
+  out, start = [], time.perf_counter()
+  for arch, seed in pairs:
+    key = jax.random.fold_in(jax.random.key(seed), arch.index)
+    test_acc, valid_acc, test_loss = jax.device_get(fn(key, jnp.asarray(one_hot([arch])[0])))
+    out.append(Result(str(arch), seed, float(test_acc), float(valid_acc), float(test_loss)))
+    if progress:
+      progress(len(out), len(pairs), time.perf_counter() - start)
+  return out
+
+
+class GroundTruth:
+  """The table of trained architectures: {arch string: per-seed results}, the uniform
+  sample they were drawn in (`sample`; architectures added later, e.g. a search's find,
+  are looked up but never change the sample's distribution), and the protocol.
+
+  JSON: {"protocol": {...}, "sample": [arch, ...], "results": {arch: {"seeds": [...],
+  "test_acc": [...], "valid_acc": [...], "test_loss": [...]}}}.
+  """
+
+  def __init__(self, protocol=None, sample=(), results=None):
+    self.protocol = dict(PROTOCOL if protocol is None else protocol)
+    self.sample = list(sample)
+    self.results = results or {}
+
+  @classmethod
+  def load(cls, path: str, protocol=None) -> "GroundTruth":
+    with open(path) as f:
+      d = json.load(f)
+    want = dict(PROTOCOL if protocol is None else protocol)
+    if d.get("protocol") != want:
+      raise ValueError(f"{path}: trained under protocol {d.get('protocol')}, not {want}")
+    return cls(d["protocol"], d["sample"], d["results"])
+
+  def save(self, path: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+      json.dump(dict(protocol=self.protocol, sample=self.sample, results=self.results), f,
+                indent=0, sort_keys=True)
+    os.replace(tmp, path)
+
+  def add(self, results) -> None:
+    for r in results:
+      row = self.results.setdefault(r.arch, dict(seeds=[], test_acc=[], valid_acc=[],
+                                                 test_loss=[]))
+      if r.seed in row["seeds"]:
+        continue
+      row["seeds"].append(r.seed)
+      row["test_acc"].append(r.test_acc)
+      row["valid_acc"].append(r.valid_acc)
+      row["test_loss"].append(r.test_loss)
+
+  def has(self, arch, seeds) -> bool:
+    row = self.results.get(str(arch))
+    return row is not None and set(seeds) <= set(row["seeds"])
+
+  def accuracy(self, arch) -> float:
+    """Mean test accuracy over the seeds trained; KeyError when not trained."""
+    return float(np.mean(self.results[str(arch)]["test_acc"]))
+
+  def sample_accuracies(self) -> np.ndarray:
+    """f64[S]: mean test accuracy of each sampled architecture."""
+    return np.asarray([self.accuracy(a) for a in self.sample if str(a) in self.results])
+
+  def percentile(self, acc: float) -> float:
+    """Share of the sample (in %) whose accuracy is below `acc`, ties counted half."""
+    s = self.sample_accuracies()
+    return float(100.0 * (np.sum(s < acc) + 0.5 * np.sum(s == acc)) / len(s))
+
+  def seed_noise(self) -> float:
+    """Std of the difference between two seeds of one architecture, over the sample,
+    divided by sqrt(2): one run's seed-to-seed standard deviation."""
+    d = [r["test_acc"][0] - r["test_acc"][1] for a, r in self.results.items()
+         if a in set(self.sample) and len(r["test_acc"]) >= 2]
+    return float(np.std(d) / np.sqrt(2)) if d else float("nan")
