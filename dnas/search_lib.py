@@ -84,6 +84,32 @@ def _fresh_meta() -> dict:
   return dict(epoch=0, batch=0, sums={}, records=[], alphas={}, elapsed=0.0)
 
 
+def _optimizers(config, steps_per_epoch: int):
+  """(weight lr schedule, weight optimiser, architecture optimiser) of the search."""
+  s = config.search
+  schedule = bilevel.per_epoch_cosine(s.w_lr, s.w_lr_min, s.epochs, steps_per_epoch)
+  w_tx = bilevel.make_w_tx(schedule, s.momentum, s.weight_decay, s.grad_clip, s.nesterov)
+  return schedule, w_tx, bilevel.make_a_tx(s.a_lr, s.a_b1, s.a_b2, s.a_weight_decay)
+
+
+def load_supernet(config, workdir: str) -> nnx.Module:
+  """The supernet of the search in `workdir` as its last checkpoint left it (weights,
+  architecture parameters, BatchNorm state), in eval mode."""
+  space = spaces.get(config.space)
+  info, _ = get_dataset(config.data.name, config.data.data_dir, config.data.image_size)
+  net = space.supernet(config, info, nnx.Rngs(config.seed))
+  _, w_tx, a_tx = _optimizers(config, 1)  # the state's structure, not its schedule
+  graphdef, state = bilevel.init_search_state(net, w_tx, a_tx, jax.random.key(config.seed))
+  found = Checkpointer(os.path.join(os.path.abspath(workdir), "checkpoints"),
+                       keep=config.checkpoint.keep).restore_latest(state)
+  if found is None:
+    raise FileNotFoundError(f"no search checkpoint in {workdir}")
+  _, state, _ = found
+  net = nnx.merge(graphdef, state.params, state.alphas, state.batch_stats)
+  net.eval()
+  return net
+
+
 def run_search(config, workdir: str, progress: bool = True, resume: bool = True):
   """Runs the search of `config` and writes its results into `workdir`.
 
@@ -123,9 +149,7 @@ def _search(config, workdir, progress, resume, preemption):
                        what="search")
 
   net = space.supernet(config, info, nnx.Rngs(config.seed))
-  schedule = bilevel.per_epoch_cosine(s.w_lr, s.w_lr_min, s.epochs, steps_per_epoch)
-  w_tx = bilevel.make_w_tx(schedule, s.momentum, s.weight_decay, s.grad_clip, s.nesterov)
-  a_tx = bilevel.make_a_tx(s.a_lr, s.a_b1, s.a_b2, s.a_weight_decay)
+  schedule, w_tx, a_tx = _optimizers(config, steps_per_epoch)
   net.eval()
   graphdef_eval = bilevel.split_supernet(net)[0]
   graphdef, state = bilevel.init_search_state(net, w_tx, a_tx, jax.random.key(config.seed))

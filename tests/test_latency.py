@@ -3,6 +3,7 @@ the expected latency against a hand-computed sum and finite differences, and a s
 that a large latency weight pushes towards cheap ops."""
 
 import dataclasses
+import os
 
 import jax
 import jax.numpy as jnp
@@ -75,6 +76,15 @@ def test_profiled_table_round_trip_and_refusals(measured, tmp_path):
   with pytest.raises(latency_lib.LatencyError, match="measured on .* 'Pixel 8 CPU'"):
     foreign.check()
   foreign.check(allow_foreign=True)
+  # XLA names every CPU "cpu": the processor model and core count tell them apart.
+  assert table.meta["cpu_model"] and table.meta["cpu_count"] == os.cpu_count()
+  for change, shown in ((dict(cpu_model="Intel Core i7-7820X"), "'Intel Core i7-7820X' with"),
+                        (dict(cpu_count=table.meta["cpu_count"] + 6), "cores"),
+                        (dict(cpu_model=None), "without a processor stamp")):
+    other = dataclasses.replace(table, meta=dict(table.meta, **change))
+    with pytest.raises(latency_lib.LatencyError, match=shown):
+      other.check()
+    other.check(allow_foreign=True)
   with pytest.raises(latency_lib.LatencyError, match="batch_size 8, the config asks for 64"):
     table.check(batch_size=64)
   bad = tmp_path / "bad.json"

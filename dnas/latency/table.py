@@ -21,6 +21,7 @@ import dataclasses
 import datetime
 import json
 import os
+import platform
 import time
 from collections.abc import Callable
 
@@ -43,11 +44,43 @@ def op_key(name: str, in_shape, c_out: int, stride: int = 1) -> str:
   return f"{name}|{'x'.join(map(str, in_shape))}->{c_out}|s{stride}"
 
 
+def cpu_model() -> str:
+  """The processor's model name (/proc/cpuinfo; `platform.processor()` elsewhere)."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
 def device_stamp() -> dict:
-  """What a table measured here is stamped with (and checked against)."""
+  """What a table measured here is stamped with (and checked against). XLA calls every
+  CPU "cpu": a CPU table also names the processor model and the cores JAX may use."""
   d = jax.devices()[0]
-  return dict(backend=jax.default_backend(), device_kind=d.device_kind,
-              jax_version=jax.__version__, date=datetime.date.today().isoformat())
+  stamp = dict(backend=jax.default_backend(), device_kind=d.device_kind,
+               jax_version=jax.__version__, date=datetime.date.today().isoformat())
+  if stamp["backend"] == "cpu":
+    stamp.update(cpu_model=cpu_model(), cpu_count=os.cpu_count())
+  return stamp
+
+
+def _device(meta: dict) -> tuple:
+  """The identity two tables must share: backend and kind, and on CPU model and cores."""
+  cpu = meta.get("backend") == "cpu"
+  return (meta.get("backend"), meta.get("device_kind"),
+          meta.get("cpu_model") if cpu else None, meta.get("cpu_count") if cpu else None)
+
+
+def _describe(meta: dict) -> str:
+  where = f"{meta.get('backend')} {meta.get('device_kind')!r}"
+  if meta.get("backend") != "cpu":
+    return where
+  if meta.get("cpu_model") is None:
+    return f"{where} without a processor stamp (a table made before dnas stamped CPU tables)"
+  return f"{where}, processor {meta['cpu_model']!r} with {meta.get('cpu_count')} cores"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,15 +150,14 @@ class LatencyTable:
 
   def check(self, *, batch_size: int | None = None, dtype: str | None = None,
             allow_foreign: bool = False) -> None:
-    """Refuses a table from another device kind (unless `allow_foreign`), batch size or
-    dtype than the ones asked for."""
+    """Refuses a table from another device kind, or on CPU another processor model or core
+    count (unless `allow_foreign`), or from another batch size or dtype than asked for."""
     here = device_stamp()
-    if not allow_foreign and (self.meta["backend"], self.meta["device_kind"]) != (
-        here["backend"], here["device_kind"]):
+    if not allow_foreign and _device(self.meta) != _device(here):
       raise LatencyError(
-          f"the latency table was measured on {self.meta['backend']} "
-          f"{self.meta['device_kind']!r}, this is {here['backend']} {here['device_kind']!r}; "
-          f"profile here or pass allow_foreign_table=True (a table for a remote target)")
+          f"the latency table was measured on {_describe(self.meta)}, this is "
+          f"{_describe(here)}; profile here or pass allow_foreign_table=True (a table for "
+          f"a remote target)")
     for name, want in (("batch_size", batch_size), ("dtype", dtype)):
       if want is not None and self.meta[name] != want:
         raise LatencyError(f"the latency table was measured with {name} {self.meta[name]!r}, "
@@ -151,10 +183,15 @@ class LatencyTable:
       raise LatencyError(f"latency table meta lacks {', '.join(missing)}")
     if meta["unit"] != "ms":
       raise LatencyError(f"latency table unit must be 'ms', got {meta['unit']!r}")
+    # A fitted model's table (`meta.model`, e.g. NAS-Bench-201's cell model) holds
+    # coefficients, interaction terms of either sign; measured parts are >= 0.
+    fitted = "model" in meta
     for key, e in entries.items():
       v = e.get("median") if isinstance(e, dict) else None
-      if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:
-        raise LatencyError(f"latency table entry {key!r} needs a 'median' >= 0 (ms), got {v!r}")
+      if (isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v)
+          or not (fitted or v >= 0)):
+        raise LatencyError(f"latency table entry {key!r} needs a 'median' "
+                           f"{'(finite)' if fitted else '>= 0'} (ms), got {v!r}")
     return cls(meta, entries)
 
   @classmethod

@@ -50,12 +50,15 @@ class Result:
   test_loss: float
 
 
-def one_hot(archs) -> np.ndarray:
-  """f32[A, 6, 5]: each architecture's op per edge as one-hot rows (NAS_BENCH_201 order)."""
-  out = np.zeros((len(archs), len(EDGES), len(NAS_BENCH_201)), np.float32)
+def one_hot(archs, primitives=NAS_BENCH_201) -> np.ndarray:
+  """f32[A, 6, K]: each architecture's op per edge as one-hot rows over `primitives`."""
+  out = np.zeros((len(archs), len(EDGES), len(primitives)), np.float32)
   for a, arch in enumerate(archs):
     arch = arch if isinstance(arch, Structure) else Structure.from_string(arch)
-    out[a, np.arange(len(EDGES)), [NAS_BENCH_201.index(op) for op in arch.ops]] = 1.0
+    missing = set(arch.ops) - set(primitives)
+    if missing:
+      raise ValueError(f"{arch} uses {sorted(missing)}, not among the ops {primitives}")
+    out[a, np.arange(len(EDGES)), [primitives.index(op) for op in arch.ops]] = 1.0
   return out
 
 

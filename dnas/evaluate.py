@@ -1,0 +1,190 @@
+"""Measures a search method against chance on the NAS-Bench-201 digits ground truth.
+
+python -m dnas.evaluate --config=dnas/configs/nb201.py --workdir=runs/eval_darts1
+python -m dnas.evaluate --config=dnas/configs/nb201.py --config.search.order=second \
+    --workdir=runs/eval_darts2 --seeds=3
+python -m dnas.evaluate --config=dnas/configs/nb201.py --config.search.relaxation=gumbel \
+    --config.search.gumbel_hard=true --workdir=runs/eval_gdas
+
+Runs the search of `--config` with seeds 0..S-1 (each in `workdir/seed_<s>`, resumed
+when rerun), looks each found architecture up in the ground truth
+(`experiments/nb201_digits/ground_truth.json`; a missing one is trained under the table's
+protocol and added to the table), and reports, as `workdir/evaluation.json` and a table:
+- each find's test accuracy (mean over the table's seeds), its percentile in the uniform
+  sample, and its parameter-free ops;
+- mean +- std over the search seeds;
+- the expected accuracy of the best of K random architectures, K the number that
+  training under the protocol fits in the search's mean wall time (its `wall_time`,
+  compile included; the expectation over the sample's distribution, exact; it picks by
+  the ground truth's seed mean, so it flatters random search a little);
+- Kendall's tau between the final supernet's ranking of the sampled architectures (its
+  accuracy on the search's architecture split with each one's one-hot op weights: the
+  weight-sharing proxy) and the ground truth's.
+"""
+
+import json
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import flags
+from flax import nnx
+
+from dnas import cli, search_lib
+from dnas.config import ConfigError
+from dnas.data.pipeline import get_dataset, make_augment, make_batches, search_splits
+from dnas.spaces.nb201 import ground_truth as gt
+from dnas.spaces.nb201.structure import Structure
+
+DEFAULT_TABLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                             "experiments", "nb201_digits", "ground_truth.json")
+
+
+def expected_best_of(accuracies, k: int) -> float:
+  """E[max of k draws with replacement] from the empirical distribution `accuracies`:
+  sum_i a_(i) ((i/n)^k - ((i-1)/n)^k) over the sorted values."""
+  a = np.sort(np.asarray(accuracies, np.float64))
+  n = len(a)
+  i = np.arange(1, n + 1)
+  return float(np.sum(a * ((i / n) ** k - ((i - 1) / n) ** k)))
+
+
+def kendall_tau(x, y) -> float:
+  """Kendall's tau-b of two rankings (ties handled as scipy does)."""
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+  return float(stats.kendalltau(x, y).statistic)
+
+
+def supernet_accuracies(net, archs, batches) -> np.ndarray:
+  """f64[A]: the supernet's accuracy on `batches` with each architecture's one-hot op
+  weights (its eval mode; the search cells' BatchNorms use batch statistics when they
+  keep none, as in the search)."""
+  graphdef, state = nnx.split(net)
+
+  @jax.jit
+  def correct(state, w, x, y, mask):
+    logits = nnx.merge(graphdef, state, copy=True)(x, weights=w)
+    return jnp.sum((jnp.argmax(logits, -1) == y) * mask), jnp.sum(mask)
+
+  out = []
+  for w in jnp.asarray(gt.one_hot(archs, net.primitives)):
+    c = n = 0.0
+    for b in batches:
+      ci, ni = correct(state, w, b["image"], b["label"], b["mask"])
+      c, n = c + float(ci), n + float(ni)
+    out.append(c / n)
+  return np.asarray(out)
+
+
+def _check(config) -> None:
+  if config.space != "nb201":
+    raise ConfigError(f"dnas.evaluate measures searches of space nb201 (its ground truth); "
+                      f"got space {config.space!r}")
+  if config.data.name != gt.PROTOCOL["data"]:
+    raise ConfigError(f"the ground truth is on data {gt.PROTOCOL['data']!r}; got "
+                      f"data.name {config.data.name!r}")
+
+
+def evaluate_method(config, workdir: str, seeds, table_path: str = DEFAULT_TABLE,
+                    train_seconds: float | None = None, progress: bool = False) -> dict:
+  """Runs and measures the search of `config` for each seed; returns the report (see the
+  module docstring) and writes it to `workdir/evaluation.json`."""
+  _check(config)
+  try:
+    table = gt.GroundTruth.load(table_path)
+  except (OSError, ValueError) as e:
+    raise ConfigError(f"cannot read the ground truth {table_path}: {e}") from e
+  info, splits = get_dataset(config.data.name, config.data.data_dir, config.data.image_size)
+  _, a_src = search_splits(splits["train"], config.data.train_portion)
+  augment = make_augment(info)
+  batches = list(make_batches(a_src, batch_size=config.search.batch_size, seed=0, epoch=0,
+                              augment=augment, train=False))
+  trained = [a for a in table.sample if a in table.results]
+  truth = np.asarray([table.accuracy(a) for a in trained])
+  # The supernet ranks the sampled architectures made of its own candidate ops.
+  ops = set(config.model.primitives)
+  ranked = [i for i, a in enumerate(trained) if set(Structure.from_string(a).ops) <= ops]
+  sample = [Structure.from_string(trained[i]) for i in ranked]
+  runs, train_fn = [], None
+  for seed in seeds:
+    c = config.copy_and_resolve_references()
+    c.seed = seed
+    run_dir = os.path.join(workdir, f"seed_{seed}")
+    arch = search_lib.run_search(c, run_dir, progress=progress)
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:  # the run's own clock, resumes too
+      seconds = [json.loads(line) for line in f if line.strip()][-1]["wall_time"]
+    table_seeds = sorted({s for r in table.results.values() for s in r["seeds"]})[:2]
+    if not table.has(arch, table_seeds):
+      train_fn = train_fn or gt.make_train_fn(table.protocol)
+      table.add(gt.train([arch], table_seeds, protocol=table.protocol, train_fn=train_fn))
+      table.save(table_path)
+    proxy = supernet_accuracies(search_lib.load_supernet(c, run_dir), sample, batches)
+    acc = table.accuracy(arch)
+    runs.append(dict(seed=seed, arch=str(arch), test_acc=acc, percentile=table.percentile(acc),
+                     param_free_ops=arch.parameter_free_ops(), search_seconds=seconds,
+                     kendall_tau=kendall_tau(proxy, truth[ranked])))
+    print(f"seed {seed}: {arch} test_acc {acc:.4f} percentile {runs[-1]['percentile']:.1f} "
+          f"param_free_ops {runs[-1]['param_free_ops']} tau {runs[-1]['kendall_tau']:.3f} "
+          f"({seconds:.0f} s)", file=sys.stderr)
+  if train_seconds is None:
+    train_fn = train_fn or gt.make_train_fn(table.protocol)
+    gt.train([trained[0]], [0], protocol=table.protocol, train_fn=train_fn)  # compiled
+    start = time.perf_counter()
+    gt.train([trained[1]], [0], protocol=table.protocol, train_fn=train_fn)
+    train_seconds = time.perf_counter() - start
+  mean_seconds = float(np.mean([r["search_seconds"] for r in runs]))
+  k = max(1, int(mean_seconds // train_seconds))
+  accs = np.asarray([r["test_acc"] for r in runs])
+  report = dict(
+      config_overrides=[a for a in sys.argv[1:] if a.startswith("--config")],
+      runs=runs, test_acc_mean=float(accs.mean()), test_acc_std=float(accs.std()),
+      percentile_mean=float(np.mean([r["percentile"] for r in runs])),
+      param_free_ops_mean=float(np.mean([r["param_free_ops"] for r in runs])),
+      kendall_tau_mean=float(np.mean([r["kendall_tau"] for r in runs])),
+      search_seconds_mean=mean_seconds, train_seconds=train_seconds, random_k=k,
+      random_best_of_k=expected_best_of(truth, k), sample_median=float(np.median(truth)),
+      sample_best=float(truth.max()), sample_size=int(len(truth)), ranked=len(ranked),
+      seed_noise=table.seed_noise())
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "evaluation.json"), "w") as f:
+    json.dump(report, f, indent=1)
+  return report
+
+
+def format_report(r: dict) -> str:
+  return "\n".join([
+      f"found: test_acc {100 * r['test_acc_mean']:.2f} +- {100 * r['test_acc_std']:.2f} % "
+      f"over {len(r['runs'])} seeds, percentile {r['percentile_mean']:.1f}, parameter-free "
+      f"ops {r['param_free_ops_mean']:.2f} of 6, Kendall tau {r['kendall_tau_mean']:.3f}",
+      f"random: best of K={r['random_k']} (search {r['search_seconds_mean']:.0f} s / "
+      f"{r['train_seconds']:.1f} s per training) {100 * r['random_best_of_k']:.2f} %; sample "
+      f"median {100 * r['sample_median']:.2f} %, best {100 * r['sample_best']:.2f} % "
+      f"({r['sample_size']} architectures; seed noise {100 * r['seed_noise']:.2f} %)"])
+
+
+_CONFIG = cli.define_config_flag(
+    os.path.join(os.path.dirname(__file__), "configs", "nb201.py"), "Search config (nb201).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (default runs/eval-<time>).")
+_SEEDS = flags.DEFINE_integer("seeds", 3, "Search seeds 0..S-1.")
+_TABLE = flags.DEFINE_string("ground_truth", DEFAULT_TABLE, "The ground-truth table.")
+_TRAIN_SECONDS = flags.DEFINE_float(
+    "train_seconds", None, "Seconds to train one architecture under the protocol (default: "
+    "timed here once).")
+
+
+def main(argv):
+  del argv
+  if _SEEDS.value < 1:
+    raise ConfigError(f"--seeds must be >= 1, got {_SEEDS.value}")
+  workdir = _WORKDIR.value or os.path.join("runs", time.strftime("eval-%Y%m%d-%H%M%S"))
+  report = evaluate_method(_CONFIG.value, workdir, range(_SEEDS.value), _TABLE.value,
+                           _TRAIN_SECONDS.value)
+  print(format_report(report))
+  print(f"wrote {os.path.join(workdir, 'evaluation.json')}")
+
+
+if __name__ == "__main__":
+  cli.run(main)

@@ -1,0 +1,83 @@
+"""dnas.evaluate: the measures it reports, and one run through the CLI on a table fixture
+(made-up accuracies under the real protocol; no test trains the ground truth)."""
+
+import itertools
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from dnas import evaluate
+from dnas.spaces import nb201
+from dnas.spaces.nb201 import ground_truth as gt
+from tests import cli_helpers
+
+
+def test_expected_best_of_k_matches_brute_force():
+  rng = np.random.default_rng(0)
+  accs = rng.random(7)
+  assert evaluate.expected_best_of(accs, 1) == pytest.approx(accs.mean())
+  for k in (2, 3):  # every ordered k-tuple of draws, equally likely
+    want = np.mean([max(t) for t in itertools.product(accs, repeat=k)])
+    assert evaluate.expected_best_of(accs, k) == pytest.approx(want)
+  assert evaluate.expected_best_of(accs, 10_000) == pytest.approx(accs.max())
+
+
+def test_kendall_tau():
+  assert evaluate.kendall_tau([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+  assert evaluate.kendall_tau([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+  assert evaluate.kendall_tau([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(4 / 6)
+
+
+def test_supernet_accuracies_use_each_architectures_one_hot_weights():
+  net = nb201.Network(4, 1, 10, in_channels=1, rngs=nnx.Rngs(0))
+  net.eval()
+  x = jax.random.normal(jax.random.key(1), (6, 8, 8, 1))
+  archs = [nb201.Structure.from_index(i) for i in (100, 7_000)]
+  labels = [np.asarray(np.argmax(net(x, weights=w), -1)) for w in gt.one_hot(archs)]
+  # Labels that agree with architecture 0 on all six images, with architecture 1 on the
+  # images where the two disagree less often: accuracies are each architecture's own.
+  batch = dict(image=np.asarray(x), label=labels[0], mask=np.ones(6, np.float32))
+  got = evaluate.supernet_accuracies(net, archs, [batch])
+  assert got[0] == 1.0 and got[1] == pytest.approx(np.mean(labels[1] == labels[0]))
+
+
+def test_evaluate_cli_on_a_table_fixture(tmp_path):
+  # The 3^6 architectures of three ops; made-up accuracies, the real protocol, so the
+  # search's find is always in the table (nothing is trained) and `--train_seconds` is
+  # given. The search flags are the nb201 CLI test's (its compiled programs are reused).
+  ops = ("none", "skip_connect", "nor_conv_3x3")
+  archs = [str(nb201.Structure(c)) for c in itertools.product(ops, repeat=6)]
+  rng = np.random.default_rng(0)
+  table = gt.GroundTruth(sample=archs[::3])
+  table.add(gt.Result(a, s, float(rng.uniform(0.1, 1.0)), 0.5, 1.0) for a in archs
+            for s in (0, 1))
+  path = str(tmp_path / "gt.json")
+  table.save(path)
+  config = os.path.join(cli_helpers.ROOT, "dnas", "configs", "nb201.py")
+  out = cli_helpers.run(
+      "dnas.evaluate", f"--config={config}", "--config.model.C=4", "--config.train.C=4",
+      "--config.train.N=1", "--config.max_steps_per_epoch=3",
+      f"--config.model.primitives={ops!r}".replace(" ", ""), "--config.search.epochs=1",
+      "--config.search.batch_size=8", "--config.search.relaxation=gumbel",
+      "--config.search.gumbel_hard=true", f"--workdir={tmp_path / 'eval'}", "--seeds=2",
+      f"--ground_truth={path}", "--train_seconds=20")
+  assert out.returncode == 0, out.stderr[-3000:]
+  report = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+  assert [r["seed"] for r in report["runs"]] == [0, 1]
+  truth = table.sample_accuracies()
+  for r in report["runs"]:
+    found = json.loads((tmp_path / "eval" / f"seed_{r['seed']}" / "genotype.json").read_text())
+    assert r["arch"] == found["arch"]
+    assert r["test_acc"] == pytest.approx(table.accuracy(r["arch"]))
+    assert r["percentile"] == pytest.approx(table.percentile(r["test_acc"]))
+    assert r["param_free_ops"] == nb201.Structure.from_string(r["arch"]).parameter_free_ops()
+    assert -1.0 <= r["kendall_tau"] <= 1.0
+  k = max(1, int(report["search_seconds_mean"] // 20))
+  assert report["random_k"] == k
+  assert report["random_best_of_k"] == pytest.approx(evaluate.expected_best_of(truth, k))
+  assert report["sample_size"] == len(archs[::3])
+  assert "found: test_acc" in out.stdout and "random: best of K=" in out.stdout
