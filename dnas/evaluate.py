@@ -79,6 +79,18 @@ def supernet_accuracies(net, archs, batches) -> np.ndarray:
   return np.asarray(out)
 
 
+def _budget_facts(arch, acc, sample, truth, measured: dict, budget_ms: float) -> dict:
+  """A find's measured latency and its rank among the sampled architectures within the
+  budget (all of them when `budget_ms` is 0)."""
+  ms = np.asarray([measured.get(a, np.nan) for a in sample])
+  within = truth[(ms <= budget_ms) if budget_ms > 0 else np.isfinite(ms)]
+  found_ms = measured.get(str(arch))
+  pct = float(100.0 * (np.sum(within < acc) + 0.5 * np.sum(within == acc)) / len(within))
+  return dict(measured_ms=found_ms, budget_ms=budget_ms,
+              meets_budget=found_ms is not None and (budget_ms <= 0 or found_ms <= budget_ms),
+              percentile_within_budget=pct, sample_within_budget=int(len(within)))
+
+
 def _check(config) -> None:
   if config.space != "nb201":
     raise ConfigError(f"dnas.evaluate measures searches of space nb201 (its ground truth); "
@@ -89,9 +101,14 @@ def _check(config) -> None:
 
 
 def evaluate_method(config, workdir: str, seeds, table_path: str = DEFAULT_TABLE,
-                    train_seconds: float | None = None, progress: bool = False) -> dict:
+                    train_seconds: float | None = None, progress: bool = False,
+                    measured_latency: dict | None = None) -> dict:
   """Runs and measures the search of `config` for each seed; returns the report (see the
-  module docstring) and writes it to `workdir/evaluation.json`."""
+  module docstring) and writes it to `workdir/evaluation.json`.
+
+  `measured_latency` ({arch string: ms} on the latency table's device, e.g. EAGLE's):
+  each find's measured latency, whether it meets `config.latency.target_ms`, and its
+  percentile among the sampled architectures that meet it."""
   _check(config)
   try:
     table = gt.GroundTruth.load(table_path)
@@ -126,6 +143,9 @@ def evaluate_method(config, workdir: str, seeds, table_path: str = DEFAULT_TABLE
     runs.append(dict(seed=seed, arch=str(arch), test_acc=acc, percentile=table.percentile(acc),
                      param_free_ops=arch.parameter_free_ops(), search_seconds=seconds,
                      kendall_tau=kendall_tau(proxy, truth[ranked])))
+    if measured_latency is not None:
+      runs[-1].update(_budget_facts(arch, acc, trained, truth, measured_latency,
+                                    config.latency.target_ms))
     print(f"seed {seed}: {arch} test_acc {acc:.4f} percentile {runs[-1]['percentile']:.1f} "
           f"param_free_ops {runs[-1]['param_free_ops']} tau {runs[-1]['kendall_tau']:.3f} "
           f"({seconds:.0f} s)", file=sys.stderr)
@@ -148,6 +168,12 @@ def evaluate_method(config, workdir: str, seeds, table_path: str = DEFAULT_TABLE
       random_best_of_k=expected_best_of(truth, k), sample_median=float(np.median(truth)),
       sample_best=float(truth.max()), sample_size=int(len(truth)), ranked=len(ranked),
       seed_noise=table.seed_noise())
+  if measured_latency is not None:
+    report.update(
+        budget_ms=float(config.latency.target_ms),
+        meets_budget=sum(r["meets_budget"] for r in runs),
+        percentile_within_budget_mean=float(np.mean([r["percentile_within_budget"]
+                                                     for r in runs])))
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "evaluation.json"), "w") as f:
     json.dump(report, f, indent=1)
@@ -155,7 +181,12 @@ def evaluate_method(config, workdir: str, seeds, table_path: str = DEFAULT_TABLE
 
 
 def format_report(r: dict) -> str:
-  return "\n".join([
+  ms = ", ".join("%.3f" % x["measured_ms"] if x["measured_ms"] else "?" for x in r["runs"])
+  budget = ([f"latency: {r['meets_budget']} of {len(r['runs'])} finds meet {r['budget_ms']} ms "
+             f"(measured: {ms} ms); "
+             f"percentile among the sample within it {r['percentile_within_budget_mean']:.1f}"]
+            if "budget_ms" in r else [])
+  return "\n".join(budget + [
       f"found: test_acc {100 * r['test_acc_mean']:.2f} +- {100 * r['test_acc_std']:.2f} % "
       f"over {len(r['runs'])} seeds, percentile {r['percentile_mean']:.1f}, parameter-free "
       f"ops {r['param_free_ops_mean']:.2f} of 6, Kendall tau {r['kendall_tau_mean']:.3f}",
@@ -170,6 +201,9 @@ _CONFIG = cli.define_config_flag(
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (default runs/eval-<time>).")
 _SEEDS = flags.DEFINE_integer("seeds", 3, "Search seeds 0..S-1.")
 _TABLE = flags.DEFINE_string("ground_truth", DEFAULT_TABLE, "The ground-truth table.")
+_MEASURED = flags.DEFINE_string(
+    "measured_latency", "", "JSON {'latency_ms': {arch: ms}} measured on the latency table's "
+    "device (e.g. EAGLE's): report each find's latency against latency.target_ms.")
 _TRAIN_SECONDS = flags.DEFINE_float(
     "train_seconds", None, "Seconds to train one architecture under the protocol (default: "
     "timed here once).")
@@ -180,8 +214,15 @@ def main(argv):
   if _SEEDS.value < 1:
     raise ConfigError(f"--seeds must be >= 1, got {_SEEDS.value}")
   workdir = _WORKDIR.value or os.path.join("runs", time.strftime("eval-%Y%m%d-%H%M%S"))
+  measured = None
+  if _MEASURED.value:
+    try:
+      with open(_MEASURED.value) as f:
+        measured = json.load(f)["latency_ms"]
+    except (OSError, ValueError, KeyError) as e:
+      raise ConfigError(f"cannot read --measured_latency {_MEASURED.value}: {e}") from e
   report = evaluate_method(_CONFIG.value, workdir, range(_SEEDS.value), _TABLE.value,
-                           _TRAIN_SECONDS.value)
+                           _TRAIN_SECONDS.value, measured_latency=measured)
   print(format_report(report))
   print(f"wrote {os.path.join(workdir, 'evaluation.json')}")
 

@@ -1,0 +1,164 @@
+"""Same numbers as the reference, not only the same shapes: runs a reference PyTorch model
+and its dnas twin from the same weights on the same inputs and prints the largest
+differences (outputs, weight gradients, BatchNorm running statistics, eval outputs).
+
+python scripts/compare_reference.py --torch_python=/tmp/tv/bin/python \
+    --xautodl=/path/with/xautodl   # a checkout of D-X-Y/AutoDL-Projects (its xautodl/)
+
+Two processes: this script re-runs itself under `--torch_python` (a venv with torch CPU:
+pip install "torch==2.13.0+cpu" numpy) as the worker that builds the reference model with
+seeded weights and inputs, runs a training-mode forward and backward and an eval-mode
+forward, and saves everything to an .npz; the dnas side loads the weights through
+`dnas.convert.load_torch_state_dict` and compares. Not part of the test suite.
+
+Cases: NAS-Bench-201 `TinyNetwork` (xautodl `cell_infers/tiny_network.py`).
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import types
+
+import numpy as np
+
+ARCH = ("|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|"
+        "nor_conv_1x1~2|")
+CASES = {"nb201_tiny": dict(C=16, N=5, classes=10, batch=8, size=32)}
+
+
+# ---- the worker (torch venv) ------------------------------------------------------
+
+def _import_xautodl(root):
+  # The model files without xautodl/models/__init__ (which pulls the config utilities).
+  sys.path.insert(0, root)
+  for name, path in (("xautodl", "xautodl"), ("xautodl.models", "xautodl/models")):
+    mod = types.ModuleType(name)
+    mod.__path__ = [os.path.join(root, path)]
+    sys.modules[name] = mod
+
+
+def worker(case, xautodl, out, float64=False):
+  import torch  # pylint: disable=g-import-not-at-top
+  torch.manual_seed(0)
+  if float64:
+    torch.set_default_dtype(torch.float64)
+  c = CASES[case]
+  _import_xautodl(xautodl)
+  from xautodl.models.cell_infers.tiny_network import TinyNetwork  # pylint: disable=g-import-not-at-top
+  from xautodl.models.cell_searchs.genotypes import Structure  # pylint: disable=g-import-not-at-top
+  net = TinyNetwork(c["C"], c["N"], Structure.str2structure(ARCH), c["classes"])
+  # Non-trivial BatchNorm affine values, so that scale and shift are exercised.
+  for m in net.modules():
+    if isinstance(m, torch.nn.BatchNorm2d) and m.affine:
+      m.weight.data.uniform_(0.5, 1.5)
+      m.bias.data.uniform_(-0.5, 0.5)
+  state = {k: v.detach().numpy().copy() for k, v in net.state_dict().items()}
+  x = torch.randn(c["batch"], 3, c["size"], c["size"])
+  y = torch.randint(0, c["classes"], (c["batch"],))
+  net.train()
+  _, logits = net(x)
+  loss = torch.nn.functional.cross_entropy(logits, y)
+  loss.backward()
+  grads = {k: p.grad.numpy() for k, p in net.named_parameters()}
+  after = {k: v.detach().numpy() for k, v in net.state_dict().items() if "running" in k}
+  net.eval()
+  with torch.no_grad():
+    _, logits_eval = net(x)
+  np.savez(out, x=x.numpy(), y=y.numpy(), logits=logits.detach().numpy(),
+           loss=loss.detach().numpy(), logits_eval=logits_eval.numpy(),
+           **{f"state/{k}": v for k, v in state.items()},
+           **{f"grad/{k}": v for k, v in grads.items()},
+           **{f"after/{k}": v for k, v in after.items()})
+
+
+# ---- the dnas side ----------------------------------------------------------------
+
+def compare_nb201(ref, float64=False) -> dict:
+  import jax  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+
+  from dnas import convert  # pylint: disable=g-import-not-at-top
+  from dnas.spaces import nb201  # pylint: disable=g-import-not-at-top
+  c = CASES["nb201_tiny"]
+  state = {k[len("state/"):]: ref[k] for k in ref.files if k.startswith("state/")}
+  net = nb201.TinyNetwork(ARCH, c["C"], c["N"], c["classes"], rngs=nnx.Rngs(0))
+  if float64:
+    nnx.update(net, jax.tree.map(lambda v: v.astype(np.float64), nnx.state(net)))
+  convert.load_torch_state_dict(net, state, convert.nb201_name)
+  x = ref["x"].transpose(0, 2, 3, 1)  # NCHW -> NHWC
+  y = ref["y"]
+  graphdef, params, rest = nnx.split(net, nnx.Param, ...)
+  x = x.astype(np.float64) if float64 else x
+
+  def loss_fn(params):
+    m = nnx.merge(graphdef, params, rest, copy=True)
+    logits = m(x)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), (logits, m)
+
+  (loss, (logits, trained)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+  out = dict(logits=_diff(logits, ref["logits"]), loss=_diff(loss, ref["loss"]))
+  flat_grads = {".".join(map(str, p)): v.get_value() for p, v in nnx.to_flat_state(grads)}
+  diffs = {}
+  for key in ref.files:
+    if key.startswith("grad/"):
+      name = key[len("grad/"):]
+      path = convert.nb201_name(name)
+      g = convert._layout(ref[key], tuple(path.split(".")))  # pylint: disable=protected-access
+      diffs[name] = _diff(flat_grads[path], g)
+  top = max(d["scale"] for d in diffs.values())
+  # Per tensor relative to its own largest entry, over tensors whose gradient is not
+  # ~0 (a BatchNorm shift right before another train-mode BatchNorm has gradient 0 in
+  # exact arithmetic: both sides return float32 noise of ~1e-9 there).
+  rel = {n: d["max_abs"] / d["scale"] for n, d in diffs.items() if d["scale"] > 1e-4 * top}
+  worst = max(rel, key=rel.get)
+  out["grads"] = dict(max_abs=max(d["max_abs"] for d in diffs.values()), max_grad=top,
+                      worst_tensor=worst, worst_tensor_rel=rel[worst], tensors=len(diffs),
+                      near_zero_tensors=len(diffs) - len(rel))
+  after = {".".join(map(str, p)): v.get_value()
+           for p, v in nnx.to_flat_state(nnx.state(trained, nnx.BatchStat))}
+  out["running_stats_max_abs"] = float(max(
+      _diff(after[convert.nb201_name(k[len("after/"):])], ref[k])["max_abs"]
+      for k in ref.files if k.startswith("after/")))
+  trained.eval()
+  out["logits_eval"] = _diff(trained(x), ref["logits_eval"])
+  return out
+
+
+def _diff(a, b) -> dict:
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  return dict(max_abs=float(np.abs(a - b).max()),
+              max_rel=float((np.abs(a - b) / (np.abs(b) + 1e-6)).max()),
+              scale=float(np.abs(b).max()))
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--torch_python", default="/tmp/tv/bin/python")
+  p.add_argument("--xautodl", default="/tmp/ref201", help="a folder holding xautodl/")
+  p.add_argument("--float64", action="store_true",
+                 help="both sides in float64: what remains is a difference in the math")
+  p.add_argument("--worker", default="", help=argparse.SUPPRESS)
+  p.add_argument("--out", default="", help=argparse.SUPPRESS)
+  a = p.parse_args()
+  if a.worker:
+    return worker(a.worker, a.xautodl, a.out, a.float64)
+  if a.float64:
+    import jax  # pylint: disable=g-import-not-at-top
+    jax.config.update("jax_enable_x64", True)
+  report = {}
+  with tempfile.TemporaryDirectory() as tmp:
+    for case in CASES:
+      path = os.path.join(tmp, f"{case}.npz")
+      subprocess.run([a.torch_python, os.path.abspath(__file__), f"--worker={case}",
+                      f"--xautodl={a.xautodl}", f"--out={path}"] +
+                     (["--float64"] if a.float64 else []), check=True)
+      report[case] = compare_nb201(np.load(path), a.float64)
+  print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+  main()
