@@ -175,15 +175,19 @@ def _search(config, workdir, progress, resume, preemption):
   # step is compiled on its first use (split steps share their programs). The loop
   # carries the state as a short list of buffers (`loop.Flat`).
   execution = bilevel.Execution(programs=s.programs, shardings=shardings, dtype=dtype)
+  split = execution.split(s.order)
   steps = bilevel.make_search_steps(
       graphdef, w_tx, a_tx, hypergrad=hg, arch_loss=objective and bilevel.arch_loss(objective),
       relaxation=(relaxation.gumbel(bilevel.per_epoch_anneal(
           s.tau_start, s.tau_end, s.epochs, steps_per_epoch, s.tau_anneal))
                   if s.relaxation == "gumbel" else relaxation.softmax()),
-      execution=execution._replace(jit=False))
+      # Split: the step is a few programs jitted inside (`bilevel.split_piece`); else
+      # one pure step that `flat.jit` compiles. (A split step built with jit=False ran
+      # eagerly, op by op: sessions 8-9, 23 s per NAS-Bench-201 digits step.)
+      execution=execution if split else execution._replace(jit=False))
   # Stacked off the CPU (`loop.Flat`); split steps convert at each call, so never there.
-  flat = loop.Flat(state, shardings[0], stack=False if execution.split(s.order) else None)
-  if execution.split(s.order):
+  flat = loop.Flat(state, shardings[0], stack=False if split else None)
+  if split:
     search_step, warmup_step = map(flat.wrap, steps)
   else:
     search_step, warmup_step = (cpu.compile_then_trim(flat.jit(

@@ -191,6 +191,16 @@ def test_user_errors_exit_2_with_one_line(user_error_runs, case):
   assert "Traceback" not in stderr
 
 
+def test_latency_profile_of_a_space_that_cannot_measure_exits_2(tmp_path):
+  config = os.path.join(cli_helpers.ROOT, "dnas", "configs", "nb201.py")
+  out = cli_helpers.run("dnas.latency", "profile", f"--config={config}",
+                        f"--out={tmp_path / 'table.json'}")
+  assert out.returncode == 2
+  assert out.stderr.strip() == ("dnas: error: space nb201 cannot measure a latency table yet; "
+                                "fit one from measured networks (NAS-Bench-201: "
+                                "scripts/eagle_latency.py)")
+
+
 def test_latency_table_lacking_an_entry_exits_2(tmp_path):
   table = {"format": "dnas-latency-table/1", "entries": {},
            "meta": {"backend": "cpu", "device_kind": "cpu", "batch_size": 64,

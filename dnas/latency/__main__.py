@@ -43,7 +43,11 @@ def profile(config):
 
   def report(i, n, key, ms):
     print(f"[{i}/{n}] {key}: {ms:.4f} ms", flush=True)
-  table = spaces.get(config.space).latency_profile(
+  space = spaces.get(config.space)
+  if not hasattr(space, "latency_profile"):
+    raise LatencyError(f"space {config.space} cannot measure a latency table yet; fit one "
+                       f"from measured networks (NAS-Bench-201: scripts/eagle_latency.py)")
+  table = space.latency_profile(
       config, _info(config), batch_size=L.batch_size, dtype=dtype, repeats=L.repeats,
       progress=report)
   table.save(_OUT.value)
