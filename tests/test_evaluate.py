@@ -81,3 +81,21 @@ def test_evaluate_cli_on_a_table_fixture(tmp_path):
   assert report["random_best_of_k"] == pytest.approx(evaluate.expected_best_of(truth, k))
   assert report["sample_size"] == len(archs[::3])
   assert "found: test_acc" in out.stdout and "random: best of K=" in out.stdout
+
+
+def test_budget_facts_rank_a_find_among_the_sample_within_the_budget():
+  sample, truth = ["a", "b", "c"], np.asarray([0.5, 0.7, 0.9])
+  measured = {"a": 1.0, "b": 5.0, "c": 2.0, "x": 2.5}
+  facts = evaluate._budget_facts("x", 0.8, sample, truth, measured, 3.0)  # pylint: disable=protected-access
+  assert facts["meets_budget"] and facts["measured_ms"] == 2.5
+  assert facts["sample_within_budget"] == 2 and facts["percentile_within_budget"] == 50.0
+  facts = evaluate._budget_facts("x", 0.8, sample, truth, measured, 2.0)  # pylint: disable=protected-access
+  assert not facts["meets_budget"] and facts["percentile_within_budget"] == 50.0
+  report = dict(runs=[dict(test_acc=0.8, percentile=50.0, measured_ms=2.5)], test_acc_mean=0.8,
+                test_acc_std=0.0, percentile_mean=50.0, param_free_ops_mean=2.0,
+                kendall_tau_mean=0.1, random_k=3, search_seconds_mean=100.0,
+                train_seconds=8.0, random_best_of_k=0.95, sample_median=0.7,
+                sample_best=0.9, sample_size=3, seed_noise=0.01)
+  assert "latency" not in evaluate.format_report(report)
+  report.update(budget_ms=2.0, meets_budget=0, percentile_within_budget_mean=50.0)
+  assert "latency: 0 of 1 finds meet 2.0 ms (measured: 2.500 ms)" in evaluate.format_report(report)
