@@ -39,8 +39,7 @@ def main():
                label=f"{name}: {np.mean(accs):.2f} +- {np.std(accs):.2f} % "
                      f"(tau {r['kendall_tau_mean']:.2f})")
     ax.axvline(100 * r["random_best_of_k"], color=c, ls=":", lw=1)
-  ax.set_xlabel("test accuracy (%), ground truth: mean of 2 seeds; dotted: expected best of "
-                "K random at the method's wall time")
+  ax.set_xlabel("test accuracy (%, 2-seed mean); dotted: best of K random at equal time")
   ax.set_ylabel("percentile in the sample")
   ax.set_xlim(max(truth.min(), np.percentile(truth, 5) - 5), truth.max() + 0.5)
   ax.legend(fontsize=7, loc="upper left")
