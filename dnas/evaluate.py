@@ -85,7 +85,7 @@ def _budget_facts(arch, acc, sample, truth, measured: dict, budget_ms: float) ->
   ms = np.asarray([measured.get(a, np.nan) for a in sample])
   within = truth[(ms <= budget_ms) if budget_ms > 0 else np.isfinite(ms)]
   found_ms = measured.get(str(arch))
-  pct = float(100.0 * (np.sum(within < acc) + 0.5 * np.sum(within == acc)) / len(within))
+  pct = gt.percentile_of(within, acc)
   return dict(measured_ms=found_ms, budget_ms=budget_ms,
               meets_budget=found_ms is not None and (budget_ms <= 0 or found_ms <= budget_ms),
               percentile_within_budget=pct, sample_within_budget=int(len(within)))

@@ -5,8 +5,8 @@ The architecture is data: the supernet `Network` with affine BatchNorms that kee
 statistics, called with one-hot op weights, computes exactly its architecture's
 `TinyNetwork` (the other ops' outputs are multiplied by zero, their parameters get zero
 gradients). So one XLA program trains any architecture: no compile per architecture. (A
-`jax.vmap` over architectures, which batches the conv kernels, and `hard=True`'s
-`lax.switch` were both slower on XLA:CPU: BUILD_NOTES, session 10.)
+`jax.vmap` over architectures, which batches the conv kernels, and a `lax.switch` that
+runs only each edge's op were both slower on XLA:CPU: BUILD_NOTES, session 10.)
 
 The protocol is `PROTOCOL`; `GroundTruth` is the table
 (`experiments/nb201_digits/ground_truth.json`, made by `experiments/nb201_digits/run.py`)
@@ -14,9 +14,9 @@ that records it, and a table under another protocol is refused.
 """
 
 import dataclasses
+import functools
 import json
 import os
-import functools
 import time
 
 import jax
@@ -184,6 +184,12 @@ def train(archs, seeds, *, protocol=None, train_fn=None, progress=None) -> list[
   return out
 
 
+def percentile_of(values, x: float) -> float:
+  """Share of `values` (in %) below `x`, ties counted half."""
+  v = np.asarray(values)
+  return float(100.0 * (np.sum(v < x) + 0.5 * np.sum(v == x)) / len(v))
+
+
 class GroundTruth:
   """The table of trained architectures: {arch string: per-seed results}, the uniform
   sample they were drawn in (`sample`; architectures added later, e.g. a search's find,
@@ -239,8 +245,7 @@ class GroundTruth:
 
   def percentile(self, acc: float) -> float:
     """Share of the sample (in %) whose accuracy is below `acc`, ties counted half."""
-    s = self.sample_accuracies()
-    return float(100.0 * (np.sum(s < acc) + 0.5 * np.sum(s == acc)) / len(s))
+    return percentile_of(self.sample_accuracies(), acc)
 
   def seed_noise(self) -> float:
     """Std of the difference between two seeds of one architecture, over the sample,

@@ -146,13 +146,13 @@ class Network(nnx.Module):
     self.alphas = init_alphas(rngs.params(), (len(EDGES), len(self.primitives)))
 
   def __call__(self, x, *, arch_key: jax.Array | None = None, tau=None,
-               weights: jax.Array | None = None, hard: bool = False):
+               weights: jax.Array | None = None):
     """f32[B, H, W, C] -> f32[B, num_classes]; `arch_key` (PRNG key) and `tau` (f32[])
     draw the Gumbel-softmax op weights of `relaxation="gumbel"`. `weights` (f32[6, K])
-    replaces the op weights; with `hard=True` its rows are one-hot and each edge runs
-    only its op (`lax.switch`): the supernet is then one architecture's network, with
-    the architecture as data (evaluating a sample of architectures with shared weights,
-    training many architectures with one compiled program)."""
+    replaces the op weights: with one-hot rows the supernet is one architecture's
+    network, the architecture as data (evaluating a sample of architectures with shared
+    weights, training many architectures with one compiled program)."""
+    hard = False
     if weights is not None:
       weights = jnp.asarray(weights, jnp.float32)
     elif self.relaxation == "gumbel" and arch_key is not None:
@@ -160,7 +160,6 @@ class Network(nnx.Module):
       hard = self.gumbel_hard
     else:
       weights = jax.nn.softmax(self.alphas[...], axis=-1)
-      hard = False
     remat = self.remat or autodiff.remat_requested()
     x = self.stem(x)
     for cell in self.cells:
