@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from dnas import evaluate
+from dnas import evaluate_lib
 from dnas.spaces import nb201
 from dnas.spaces.nb201 import ground_truth as gt
 from tests import cli_helpers
@@ -19,17 +19,17 @@ from tests import cli_helpers
 def test_expected_best_of_k_matches_brute_force():
   rng = np.random.default_rng(0)
   accs = rng.random(7)
-  assert evaluate.expected_best_of(accs, 1) == pytest.approx(accs.mean())
+  assert evaluate_lib.expected_best_of(accs, 1) == pytest.approx(accs.mean())
   for k in (2, 3):  # every ordered k-tuple of draws, equally likely
     want = np.mean([max(t) for t in itertools.product(accs, repeat=k)])
-    assert evaluate.expected_best_of(accs, k) == pytest.approx(want)
-  assert evaluate.expected_best_of(accs, 10_000) == pytest.approx(accs.max())
+    assert evaluate_lib.expected_best_of(accs, k) == pytest.approx(want)
+  assert evaluate_lib.expected_best_of(accs, 10_000) == pytest.approx(accs.max())
 
 
 def test_kendall_tau():
-  assert evaluate.kendall_tau([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
-  assert evaluate.kendall_tau([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
-  assert evaluate.kendall_tau([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(4 / 6)
+  assert evaluate_lib.kendall_tau([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+  assert evaluate_lib.kendall_tau([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+  assert evaluate_lib.kendall_tau([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(4 / 6)
 
 
 def test_supernet_accuracies_use_each_architectures_one_hot_weights():
@@ -41,7 +41,7 @@ def test_supernet_accuracies_use_each_architectures_one_hot_weights():
   # Labels that agree with architecture 0 on all six images, with architecture 1 on the
   # images where the two disagree less often: accuracies are each architecture's own.
   batch = dict(image=np.asarray(x), label=labels[0], mask=np.ones(6, np.float32))
-  got = evaluate.supernet_accuracies(net, archs, [batch])
+  got = evaluate_lib.supernet_accuracies(net, archs, [batch])
   assert got[0] == 1.0 and got[1] == pytest.approx(np.mean(labels[1] == labels[0]))
 
 
@@ -78,7 +78,7 @@ def test_evaluate_cli_on_a_table_fixture(tmp_path):
     assert -1.0 <= r["kendall_tau"] <= 1.0
   k = max(1, int(report["search_seconds_mean"] // 20))
   assert report["random_k"] == k
-  assert report["random_best_of_k"] == pytest.approx(evaluate.expected_best_of(truth, k))
+  assert report["random_best_of_k"] == pytest.approx(evaluate_lib.expected_best_of(truth, k))
   assert report["sample_size"] == len(archs[::3])
   assert "found: test_acc" in out.stdout and "random: best of K=" in out.stdout
 
@@ -86,16 +86,16 @@ def test_evaluate_cli_on_a_table_fixture(tmp_path):
 def test_budget_facts_rank_a_find_among_the_sample_within_the_budget():
   sample, truth = ["a", "b", "c"], np.asarray([0.5, 0.7, 0.9])
   measured = {"a": 1.0, "b": 5.0, "c": 2.0, "x": 2.5}
-  facts = evaluate._budget_facts("x", 0.8, sample, truth, measured, 3.0)  # pylint: disable=protected-access
+  facts = evaluate_lib._budget_facts("x", 0.8, sample, truth, measured, 3.0)  # pylint: disable=protected-access
   assert facts["meets_budget"] and facts["measured_ms"] == 2.5
   assert facts["sample_within_budget"] == 2 and facts["percentile_within_budget"] == 50.0
-  facts = evaluate._budget_facts("x", 0.8, sample, truth, measured, 2.0)  # pylint: disable=protected-access
+  facts = evaluate_lib._budget_facts("x", 0.8, sample, truth, measured, 2.0)  # pylint: disable=protected-access
   assert not facts["meets_budget"] and facts["percentile_within_budget"] == 50.0
   report = dict(runs=[dict(test_acc=0.8, percentile=50.0, measured_ms=2.5)], test_acc_mean=0.8,
                 test_acc_std=0.0, percentile_mean=50.0, param_free_ops_mean=2.0,
                 kendall_tau_mean=0.1, random_k=3, search_seconds_mean=100.0,
                 train_seconds=8.0, random_best_of_k=0.95, sample_median=0.7,
                 sample_best=0.9, sample_size=3, seed_noise=0.01)
-  assert "latency" not in evaluate.format_report(report)
+  assert "latency" not in evaluate_lib.format_report(report)
   report.update(budget_ms=2.0, meets_budget=0, percentile_within_budget_mean=50.0)
-  assert "latency: 0 of 1 finds meet 2.0 ms (measured: 2.500 ms)" in evaluate.format_report(report)
+  assert "latency: 0 of 1 finds meet 2.0 ms (measured: 2.500 ms)" in evaluate_lib.format_report(report)

@@ -1,0 +1,177 @@
+"""The measures of `python -m dnas.evaluate` (see there): a search method against chance
+on the NAS-Bench-201 digits ground truth."""
+
+import json
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from dnas import search_lib
+from dnas.config import ConfigError
+from dnas.data.pipeline import get_dataset, make_augment, make_batches, search_splits
+from dnas.spaces.nb201 import ground_truth as gt
+from dnas.spaces.nb201.structure import Structure
+
+DEFAULT_TABLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                             "experiments", "nb201_digits", "ground_truth.json")
+
+
+def expected_best_of(accuracies, k: int) -> float:
+  """E[max of k draws with replacement] from the empirical distribution `accuracies`:
+  sum_i a_(i) ((i/n)^k - ((i-1)/n)^k) over the sorted values."""
+  a = np.sort(np.asarray(accuracies, np.float64))
+  n = len(a)
+  i = np.arange(1, n + 1)
+  return float(np.sum(a * ((i / n) ** k - ((i - 1) / n) ** k)))
+
+
+def kendall_tau(x, y) -> float:
+  """Kendall's tau-b of two rankings (ties handled as scipy does)."""
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+  return float(stats.kendalltau(x, y).statistic)
+
+
+def supernet_accuracies(net, archs, batches) -> np.ndarray:
+  """f64[A]: the supernet's accuracy on `batches` with each architecture's one-hot op
+  weights (its eval mode; the search cells' BatchNorms use batch statistics when they
+  keep none, as in the search)."""
+  graphdef, state = nnx.split(net)
+
+  @jax.jit
+  def correct(state, w, x, y, mask):
+    logits = nnx.merge(graphdef, state, copy=True)(x, weights=w)
+    return jnp.sum((jnp.argmax(logits, -1) == y) * mask), jnp.sum(mask)
+
+  out = []
+  for w in jnp.asarray(gt.one_hot(archs, net.primitives)):
+    c = n = 0.0
+    for b in batches:
+      ci, ni = correct(state, w, b["image"], b["label"], b["mask"])
+      c, n = c + float(ci), n + float(ni)
+    out.append(c / n)
+  return np.asarray(out)
+
+
+def _budget_facts(arch, acc, sample, truth, measured: dict, budget_ms: float) -> dict:
+  """A find's measured latency and its rank among the sampled architectures within the
+  budget (all of them when `budget_ms` is 0)."""
+  ms = np.asarray([measured.get(a, np.nan) for a in sample])
+  within = truth[(ms <= budget_ms) if budget_ms > 0 else np.isfinite(ms)]
+  found_ms = measured.get(str(arch))
+  pct = gt.percentile_of(within, acc)
+  return dict(measured_ms=found_ms, budget_ms=budget_ms,
+              meets_budget=found_ms is not None and (budget_ms <= 0 or found_ms <= budget_ms),
+              percentile_within_budget=pct, sample_within_budget=int(len(within)))
+
+
+def _check(config) -> None:
+  if config.space != "nb201":
+    raise ConfigError(f"dnas.evaluate measures searches of space nb201 (its ground truth); "
+                      f"got space {config.space!r}")
+  if config.data.name != gt.PROTOCOL["data"]:
+    raise ConfigError(f"the ground truth is on data {gt.PROTOCOL['data']!r}; got "
+                      f"data.name {config.data.name!r}")
+
+
+def evaluate_method(config, workdir: str, seeds, table_path: str = DEFAULT_TABLE,
+                    train_seconds: float | None = None, progress: bool = False,
+                    measured_latency: dict | None = None) -> dict:
+  """Runs and measures the search of `config` for each seed; returns the report (see the
+  module docstring) and writes it to `workdir/evaluation.json`.
+
+  `measured_latency` ({arch string: ms} on the latency table's device, e.g. EAGLE's):
+  each find's measured latency, whether it meets `config.latency.target_ms`, and its
+  percentile among the sampled architectures that meet it."""
+  _check(config)
+  try:
+    table = gt.GroundTruth.load(table_path)
+  except (OSError, ValueError) as e:
+    raise ConfigError(f"cannot read the ground truth {table_path}: {e}") from e
+  info, splits = get_dataset(config.data.name, config.data.data_dir, config.data.image_size)
+  _, a_src = search_splits(splits["train"], config.data.train_portion)
+  augment = make_augment(info)
+  batches = list(make_batches(a_src, batch_size=config.search.batch_size, seed=0, epoch=0,
+                              augment=augment, train=False))
+  trained = [a for a in table.sample if a in table.results]
+  truth = np.asarray([table.accuracy(a) for a in trained])
+  # The supernet ranks the sampled architectures made of its own candidate ops.
+  ops = set(config.model.primitives)
+  ranked = [i for i, a in enumerate(trained) if set(Structure.from_string(a).ops) <= ops]
+  sample = [Structure.from_string(trained[i]) for i in ranked]
+  runs, train_fn = [], None
+  for seed in seeds:
+    c = config.copy_and_resolve_references()
+    c.seed = seed
+    run_dir = os.path.join(workdir, f"seed_{seed}")
+    arch = search_lib.run_search(c, run_dir, progress=progress)
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:  # the run's own clock, resumes too
+      seconds = [json.loads(line) for line in f if line.strip()][-1]["wall_time"]
+    table_seeds = sorted({s for r in table.results.values() for s in r["seeds"]})[:2]
+    if not table.has(arch, table_seeds):
+      train_fn = train_fn or gt.make_train_fn(table.protocol)
+      table.add(gt.train([arch], table_seeds, protocol=table.protocol, train_fn=train_fn))
+      table.save(table_path)
+    proxy = supernet_accuracies(search_lib.load_supernet(c, run_dir), sample, batches)
+    acc = table.accuracy(arch)
+    runs.append(dict(seed=seed, arch=str(arch), test_acc=acc, percentile=table.percentile(acc),
+                     param_free_ops=arch.parameter_free_ops(), search_seconds=seconds,
+                     kendall_tau=kendall_tau(proxy, truth[ranked])))
+    if measured_latency is not None:
+      runs[-1].update(_budget_facts(arch, acc, trained, truth, measured_latency,
+                                    config.latency.target_ms))
+    print(f"seed {seed}: {arch} test_acc {acc:.4f} percentile {runs[-1]['percentile']:.1f} "
+          f"param_free_ops {runs[-1]['param_free_ops']} tau {runs[-1]['kendall_tau']:.3f} "
+          f"({seconds:.0f} s)", file=sys.stderr)
+  if train_seconds is None:
+    train_fn = train_fn or gt.make_train_fn(table.protocol)
+    gt.train([trained[0]], [0], protocol=table.protocol, train_fn=train_fn)  # compiled
+    start = time.perf_counter()
+    gt.train([trained[1]], [0], protocol=table.protocol, train_fn=train_fn)
+    train_seconds = time.perf_counter() - start
+  mean_seconds = float(np.mean([r["search_seconds"] for r in runs]))
+  k = max(1, int(mean_seconds // train_seconds))
+  accs = np.asarray([r["test_acc"] for r in runs])
+  report = dict(
+      config_overrides=[a for a in sys.argv[1:] if a.startswith("--config")],
+      runs=runs, test_acc_mean=float(accs.mean()), test_acc_std=float(accs.std()),
+      percentile_mean=float(np.mean([r["percentile"] for r in runs])),
+      param_free_ops_mean=float(np.mean([r["param_free_ops"] for r in runs])),
+      kendall_tau_mean=float(np.mean([r["kendall_tau"] for r in runs])),
+      search_seconds_mean=mean_seconds, train_seconds=train_seconds, random_k=k,
+      random_best_of_k=expected_best_of(truth, k), sample_median=float(np.median(truth)),
+      sample_best=float(truth.max()), sample_size=int(len(truth)), ranked=len(ranked),
+      seed_noise=table.seed_noise())
+  if measured_latency is not None:
+    report.update(
+        budget_ms=float(config.latency.target_ms),
+        meets_budget=sum(r["meets_budget"] for r in runs),
+        percentile_within_budget_mean=float(np.mean([r["percentile_within_budget"]
+                                                     for r in runs])))
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "evaluation.json"), "w") as f:
+    json.dump(report, f, indent=1)
+  return report
+
+
+def format_report(r: dict) -> str:
+  budget = []
+  if "budget_ms" in r:
+    ms = ", ".join("%.3f" % x["measured_ms"] if x["measured_ms"] else "?" for x in r["runs"])
+    budget = [f"latency: {r['meets_budget']} of {len(r['runs'])} finds meet {r['budget_ms']} "
+              f"ms (measured: {ms} ms); percentile among the sample within it "
+              f"{r['percentile_within_budget_mean']:.1f}"]
+  return "\n".join(budget + [
+      f"found: test_acc {100 * r['test_acc_mean']:.2f} +- {100 * r['test_acc_std']:.2f} % "
+      f"over {len(r['runs'])} seeds, percentile {r['percentile_mean']:.1f}, parameter-free "
+      f"ops {r['param_free_ops_mean']:.2f} of 6, Kendall tau {r['kendall_tau_mean']:.3f}",
+      f"random: best of K={r['random_k']} (search {r['search_seconds_mean']:.0f} s / "
+      f"{r['train_seconds']:.1f} s per training) {100 * r['random_best_of_k']:.2f} %; sample "
+      f"median {100 * r['sample_median']:.2f} %, best {100 * r['sample_best']:.2f} % "
+      f"({r['sample_size']} architectures; seed noise {100 * r['seed_noise']:.2f} %)"])
+
+
