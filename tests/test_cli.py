@@ -191,14 +191,36 @@ def test_user_errors_exit_2_with_one_line(user_error_runs, case):
   assert "Traceback" not in stderr
 
 
+_NO_PROFILE_CONFIG = """
+from dnas import spaces
+from dnas.configs import nb201
+from dnas.spaces.nb201.space import NB201Space
+
+
+class NoProfile(NB201Space):
+  name = "no_profile"
+  latency_profile = None
+
+
+spaces.register(NoProfile())
+
+
+def get_config():
+  c = nb201.get_config()
+  c.space = "no_profile"
+  return c
+"""
+
+
 def test_latency_profile_of_a_space_that_cannot_measure_exits_2(tmp_path):
-  config = os.path.join(cli_helpers.ROOT, "dnas", "configs", "nb201.py")
+  config = tmp_path / "no_profile.py"
+  config.write_text(_NO_PROFILE_CONFIG)
   out = cli_helpers.run("dnas.latency", "profile", f"--config={config}",
                         f"--out={tmp_path / 'table.json'}")
-  assert out.returncode == 2
-  assert out.stderr.strip() == ("dnas: error: space nb201 cannot measure a latency table yet; "
-                                "fit one from measured networks (NAS-Bench-201: "
-                                "scripts/eagle_latency.py)")
+  assert out.returncode == 2, out.stderr[-2000:]
+  assert out.stderr.strip() == ("dnas: error: space no_profile cannot measure a latency table "
+                                "(its space has no latency_profile); give the search a table "
+                                "made elsewhere")
 
 
 def test_latency_table_lacking_an_entry_exits_2(tmp_path):

@@ -41,5 +41,7 @@ def get_config():
   # NAS-Bench-201's own table (the NATS-Bench topology file, read with the optional
   # `nats_bench` package): each epoch's architecture is looked up and its 200-epoch test
   # accuracies on CIFAR-10, CIFAR-100 and ImageNet16-120 are logged. Empty: none.
-  c.nb201 = dict(benchmark="")
+  # `latency_networks`: how many random TinyNetworks `python -m dnas.latency profile` times
+  # here to fit the space's cell latency model (dnas.spaces.nb201.latency).
+  c.nb201 = dict(benchmark="", latency_networks=100)
   return c

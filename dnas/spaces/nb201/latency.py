@@ -16,12 +16,13 @@ differentiable, as FBNet's Eq. 4 is for an additive table.
 """
 
 import itertools
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dnas.latency.table import LatencyError, LatencyTable
+from dnas.latency.table import LatencyError, LatencyTable, device_stamp, time_call
 from dnas.spaces.nb201.ops import NAS_BENCH_201
 from dnas.spaces.nb201.structure import EDGES, MAX_NODES, Structure
 
@@ -91,6 +92,28 @@ def fit(latency_ms: dict, *, meta: dict, ridge: float = 0.01) -> LatencyTable:
   return LatencyTable(dict(meta, model="nb201-cell-pairs/1", networks=len(y),
                            fit_mape_pct=round(float(100 * np.mean(np.abs(fitted - y) / y)), 3)),
                       entries)
+
+
+def profile(compile_fn: Callable, archs, *, batch_size: int, dtype: str, repeats: int = 50,
+            rounds: int = 3, progress: Callable | None = None) -> LatencyTable:
+  """A cell-model table of this device: each of `archs` compiled (`compile_fn(arch) ->
+  (forward, args)`), timed in `rounds` interleaved rounds of `repeats` calls (so a slow
+  spell of the machine spreads over all networks), the median of its round medians; then
+  `fit`. `progress(i, n, arch string, ms)` after the last round."""
+  compiled = [compile_fn(a) for a in archs]
+  times = [[] for _ in archs]
+  for _ in range(rounds):
+    for i, (forward, args) in enumerate(compiled):
+      times[i].append(time_call(forward, *args, repeats=repeats)["median"])
+  measured = {}
+  for i, (a, t) in enumerate(zip(archs, times)):
+    measured[str(a)] = float(np.median(t))
+    if progress:
+      progress(i + 1, len(archs), str(a), measured[str(a)])
+  # Whole networks are timed: the call's dispatch is in the fit's fixed term, not apart.
+  meta = dict(device_stamp(), batch_size=batch_size, dtype=dtype, unit="ms", repeats=repeats,
+              dispatch_ms=0.0, source=f"{len(archs)} networks measured here, {rounds} rounds")
+  return fit(measured, meta=meta)
 
 
 def coefficients(table: LatencyTable) -> np.ndarray:

@@ -8,10 +8,13 @@ import functools
 import importlib.util
 import os
 
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from dnas.latency.table import jit_eval
 from dnas.spaces.nb201.benchmark import Benchmark
+from dnas.spaces.nb201 import latency
 from dnas.spaces.nb201.latency import CellLatency
 from dnas.spaces.nb201.network import Network, TinyNetwork
 from dnas.spaces.nb201.ops import NAS_BENCH_201
@@ -45,9 +48,12 @@ class NB201Space:
       raise ConfigError("nb201.benchmark needs the nats_bench package: pip install "
                         "'dnas[nats]'")
     if config.latency.objective != "none" and not config.latency.table:
-      raise ConfigError("space nb201 takes its latency from latency.table (a cell-model "
-                        "table such as scripts/eagle_latency.py fits); measuring one here is "
-                        "not built yet")
+      raise ConfigError("space nb201 takes its latency from latency.table, a cell-model "
+                        "table: `python -m dnas.latency profile --config=dnas/configs/"
+                        "nb201.py` measures this machine's, scripts/eagle_latency.py fits "
+                        "one from measured networks")
+    if "nb201" in config:
+      config_lib.positive(flat, "nb201.latency_networks", int)
 
   def supernet(self, config, info, rngs: nnx.Rngs) -> Network:
     m, s = config.model, config.search
@@ -91,6 +97,30 @@ class NB201Space:
   def draw(self, arch, path_prefix: str) -> list[str]:
     del arch, path_prefix  # the string is the picture
     return []
+
+  def latency_profile(self, config, info, *, batch_size: int, dtype: str, repeats: int,
+                      progress=None):
+    """A cell-model table of this machine (`dnas.spaces.nb201.latency.profile`): the
+    TinyNetworks of `config.train` for `nb201.latency_networks` uniformly drawn
+    architectures of `model.primitives`, timed here, and the model fitted to them."""
+    rng = np.random.default_rng(config.seed)
+    archs = [self.random_arch(rng, config) for _ in range(config.nb201.latency_networks)]
+    table = latency.profile(
+        lambda a: self.compile_final(a, config, info, batch_size=batch_size, dtype=dtype),
+        archs, batch_size=batch_size, dtype=dtype, repeats=repeats, progress=progress)
+    table.meta.update(network="tiny", C=config.train.C, N=config.train.N,
+                      image=list(info.image_shape))
+    return table
+
+  def compile_final(self, arch, config, info, *, batch_size: int, dtype: str):
+    """(forward, args): the compiled TinyNetwork of `config.train` in eval mode and random
+    inputs."""
+    jdtype = jnp.dtype(dtype)
+    forward, state = jit_eval(self.final(arch, config, info, nnx.Rngs(0)), jdtype)
+    x = jnp.asarray(np.random.default_rng(0).standard_normal(
+        (batch_size,) + tuple(info.image_shape)), jdtype)
+    compiled = forward.lower(state, x).compile()
+    return (lambda state, x: compiled(state, x)), (state, x)
 
   def latency_model(self, table, config, info) -> CellLatency:
     """The cell model of `table` (`dnas.spaces.nb201.latency`): exact expected latency."""

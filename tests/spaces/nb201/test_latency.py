@@ -93,3 +93,29 @@ def test_expected_latency_is_the_exact_expectation(fitted):
   assert float(model.expected(sharp)) == pytest.approx(model.predict(arch), rel=1e-4)
   assert model.minimum() <= min(model.predict(nb201.Structure(tuple(ops[k] for k in c)))
                                 for c in [(0,) * 6, (1,) * 6, (2,) * 6])
+
+
+def test_profile_here_then_predict_and_measure(tmp_path):
+  """`dnas.latency profile` on nb201 times random TinyNetworks here and fits the cell model;
+  `predict --measure` reads it back for an architecture and times that network."""
+  from tests import cli_helpers  # pylint: disable=g-import-not-at-top
+  config = os.path.join(cli_helpers.ROOT, "dnas", "configs", "nb201.py")
+  small = ["--config.train.C=4", "--config.train.N=1", "--config.latency.batch_size=8",
+           "--config.latency.repeats=2"]
+  table = tmp_path / "table.json"
+  out = cli_helpers.run("dnas.latency", "profile", f"--config={config}", *small,
+                        "--config.nb201.latency_networks=6", f"--out={table}")
+  assert out.returncode == 0, out.stderr[-3000:]
+  t = LatencyTable.load(table)
+  assert t.meta["model"] == "nb201-cell-pairs/1" and t.meta["networks"] == 6
+  assert t.meta["batch_size"] == 8 and t.meta["cpu_count"] == os.cpu_count()
+  assert len([line for line in out.stdout.splitlines() if line.startswith("[")]) == 6
+  arch = tmp_path / "arch.json"
+  arch.write_text(json.dumps({"arch": "|nor_conv_3x3~0|+|skip_connect~0|nor_conv_1x1~1|+"
+                                      "|skip_connect~0|none~1|avg_pool_3x3~2|"}))
+  out = cli_helpers.run("dnas.latency", "predict", f"--config={config}", *small,
+                        f"--table={table}", f"--genotype={arch}", "--measure")
+  assert out.returncode == 0, out.stderr[-3000:]
+  result = json.loads(out.stdout.strip().splitlines()[-1])
+  # six networks cannot fit ~70 terms well: only that the prediction is a number
+  assert np.isfinite(result["predicted_ms"]) and result["measured_ms"] > 0
