@@ -20,13 +20,46 @@ import numpy as np
 from flax import nnx
 
 
-# How op weights come from alphas: softmax (DARTS) or Gumbel-softmax samples (FBNet, GDAS).
-RELAXATIONS = ("softmax", "gumbel")
+# How op weights come from alphas (`op_weights`): softmax (DARTS), Gumbel-softmax samples
+# (FBNet, GDAS), Dirichlet samples (DrNAS), independent sigmoids (FairDARTS).
+RELAXATIONS = ("softmax", "gumbel", "dirichlet", "sigmoid")
 
 
 
 class ArchParam(nnx.Variable):
   """Architecture logits alpha (not an `nnx.Param`: the weight filter skips them)."""
+
+
+class EdgeParam(ArchParam):
+  """Architecture logits that choose edges, not ops (PC-DARTS's beta): in the
+  architecture state, but not among `op_logits`."""
+
+
+def _is_variable(x) -> bool:
+  return isinstance(x, nnx.Variable)
+
+
+def _chooses_ops(v) -> bool:
+  return isinstance(v, ArchParam) and not isinstance(v, EdgeParam)
+
+
+def op_logits(alphas) -> list[jax.Array]:
+  """The op-choice logits of an architecture state (`nnx.State` of ArchParams), each as
+  f32[rows, K]: one row per edge (a standalone MixedOp's f32[K] is one row); edge
+  logits (`EdgeParam`) left out. What regularisers on the architecture read."""
+  return [jnp.reshape(v[...], (-1, v[...].shape[-1]))
+          for v in jax.tree.leaves(alphas, is_leaf=_is_variable) if _chooses_ops(v)]
+
+
+def map_op_logits(fn, alphas):
+  """`alphas` with each op-choice logit array x replaced by fn(x as f32[rows, K]) (reshaped
+  back); edge logits unchanged."""
+  def one(v):
+    if not _chooses_ops(v):
+      return v
+    x = v[...]
+    return v.replace(jnp.reshape(fn(jnp.reshape(x, (-1, x.shape[-1]))), x.shape))
+  return jax.tree.map(one, alphas, is_leaf=_is_variable)
 
 
 def init_alphas(key: jax.Array, shape: Sequence[int], scale: float = 1e-3) -> ArchParam:
@@ -224,6 +257,38 @@ def gumbel_softmax(key: jax.Array, logits: jax.Array, tau, hard: bool = False) -
     return soft
   one_hot = jax.nn.one_hot(jnp.argmax(soft, axis=-1), logits.shape[-1], dtype=soft.dtype)
   return one_hot - jax.lax.stop_gradient(soft) + soft
+
+
+def dirichlet_concentration(logits: jax.Array) -> jax.Array:
+  """DrNAS's concentration beta = ELU(alpha) + 1 > 0 (Chen et al. 2021, Sec. 3.1; the
+  official code's `F.elu(alpha) + 1`). f32[..., K] -> f32[..., K]."""
+  return jax.nn.elu(logits.astype(jnp.float32)) + 1.0
+
+
+def op_weights(logits: jax.Array, relaxation: str = "softmax", key: jax.Array | None = None,
+               tau=None, hard: bool = False) -> jax.Array:
+  """Op weights f32[..., K] from architecture logits f32[..., K] (one row per edge).
+
+  softmax: DARTS Eq. 2. gumbel: with `key`, a Gumbel-softmax sample at temperature `tau`
+  (`hard`: straight-through one-hot); without, softmax. dirichlet: with `key`, one
+  reparameterised sample per row of Dir(ELU(alpha) + 1) (DrNAS's `rsample`; `jax.random.
+  dirichlet` differentiates its gamma draws implicitly: the pathwise gradient);
+  without, the distribution's mean. sigmoid: sigmoid(alpha) per op, no competition
+  between ops (FairDARTS).
+  """
+  logits = logits.astype(jnp.float32)
+  if relaxation == "softmax" or (relaxation == "gumbel" and key is None):
+    return jax.nn.softmax(logits, axis=-1)
+  if relaxation == "gumbel":
+    return gumbel_softmax(key, logits, tau, hard)
+  if relaxation == "dirichlet":
+    beta = dirichlet_concentration(logits)
+    if key is None:
+      return beta / jnp.sum(beta, axis=-1, keepdims=True)
+    return jax.random.dirichlet(key, beta)
+  if relaxation == "sigmoid":
+    return jax.nn.sigmoid(logits)
+  raise ValueError(f"relaxation {relaxation!r} is unknown; valid: {', '.join(RELAXATIONS)}")
 
 
 def channel_shuffle(x: jax.Array, groups: int) -> jax.Array:

@@ -390,7 +390,7 @@ def make_phase_steps(graphdef, w_tx: optax.GradientTransformation,
     return jax.random.fold_in(jax.random.fold_in(state.rng, state.step), phase)
 
   def inputs_of(state, phase):
-    if relaxation.kind == "softmax":
+    if not relaxation.stochastic:
       return {}
     return relaxation.model_inputs(phase_key(state, phase), state.step)
 

@@ -1,10 +1,9 @@
 """Config validation: every user mistake becomes one ConfigError line, before compiling."""
 
-from dnas import bilevel, latency, selection, spaces, utils
+from dnas import bilevel, latency, methods, selection, spaces, utils
 from dnas.arch import RELAXATIONS
 from dnas.data.pipeline import DATASETS
 
-METHODS = ("darts", "pc_darts")
 
 
 class ConfigError(ValueError):
@@ -78,15 +77,11 @@ def validate(config, mode: str) -> None:
     if c["search.selection"] not in selection.SELECTIONS:
       raise ConfigError(f"search.selection {c['search.selection']!r} is unknown; valid: "
                         f"{', '.join(selection.SELECTIONS)}")
-    method = c["method"]
-    if method not in METHODS:
-      raise ConfigError(f"method {method!r} is unknown; valid: {', '.join(METHODS)}")
+    methods.validate(config)
     non_negative(c, "search.arch_start_epoch")
     if c["search.arch_start_epoch"] >= c["search.epochs"]:
       raise ConfigError(f"search.arch_start_epoch ({c['search.arch_start_epoch']}) must be < "
                         f"search.epochs ({c['search.epochs']}): no architecture step would run")
-    if method == "pc_darts":
-      positive(c, "model.pc_k", int)
     if c["search.relaxation"] not in RELAXATIONS:
       raise ConfigError(f"search.relaxation {c['search.relaxation']!r} is unknown; valid: "
                         f"{', '.join(RELAXATIONS)}")

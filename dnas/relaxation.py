@@ -1,7 +1,8 @@
 """The continuous relaxation: how a step's forward passes get their op weights from the
-architecture logits. Softmax (DARTS Eq. 2) needs nothing; Gumbel-softmax (FBNet Eq. 5,
-GDAS) samples them, so every step hands the model a key from the step's own randomness
-and the temperature of its schedule. The sampling itself is `dnas.arch.gumbel_softmax`.
+architecture logits. Softmax (DARTS Eq. 2) and sigmoid (FairDARTS) need nothing;
+Gumbel-softmax (FBNet Eq. 5, GDAS) and Dirichlet (DrNAS) sample them, so every step hands
+the model a key from the step's own randomness (and Gumbel the temperature of its
+schedule). The weights themselves are `dnas.arch.op_weights`.
 """
 
 from collections.abc import Callable
@@ -14,15 +15,22 @@ from dnas.arch import RELAXATIONS  # noqa: F401  (re-exported)
 
 
 class Relaxation(NamedTuple):
-  """`kind` "softmax" or "gumbel"; `tau(step) -> f32[]` the Gumbel temperature."""
+  """`kind` one of RELAXATIONS; `tau(step) -> f32[]` the Gumbel temperature."""
   kind: str = "softmax"
   tau: Callable | None = None
 
+  @property
+  def stochastic(self) -> bool:
+    return self.kind in ("gumbel", "dirichlet")
+
   def model_inputs(self, key: jax.Array, step: jax.Array) -> dict:
-    """Keyword inputs of the supernet's call for one forward pass: {} for softmax,
-    {"arch_key": key, "tau": f32[]} for Gumbel (`darts.Network(relaxation="gumbel")`)."""
-    if self.kind == "softmax":
+    """Keyword inputs of the supernet's call for one forward pass: {} for softmax and
+    sigmoid, {"arch_key": key} for Dirichlet, {"arch_key": key, "tau": f32[]} for
+    Gumbel (`Network(relaxation=...)` of either space)."""
+    if not self.stochastic:
       return {}
+    if self.kind == "dirichlet":
+      return {"arch_key": key}
     return {"arch_key": key, "tau": jnp.asarray(self.tau(step), jnp.float32)}
 
 
@@ -33,3 +41,13 @@ def softmax() -> Relaxation:
 def gumbel(tau: Callable) -> Relaxation:
   """Gumbel-softmax samples at temperature `tau(step)` (e.g. `bilevel.per_epoch_anneal`)."""
   return Relaxation("gumbel", tau)
+
+
+def dirichlet() -> Relaxation:
+  """DrNAS: Dirichlet samples of concentration ELU(alpha) + 1 per edge and forward pass."""
+  return Relaxation("dirichlet")
+
+
+def sigmoid() -> Relaxation:
+  """FairDARTS: independent sigmoid(alpha) per op."""
+  return Relaxation("sigmoid")

@@ -13,7 +13,7 @@ import tqdm
 from flax import nnx
 
 from dnas import (bilevel, config as config_lib, cpu, hypergrad, latency as latency_lib, loop,
-                  parallel, plotting, relaxation, selection, spaces, utils)
+                  methods, parallel, plotting, selection, spaces, utils)
 from dnas.checkpoint import Checkpointer
 from dnas.data.pipeline import (auto_workers, get_dataset, make_augment, make_batches,
                                 search_splits)
@@ -84,12 +84,14 @@ def _fresh_meta() -> dict:
   return dict(epoch=0, batch=0, sums={}, records=[], alphas={}, elapsed=0.0)
 
 
-def _optimizers(config, steps_per_epoch: int):
+def _optimizers(config, steps_per_epoch: int, parts: methods.Parts | None = None):
   """(weight lr schedule, weight optimiser, architecture optimiser) of the search."""
   s = config.search
   schedule = bilevel.per_epoch_cosine(s.w_lr, s.w_lr_min, s.epochs, steps_per_epoch)
   w_tx = bilevel.make_w_tx(schedule, s.momentum, s.weight_decay, s.grad_clip, s.nesterov)
-  return schedule, w_tx, bilevel.make_a_tx(s.a_lr, s.a_b1, s.a_b2, s.a_weight_decay)
+  a_wd = s.a_weight_decay if parts is None or parts.a_weight_decay is None else (
+      parts.a_weight_decay)
+  return schedule, w_tx, bilevel.make_a_tx(s.a_lr, s.a_b1, s.a_b2, a_wd)
 
 
 def load_supernet(config, workdir: str) -> nnx.Module:
@@ -149,7 +151,8 @@ def _search(config, workdir, progress, resume, preemption):
                        what="search")
 
   net = space.supernet(config, info, nnx.Rngs(config.seed))
-  schedule, w_tx, a_tx = _optimizers(config, steps_per_epoch)
+  parts = methods.build(config, steps_per_epoch)  # relaxation, loss terms, perturbation
+  schedule, w_tx, a_tx = _optimizers(config, steps_per_epoch, parts)
   net.eval()
   graphdef_eval = bilevel.split_supernet(net)[0]
   graphdef, state = bilevel.init_search_state(net, w_tx, a_tx, jax.random.key(config.seed))
@@ -177,10 +180,10 @@ def _search(config, workdir, progress, resume, preemption):
   execution = bilevel.Execution(programs=s.programs, shardings=shardings, dtype=dtype)
   split = execution.split(s.order)
   steps = bilevel.make_search_steps(
-      graphdef, w_tx, a_tx, hypergrad=hg, arch_loss=objective and bilevel.arch_loss(objective),
-      relaxation=(relaxation.gumbel(bilevel.per_epoch_anneal(
-          s.tau_start, s.tau_end, s.epochs, steps_per_epoch, s.tau_anneal))
-                  if s.relaxation == "gumbel" else relaxation.softmax()),
+      graphdef, w_tx, a_tx, hypergrad=hg,
+      arch_loss=(bilevel.arch_loss(objective, *parts.terms) if objective or parts.terms
+                 else None),
+      relaxation=parts.relaxation, perturb=parts.perturb,
       # Split: the step is a few programs jitted inside (`bilevel.split_piece`); else
       # one pure step that `flat.jit` compiles. (A split step built with jit=False ran
       # eagerly, op by op: sessions 8-9, 23 s per NAS-Bench-201 digits step.)

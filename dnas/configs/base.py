@@ -22,8 +22,9 @@ def get_config():
   # is bitwise the uninterrupted one there too (slower scatters and reductions). CPU and
   # TPU runs are deterministic already.
   c.deterministic = False
-  # "darts", or "pc_darts" (Xu et al. 2020): each edge mixes 1/model.pc_k of the
-  # channels, and edge-normalisation weights beta decide the edges.
+  # The search method (`dnas.methods`): "darts"; "pc_darts" (Xu et al. 2020: each edge
+  # mixes 1/model.pc_k of the channels, edge-normalisation weights beta decide the
+  # edges); "drnas" (Dirichlet op weights); "beta_darts" (the beta-decay regulariser).
   c.method = "darts"
   c.max_steps_per_epoch = 0  # 0: whole epochs; >0 caps steps per epoch (tests, smoke runs)
   # data.workers: Grain worker processes reading and augmenting (0: in the main process;
@@ -41,9 +42,11 @@ def get_config():
   # programs: "one" jitted program per step; "split" into a few that share one gradient
   # program (first order: about 40 % less compile time on CPU, slower architecture
   # steps); "auto": split for the second-order methods only.
-  # relaxation: "softmax" (DARTS) or "gumbel" (FBNet, GDAS: op weights sampled with a
+  # relaxation: "softmax" (DARTS), "gumbel" (FBNet, GDAS: op weights sampled with a
   # temperature annealed per epoch from tau_start to tau_end, "linear" or "exponential";
-  # gumbel_hard: straight-through one-hot, each edge runs only its sampled op).
+  # gumbel_hard: straight-through one-hot, each edge runs only its sampled op),
+  # "dirichlet" (DrNAS's samples; method=drnas sets it) or "sigmoid" (FairDARTS's
+  # independent op weights).
   # selection: how the trained supernet becomes the architecture (`dnas.selection`):
   # "argmax" of the architecture weights (DARTS).
   c.search = dict(epochs=50, batch_size=64, order="first", w_lr=0.025, w_lr_min=0.001,
@@ -52,6 +55,13 @@ def get_config():
                   relaxation="softmax", gumbel_hard=False, tau_start=10.0, tau_end=0.1,
                   tau_anneal="linear", hvp_remat=False, programs="auto",
                   selection="argmax")
+  # DrNAS (xiangning-chen/DrNAS): reg "l2" (the official default: search.a_weight_decay
+  # on alpha) or "kl" (kl_scale * KL(Dir(ELU(alpha) + 1) || Dir(1)) per edge added to the
+  # architecture loss, architecture weight decay 0).
+  c.drnas = dict(reg="l2", kl_scale=1e-3)
+  # beta-DARTS (Sunshine-Ye/Beta-DARTS): lambda(epoch) = lambda_max * epoch / epochs times
+  # the beta-decay loss (the official NAS-Bench-201 run: 50).
+  c.beta_darts = dict(lambda_max=50.0)
   # Retraining the found architecture from scratch (reference train.py).
   c.train = dict(network="cifar", C=36, layers=20, epochs=600, batch_size=96, lr=0.025,
                  lr_min=0.0, momentum=0.9, nesterov=False, weight_decay=3e-4, grad_clip=5.0,

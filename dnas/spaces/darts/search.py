@@ -12,9 +12,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from dnas import autodiff
-from dnas.arch import (RELAXATIONS, ArchParam, MixedOp, PartialMixedOp, batched_mixed_ops,
-                       checkpointed_call, gumbel_softmax,
-                       init_alphas, node_softmax)
+from dnas.arch import (RELAXATIONS, ArchParam, EdgeParam, MixedOp, PartialMixedOp,
+                       batched_mixed_ops, checkpointed_call, init_alphas, node_softmax,
+                       op_weights)
 from dnas.spaces.darts import genotypes as genotypes_lib
 from dnas.kernels import fusion_barrier
 from dnas.spaces.darts.ops import (PRIMITIVES, FactorizedReduce, ReLUConvBN, batch_norm, conv2d,
@@ -110,10 +110,13 @@ class Network(nnx.Module):
       divisible by K (then the doubled stages' C / K are even, as FactorizedReduce needs).
     edge_normalization: PC-DARTS edge weights: architecture logits beta per edge
       (`betas_normal`, `betas_reduce`, f32[E]), softmax over each node's inputs.
-    relaxation: "softmax" (DARTS) or "gumbel": when called with `arch_key` and `tau`, the
-      op weights are a Gumbel-softmax sample, one per cell type and call (FBNet, GDAS);
-      `gumbel_hard` makes it a straight-through one-hot and each edge runs only its
-      sampled op. Called without a key (evaluation) it mixes with softmax(alpha).
+    relaxation: how op weights come from the alphas (`dnas.arch.op_weights`): "softmax"
+      (DARTS), "gumbel" (when called with `arch_key` and `tau`, a Gumbel-softmax sample,
+      one per cell type and call: FBNet, GDAS; `gumbel_hard` makes it a straight-through
+      one-hot and each edge runs only its sampled op), "dirichlet" (with `arch_key`, a
+      Dirichlet sample per cell type and call: DrNAS) or "sigmoid" (FairDARTS). Called
+      without a key (evaluation), gumbel mixes with softmax(alpha), dirichlet with the
+      Dirichlet's mean.
     remat: recompute each cell's activations in the backward pass (`jax.checkpoint`)
       instead of keeping them: less memory for one more forward pass. Also on while
       tracing inside `dnas.autodiff.rematerialize()`.
@@ -164,8 +167,8 @@ class Network(nnx.Module):
     self.alphas_normal = init_alphas(rngs.params(), shape)
     self.alphas_reduce = init_alphas(rngs.params(), shape)
     if edge_normalization:
-      self.betas_normal = init_alphas(rngs.params(), shape[:1])
-      self.betas_reduce = init_alphas(rngs.params(), shape[:1])
+      self.betas_normal = EdgeParam(init_alphas(rngs.params(), shape[:1])[...])
+      self.betas_reduce = EdgeParam(init_alphas(rngs.params(), shape[:1])[...])
 
   def edge_weights(self) -> tuple[jax.Array, jax.Array] | tuple[None, None]:
     """(normal, reduce) f32[E] edge weights (PC-DARTS), or (None, None)."""
@@ -176,17 +179,16 @@ class Network(nnx.Module):
 
   def __call__(self, x, *, arch_key: jax.Array | None = None, tau=None):
     """f32[N, H, W, C] -> f32[N, num_classes]; `arch_key` (PRNG key) and `tau` (f32[])
-    draw the Gumbel-softmax op weights of `relaxation="gumbel"`."""
+    draw the op weights of the sampling relaxations (gumbel: both; dirichlet: the key)."""
     s0 = s1 = self.stem(x)
-    sampled = self.relaxation == "gumbel" and arch_key is not None
-    if sampled:
+    k_normal = k_reduce = None
+    if arch_key is not None:
       k_normal, k_reduce = jax.random.split(arch_key)
-      w_normal = gumbel_softmax(k_normal, self.alphas_normal[...], tau, self.gumbel_hard)
-      w_reduce = gumbel_softmax(k_reduce, self.alphas_reduce[...], tau, self.gumbel_hard)
-    else:
-      w_normal = jax.nn.softmax(self.alphas_normal[...], axis=-1)
-      w_reduce = jax.nn.softmax(self.alphas_reduce[...], axis=-1)
-    hard = sampled and self.gumbel_hard
+    w_normal = op_weights(self.alphas_normal[...], self.relaxation, k_normal, tau,
+                          self.gumbel_hard)
+    w_reduce = op_weights(self.alphas_reduce[...], self.relaxation, k_reduce, tau,
+                          self.gumbel_hard)
+    hard = self.relaxation == "gumbel" and arch_key is not None and self.gumbel_hard
     e_normal, e_reduce = self.edge_weights()
     remat = self.remat or autodiff.remat_requested()
     for cell in self.cells:

@@ -6,6 +6,7 @@ cell drawings, and latency over the final network's ops."""
 import numpy as np
 from flax import nnx
 
+from dnas import methods
 from dnas.spaces.darts import draw, genotypes, latency
 from dnas.spaces.darts.final import NETWORKS
 from dnas.spaces.darts.ops import PRIMITIVES
@@ -36,6 +37,8 @@ class DartsSpace:
     if m.multiplier > m.steps:
       raise ConfigError(f"model.multiplier ({m.multiplier}) must be <= model.steps "
                         f"({m.steps})")
+    if config.method == "pc_darts":
+      config_lib.positive(flat, "model.pc_k", int)
     if config.method == "pc_darts" and m.C % m.pc_k:
       raise ConfigError(f"model.pc_k={m.pc_k} must divide model.C={m.C}: each edge mixes "
                         f"C / pc_k channels")
@@ -50,7 +53,7 @@ class DartsSpace:
     return Network(m.C, info.num_classes, m.layers, m.steps, m.multiplier, m.stem_multiplier,
                    in_channels=info.image_shape[-1], primitives=tuple(m.primitives),
                    partial_channels=m.pc_k if pc else 1, edge_normalization=pc,
-                   relaxation=s.relaxation, gumbel_hard=s.gumbel_hard, remat=m.remat,
+                   relaxation=methods.relaxation_kind(config), gumbel_hard=s.gumbel_hard, remat=m.remat,
                    rngs=rngs)
 
   def derive(self, alphas, config) -> genotypes.Genotype:
@@ -64,6 +67,14 @@ class DartsSpace:
   def alpha_groups(self, alphas, config):
     ops = tuple(config.model.primitives)
     return {kind: (_get(alphas, f"alphas_{kind}"), ops) for kind in ("normal", "reduce")}
+
+  def arch_metrics(self, arch: genotypes.Genotype, config) -> dict:
+    """The derived cells' parameter-free ops (skip connections, pooling; of 2 * steps
+    each): what DARTS's collapse piles up."""
+    del config
+    free = ("none", "skip_connect", "max_pool_3x3", "avg_pool_3x3")
+    return {f"param_free_ops_{cell}": sum(op in free for op, _ in getattr(arch, cell))
+            for cell in ("normal", "reduce")}
 
   def to_dict(self, arch: genotypes.Genotype) -> dict:
     return arch.to_dict()

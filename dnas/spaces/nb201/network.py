@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from dnas import autodiff
-from dnas.arch import RELAXATIONS, MixedOp, checkpointed_call, gumbel_softmax, init_alphas
+from dnas.arch import RELAXATIONS, MixedOp, checkpointed_call, init_alphas, op_weights
 from dnas.layers import batch_norm, conv2d, linear
 from dnas.spaces.nb201.ops import NAS_BENCH_201, ResNetBasicblock, make_op
 from dnas.spaces.nb201.structure import EDGES, MAX_NODES, Structure, derive
@@ -111,9 +111,11 @@ class Network(nnx.Module):
     primitives: candidate op names (the alpha columns), NAS_BENCH_201 by default.
     affine, track_running_stats: of the cells' BatchNorms (the reference searches with
       affine=False; its scripts choose track_running_stats with BN=0/1).
-    relaxation: "softmax" (DARTS) or "gumbel" (GDAS with `gumbel_hard`: a straight-through
-      one-hot sample per call, shared by all cells; each edge runs only its sampled op).
-      Called without `arch_key` (evaluation) it mixes with softmax(alpha).
+    relaxation: `dnas.arch.op_weights`: "softmax" (DARTS), "gumbel" (GDAS with
+      `gumbel_hard`: a straight-through one-hot sample per call, shared by all cells; each
+      edge runs only its sampled op), "dirichlet" (DrNAS: a sample per call, shared by
+      all cells) or "sigmoid" (FairDARTS). Called without `arch_key` (evaluation), gumbel
+      mixes with softmax(alpha), dirichlet with the Dirichlet's mean.
 
   Call: f32[B, H, W, in_channels] -> logits f32[B, num_classes].
   """
@@ -148,18 +150,17 @@ class Network(nnx.Module):
   def __call__(self, x, *, arch_key: jax.Array | None = None, tau=None,
                weights: jax.Array | None = None):
     """f32[B, H, W, C] -> f32[B, num_classes]; `arch_key` (PRNG key) and `tau` (f32[])
-    draw the Gumbel-softmax op weights of `relaxation="gumbel"`. `weights` (f32[6, K])
+    draw the op weights of the sampling relaxations (gumbel: both; dirichlet: the key).
+    `weights` (f32[6, K])
     replaces the op weights: with one-hot rows the supernet is one architecture's
     network, the architecture as data (evaluating a sample of architectures with shared
     weights, training many architectures with one compiled program)."""
     hard = False
     if weights is not None:
       weights = jnp.asarray(weights, jnp.float32)
-    elif self.relaxation == "gumbel" and arch_key is not None:
-      weights = gumbel_softmax(arch_key, self.alphas[...], tau, self.gumbel_hard)
-      hard = self.gumbel_hard
     else:
-      weights = jax.nn.softmax(self.alphas[...], axis=-1)
+      weights = op_weights(self.alphas[...], self.relaxation, arch_key, tau, self.gumbel_hard)
+      hard = self.relaxation == "gumbel" and arch_key is not None and self.gumbel_hard
     remat = self.remat or autodiff.remat_requested()
     x = self.stem(x)
     for cell in self.cells:

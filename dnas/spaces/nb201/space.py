@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from dnas import methods
 from dnas.latency.table import jit_eval
 from dnas.spaces.nb201.benchmark import Benchmark
 from dnas.spaces.nb201 import latency
@@ -37,9 +38,10 @@ class NB201Space:
     if bad:
       raise ConfigError(f"model.primitives: unknown op {bad[0]!r}; valid ops: "
                         f"{', '.join(NAS_BENCH_201)}")
-    if config.method != "darts":
-      raise ConfigError(f"method {config.method!r} is not available for space nb201; valid: "
-                        f"darts (with search.relaxation=gumbel: GDAS)")
+    if config.method == "pc_darts":
+      raise ConfigError("method 'pc_darts' is not available for space nb201 (its partial "
+                        "channels and edge weights are the DARTS supernet's); valid: " +
+                        ", ".join(m for m in methods.METHODS if m != "pc_darts"))
     path = _benchmark_path(config)
     if path and not os.path.exists(path):
       raise ConfigError(f"nb201.benchmark: {path} does not exist (the NATS-Bench topology "
@@ -59,7 +61,7 @@ class NB201Space:
     m, s = config.model, config.search
     return Network(m.C, m.N, info.num_classes, in_channels=info.image_shape[-1],
                    primitives=tuple(m.primitives), affine=m.affine,
-                   track_running_stats=m.track_running_stats, relaxation=s.relaxation,
+                   track_running_stats=m.track_running_stats, relaxation=methods.relaxation_kind(config),
                    gumbel_hard=s.gumbel_hard, remat=m.remat, rngs=rngs)
 
   def derive(self, alphas, config) -> Structure:

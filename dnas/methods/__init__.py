@@ -1,0 +1,84 @@
+"""Search methods as presets of composable parts: `config.method` names one, and
+`build` turns it into what the bilevel step takes (`dnas.bilevel.make_search_steps`):
+the relaxation that makes op weights from the architecture logits, additive terms of the
+architecture loss, and the weight step's perturbation of the architecture weights. The
+hypergradient (`search.order`), the latency objective and the selection rule compose
+with every method.
+
+  darts        DARTS (Liu et al. 2019): softmax (or `search.relaxation=gumbel`: GDAS)
+  pc_darts     PC-DARTS (Xu et al. 2020): partial channels and edge normalisation, which
+               the space builds into its supernet
+  drnas        DrNAS (Chen et al. 2021): Dirichlet op weights (`dnas.methods.drnas`)
+  beta_darts   beta-DARTS (Ye et al. 2022): the beta-decay regulariser
+               (`dnas.methods.beta_darts`)
+
+Each method's own settings live in the config section of its name (`config.drnas`,
+`config.beta_darts`).
+"""
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+from dnas import bilevel, relaxation as relaxation_lib
+from dnas.methods import beta_darts, drnas
+
+METHODS = ("darts", "pc_darts", "drnas", "beta_darts")
+
+# Methods whose relaxation is part of their definition; the others take search.relaxation.
+_RELAXATION = {"drnas": "dirichlet"}
+
+
+class Parts(NamedTuple):
+  """What a method adds to the bilevel step.
+
+  relaxation: op weights per forward pass (`dnas.relaxation`).
+  terms: additive architecture-loss terms `(alphas, step) -> (f32[], metrics)`.
+  perturb: the weight step's architecture weights (`bilevel.make_phase_steps`), or None.
+  a_weight_decay: the architecture optimiser's weight decay (None: search.a_weight_decay).
+  """
+  relaxation: relaxation_lib.Relaxation
+  terms: tuple[Callable, ...] = ()
+  perturb: Callable | None = None
+  a_weight_decay: float | None = None
+
+
+def relaxation_kind(config) -> str:
+  return _RELAXATION.get(config.method, config.search.relaxation)
+
+
+def validate(config) -> None:
+  """One ConfigError line per mistake in `method` or its settings."""
+  from dnas.config import ConfigError, flatten, non_negative  # pylint: disable=g-import-not-at-top
+  method = config.method
+  if method not in METHODS:
+    raise ConfigError(f"method {method!r} is unknown; valid: {', '.join(METHODS)}")
+  own = _RELAXATION.get(method)
+  if own and config.search.relaxation not in ("softmax", own):
+    raise ConfigError(f"method {method} draws its op weights from a {own} relaxation; "
+                      f"search.relaxation must stay softmax (the default) or be {own}, got "
+                      f"{config.search.relaxation!r}")
+  c = flatten(config)
+  if method == "drnas":
+    if config.drnas.reg not in drnas.REGULARISERS:
+      raise ConfigError(f"drnas.reg {config.drnas.reg!r} is unknown; valid: "
+                        f"{', '.join(drnas.REGULARISERS)}")
+    non_negative(c, "drnas.kl_scale")
+  if method == "beta_darts":
+    non_negative(c, "beta_darts.lambda_max")
+
+
+def build(config, steps_per_epoch: int) -> Parts:
+  """The parts of `config.method` for a search of `steps_per_epoch` steps per epoch."""
+  s = config.search
+  kind = relaxation_kind(config)
+  if kind == "gumbel":
+    relax = relaxation_lib.gumbel(bilevel.per_epoch_anneal(
+        s.tau_start, s.tau_end, s.epochs, steps_per_epoch, s.tau_anneal))
+  else:
+    relax = relaxation_lib.Relaxation(kind)
+  if config.method == "drnas" and config.drnas.reg == "kl":
+    return Parts(relax, (drnas.kl_term(config.drnas.kl_scale),), a_weight_decay=0.0)
+  if config.method == "beta_darts":
+    return Parts(relax, (beta_darts.beta_term(config.beta_darts.lambda_max, s.epochs,
+                                              steps_per_epoch),))
+  return Parts(relax)

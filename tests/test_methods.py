@@ -1,0 +1,159 @@
+"""The robust methods' formulas on tiny cases against hand computations, and their
+config checks (`dnas.methods`)."""
+
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from dnas import arch, config as config_lib, methods
+from dnas.configs import nb201 as nb201_config
+from dnas.methods import beta_darts, drnas
+
+
+def test_dirichlet_weights_lie_on_the_simplex_and_evaluate_at_the_mean():
+  logits = jnp.array([[0.3, -0.2, 1.0], [0.0, 0.0, 0.0]])
+  w = arch.op_weights(logits, "dirichlet", jax.random.key(0))
+  assert w.shape == (2, 3) and bool(jnp.all(w > 0))
+  np.testing.assert_allclose(w.sum(-1), 1.0, rtol=1e-6)
+  beta = np.where(np.asarray(logits) > 0, np.asarray(logits), np.expm1(np.asarray(logits))) + 1
+  np.testing.assert_allclose(arch.op_weights(logits, "dirichlet"),
+                             beta / beta.sum(-1, keepdims=True), rtol=1e-6)
+
+
+def test_dirichlet_pathwise_gradient_is_unbiased():
+  # E[d w / d alpha] over samples = d E[w] / d alpha = d (beta_0 / sum beta) / d alpha,
+  # beta = ELU(alpha) + 1: by hand, for alpha = (0.5, -0.4, 0.2).
+  alpha = jnp.array([0.5, -0.4, 0.2])
+  keys = jax.random.split(jax.random.key(1), 40_000)
+  grads = jax.vmap(jax.grad(lambda a, k: arch.op_weights(a, "dirichlet", k)[0]),
+                   in_axes=(None, 0))(alpha, keys)
+  a = np.asarray(alpha, np.float64)
+  beta = np.where(a > 0, a, np.expm1(a)) + 1
+  dbeta = np.where(a > 0, 1.0, np.exp(a))  # ELU's derivative
+  s = beta.sum()
+  want = -beta[0] / s ** 2 * dbeta
+  want[0] += dbeta[0] / s
+  sem = np.asarray(grads).std(0) / math.sqrt(len(keys))
+  np.testing.assert_allclose(np.asarray(grads).mean(0), want, atol=4 * sem.max() + 1e-4)
+
+
+def test_sigmoid_weights_are_independent():
+  logits = jnp.array([[0.0, 2.0, -1.0]])
+  np.testing.assert_allclose(arch.op_weights(logits, "sigmoid"),
+                             1 / (1 + np.exp(-np.asarray(logits))), rtol=1e-6)
+
+
+def test_kl_to_uniform_by_hand():
+  # beta = (1, 1): the anchor itself, KL 0. beta = (2, 1) (alpha = (1, 0)):
+  # KL(Beta(2, 1) || U(0, 1)) = E[log 2x] = log 2 + psi(2) - psi(3) = log 2 - 1/2.
+  kl = drnas.kl_to_uniform(jnp.array([[0.0, 0.0], [1.0, 0.0]]))
+  np.testing.assert_allclose(kl, [0.0, math.log(2) - 0.5], atol=1e-6)
+
+
+class _Arch(nnx.Module):
+  def __init__(self):
+    self.ops = arch.ArchParam(jnp.array([[0.0, 1.0, 2.0], [1.0, 1.0, 1.0]]))
+    self.more = arch.ArchParam(jnp.array([3.0, 0.0, 0.0]))   # a standalone MixedOp's f32[K]
+    self.edges = arch.EdgeParam(jnp.array([5.0, -5.0]))      # PC-DARTS's beta: not ops
+
+
+def _alphas():
+  return nnx.split(_Arch(), arch.ArchParam)[1]
+
+
+def test_op_logits_leave_edge_logits_out():
+  rows = arch.op_logits(_alphas())
+  assert sorted(r.shape for r in rows) == [(1, 3), (2, 3)]
+  doubled = arch.map_op_logits(lambda x: 2 * x, _alphas())
+  np.testing.assert_allclose(doubled["ops"][...], 2 * _alphas()["ops"][...])
+  np.testing.assert_allclose(doubled["edges"][...], _alphas()["edges"][...])
+
+
+def test_beta_decay_term_by_hand():
+  lse = [math.log(1 + math.e + math.e ** 2), math.log(3 * math.e),
+         math.log(math.e ** 3 + 2)]
+  assert float(beta_darts.beta_decay(_alphas())) == pytest.approx(np.mean(lse), rel=1e-6)
+  term = beta_darts.beta_term(lambda_max=50.0, epochs=10, steps_per_epoch=7)
+  for step, lam in ((0, 0.0), (6, 0.0), (7, 5.0), (69, 45.0)):
+    value, metrics = term(_alphas(), jnp.int32(step))
+    assert float(metrics["beta_lambda"]) == pytest.approx(lam)
+    assert float(value) == pytest.approx(lam * np.mean(lse), rel=1e-6)
+  # Its gradient in each row is softmax(row) / rows: the leading ops are held back most.
+  g = jax.grad(lambda a: beta_darts.beta_decay(a))(_alphas())
+  np.testing.assert_allclose(g["ops"][...][0], jax.nn.softmax(jnp.array([0.0, 1.0, 2.0])) / 3,
+                             rtol=1e-6)
+  assert float(jnp.abs(g["edges"][...]).max()) == 0.0
+
+
+def test_method_presets_build_their_parts():
+  c = nb201_config.get_config()
+  c.method = "drnas"
+  parts = methods.build(c, steps_per_epoch=7)
+  assert parts.relaxation.kind == "dirichlet" and parts.terms == () and parts.a_weight_decay is None
+  c.drnas.reg = "kl"
+  parts = methods.build(c, steps_per_epoch=7)
+  assert len(parts.terms) == 1 and parts.a_weight_decay == 0.0
+  c.method = "beta_darts"
+  parts = methods.build(c, steps_per_epoch=7)
+  assert parts.relaxation.kind == "softmax" and len(parts.terms) == 1
+
+
+@pytest.mark.parametrize("change,message", [
+    (dict(method="drnaz"), "method 'drnaz' is unknown; valid: darts, pc_darts, drnas"),
+    (dict(method="drnas", relaxation="gumbel"), "method drnas draws its op weights from a "
+     "dirichlet relaxation; search.relaxation must stay softmax"),
+    (dict(method="drnas", reg="l1"), "drnas.reg 'l1' is unknown; valid: l2, kl"),
+    (dict(method="beta_darts", lambda_max=-1.0), "beta_darts.lambda_max must be >= 0"),
+    (dict(method="pc_darts"), "method 'pc_darts' is not available for space nb201"),
+])
+def test_bad_method_settings_are_one_line(change, message):
+  c = nb201_config.get_config()
+  c.method = change["method"]
+  if "relaxation" in change:
+    c.search.relaxation = change["relaxation"]
+  if "reg" in change:
+    c.drnas.reg = change["reg"]
+  if "lambda_max" in change:
+    c.beta_darts.lambda_max = change["lambda_max"]
+  with pytest.raises(config_lib.ConfigError) as e:
+    config_lib.validate(c, "search")
+  assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_darts_cells_count_their_parameter_free_ops():
+  from dnas import spaces  # pylint: disable=g-import-not-at-top
+  from dnas.spaces import darts  # pylint: disable=g-import-not-at-top
+  got = spaces.get("darts").arch_metrics(darts.DARTS_V2, None)
+  assert got == {"param_free_ops_normal": 2, "param_free_ops_reduce": 8}
+
+
+NB201_TINY = ["--config.model.C=4", "--config.train.C=4", "--config.train.N=1",
+              "--config.model.primitives=('none','skip_connect','nor_conv_3x3')",
+              "--config.search.batch_size=8"]
+
+
+# One CLI search per method, the spaces alternating (each costs a compile: about 35 s on
+# 2 cores); both spaces of every method were run by hand (BUILD_NOTES.md).
+@pytest.mark.parametrize("space,method,extra,logged", [
+    ("nb201", "drnas", ["--config.drnas.reg=kl"], "drnas_kl"),
+    ("darts", "beta_darts", [], "beta_lambda"),
+])
+def test_one_epoch_search_per_method(tmp_path, space, method, extra, logged):
+  from tests import cli_helpers  # pylint: disable=g-import-not-at-top
+  config = (cli_helpers.TINY if space == "darts"
+            else f"{cli_helpers.ROOT}/dnas/configs/nb201.py")
+  small = ([cli_helpers.FAST[3]] if space == "darts" else NB201_TINY)
+  out = cli_helpers.run("dnas.search", f"--config={config}", *small, *extra,
+                        f"--config.method={method}", "--config.search.epochs=2",
+                        "--config.max_steps_per_epoch=2", f"--workdir={tmp_path}",
+                        "--progress=false")
+  assert out.returncode == 0, out.stderr[-3000:]
+  records = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert len(records) == 2 and logged in records[-1]
+  assert all(np.isfinite(r["a_loss"]) and np.isfinite(r["w_loss"]) for r in records)
+  assert (tmp_path / "genotype.json").exists()
