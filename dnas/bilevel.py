@@ -363,8 +363,9 @@ def make_phase_steps(graphdef, w_tx: optax.GradientTransformation,
   asks it for the model's keyword inputs with a key from state.rng, the step and the
   phase (0: architecture, 1: weights). `perturb(alphas, key, step, alpha_grad) ->
   alphas`, if given, is what the weight step's forward pass uses instead of the alphas
-  (SDARTS's random or adversarial perturbation; `alpha_grad(alphas)` is the gradient of
-  the weight step's loss in alpha, for adversarial ones; key from phase 2). `dtype`:
+  (SDARTS's random or adversarial perturbation, `dnas.methods.sdarts`; `alpha_grad(alphas)
+  -> (loss, d_alpha)` is the weight step's loss on its batch and its gradient in alpha,
+  for adversarial ones; key from phase 2). `dtype`:
   `make_loss_fn`. `piece`: `make_arch_grad_fn` (it also wraps the weight step's
   gradient and, with `state_update=True`, each phase's update (state, ...) -> (state,
   f32[])).
@@ -433,9 +434,11 @@ def make_phase_steps(graphdef, w_tx: optax.GradientTransformation,
   weight_update = piece(weight_update, state_update=True)
 
   def perturbed(state, batch_train, inputs):
-    return perturb(state.alphas, phase_key(state, 2), state.step,
-                   lambda a: raw_grads(state.params, a, state.batch_stats, batch_train,
-                                       inputs)[4])
+    def loss_and_alpha_grad(a):
+      loss, _, _, _, d_alpha = raw_grads(state.params, a, state.batch_stats, batch_train,
+                                         inputs)
+      return loss, d_alpha
+    return perturb(state.alphas, phase_key(state, 2), state.step, loss_and_alpha_grad)
   perturbed = piece(perturbed)
 
   def weight_step(state, batch_train):

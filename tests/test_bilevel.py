@@ -356,7 +356,7 @@ def test_weight_step_sees_the_perturbed_alphas(parts, setup):
 
   def perturb(alphas, key, step, alpha_grad):
     del key, step
-    return jax.tree.map(lambda a, g: a + eps * jnp.sign(g), alphas, alpha_grad(alphas))
+    return jax.tree.map(lambda a, g: a + eps * jnp.sign(g), alphas, alpha_grad(alphas)[1])
   _, weight_step = bilevel.make_phase_steps(graphdef, w_tx, a_tx, perturb=perturb)
   got, m_got = jax.jit(weight_step)(state, bt)
   d_alpha = jax.jit(grads)(state.params, state.alphas, state.batch_stats, bt, {})[4]

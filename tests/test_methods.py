@@ -110,6 +110,8 @@ def test_method_presets_build_their_parts():
     (dict(method="drnas", reg="l1"), "drnas.reg 'l1' is unknown; valid: l2, kl"),
     (dict(method="beta_darts", lambda_max=-1.0), "beta_darts.lambda_max must be >= 0"),
     (dict(method="pc_darts"), "method 'pc_darts' is not available for space nb201"),
+    (dict(method="sdarts_rs", relaxation="gumbel"), "method sdarts_rs perturbs softmax op "
+     "weights; search.relaxation must be softmax, got 'gumbel'"),
 ])
 def test_bad_method_settings_are_one_line(change, message):
   c = nb201_config.get_config()
@@ -142,6 +144,8 @@ NB201_TINY = ["--config.model.C=4", "--config.train.C=4", "--config.train.N=1",
 @pytest.mark.parametrize("space,method,extra,logged", [
     ("nb201", "drnas", ["--config.drnas.reg=kl"], "drnas_kl"),
     ("darts", "beta_darts", [], "beta_lambda"),
+    ("nb201", "sdarts_adv", [], "param_free_ops"),
+    ("darts", "sdarts_rs", [], "param_free_ops_reduce"),
 ])
 def test_one_epoch_search_per_method(tmp_path, space, method, extra, logged):
   from tests import cli_helpers  # pylint: disable=g-import-not-at-top
@@ -157,3 +161,52 @@ def test_one_epoch_search_per_method(tmp_path, space, method, extra, logged):
   assert len(records) == 2 and logged in records[-1]
   assert all(np.isfinite(r["a_loss"]) and np.isfinite(r["w_loss"]) for r in records)
   assert (tmp_path / "genotype.json").exists()
+
+
+def test_sdarts_clip_by_hand():
+  from dnas.methods import sdarts  # pylint: disable=g-import-not-at-top
+  got = sdarts.clip(jnp.array([[0.5, -0.2, 0.9], [-0.1, -0.3, -0.2]]))
+  np.testing.assert_allclose(got, [[0.5 / 1.4, 0.0, 0.9 / 1.4], [1.0, 0.0, 0.0]], rtol=1e-6)
+  assert float(sdarts.epsilon_at(jnp.int32(0), epsilon=0.3, epsilon_min=0.03, epochs=10,
+                                 steps_per_epoch=7)) == pytest.approx(0.03)
+  assert float(sdarts.epsilon_at(jnp.int32(35), epsilon=0.3, epsilon_min=0.03, epochs=10,
+                                 steps_per_epoch=7)) == pytest.approx(0.03 + 0.27 * 0.5)
+
+
+def _two_op_alphas():
+  class Two(nnx.Module):
+    def __init__(self):
+      self.alphas = arch.ArchParam(jnp.zeros((3, 2)))
+  return nnx.split(Two(), arch.ArchParam)[1]
+
+
+def test_sdarts_random_perturbation_stays_in_the_ball_on_the_simplex():
+  from dnas.methods import sdarts  # pylint: disable=g-import-not-at-top
+  alphas = _two_op_alphas()
+  perturb = sdarts.make_perturb("random", epsilon=0.2, epsilon_min=0.2, epochs=10,
+                                steps_per_epoch=7)
+  got = jax.nn.softmax(perturb(alphas, jax.random.key(3), jnp.int32(0), None)["alphas"][...])
+  np.testing.assert_allclose(got.sum(-1), 1.0, rtol=1e-6)
+  # Two ops: clip(0.5 + u) renormalised stays within 0.5 +- 0.2 (u in [-0.2, 0.2]).
+  assert float(jnp.abs(got - 0.5).max()) <= 0.2 + 1e-6 and float(jnp.abs(got - 0.5).max()) > 0
+
+
+def test_sdarts_adversarial_perturbation_ascends_to_the_ball_edge():
+  # A loss linear in the op weights, L = sum_e (w_e0 - w_e1): its ascent pushes op 0 up
+  # and op 1 down; 7 steps of 2 eps / 7 from any start in the ball end on its edge,
+  # p = (0.5 + eps, 0.5 - eps). A "loss" that the attack lowers is reverted.
+  from dnas.methods import sdarts  # pylint: disable=g-import-not-at-top
+  alphas = _two_op_alphas()
+  c = jnp.array([1.0, -1.0])
+
+  def alpha_grad(sign):
+    def fn(a):
+      loss = lambda a: jnp.sum(jax.nn.softmax(a["alphas"][...]) @ c)
+      return sign * loss(a), jax.grad(loss)(a)
+    return fn
+  perturb = sdarts.make_perturb("adversarial", epsilon=0.3, epsilon_min=0.3, epochs=10,
+                                steps_per_epoch=7)
+  got = perturb(alphas, jax.random.key(4), jnp.int32(0), alpha_grad(1.0))
+  np.testing.assert_allclose(jax.nn.softmax(got["alphas"][...]), [[0.8, 0.2]] * 3, atol=1e-6)
+  kept = perturb(alphas, jax.random.key(4), jnp.int32(0), alpha_grad(-1.0))
+  np.testing.assert_allclose(kept["alphas"][...], alphas["alphas"][...])

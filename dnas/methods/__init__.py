@@ -11,21 +11,26 @@ with every method.
   drnas        DrNAS (Chen et al. 2021): Dirichlet op weights (`dnas.methods.drnas`)
   beta_darts   beta-DARTS (Ye et al. 2022): the beta-decay regulariser
                (`dnas.methods.beta_darts`)
+  sdarts_rs    SDARTS-RS (Chen & Hsieh 2020): the weight step on randomly perturbed op
+               weights (`dnas.methods.sdarts`)
+  sdarts_adv   SDARTS-ADV: on adversarially perturbed op weights
 
 Each method's own settings live in the config section of its name (`config.drnas`,
-`config.beta_darts`).
+`config.beta_darts`, `config.sdarts`).
 """
 
 from collections.abc import Callable
 from typing import NamedTuple
 
 from dnas import bilevel, relaxation as relaxation_lib
-from dnas.methods import beta_darts, drnas
+from dnas.methods import beta_darts, drnas, sdarts
 
-METHODS = ("darts", "pc_darts", "drnas", "beta_darts")
+METHODS = ("darts", "pc_darts", "drnas", "beta_darts", "sdarts_rs", "sdarts_adv")
 
 # Methods whose relaxation is part of their definition; the others take search.relaxation.
 _RELAXATION = {"drnas": "dirichlet"}
+# Methods defined on softmax op weights only.
+_SOFTMAX_ONLY = ("sdarts_rs", "sdarts_adv")
 
 
 class Parts(NamedTuple):
@@ -48,7 +53,7 @@ def relaxation_kind(config) -> str:
 
 def validate(config) -> None:
   """One ConfigError line per mistake in `method` or its settings."""
-  from dnas.config import ConfigError, flatten, non_negative  # pylint: disable=g-import-not-at-top
+  from dnas.config import ConfigError, flatten, non_negative, positive  # pylint: disable=g-import-not-at-top
   method = config.method
   if method not in METHODS:
     raise ConfigError(f"method {method!r} is unknown; valid: {', '.join(METHODS)}")
@@ -57,6 +62,9 @@ def validate(config) -> None:
     raise ConfigError(f"method {method} draws its op weights from a {own} relaxation; "
                       f"search.relaxation must stay softmax (the default) or be {own}, got "
                       f"{config.search.relaxation!r}")
+  if method in _SOFTMAX_ONLY and config.search.relaxation != "softmax":
+    raise ConfigError(f"method {method} perturbs softmax op weights; search.relaxation "
+                      f"must be softmax, got {config.search.relaxation!r}")
   c = flatten(config)
   if method == "drnas":
     if config.drnas.reg not in drnas.REGULARISERS:
@@ -65,6 +73,10 @@ def validate(config) -> None:
     non_negative(c, "drnas.kl_scale")
   if method == "beta_darts":
     non_negative(c, "beta_darts.lambda_max")
+  if method in _SOFTMAX_ONLY:
+    for k in ("sdarts.epsilon", "sdarts.epsilon_min"):
+      non_negative(c, k)
+    positive(c, "sdarts.steps", int)
 
 
 def build(config, steps_per_epoch: int) -> Parts:
@@ -81,4 +93,10 @@ def build(config, steps_per_epoch: int) -> Parts:
   if config.method == "beta_darts":
     return Parts(relax, (beta_darts.beta_term(config.beta_darts.lambda_max, s.epochs,
                                               steps_per_epoch),))
+  if config.method in _SOFTMAX_ONLY:
+    d = config.sdarts
+    return Parts(relax, perturb=sdarts.make_perturb(
+        "random" if config.method == "sdarts_rs" else "adversarial", epsilon=d.epsilon,
+        epsilon_min=d.epsilon_min, epochs=s.epochs, steps_per_epoch=steps_per_epoch,
+        steps=d.steps))
   return Parts(relax)
