@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from dnas import search_lib
+from dnas.latency.table import device_stamp
 from dnas.configs import tiny
 from dnas.spaces import darts, nb201
 from tests import cli_helpers
@@ -225,8 +226,8 @@ def test_latency_profile_of_a_space_that_cannot_measure_exits_2(tmp_path):
 
 def test_latency_table_lacking_an_entry_exits_2(tmp_path):
   table = {"format": "dnas-latency-table/1", "entries": {},
-           "meta": {"backend": "cpu", "device_kind": "cpu", "batch_size": 64,
-                    "dtype": "float32", "unit": "ms", "dispatch_ms": 0.01}}
+           "meta": {**device_stamp(), "batch_size": 64, "dtype": "float32", "unit": "ms",
+                    "dispatch_ms": 0.01}}  # this machine's stamp: refused for the entry
   path = tmp_path / "table.json"
   path.write_text(json.dumps(table))
   out = _run("dnas.search", f"--config={TINY}", f"--workdir={tmp_path / 'run'}",

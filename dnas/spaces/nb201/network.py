@@ -90,14 +90,20 @@ class SearchCell(nnx.Module):
         MixedOp([make_op(p, C_in, C_out, 1, affine, track_running_stats, rngs=rngs)
                  for p in primitives], own_alpha=False) for _ in EDGES])
 
-  def __call__(self, x, weights, sampled: bool = False):
+  def __call__(self, x, weights, aux_skip=None, sampled: bool = False):
+    """`aux_skip` (f32[], optional): DARTS-'s auxiliary skip connection, aux_skip * x_j
+    added on every edge beside its mixture (all cell edges have stride 1)."""
     # Each edge on its own: vmapping a node's edges (`batched_mixed_ops`, as the DARTS
     # cell does) batches the conv kernels, and XLA:CPU's backward of such a conv was 5x
     # slower at the digits shapes (BUILD_NOTES, session 10).
     nodes = [x]
     for i in range(1, MAX_NODES):
-      nodes.append(sum(self.edges[e](nodes[j], weights[e], sampled=sampled)
-                       for e, (ii, j) in enumerate(EDGES) if ii == i))
+      inputs = [j for ii, j in EDGES if ii == i]
+      node = sum(self.edges[e](nodes[j], weights[e], sampled=sampled)
+                 for e, (ii, j) in enumerate(EDGES) if ii == i)
+      if aux_skip is not None:
+        node = node + aux_skip.astype(node.dtype) * sum(nodes[j] for j in inputs)
+      nodes.append(node)
     return nodes[-1]
 
 
@@ -148,13 +154,14 @@ class Network(nnx.Module):
     self.alphas = init_alphas(rngs.params(), (len(EDGES), len(self.primitives)))
 
   def __call__(self, x, *, arch_key: jax.Array | None = None, tau=None,
-               weights: jax.Array | None = None):
+               weights: jax.Array | None = None, aux_skip=None):
     """f32[B, H, W, C] -> f32[B, num_classes]; `arch_key` (PRNG key) and `tau` (f32[])
     draw the op weights of the sampling relaxations (gumbel: both; dirichlet: the key).
     `weights` (f32[6, K])
     replaces the op weights: with one-hot rows the supernet is one architecture's
     network, the architecture as data (evaluating a sample of architectures with shared
-    weights, training many architectures with one compiled program)."""
+    weights, training many architectures with one compiled program). `aux_skip` (f32[]):
+    DARTS-'s auxiliary skip weight on every cell edge."""
     hard = False
     if weights is not None:
       weights = jnp.asarray(weights, jnp.float32)
@@ -165,8 +172,8 @@ class Network(nnx.Module):
     x = self.stem(x)
     for cell in self.cells:
       if isinstance(cell, SearchCell):
-        x = (checkpointed_call(cell, x, weights, sampled=hard) if remat
-             else cell(x, weights, hard))
+        x = (checkpointed_call(cell, x, weights, aux_skip, sampled=hard) if remat
+             else cell(x, weights, aux_skip, hard))
       else:
         x = cell(x)
     return self.classifier(jnp.mean(jax.nn.relu(self.lastact_bn(x)), axis=(1, 2)))

@@ -102,17 +102,19 @@ def test_supernet_cell_is_the_weighted_sum_of_its_edges():
   graphdef, state = nnx.split(cell)
 
   @jax.jit
-  def both(state, x, w):
-    got = nnx.merge(graphdef, state, copy=True)(x, w)
+  def both(state, x, w, aux):
+    got = nnx.merge(graphdef, state, copy=True)(x, w, aux)
     c = nnx.merge(graphdef, state, copy=True)
     nodes = [x]
     for i in range(1, 4):
       nodes.append(sum(sum(w[e, k] * op(nodes[j]) for k, op in enumerate(c.edges[e].ops))
+                       + (0.0 if aux is None else aux * nodes[j])
                        for e, (ii, j) in enumerate(nb201.EDGES) if ii == i))
     return got, nodes[-1]
 
-  got, want = both(state, x, w)
-  chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-6)
+  for aux in (None, jnp.float32(0.7)):  # DARTS-'s auxiliary skip: + aux * x_j per edge
+    got, want = both(state, x, w, aux)
+    chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-6)
 
 
 def test_batch_norm_without_running_statistics_uses_the_batch_in_both_modes():
