@@ -356,7 +356,8 @@ def make_phase_steps(graphdef, w_tx: optax.GradientTransformation,
                      arch_loss: Callable | None = None,
                      relaxation: relaxation_lib.Relaxation = relaxation_lib.softmax(),
                      perturb: Callable | None = None, task_loss: Callable | None = None,
-                     dtype=None, piece: Callable = _identity_piece):
+                     extra_inputs: Callable | None = None, dtype=None,
+                     piece: Callable = _identity_piece):
   """The two phases as pure functions (not jitted).
 
   `hypergrad`, `arch_loss`, `task_loss`: `make_arch_grad_fn`. `relaxation`: each phase
@@ -365,7 +366,8 @@ def make_phase_steps(graphdef, w_tx: optax.GradientTransformation,
   alphas`, if given, is what the weight step's forward pass uses instead of the alphas
   (SDARTS's random or adversarial perturbation, `dnas.methods.sdarts`; `alpha_grad(alphas)
   -> (loss, d_alpha)` is the weight step's loss on its batch and its gradient in alpha,
-  for adversarial ones; key from phase 2). `dtype`:
+  for adversarial ones; key from phase 2). `extra_inputs(step) -> dict`: more keyword
+  inputs of every forward pass of both phases (DARTS-'s `aux_skip` weight). `dtype`:
   `make_loss_fn`. `piece`: `make_arch_grad_fn` (it also wraps the weight step's
   gradient and, with `state_update=True`, each phase's update (state, ...) -> (state,
   f32[])).
@@ -391,9 +393,9 @@ def make_phase_steps(graphdef, w_tx: optax.GradientTransformation,
     return jax.random.fold_in(jax.random.fold_in(state.rng, state.step), phase)
 
   def inputs_of(state, phase):
-    if not relaxation.stochastic:
-      return {}
-    return relaxation.model_inputs(phase_key(state, phase), state.step)
+    inputs = (relaxation.model_inputs(phase_key(state, phase), state.step)
+              if relaxation.stochastic else {})
+    return {**inputs, **extra_inputs(state.step)} if extra_inputs else inputs
 
   started = []
 
@@ -461,6 +463,7 @@ def make_search_steps(graphdef, w_tx: optax.GradientTransformation,
                       arch_loss: Callable | None = None,
                       relaxation: relaxation_lib.Relaxation = relaxation_lib.softmax(),
                       perturb: Callable | None = None, task_loss: Callable | None = None,
+                      extra_inputs: Callable | None = None,
                       execution: Execution = Execution()):
   """The search step (architecture step, then weight step) and its warm-up step (the
   weight step alone, for epochs before the first architecture step, such as PC-DARTS's
@@ -483,7 +486,8 @@ def make_search_steps(graphdef, w_tx: optax.GradientTransformation,
   """
   split = execution.split(hypergrad.order)
   kwargs = dict(hypergrad=hypergrad, arch_loss=arch_loss, relaxation=relaxation,
-                perturb=perturb, task_loss=task_loss, dtype=execution.dtype)
+                perturb=perturb, task_loss=task_loss, extra_inputs=extra_inputs,
+                dtype=execution.dtype)
   if split:
     arch_step, weight_step = make_phase_steps(graphdef, w_tx, a_tx,
                                               piece=split_piece(execution.shardings),

@@ -183,7 +183,7 @@ def _search(config, workdir, progress, resume, preemption):
       graphdef, w_tx, a_tx, hypergrad=hg,
       arch_loss=(bilevel.arch_loss(objective, *parts.terms) if objective or parts.terms
                  else None),
-      relaxation=parts.relaxation, perturb=parts.perturb,
+      relaxation=parts.relaxation, perturb=parts.perturb, extra_inputs=parts.extra_inputs,
       # Split: the step is a few programs jitted inside (`bilevel.split_piece`); else
       # one pure step that `flat.jit` compiles. (A split step built with jit=False ran
       # eagerly, op by op: sessions 8-9, 23 s per NAS-Bench-201 digits step.)

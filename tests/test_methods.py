@@ -110,6 +110,8 @@ def test_method_presets_build_their_parts():
     (dict(method="drnas", reg="l1"), "drnas.reg 'l1' is unknown; valid: l2, kl"),
     (dict(method="beta_darts", lambda_max=-1.0), "beta_darts.lambda_max must be >= 0"),
     (dict(method="pc_darts"), "method 'pc_darts' is not available for space nb201"),
+    (dict(method="darts_minus", decay="step"), "darts_minus.decay 'step' is unknown; valid: "
+     "linear, cosine"),
     (dict(method="sdarts_rs", relaxation="gumbel"), "method sdarts_rs perturbs softmax op "
      "weights; search.relaxation must be softmax, got 'gumbel'"),
 ])
@@ -120,6 +122,8 @@ def test_bad_method_settings_are_one_line(change, message):
     c.search.relaxation = change["relaxation"]
   if "reg" in change:
     c.drnas.reg = change["reg"]
+  if "decay" in change:
+    c.darts_minus.decay = change["decay"]
   if "lambda_max" in change:
     c.beta_darts.lambda_max = change["lambda_max"]
   with pytest.raises(config_lib.ConfigError) as e:
@@ -146,6 +150,7 @@ NB201_TINY = ["--config.model.C=4", "--config.train.C=4", "--config.train.N=1",
     ("darts", "beta_darts", [], "beta_lambda"),
     ("nb201", "sdarts_adv", [], "param_free_ops"),
     ("darts", "sdarts_rs", [], "param_free_ops_reduce"),
+    ("nb201", "darts_minus", [], "param_free_ops"),
 ])
 def test_one_epoch_search_per_method(tmp_path, space, method, extra, logged):
   from tests import cli_helpers  # pylint: disable=g-import-not-at-top
@@ -210,3 +215,41 @@ def test_sdarts_adversarial_perturbation_ascends_to_the_ball_edge():
   np.testing.assert_allclose(jax.nn.softmax(got["alphas"][...]), [[0.8, 0.2]] * 3, atol=1e-6)
   kept = perturb(alphas, jax.random.key(4), jnp.int32(0), alpha_grad(-1.0))
   np.testing.assert_allclose(kept["alphas"][...], alphas["alphas"][...])
+
+
+def test_darts_minus_beta_schedules_by_hand():
+  from dnas.methods import darts_minus  # pylint: disable=g-import-not-at-top
+  at = lambda step, decay: float(darts_minus.beta_at(
+      jnp.int32(step), beta=1.0, decay=decay, epochs=50, steps_per_epoch=7))
+  assert at(0, "linear") == pytest.approx(1.0) and at(6, "linear") == pytest.approx(1.0)
+  assert at(7 * 49, "linear") == pytest.approx(1 / 50)  # the official last epoch: 0.02
+  assert at(7 * 25, "cosine") == pytest.approx(0.5) and at(0, "cosine") == pytest.approx(1.0)
+
+
+def test_darts_reduction_cell_adds_the_auxiliary_skips():
+  # node i = sum_j MixedOp_j(s_j) + beta * sum_j aux_j(s_j), aux a FactorizedReduce on the
+  # stride-2 edges (j < 2) of a reduction cell and the identity on the others.
+  from dnas.spaces.darts.search import Cell  # pylint: disable=g-import-not-at-top
+  prims = ("none", "skip_connect", "sep_conv_3x3")
+  cell = Cell(2, 2, 4, 4, 4, True, False, prims, auxiliary_skip=True, rngs=nnx.Rngs(0))
+  rng = np.random.default_rng()
+  s0, s1 = (jnp.asarray(rng.standard_normal((2, 6, 6, 4)), jnp.float32) for _ in range(2))
+  w = jax.nn.softmax(jnp.asarray(rng.standard_normal((5, 3)), jnp.float32))
+  graphdef, state = nnx.split(cell)
+
+  @jax.jit
+  def both(state, beta):
+    got = nnx.merge(graphdef, state, copy=True)(s0, s1, w, None, beta)
+    c = nnx.merge(graphdef, state, copy=True)
+    states, offset = [c.preprocess0(s0), c.preprocess1(s1)], 0
+    for _ in range(2):
+      n = len(states)
+      node = sum(c.ops[offset + j](states[j], w[offset + j]) for j in range(n))
+      aux = sum((c.aux_reduce[j](x) if j < 2 else x) for j, x in enumerate(states))
+      states.append(node + beta * aux)
+      offset += n
+    return got, jnp.concatenate(states[-2:], axis=-1)
+
+  got, want = both(state, jnp.float32(0.6))
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  assert len(cell.aux_reduce) == 2

@@ -25,7 +25,8 @@ def get_config():
   # The search method (`dnas.methods`): "darts"; "pc_darts" (Xu et al. 2020: each edge
   # mixes 1/model.pc_k of the channels, edge-normalisation weights beta decide the
   # edges); "drnas" (Dirichlet op weights); "beta_darts" (the beta-decay regulariser);
-  # "sdarts_rs", "sdarts_adv" (the weight step on perturbed op weights).
+  # "sdarts_rs", "sdarts_adv" (the weight step on perturbed op weights); "darts_minus"
+  # (a decaying auxiliary skip on every edge).
   c.method = "darts"
   c.max_steps_per_epoch = 0  # 0: whole epochs; >0 caps steps per epoch (tests, smoke runs)
   # data.workers: Grain worker processes reading and augmenting (0: in the main process;
@@ -66,6 +67,9 @@ def get_config():
   # SDARTS (xiangning-chen/SmoothDARTS): the perturbation's radius grows by epoch from
   # epsilon_min to epsilon; ADV takes `steps` projected-gradient steps of 2 epsilon / steps.
   c.sdarts = dict(epsilon=0.3, epsilon_min=0.03, steps=7)
+  # DARTS- (Meituan-AutoML/DARTS-): the auxiliary skip's weight, beta at the first epoch,
+  # decaying "linear" (the official run) or "cosine" towards 0 over the search.
+  c.darts_minus = dict(beta=1.0, decay="linear")
   # Retraining the found architecture from scratch (reference train.py).
   c.train = dict(network="cifar", C=36, layers=20, epochs=600, batch_size=96, lr=0.025,
                  lr_min=0.0, momentum=0.9, nesterov=False, weight_decay=3e-4, grad_clip=5.0,

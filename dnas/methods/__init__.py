@@ -14,18 +14,21 @@ with every method.
   sdarts_rs    SDARTS-RS (Chen & Hsieh 2020): the weight step on randomly perturbed op
                weights (`dnas.methods.sdarts`)
   sdarts_adv   SDARTS-ADV: on adversarially perturbed op weights
+  darts_minus  DARTS- (Chu et al. 2021): an auxiliary skip on every edge whose weight
+               decays over the search (`dnas.methods.darts_minus`)
 
 Each method's own settings live in the config section of its name (`config.drnas`,
-`config.beta_darts`, `config.sdarts`).
+`config.beta_darts`, `config.sdarts`, `config.darts_minus`).
 """
 
 from collections.abc import Callable
 from typing import NamedTuple
 
 from dnas import bilevel, relaxation as relaxation_lib
-from dnas.methods import beta_darts, drnas, sdarts
+from dnas.methods import beta_darts, darts_minus, drnas, sdarts
 
-METHODS = ("darts", "pc_darts", "drnas", "beta_darts", "sdarts_rs", "sdarts_adv")
+METHODS = ("darts", "pc_darts", "drnas", "beta_darts", "sdarts_rs", "sdarts_adv",
+           "darts_minus")
 
 # Methods whose relaxation is part of their definition; the others take search.relaxation.
 _RELAXATION = {"drnas": "dirichlet"}
@@ -40,11 +43,13 @@ class Parts(NamedTuple):
   terms: additive architecture-loss terms `(alphas, step) -> (f32[], metrics)`.
   perturb: the weight step's architecture weights (`bilevel.make_phase_steps`), or None.
   a_weight_decay: the architecture optimiser's weight decay (None: search.a_weight_decay).
+  extra_inputs: step -> more keyword inputs of the supernet in every pass, or None.
   """
   relaxation: relaxation_lib.Relaxation
   terms: tuple[Callable, ...] = ()
   perturb: Callable | None = None
   a_weight_decay: float | None = None
+  extra_inputs: Callable | None = None
 
 
 def relaxation_kind(config) -> str:
@@ -73,6 +78,11 @@ def validate(config) -> None:
     non_negative(c, "drnas.kl_scale")
   if method == "beta_darts":
     non_negative(c, "beta_darts.lambda_max")
+  if method == "darts_minus":
+    non_negative(c, "darts_minus.beta")
+    if config.darts_minus.decay not in darts_minus.DECAYS:
+      raise ConfigError(f"darts_minus.decay {config.darts_minus.decay!r} is unknown; valid: "
+                        f"{', '.join(darts_minus.DECAYS)}")
   if method in _SOFTMAX_ONLY:
     for k in ("sdarts.epsilon", "sdarts.epsilon_min"):
       non_negative(c, k)
@@ -99,4 +109,8 @@ def build(config, steps_per_epoch: int) -> Parts:
         "random" if config.method == "sdarts_rs" else "adversarial", epsilon=d.epsilon,
         epsilon_min=d.epsilon_min, epochs=s.epochs, steps_per_epoch=steps_per_epoch,
         steps=d.steps))
+  if config.method == "darts_minus":
+    d = config.darts_minus
+    return Parts(relax, extra_inputs=darts_minus.make_inputs(
+        beta=d.beta, decay=d.decay, epochs=s.epochs, steps_per_epoch=steps_per_epoch))
   return Parts(relax)

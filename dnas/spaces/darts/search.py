@@ -43,12 +43,14 @@ class Cell(nnx.Module):
   f32[N, H', W', multiplier * C], H' = H / 2 in a reduction cell.
 
   `partial_channels` K > 1: every edge is a `PartialMixedOp` whose ops see C / K
-  channels (PC-DARTS); C must be divisible by K.
+  channels (PC-DARTS); C must be divisible by K. `auxiliary_skip`: DARTS-'s auxiliary skip
+  connection on every edge (identity; on a reduction cell's stride-2 edges an affine-free
+  FactorizedReduce of its own), added with the weight `aux_skip` of the call.
   """
 
   def __init__(self, steps: int, multiplier: int, C_prev_prev: int, C_prev: int, C: int,
                reduction: bool, reduction_prev: bool, primitives=PRIMITIVES, *,
-               partial_channels: int = 1, rngs: nnx.Rngs):
+               partial_channels: int = 1, auxiliary_skip: bool = False, rngs: nnx.Rngs):
     self.steps, self.multiplier, self.reduction = steps, multiplier, reduction
     if reduction_prev:
       self.preprocess0 = FactorizedReduce(C_prev_prev, C, affine=False, rngs=rngs)
@@ -66,8 +68,16 @@ class Cell(nnx.Module):
           candidates = [search_op(p, C, stride, rngs) for p in primitives]
           ops.append(MixedOp(candidates, own_alpha=False))
     self.ops = nnx.List(ops)
+    # The official code gives each stride-2 edge its own FactorizedReduce.
+    self.aux_reduce = nnx.List(
+        [FactorizedReduce(C, C, affine=False, rngs=rngs) for _ in range(2)]
+        if auxiliary_skip and reduction else [])
+    self.auxiliary_skip = auxiliary_skip
 
-  def __call__(self, s0, s1, weights, edge_weights=None, sampled: bool = False):
+  def _aux(self, j: int, x):
+    return self.aux_reduce[j](x) if self.reduction and j < 2 else x
+
+  def __call__(self, s0, s1, weights, edge_weights=None, aux_skip=None, sampled: bool = False):
     # Each node feeds 8 ops per later edge: keep it (and its gradient) one buffer.
     states = [fusion_barrier(self.preprocess0(s0)), fusion_barrier(self.preprocess1(s1))]
     offset = 0
@@ -80,7 +90,7 @@ class Cell(nnx.Module):
                                                        sampled=True))
                 for j in range(n))
         offset += n
-        states.append(fusion_barrier(s))
+        states.append(fusion_barrier(self._with_aux(s, states, aux_skip)))
         continue
       # Edges of one stride have identical ops and shapes: run each group as one body.
       groups = [range(2), range(2, n)] if self.reduction else [range(n)]
@@ -90,8 +100,16 @@ class Cell(nnx.Module):
                                 else edge_weights[offset + g[0]:offset + g[-1] + 1])
               for g in groups if len(g))
       offset += n
-      states.append(fusion_barrier(s))
+      states.append(fusion_barrier(self._with_aux(s, states, aux_skip)))
     return jnp.concatenate(states[-self.multiplier:], axis=-1)
+
+  def _with_aux(self, s, states, aux_skip):
+    """s + aux_skip * sum_j aux_j(state_j) over the node's inputs (DARTS-), or s."""
+    if aux_skip is None:
+      return s
+    if not self.auxiliary_skip:
+      raise ValueError("aux_skip needs a supernet built with auxiliary_skip=True")
+    return s + aux_skip.astype(s.dtype) * sum(self._aux(j, x) for j, x in enumerate(states))
 
 
 class Network(nnx.Module):
@@ -117,6 +135,8 @@ class Network(nnx.Module):
       Dirichlet sample per cell type and call: DrNAS) or "sigmoid" (FairDARTS). Called
       without a key (evaluation), gumbel mixes with softmax(alpha), dirichlet with the
       Dirichlet's mean.
+    auxiliary_skip: DARTS-'s auxiliary skip connection on every edge (`Cell`), weighted
+      by the call's `aux_skip`.
     remat: recompute each cell's activations in the backward pass (`jax.checkpoint`)
       instead of keeping them: less memory for one more forward pass. Also on while
       tracing inside `dnas.autodiff.rematerialize()`.
@@ -129,7 +149,8 @@ class Network(nnx.Module):
                multiplier: int = 4, stem_multiplier: int = 3, *, in_channels: int = 3,
                primitives=PRIMITIVES, partial_channels: int = 1,
                edge_normalization: bool = False, relaxation: str = "softmax",
-               gumbel_hard: bool = False, remat: bool = False, rngs: nnx.Rngs):
+               gumbel_hard: bool = False, auxiliary_skip: bool = False, remat: bool = False,
+               rngs: nnx.Rngs):
     for name, v in dict(C=C, num_classes=num_classes, layers=layers, steps=steps,
                         multiplier=multiplier, stem_multiplier=stem_multiplier,
                         partial_channels=partial_channels).items():
@@ -158,7 +179,8 @@ class Network(nnx.Module):
       if reduction:
         C_curr *= 2
       cells.append(Cell(steps, multiplier, C_prev_prev, C_prev, C_curr, reduction,
-                        reduction_prev, self.primitives, partial_channels=K, rngs=rngs))
+                        reduction_prev, self.primitives, partial_channels=K,
+                        auxiliary_skip=auxiliary_skip, rngs=rngs))
       reduction_prev = reduction
       C_prev_prev, C_prev = C_prev, multiplier * C_curr
     self.cells = nnx.List(cells)
@@ -177,9 +199,10 @@ class Network(nnx.Module):
     return (node_softmax(self.betas_normal[...], self.steps),
             node_softmax(self.betas_reduce[...], self.steps))
 
-  def __call__(self, x, *, arch_key: jax.Array | None = None, tau=None):
+  def __call__(self, x, *, arch_key: jax.Array | None = None, tau=None, aux_skip=None):
     """f32[N, H, W, C] -> f32[N, num_classes]; `arch_key` (PRNG key) and `tau` (f32[])
-    draw the op weights of the sampling relaxations (gumbel: both; dirichlet: the key)."""
+    draw the op weights of the sampling relaxations (gumbel: both; dirichlet: the key);
+    `aux_skip` (f32[]) weighs DARTS-'s auxiliary skips (built with auxiliary_skip)."""
     s0 = s1 = self.stem(x)
     k_normal = k_reduce = None
     if arch_key is not None:
@@ -193,8 +216,8 @@ class Network(nnx.Module):
     remat = self.remat or autodiff.remat_requested()
     for cell in self.cells:
       w, e = (w_reduce, e_reduce) if cell.reduction else (w_normal, e_normal)
-      s0, s1 = s1, (checkpointed_call(cell, s0, s1, w, e, sampled=hard) if remat
-                    else cell(s0, s1, w, e, hard))
+      s0, s1 = s1, (checkpointed_call(cell, s0, s1, w, e, aux_skip, sampled=hard) if remat
+                    else cell(s0, s1, w, e, aux_skip, hard))
     return self.classifier(jnp.mean(s1, axis=(1, 2)))
 
   def arch_parameters(self) -> tuple[ArchParam, ...]:

@@ -53,8 +53,8 @@ class DartsSpace:
     return Network(m.C, info.num_classes, m.layers, m.steps, m.multiplier, m.stem_multiplier,
                    in_channels=info.image_shape[-1], primitives=tuple(m.primitives),
                    partial_channels=m.pc_k if pc else 1, edge_normalization=pc,
-                   relaxation=methods.relaxation_kind(config), gumbel_hard=s.gumbel_hard, remat=m.remat,
-                   rngs=rngs)
+                   relaxation=methods.relaxation_kind(config), gumbel_hard=s.gumbel_hard,
+                   auxiliary_skip=config.method == "darts_minus", remat=m.remat, rngs=rngs)
 
   def derive(self, alphas, config) -> genotypes.Genotype:
     """DARTS Sec. 2.4 (PC-DARTS's edge logits take part when present)."""
