@@ -240,7 +240,8 @@ def _search(config, workdir, progress, resume, preemption):
       meta["alphas"].setdefault(group, []).append(weights.tolist())
       run.summaries.op_weights(run.done, group, weights, ops)
     record["genotype"] = space.to_dict(arch)
-    facts = space.arch_metrics(arch, config) if hasattr(space, "arch_metrics") else {}
+    facts = (space.arch_metrics(arch, config, alphas) if hasattr(space, "arch_metrics")
+             else {})
     record.update(facts)
     if latency:  # the derived network's latency on the table's device
       record["predicted_latency_ms"] = latency[1].predict(arch)

@@ -112,6 +112,8 @@ def test_method_presets_build_their_parts():
     (dict(method="pc_darts"), "method 'pc_darts' is not available for space nb201"),
     (dict(method="darts_minus", decay="step"), "darts_minus.decay 'step' is unknown; valid: "
      "linear, cosine"),
+    (dict(method="fair_darts", threshold=1.5), "fair_darts.threshold must be in (0, 1), "
+     "got 1.5"),
     (dict(method="sdarts_rs", relaxation="gumbel"), "method sdarts_rs perturbs softmax op "
      "weights; search.relaxation must be softmax, got 'gumbel'"),
 ])
@@ -122,6 +124,8 @@ def test_bad_method_settings_are_one_line(change, message):
     c.search.relaxation = change["relaxation"]
   if "reg" in change:
     c.drnas.reg = change["reg"]
+  if "threshold" in change:
+    c.fair_darts.threshold = change["threshold"]
   if "decay" in change:
     c.darts_minus.decay = change["decay"]
   if "lambda_max" in change:
@@ -151,6 +155,7 @@ NB201_TINY = ["--config.model.C=4", "--config.train.C=4", "--config.train.N=1",
     ("nb201", "sdarts_adv", [], "param_free_ops"),
     ("darts", "sdarts_rs", [], "param_free_ops_reduce"),
     ("nb201", "darts_minus", [], "param_free_ops"),
+    ("darts", "fair_darts", [], "fair_below_threshold"),
 ])
 def test_one_epoch_search_per_method(tmp_path, space, method, extra, logged):
   from tests import cli_helpers  # pylint: disable=g-import-not-at-top
@@ -253,3 +258,26 @@ def test_darts_reduction_cell_adds_the_auxiliary_skips():
   got, want = both(state, jnp.float32(0.6))
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
   assert len(cell.aux_reduce) == 2
+
+
+def test_fair_darts_zero_one_loss_by_hand():
+  from dnas.methods import fair_darts  # pylint: disable=g-import-not-at-top
+  sig = 1 / (1 + np.exp(-np.array([0.0, 1.0, 2.0, 1.0, 1.0, 1.0, 3.0, 0.0, 0.0])))
+  want = -np.mean((sig - 0.5) ** 2)
+  assert float(fair_darts.zero_one_loss(_alphas())) == pytest.approx(want, rel=1e-6)
+  value, metrics = fair_darts.zero_one_term(10.0)(_alphas(), jnp.int32(3))
+  assert float(value) == pytest.approx(10 * want, rel=1e-6)
+  assert float(metrics["zero_one_loss"]) == pytest.approx(want, rel=1e-6)
+
+
+def test_fair_darts_ranks_edges_by_sigmoid_weights():
+  # Node 3's three inputs: by softmax the rows of inputs 2 (0.98) and 1 (0.95) lead, the
+  # row of input 0 shares its weight between two strong ops (0.50 each); by sigmoid,
+  # whose ops do not compete, input 0 (0.994) and input 2 (0.982) lead.
+  from dnas.spaces import darts  # pylint: disable=g-import-not-at-top
+  prims = ("none", "skip_connect", "sep_conv_3x3")
+  a = np.array([[0, 2, 0], [0, 0, 2], [0, 5, 5.1], [0, 3, -10], [0, 4, -10]], np.float64)
+  soft = darts.derive_genotype(a, a, steps=2, multiplier=2, primitives=prims)
+  sig = darts.derive_genotype(a, a, steps=2, multiplier=2, primitives=prims, weights="sigmoid")
+  assert sorted(soft.normal[2:]) == [("skip_connect", 1), ("skip_connect", 2)]
+  assert sorted(sig.normal[2:]) == [("sep_conv_3x3", 0), ("skip_connect", 2)]

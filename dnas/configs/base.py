@@ -26,7 +26,8 @@ def get_config():
   # mixes 1/model.pc_k of the channels, edge-normalisation weights beta decide the
   # edges); "drnas" (Dirichlet op weights); "beta_darts" (the beta-decay regulariser);
   # "sdarts_rs", "sdarts_adv" (the weight step on perturbed op weights); "darts_minus"
-  # (a decaying auxiliary skip on every edge).
+  # (a decaying auxiliary skip on every edge); "fair_darts" (sigmoid op weights, the
+  # zero-one loss).
   c.method = "darts"
   c.max_steps_per_epoch = 0  # 0: whole epochs; >0 caps steps per epoch (tests, smoke runs)
   # data.workers: Grain worker processes reading and augmenting (0: in the main process;
@@ -70,6 +71,9 @@ def get_config():
   # DARTS- (Meituan-AutoML/DARTS-): the auxiliary skip's weight, beta at the first epoch,
   # decaying "linear" (the official run) or "cosine" towards 0 over the search.
   c.darts_minus = dict(beta=1.0, decay="linear")
+  # FairDARTS (xiaomi-automl/FairDARTS): the zero-one loss's weight, and the sigmoid weight
+  # an op of the derived cell should reach (reported: dnas's cells keep two edges a node).
+  c.fair_darts = dict(zero_one_weight=10.0, threshold=0.85)
   # Retraining the found architecture from scratch (reference train.py).
   c.train = dict(network="cifar", C=36, layers=20, epochs=600, batch_size=96, lr=0.025,
                  lr_min=0.0, momentum=0.9, nesterov=False, weight_decay=3e-4, grad_clip=5.0,

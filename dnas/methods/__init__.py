@@ -16,22 +16,25 @@ with every method.
   sdarts_adv   SDARTS-ADV: on adversarially perturbed op weights
   darts_minus  DARTS- (Chu et al. 2021): an auxiliary skip on every edge whose weight
                decays over the search (`dnas.methods.darts_minus`)
+  fair_darts   FairDARTS (Chu et al. 2020): sigmoid op weights and the zero-one loss
+               (`dnas.methods.fair_darts`)
 
 Each method's own settings live in the config section of its name (`config.drnas`,
-`config.beta_darts`, `config.sdarts`, `config.darts_minus`).
+`config.beta_darts`, `config.sdarts`, `config.darts_minus`,
+`config.fair_darts`).
 """
 
 from collections.abc import Callable
 from typing import NamedTuple
 
 from dnas import bilevel, relaxation as relaxation_lib
-from dnas.methods import beta_darts, darts_minus, drnas, sdarts
+from dnas.methods import beta_darts, darts_minus, drnas, fair_darts, sdarts
 
 METHODS = ("darts", "pc_darts", "drnas", "beta_darts", "sdarts_rs", "sdarts_adv",
-           "darts_minus")
+           "darts_minus", "fair_darts")
 
 # Methods whose relaxation is part of their definition; the others take search.relaxation.
-_RELAXATION = {"drnas": "dirichlet"}
+_RELAXATION = {"drnas": "dirichlet", "fair_darts": "sigmoid"}
 # Methods defined on softmax op weights only.
 _SOFTMAX_ONLY = ("sdarts_rs", "sdarts_adv")
 
@@ -78,6 +81,11 @@ def validate(config) -> None:
     non_negative(c, "drnas.kl_scale")
   if method == "beta_darts":
     non_negative(c, "beta_darts.lambda_max")
+  if method == "fair_darts":
+    non_negative(c, "fair_darts.zero_one_weight")
+    if not 0 < config.fair_darts.threshold < 1:
+      raise ConfigError(f"fair_darts.threshold must be in (0, 1), got "
+                        f"{config.fair_darts.threshold!r}")
   if method == "darts_minus":
     non_negative(c, "darts_minus.beta")
     if config.darts_minus.decay not in darts_minus.DECAYS:
@@ -109,6 +117,8 @@ def build(config, steps_per_epoch: int) -> Parts:
         "random" if config.method == "sdarts_rs" else "adversarial", epsilon=d.epsilon,
         epsilon_min=d.epsilon_min, epochs=s.epochs, steps_per_epoch=steps_per_epoch,
         steps=d.steps))
+  if config.method == "fair_darts":
+    return Parts(relax, (fair_darts.zero_one_term(config.fair_darts.zero_one_weight),))
   if config.method == "darts_minus":
     d = config.darts_minus
     return Parts(relax, extra_inputs=darts_minus.make_inputs(

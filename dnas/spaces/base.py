@@ -60,8 +60,9 @@ class SearchSpace(Protocol):
   def draw(self, arch, path_prefix: str) -> list[str]:
     """Writes drawings of the architecture; returns their paths ([] when it has none)."""
 
-  # Optional: `arch_metrics(arch, config) -> dict` of numbers logged with each epoch's
-  # derived architecture (NAS-Bench-201: its parameter-free ops, benchmark accuracies).
+  # Optional: `arch_metrics(arch, config, alphas) -> dict` of numbers logged with each
+  # epoch's derived architecture (its parameter-free ops; NAS-Bench-201's benchmark
+  # accuracies).
 
   # Latency-aware search (optional; `dnas.latency`):
 

@@ -135,7 +135,7 @@ def _parse(weights: np.ndarray, steps: int, primitives: Sequence[str]) -> list[t
 
 def derive_genotype(alphas_normal, alphas_reduce, *, steps: int = 4, multiplier: int = 4,
                     primitives: Sequence[str] = PRIMITIVES, betas_normal=None,
-                    betas_reduce=None) -> Genotype:
+                    betas_reduce=None, weights: str = "softmax") -> Genotype:
   """Discretises the supernet (reference `Network.genotype()`).
 
   Args:
@@ -143,6 +143,8 @@ def derive_genotype(alphas_normal, alphas_reduce, *, steps: int = 4, multiplier:
     betas_normal, betas_reduce: optional f32[E] PC-DARTS edge logits; the rule then
       ranks edges by softmax(alpha) times each node's softmax of beta (reference
       PC-DARTS `genotype()`). The op on a kept edge is unchanged by the edge weight.
+    weights: how the logits become the op weights that rank edges and ops: "softmax"
+      (DARTS) or "sigmoid" (FairDARTS, whose ops do not share one unit of weight).
 
   Returns:
     The Genotype; both cells concatenate the last `multiplier` nodes.
@@ -157,6 +159,9 @@ def derive_genotype(alphas_normal, alphas_reduce, *, steps: int = 4, multiplier:
     starts = np.cumsum([0] + [i + 2 for i in range(steps)])
     return np.concatenate([softmax(b[s:e]) for s, e in zip(starts[:-1], starts[1:])])
 
+  if weights not in ("softmax", "sigmoid"):
+    raise ValueError(f"weights {weights!r} is unknown; valid: softmax, sigmoid")
+  weights_kind = weights
   E = sum(i + 2 for i in range(steps))
   for name, a in (("alphas_normal", alphas_normal), ("alphas_reduce", alphas_reduce)):
     if np.shape(a) != (E, len(primitives)):
@@ -164,7 +169,8 @@ def derive_genotype(alphas_normal, alphas_reduce, *, steps: int = 4, multiplier:
   weights = {}
   for cell, a, b in (("normal", alphas_normal, betas_normal),
                      ("reduce", alphas_reduce, betas_reduce)):
-    weights[cell] = softmax(a)
+    weights[cell] = (softmax(a) if weights_kind == "softmax"
+                     else 1 / (1 + np.exp(-np.asarray(a, np.float64))))
     if b is not None:
       if np.shape(b) != (E,):
         raise ValueError(f"betas_{cell} has shape {np.shape(b)}, expected {(E,)}")

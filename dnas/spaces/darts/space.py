@@ -62,19 +62,30 @@ class DartsSpace:
     return genotypes.derive_genotype(
         _get(alphas, "alphas_normal"), _get(alphas, "alphas_reduce"), steps=m.steps,
         multiplier=m.multiplier, primitives=tuple(m.primitives),
-        betas_normal=_get(alphas, "betas_normal"), betas_reduce=_get(alphas, "betas_reduce"))
+        betas_normal=_get(alphas, "betas_normal"), betas_reduce=_get(alphas, "betas_reduce"),
+        weights="sigmoid" if methods.relaxation_kind(config) == "sigmoid" else "softmax")
 
   def alpha_groups(self, alphas, config):
     ops = tuple(config.model.primitives)
     return {kind: (_get(alphas, f"alphas_{kind}"), ops) for kind in ("normal", "reduce")}
 
-  def arch_metrics(self, arch: genotypes.Genotype, config) -> dict:
+  def arch_metrics(self, arch: genotypes.Genotype, config, alphas=None) -> dict:
     """The derived cells' parameter-free ops (skip connections, pooling; of 2 * steps
-    each): what DARTS's collapse piles up."""
-    del config
+    each): what DARTS's collapse piles up. FairDARTS (with `alphas`): how many chosen ops
+    have a sigmoid weight below `fair_darts.threshold` (its rule would drop them)."""
     free = ("none", "skip_connect", "max_pool_3x3", "avg_pool_3x3")
-    return {f"param_free_ops_{cell}": sum(op in free for op, _ in getattr(arch, cell))
-            for cell in ("normal", "reduce")}
+    out = {f"param_free_ops_{cell}": sum(op in free for op, _ in getattr(arch, cell))
+           for cell in ("normal", "reduce")}
+    if config is not None and config.method == "fair_darts" and alphas is not None:
+      ops = tuple(config.model.primitives)
+      starts = np.cumsum([0] + [i + 2 for i in range(config.model.steps)])
+      below = 0
+      for cell in ("normal", "reduce"):
+        sig = 1 / (1 + np.exp(-np.asarray(_get(alphas, f"alphas_{cell}"), np.float64)))
+        for k, (op, j) in enumerate(getattr(arch, cell)):
+          below += sig[starts[k // 2] + j, ops.index(op)] < config.fair_darts.threshold
+      out["fair_below_threshold"] = int(below)
+    return out
 
   def to_dict(self, arch: genotypes.Genotype) -> dict:
     return arch.to_dict()

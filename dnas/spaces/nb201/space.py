@@ -71,10 +71,11 @@ class NB201Space:
   def alpha_groups(self, alphas, config):
     return {"cell": (np.asarray(alphas["alphas"].get_value()), tuple(config.model.primitives))}
 
-  def arch_metrics(self, arch: Structure, config) -> dict:
+  def arch_metrics(self, arch: Structure, config, alphas=None) -> dict:
     """Per-epoch facts about the derived architecture: its parameter-free ops and, with
     `nb201.benchmark`, its 200-epoch test accuracies (%) in NAS-Bench-201, as the
     reference's search scripts log them."""
+    del alphas
     out = {"param_free_ops": arch.parameter_free_ops()}
     path = _benchmark_path(config)
     if path:
