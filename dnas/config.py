@@ -78,6 +78,11 @@ def validate(config, mode: str) -> None:
       raise ConfigError(f"search.selection {c['search.selection']!r} is unknown; valid: "
                         f"{', '.join(selection.SELECTIONS)}")
     methods.validate(config)
+    non_negative(c, "search.hessian_every")
+    positive(c, "search.hessian_iters", int)
+    if c["search.early_stop"] and not c["search.hessian_every"]:
+      raise ConfigError("search.early_stop (DARTS-ES) needs search.hessian_every > 0: it "
+                        "stops on the Hessian's eigenvalue")
     non_negative(c, "search.arch_start_epoch")
     if c["search.arch_start_epoch"] >= c["search.epochs"]:
       raise ConfigError(f"search.arch_start_epoch ({c['search.arch_start_epoch']}) must be < "

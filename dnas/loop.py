@@ -268,6 +268,8 @@ class EpochLoop:
         asynchronously; metrics a flat dict of device scalars.
       end_epoch(state, epoch, means) -> record: the epoch's record (its mean step
         metrics in `means`), before the checkpoint; it may write TensorBoard events.
+        A record with "stop": true ends the run after this epoch (DARTS-ES); a resumed
+        run that had stopped does no more epochs.
       written(record): called on the primary process after the epoch's checkpoint and
         metric line are written (e.g. to write the derived architecture).
     """
@@ -294,7 +296,7 @@ class EpochLoop:
 
     first = True
     try:
-      for epoch in range(meta["epoch"], self.epochs):
+      for epoch in range(meta["epoch"], self.epochs if not meta.get("stopped") else 0):
         inputs = batches(epoch, meta["batch"])
         for i in range(meta["batch"], self.steps_per_epoch):
           if first:
@@ -322,6 +324,8 @@ class EpochLoop:
         record.setdefault("wall_time", self.elapsed())
         meta["records"].append(record)
         meta.update(epoch=epoch + 1, batch=0, sums={})
+        if record.get("stop"):
+          meta["stopped"] = True
         self.summaries.scalars(self.done, record, self.name)
         self.summaries.flush()  # on disk before the checkpoint that a resumed run purges after
         self.save(state)
@@ -329,6 +333,8 @@ class EpochLoop:
           write_jsonl(self.metrics_path, meta["records"])
           if written is not None:
             written(record)
+        if meta.get("stopped"):
+          break
         if self.preemption.requested and epoch + 1 < self.epochs:
           raise self._preempted()
     finally:

@@ -12,8 +12,8 @@ import numpy as np
 import tqdm
 from flax import nnx
 
-from dnas import (bilevel, config as config_lib, cpu, hypergrad, latency as latency_lib, loop,
-                  methods, parallel, plotting, selection, spaces, utils)
+from dnas import (bilevel, config as config_lib, cpu, hessian, hypergrad, latency as latency_lib,
+                  loop, methods, parallel, plotting, selection, spaces, utils)
 from dnas.checkpoint import Checkpointer
 from dnas.data.pipeline import (auto_workers, get_dataset, make_augment, make_batches,
                                 search_splits)
@@ -227,6 +227,29 @@ def _search(config, workdir, progress, resume, preemption):
         state.params, state.alphas, state.batch_stats, parallel.put_batch(b, mesh))),
                     make(a_src, seed=0, epoch=0, train=False))
 
+  # RobustDARTS's signal: the Hessian's largest eigenvalue in alpha of the loss on one
+  # fixed batch of the architecture split (the same batch every time: a trajectory).
+  eigenvalue = s.hessian_every and hessian.make_eigenvalue_fn(
+      bilevel.make_loss_fn(graphdef, dtype), s.hessian_iters)
+  eigen_batch = []
+
+  def hessian_facts(state, epoch, record):
+    if not eigenvalue or (epoch + 1) % s.hessian_every:
+      return
+    if not eigen_batch:
+      eigen_batch.append(parallel.put_batch(next(iter(make(a_src, seed=0, epoch=0,
+                                                             train=False))), mesh))
+    record["hessian_max_eig"] = float(eigenvalue(state, eigen_batch[0],
+                                                 jax.random.key(epoch)))
+    if s.early_stop:  # DARTS-ES: back to the epoch before the eigenvalue took off
+      past = [r for r in meta["records"] if "hessian_max_eig" in r] + [record]
+      stop = hessian.early_stop_epoch([r["epoch"] for r in past],
+                                      [r["hessian_max_eig"] for r in past])
+      if stop is not None:
+        record.update(early_stop_epoch=stop, stop=True)
+        tqdm.tqdm.write(f"DARTS-ES: the Hessian's eigenvalue grew by more than 1.3x; "
+                        f"stopping, with the architecture of epoch {stop}")
+
   def end_epoch(leaves, epoch, means):
     state = flat.tree(leaves)
     valid_loss, valid_acc = evaluate_state(state)
@@ -240,6 +263,7 @@ def _search(config, workdir, progress, resume, preemption):
       meta["alphas"].setdefault(group, []).append(weights.tolist())
       run.summaries.op_weights(run.done, group, weights, ops)
     record["genotype"] = space.to_dict(arch)
+    hessian_facts(state, epoch, record)
     facts = (space.arch_metrics(arch, config, alphas) if hasattr(space, "arch_metrics")
              else {})
     record.update(facts)
@@ -248,6 +272,8 @@ def _search(config, workdir, progress, resume, preemption):
       run.postfix["lat_ms"] = f"{record['predicted_latency_ms']:.3f}"
     lat = (f" predicted latency {record['predicted_latency_ms']:.3f} ms" if latency else "")
     shown = "".join(f" {k} {v:.2f}" for k, v in facts.items() if isinstance(v, float))
+    if "hessian_max_eig" in record:
+      shown += f" hessian_max_eig {record['hessian_max_eig']:.4g}"
     tqdm.tqdm.write(f"epoch {epoch}: w_acc {record['w_acc']:.3f} valid_acc {valid_acc:.3f}"
                     f"{lat}{shown} architecture {arch}")
     return record
@@ -268,9 +294,13 @@ def _search(config, workdir, progress, resume, preemption):
   # After the search: the selection rule (argmax of alpha: the last epoch's architecture).
   # It may train the state on, which donates it: the alphas to plot are read first.
   final_alphas = parallel.to_host(state.alphas)
-  arch = selection.SELECTIONS[s.selection](selection.Context(
-      space=space, config=config, state=state, evaluate=evaluate_state, train=train,
-      weight_batches=lambda: make(w_src, seed=config.seed, epoch=s.epochs)))
+  stopped_at = meta["records"][-1].get("early_stop_epoch") if meta["records"] else None
+  if stopped_at is not None:  # DARTS-ES: the architecture of the epoch it went back to
+    arch = space.from_dict(meta["records"][stopped_at]["genotype"])
+  else:
+    arch = selection.SELECTIONS[s.selection](selection.Context(
+        space=space, config=config, state=state, evaluate=evaluate_state, train=train,
+        weight_batches=lambda: make(w_src, seed=config.seed, epoch=s.epochs)))
   if run.primary:
     spaces.save(space, arch, os.path.join(workdir, "genotype.json"))
     groups = space.alpha_groups(final_alphas, config)

@@ -114,6 +114,8 @@ def test_method_presets_build_their_parts():
      "linear, cosine"),
     (dict(method="fair_darts", threshold=1.5), "fair_darts.threshold must be in (0, 1), "
      "got 1.5"),
+    (dict(method="darts", early_stop=True), "search.early_stop (DARTS-ES) needs "
+     "search.hessian_every > 0"),
     (dict(method="sdarts_rs", relaxation="gumbel"), "method sdarts_rs perturbs softmax op "
      "weights; search.relaxation must be softmax, got 'gumbel'"),
 ])
@@ -124,6 +126,8 @@ def test_bad_method_settings_are_one_line(change, message):
     c.search.relaxation = change["relaxation"]
   if "reg" in change:
     c.drnas.reg = change["reg"]
+  if "early_stop" in change:
+    c.search.early_stop = change["early_stop"]
   if "threshold" in change:
     c.fair_darts.threshold = change["threshold"]
   if "decay" in change:
@@ -156,6 +160,8 @@ NB201_TINY = ["--config.model.C=4", "--config.train.C=4", "--config.train.N=1",
     ("darts", "sdarts_rs", [], "param_free_ops_reduce"),
     ("nb201", "darts_minus", [], "param_free_ops"),
     ("darts", "fair_darts", [], "fair_below_threshold"),
+    # RobustDARTS's signal, logged per epoch (any method; here plain DARTS).
+    ("nb201", "darts", ["--config.search.hessian_every=1"], "hessian_max_eig"),
 ])
 def test_one_epoch_search_per_method(tmp_path, space, method, extra, logged):
   from tests import cli_helpers  # pylint: disable=g-import-not-at-top
