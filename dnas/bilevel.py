@@ -443,9 +443,11 @@ def make_phase_steps(graphdef, w_tx: optax.GradientTransformation,
     return perturb(state.alphas, phase_key(state, 2), state.step, loss_and_alpha_grad)
   perturbed = piece(perturbed)
 
-  def weight_step(state, batch_train):
+  def weight_step(state, batch_train, inputs=None):
+    """`inputs`: the supernet's keyword inputs instead of the relaxation's (DARTS-PT's
+    fine-tuning with projected op weights)."""
     compile_updates_ahead(state)
-    inputs = inputs_of(state, 1)
+    inputs = inputs_of(state, 1) if inputs is None else inputs
     alphas = state.alphas if perturb is None else perturbed(state, batch_train, inputs)
     loss, logits, stats, g, _ = grads(state.params, alphas, state.batch_stats, batch_train,
                                       inputs)
@@ -544,13 +546,14 @@ def jit_shardings(shardings, num_batches):
 
 
 def make_eval_step(graphdef_eval, jit: bool = True, shardings=None, dtype=None):
-  """eval(params, alphas, batch_stats, batch) -> (sum of losses, number correct, number of
-  examples), with running BatchNorm statistics (the reference's `model.eval()`). Examples
-  whose `batch["mask"]` (f32[N], optional) is 0 are padding and not counted. `dtype`:
+  """eval(params, alphas, batch_stats, batch, inputs) -> (sum of losses, number correct,
+  number of examples), with running BatchNorm statistics (the reference's `model.eval()`).
+  Examples whose `batch["mask"]` (f32[N], optional) is 0 are padding and not counted.
+  `inputs`: keyword inputs of the supernet ({}; DARTS-PT's masked op weights). `dtype`:
   the activations' dtype."""
-  def eval_step(params, alphas, stats, batch):
+  def eval_step(params, alphas, stats, batch, inputs):
     net = nnx.merge(graphdef_eval, utils.cast_floating(params, dtype), alphas, stats, copy=True)
-    out = net(utils.cast_floating(batch["image"], dtype))
+    out = net(utils.cast_floating(batch["image"], dtype), **inputs)
     logits = utils.at_least_float32(out[0] if isinstance(out, tuple) else out)
     mask = batch.get("mask", jnp.ones(logits.shape[:1], jnp.float32))
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
@@ -563,5 +566,5 @@ def make_eval_step(graphdef_eval, jit: bool = True, shardings=None, dtype=None):
   state_sh, batch_sh = shardings
   replicated = jax.sharding.NamedSharding(batch_sh.mesh, jax.sharding.PartitionSpec())
   return jax.jit(eval_step, in_shardings=(state_sh.params, state_sh.alphas,
-                                          state_sh.batch_stats, batch_sh),
+                                          state_sh.batch_stats, batch_sh, replicated),
                  out_shardings=replicated)

@@ -78,6 +78,11 @@ def validate(config, mode: str) -> None:
       raise ConfigError(f"search.selection {c['search.selection']!r} is unknown; valid: "
                         f"{', '.join(selection.SELECTIONS)}")
     methods.validate(config)
+    if c["search.selection"] == "pt":
+      positive(c, "darts_pt.interval", int)
+      if not hasattr(spaces.get(c["space"]), "pt_select"):
+        raise ConfigError(f"search.selection pt (DARTS-PT) is not built for space "
+                          f"{c['space']}; it is for: nb201")
     non_negative(c, "search.hessian_every")
     positive(c, "search.hessian_iters", int)
     if c["search.early_stop"] and not c["search.hessian_every"]:

@@ -222,10 +222,10 @@ def _search(config, workdir, progress, resume, preemption):
                        resumed=bool(found), phases={"a_": "architecture", "w_": "weight"},
                        postfix_keys=("w_loss", "w_acc", "a_loss", "a_acc"), to_tree=flat.tree)
 
-  def evaluate_state(state):
+  def evaluate_state(state, inputs=None):
     return evaluate(lambda b: parallel.to_host(eval_step(
-        state.params, state.alphas, state.batch_stats, parallel.put_batch(b, mesh))),
-                    make(a_src, seed=0, epoch=0, train=False))
+        state.params, state.alphas, state.batch_stats, parallel.put_batch(b, mesh),
+        inputs or {})), make(a_src, seed=0, epoch=0, train=False))
 
   # RobustDARTS's signal: the Hessian's largest eigenvalue in alpha of the loss on one
   # fixed batch of the architecture split (the same batch every time: a trajectory).
@@ -284,7 +284,17 @@ def _search(config, workdir, progress, resume, preemption):
 
   state = flat.tree(run.run(flat.leaves(state), batches, step, end_epoch, written))
 
-  def train(state, weight_batches):
+  tune_steps = []
+
+  def train(state, weight_batches, inputs=None):
+    if inputs is not None:  # weight steps with given supernet inputs (DARTS-PT)
+      if not tune_steps:
+        _, weight_step = bilevel.make_phase_steps(graphdef, w_tx, a_tx, hypergrad=hg,
+                                                  relaxation=parts.relaxation, dtype=dtype)
+        tune_steps.append(jax.jit(weight_step, donate_argnums=0))
+      for b in weight_batches:
+        state, _ = tune_steps[0](state, parallel.put_batch(b, mesh), inputs)
+      return state
     leaves = flat.leaves(state)
     for b in weight_batches:  # the warm-up step is the weight step (no batch_val read)
       b = parallel.put_batch(b, mesh)
@@ -300,7 +310,7 @@ def _search(config, workdir, progress, resume, preemption):
   else:
     arch = selection.SELECTIONS[s.selection](selection.Context(
         space=space, config=config, state=state, evaluate=evaluate_state, train=train,
-        weight_batches=lambda: make(w_src, seed=config.seed, epoch=s.epochs)))
+        weight_batches=lambda epoch=0: make(w_src, seed=config.seed, epoch=s.epochs + epoch)))
   if run.primary:
     spaces.save(space, arch, os.path.join(workdir, "genotype.json"))
     groups = space.alpha_groups(final_alphas, config)

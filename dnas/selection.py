@@ -18,10 +18,12 @@ class Context(NamedTuple):
 
   space: the search space (`dnas.spaces.SearchSpace`); config: the search config.
   state: the final `bilevel.SearchState` (device arrays).
-  evaluate(state) -> (loss, accuracy): the supernet of `state` on the validation split.
-  train(state, batches) -> state: weight steps (alphas fixed) over `batches`, an
-    iterator of the weight split's batches (`weight_batches()` gives a fresh epoch). It
-    donates the state it is given: use the state it returns.
+  evaluate(state, inputs=None) -> (loss, accuracy): the supernet of `state` on the
+    validation split, called with the keyword `inputs` (e.g. {"weights": f32[E, K]}).
+  train(state, batches, inputs=None) -> state: weight steps (alphas fixed) over
+    `batches`, an iterator of the weight split's batches (`weight_batches(epoch)` gives
+    that epoch's), the supernet called with `inputs` if given. It donates the state it
+    is given: use the state it returns.
   """
   space: Any
   config: Any
@@ -36,4 +38,11 @@ def argmax(ctx: Context):
   return ctx.space.derive(parallel.to_host(ctx.state.alphas), ctx.config)
 
 
-SELECTIONS: dict[str, Callable[[Context], Any]] = {"argmax": argmax}
+def perturbation(ctx: Context):
+  """DARTS-PT (Wang et al., ICLR 2021; ruocwang/darts-pt): the space's perturbation-based
+  projection (`space.pt_select(ctx)`), which masks each candidate op of an edge in turn
+  and keeps the op whose removal hurts the supernet's validation accuracy most."""
+  return ctx.space.pt_select(ctx)
+
+
+SELECTIONS: dict[str, Callable[[Context], Any]] = {"argmax": argmax, "pt": perturbation}

@@ -160,8 +160,10 @@ NB201_TINY = ["--config.model.C=4", "--config.train.C=4", "--config.train.N=1",
     ("darts", "sdarts_rs", [], "param_free_ops_reduce"),
     ("nb201", "darts_minus", [], "param_free_ops"),
     ("darts", "fair_darts", [], "fair_below_threshold"),
-    # RobustDARTS's signal, logged per epoch (any method; here plain DARTS).
-    ("nb201", "darts", ["--config.search.hessian_every=1"], "hessian_max_eig"),
+    # RobustDARTS's signal, logged per epoch, and DARTS-PT's selection (after any method;
+    # here plain DARTS).
+    ("nb201", "darts", ["--config.search.hessian_every=1", "--config.search.selection=pt",
+                        "--config.darts_pt.interval=1"], "hessian_max_eig"),
 ])
 def test_one_epoch_search_per_method(tmp_path, space, method, extra, logged):
   from tests import cli_helpers  # pylint: disable=g-import-not-at-top
@@ -177,6 +179,9 @@ def test_one_epoch_search_per_method(tmp_path, space, method, extra, logged):
   assert len(records) == 2 and logged in records[-1]
   assert all(np.isfinite(r["a_loss"]) and np.isfinite(r["w_loss"]) for r in records)
   assert (tmp_path / "genotype.json").exists()
+  if "--config.search.selection=pt" in extra:  # six edge decisions, the last one kept
+    decisions = [l for l in out.stdout.splitlines() if l.startswith("DARTS-PT: edge")]
+    assert len(decisions) == 6, out.stdout[-2000:]
 
 
 def test_sdarts_clip_by_hand():
@@ -287,3 +292,41 @@ def test_fair_darts_ranks_edges_by_sigmoid_weights():
   sig = darts.derive_genotype(a, a, steps=2, multiplier=2, primitives=prims, weights="sigmoid")
   assert sorted(soft.normal[2:]) == [("skip_connect", 1), ("skip_connect", 2)]
   assert sorted(sig.normal[2:]) == [("sep_conv_3x3", 0), ("skip_connect", 2)]
+
+
+def test_darts_pt_keeps_the_op_whose_removal_hurts_most():
+  # A stand-in supernet whose validation accuracy is sum_e w_e . value_e: removing op k of
+  # edge e costs w_ek value_ek, so PT keeps argmax_k w_ek value_ek, here unlike the
+  # argmax of alpha on edges 0 and 3; fine-tuning (here nothing) runs between decisions.
+  from dnas import selection  # pylint: disable=g-import-not-at-top
+  from dnas.spaces import nb201  # pylint: disable=g-import-not-at-top
+  from dnas.spaces.nb201 import space as nb201_space  # pylint: disable=g-import-not-at-top
+  from typing import NamedTuple  # pylint: disable=g-import-not-at-top
+
+  class State(NamedTuple):
+    alphas: dict
+  rng = np.random.default_rng(5)
+  alphas = rng.normal(0, 0.1, (6, 5))
+  alphas[0, 2] = alphas[3, 4] = 1.0  # alpha's favourites on edges 0 and 3
+  value = rng.uniform(0, 1, (6, 5))
+  value[0, 1] = value[3, 0] = 50.0  # what the supernet needs there
+  trained = []
+
+  def evaluate(state, inputs):
+    return 0.0, float(np.sum(np.asarray(inputs["weights"]) * value))
+
+  def train(state, batches, inputs):
+    trained.append(np.asarray(inputs["weights"]))
+    return state
+  c = nb201_config.get_config()
+  c.darts_pt.interval = 2
+  ctx = selection.Context(space=nb201_space.SPACE, config=c,
+                          state=State({"alphas": jnp.asarray(alphas, jnp.float32)}),
+                          evaluate=evaluate, train=train, weight_batches=lambda epoch=0: None)
+  got = selection.SELECTIONS["pt"](ctx)
+  w = np.asarray(jax.nn.softmax(jnp.asarray(alphas, jnp.float32), -1))
+  want = nb201.Structure(tuple(nb201.NAS_BENCH_201[int(k)] for k in np.argmax(w * value, -1)))
+  assert got == want and got.ops[0] == "skip_connect" and got.ops[3] == "none"
+  assert len(trained) == 5 * 2  # interval epochs after each decision but the last
+  assert np.allclose(trained[-1].sum(-1), 1.0, atol=1e-6)
+  assert sorted(np.count_nonzero(t == 1.0) for t in trained[::2]) == [1, 2, 3, 4, 5]

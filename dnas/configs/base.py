@@ -51,7 +51,8 @@ def get_config():
   # "dirichlet" (DrNAS's samples; method=drnas sets it) or "sigmoid" (FairDARTS's
   # independent op weights).
   # selection: how the trained supernet becomes the architecture (`dnas.selection`):
-  # "argmax" of the architecture weights (DARTS).
+  # "argmax" of the architecture weights (DARTS); "pt": DARTS-PT's perturbation-based
+  # projection (NAS-Bench-201 space; `darts_pt.interval`).
   # hessian_every: every N epochs, log the largest eigenvalue of the Hessian in alpha of
   # the loss on one architecture batch (RobustDARTS; Lanczos with hessian_iters
   # Hessian-vector products; 0: never); early_stop: DARTS-ES on that signal (window 5,
@@ -79,6 +80,9 @@ def get_config():
   # FairDARTS (xiaomi-automl/FairDARTS): the zero-one loss's weight, and the sigmoid weight
   # an op of the derived cell should reach (reported: dnas's cells keep two edges a node).
   c.fair_darts = dict(zero_one_weight=10.0, threshold=0.85)
+  # DARTS-PT's selection (search.selection = "pt"; ruocwang/darts-pt): weight epochs of
+  # fine-tuning between two edge decisions (the official proj_intv).
+  c.darts_pt = dict(interval=5)
   # Retraining the found architecture from scratch (reference train.py).
   c.train = dict(network="cifar", C=36, layers=20, epochs=600, batch_size=96, lr=0.025,
                  lr_min=0.0, momentum=0.9, nesterov=False, weight_decay=3e-4, grad_clip=5.0,

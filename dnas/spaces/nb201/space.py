@@ -8,6 +8,7 @@ import functools
 import importlib.util
 import os
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -19,7 +20,7 @@ from dnas.spaces.nb201 import latency
 from dnas.spaces.nb201.latency import CellLatency
 from dnas.spaces.nb201.network import Network, TinyNetwork
 from dnas.spaces.nb201.ops import NAS_BENCH_201
-from dnas.spaces.nb201.structure import Structure, derive, random_structure
+from dnas.spaces.nb201.structure import EDGES, Structure, derive, random_structure
 
 
 class NB201Space:
@@ -81,6 +82,43 @@ class NB201Space:
     if path:
       out.update({f"nb201_{k}_test_acc": v for k, v in _benchmark(path).query(arch).items()})
     return out
+
+  def pt_select(self, ctx) -> Structure:
+    """DARTS-PT's projection (ruocwang/darts-pt, `nasbench201/projection.py`): the op
+    weights are softmax(alpha) with the decided edges one-hot; the edges are decided in
+    a random order (seeded by `config.seed`); for an edge, each op's weight is zeroed in
+    turn (the others unchanged, not renormalised) and the supernet's validation accuracy
+    measured; the op whose removal hurts it most is kept (the edge becomes one-hot); the
+    weights are fine-tuned `darts_pt.interval` epochs between decisions with the
+    projected op weights. Deviation: the alphas stay fixed while fine-tuning (the
+    official code keeps stepping them, which moves only the undecided edges)."""
+    config, state = ctx.config, ctx.state
+    weights = np.asarray(jax.nn.softmax(jnp.asarray(ctx.state.alphas["alphas"][...]), -1))
+    decided: dict[int, int] = {}
+
+    def projected():
+      w = weights.copy()
+      for e, k in decided.items():
+        w[e] = np.eye(w.shape[1])[k]
+      return w
+    order = np.random.default_rng(config.seed).permutation(len(EDGES))
+    epoch = 0
+    for t, e in enumerate(order):
+      accs = []
+      for k in range(weights.shape[1]):
+        w = projected()
+        w[e, k] = 0.0
+        accs.append(ctx.evaluate(state, {"weights": jnp.asarray(w, jnp.float32)})[1])
+      decided[int(e)] = int(np.argmin(accs))  # the op whose removal hurts most
+      print(f"DARTS-PT: edge {EDGES[e][1]}->{EDGES[e][0]}: "
+            f"{tuple(config.model.primitives)[decided[int(e)]]} (accuracy without each op: "
+            f"{', '.join(f'{a:.3f}' for a in accs)})", flush=True)
+      if t < len(order) - 1:
+        for _ in range(config.darts_pt.interval):
+          state = ctx.train(state, ctx.weight_batches(epoch),
+                            {"weights": jnp.asarray(projected(), jnp.float32)})
+          epoch += 1
+    return derive(projected(), tuple(config.model.primitives))
 
   def to_dict(self, arch: Structure) -> dict:
     return arch.to_dict()
