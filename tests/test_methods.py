@@ -330,3 +330,16 @@ def test_darts_pt_keeps_the_op_whose_removal_hurts_most():
   assert len(trained) == 5 * 2  # interval epochs after each decision but the last
   assert np.allclose(trained[-1].sum(-1), 1.0, atol=1e-6)
   assert sorted(np.count_nonzero(t == 1.0) for t in trained[::2]) == [1, 2, 3, 4, 5]
+
+
+def test_paper_configs_validate():
+  from dnas.configs import robust_cifar10  # pylint: disable=g-import-not-at-top
+  for method in robust_cifar10.METHODS:
+    for space in ("", ",nb201"):
+      if method == "darts_pt" and not space:
+        continue  # PT is built for NAS-Bench-201
+      c = robust_cifar10.get_config(method + space)
+      config_lib.validate(c, "search")
+      assert c.data.name == "cifar10" and c.space == ("nb201" if space else "darts")
+  with pytest.raises(ValueError, match="expected METHOD"):
+    robust_cifar10.get_config("dartz")
