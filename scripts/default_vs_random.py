@@ -1,0 +1,108 @@
+"""Does a search beat chance on the DARTS space? Its found cells against random cells,
+every cell retrained by the same `dnas.train` (issue 16's test of the default):
+
+python scripts/default_vs_random.py --workdir=runs/vs_random                # the default
+python scripts/default_vs_random.py --workdir=runs/vs_random_drnas -- --config.method=drnas
+
+Searches with seeds 0..S-1 (`python -m dnas.search`, each resumable in
+workdir/search_<s>), retrains each find with R seeds, draws N random cells of the
+config's space (seeded; `space.random_arch`) and retrains each with the same R seeds.
+Reports the finds' mean +- std over all their retrainings, the random cells' median,
+spread and best (each cell its seed mean), the retraining seed noise (std between two
+seeds of one cell, pooled), and whether the finds' mean reaches the random median by more
+than that noise. Everything after `--` goes to both commands (config overrides; the random
+cells are drawn from the config file's own `model.primitives`). Each command's output is
+kept beside its results; a rerun skips what is done.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+from absl import app, flags
+
+flags.DEFINE_string("workdir", None, "Output directory.", required=True)
+flags.DEFINE_string("config", "dnas/configs/digits.py", "The config of search and retraining.")
+flags.DEFINE_integer("search_seeds", 3, "Search seeds 0..S-1.")
+flags.DEFINE_integer("retrain_seeds", 2, "Retraining seeds 0..R-1 of every cell.")
+flags.DEFINE_integer("random_cells", 10, "Random cells, retrained like the finds.")
+FLAGS = flags.FLAGS
+
+
+def _run(args, log):
+  if not os.path.exists(log):
+    out = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True)
+    with open(log, "w") as f:
+      f.write(out.stdout + out.stderr)
+    if out.returncode:
+      raise SystemExit(f"{' '.join(args)} failed (exit {out.returncode}); see {log}")
+
+
+def retrain(genotype: str, directory: str, seed: int, overrides) -> float:
+  work = os.path.join(directory, f"train_{seed}")
+  os.makedirs(work, exist_ok=True)
+  _run(["dnas.train", f"--config={FLAGS.config}", *overrides, f"--genotype={genotype}",
+        f"--config.seed={seed}", f"--workdir={work}", "--progress=false"],
+       os.path.join(work, "log.txt"))
+  with open(os.path.join(work, "train_result.json")) as f:
+    return float(json.load(f)["test_acc"])
+
+
+def main(argv):
+  overrides = argv[1:]
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  from dnas import spaces  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location("cfg", FLAGS.config)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  space = spaces.get(config.space)
+  os.makedirs(FLAGS.workdir, exist_ok=True)
+  finds, found_cells = [], []
+  for s in range(FLAGS.search_seeds):
+    d = os.path.join(FLAGS.workdir, f"search_{s}")
+    os.makedirs(d, exist_ok=True)
+    _run(["dnas.search", f"--config={FLAGS.config}", *overrides, f"--config.seed={s}",
+          f"--workdir={d}", "--progress=false"], os.path.join(d, "log.txt"))
+    accs = [retrain(os.path.join(d, "genotype.json"), d, r, overrides)
+            for r in range(FLAGS.retrain_seeds)]
+    finds += accs
+    found_cells.append(dict(seed=s, test_acc=accs))
+    print(f"search {s}: retrained {', '.join(f'{100 * a:.2f}' for a in accs)} %", flush=True)
+  rng = np.random.default_rng(1000)
+  randoms = []
+  for i in range(FLAGS.random_cells):
+    d = os.path.join(FLAGS.workdir, f"random_{i}")
+    os.makedirs(d, exist_ok=True)
+    path = os.path.join(d, "genotype.json")
+    arch = space.random_arch(rng, config)  # drawn every time: the sequence stays seeded
+    if not os.path.exists(path):
+      spaces.save(space, arch, path)
+    accs = [retrain(path, d, r, overrides) for r in range(FLAGS.retrain_seeds)]
+    randoms.append(accs)
+    print(f"random {i}: retrained {', '.join(f'{100 * a:.2f}' for a in accs)} %", flush=True)
+  cell_means = np.mean(randoms, axis=1)
+  noise = float(np.sqrt(np.mean(np.var(np.asarray(randoms + [c["test_acc"] for c in found_cells]),
+                                       axis=1, ddof=1)))) if FLAGS.retrain_seeds > 1 else 0.0
+  report = dict(
+      overrides=overrides, config=FLAGS.config, finds=found_cells,
+      found_mean=float(np.mean(finds)), found_std=float(np.std(finds)),
+      random=[list(map(float, r)) for r in randoms], random_median=float(np.median(cell_means)),
+      random_best=float(cell_means.max()), random_worst=float(cell_means.min()),
+      retrain_seed_noise=noise)
+  margin = report["found_mean"] - report["random_median"]
+  report["verdict"] = ("beats the random median by more than the seed noise" if margin > noise
+                       else "reaches the random median within the seed noise" if margin >= 0
+                       else "below the random median")
+  with open(os.path.join(FLAGS.workdir, "report.json"), "w") as f:
+    json.dump(report, f, indent=1)
+  print(f"finds {100 * report['found_mean']:.2f} +- {100 * report['found_std']:.2f} % "
+        f"({len(finds)} retrainings); random cells median {100 * report['random_median']:.2f} %, "
+        f"range {100 * report['random_worst']:.2f}-{100 * report['random_best']:.2f} %; "
+        f"seed noise {100 * noise:.2f} %: {report['verdict']}")
+
+
+if __name__ == "__main__":
+  app.run(main)
