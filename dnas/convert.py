@@ -4,8 +4,12 @@
   net = nb201.TinyNetwork(arch, 16, 5, 10, rngs=nnx.Rngs(0))
   convert.load_torch_state_dict(net, state_dict, convert.nb201_name)
 
+  net = darts.NetworkCIFAR(darts.DARTS_V2, 36, 10, 20, auxiliary=True, rngs=nnx.Rngs(0))
+  convert.load_torch_state_dict(net, state_dict, convert.darts_names(net))
+
 `load_torch_state_dict` renames each PyTorch key to a dnas variable path with a space's
-rename function (`nb201_name` for NAS-Bench-201's `TinyNetwork`, from xautodl) and moves
+rename function (`nb201_name` for NAS-Bench-201's `TinyNetwork`, from xautodl;
+`darts_names(net)` for DARTS's `NetworkCIFAR`/`NetworkImageNet`, from quark0/darts) and moves
 the layout (into each variable's dtype): conv weights OIHW -> HWIO, linear weights (out, in) -> (in, out), BatchNorm
 weight/bias/running_mean/running_var -> scale/bias/mean/var. Every dnas variable must
 receive a value and every tensor must land somewhere (`num_batches_tracked` aside), with
@@ -80,3 +84,55 @@ def nb201_name(key: str) -> str | None:
     if m:
       return out(m) if callable(out) else out
   raise KeyError(f"{key}: not a key of NAS-Bench-201's TinyNetwork")
+
+
+def darts_names(net: nnx.Module) -> Callable[[str], str | None]:
+  """The rename function for quark0/darts's `NetworkCIFAR` / `NetworkImageNet` keys into
+  `net` (a dnas `darts.NetworkCIFAR` / `NetworkImageNet` of the same genotype): an op's
+  `op.<i>` index names a different part in a SepConv (two ReLU-dw-pw-BN blocks) than in
+  a DilConv or ReLUConvBN, which `net`'s own variable names tell apart."""
+  have = {".".join(map(str, p)) for p, _ in nnx.to_flat_state(nnx.state(net))}
+
+  def bn(prefix, field):
+    return f"{prefix}.{_BN[field]}"
+
+  def rename(key: str) -> str | None:
+    if key.endswith("num_batches_tracked"):
+      return None
+    m = re.match(r"^(stem\d?)\.(\d)\.(\w+)$", key)  # stem (CIFAR) or stem0/stem1 (ImageNet)
+    if m:
+      return f"{m[1]}.layers.{m[2]}.{'kernel' if m[3] == 'weight' and _is_conv(key) else _BN.get(m[3], m[3])}"
+    m = re.match(r"^(cells\.\d+)\._ops\.(\d+)\.op\.(\d)\.(\w+)$", key)
+    if m:
+      prefix, i, field = f"{m[1]}.ops.{m[2]}", int(m[3]), m[4]
+      if f"{prefix}.block1.dw.kernel" in have:  # SepConv: ReLU dw pw BN ReLU dw pw BN
+        block, part = (1, i) if i < 4 else (2, i - 4)
+        prefix = f"{prefix}.block{block}"
+        return (f"{prefix}.{['', 'dw', 'pw'][part]}.kernel" if part in (1, 2)
+                else bn(f"{prefix}.bn", field))
+      return (f"{prefix}.{['', 'dw', 'pw'][i]}.kernel" if i in (1, 2)  # DilConv
+              else bn(f"{prefix}.bn", field))
+    m = re.match(r"^(cells\.\d+\._ops\.\d+|cells\.\d+\.preprocess0)\.(conv_[12])\.weight$", key)
+    if m:  # FactorizedReduce
+      return f"{m[1].replace('._ops.', '.ops.')}.{m[2]}.kernel"
+    m = re.match(r"^(cells\.\d+\._ops\.\d+|cells\.\d+\.preprocess0)\.bn\.(\w+)$", key)
+    if m:
+      return bn(f"{m[1].replace('._ops.', '.ops.')}.bn", m[2])
+    m = re.match(r"^(cells\.\d+\.preprocess[01])\.op\.(\d)\.(\w+)$", key)
+    if m:  # ReLUConvBN
+      return f"{m[1]}.conv.kernel" if m[2] == "1" else bn(f"{m[1]}.bn", m[3])
+    m = re.match(r"^auxiliary_head\.features\.(\d)\.(\w+)$", key)
+    if m:  # ReLU, AvgPool, Conv 1x1, BN, ReLU, Conv 2x2, BN
+      part = {"2": "conv1", "3": "bn1", "5": "conv2", "6": "bn2"}[m[1]]
+      return f"auxiliary_head.{part}.kernel" if part.startswith("conv") else bn(
+          f"auxiliary_head.{part}", m[2])
+    m = re.match(r"^(auxiliary_head\.)?classifier\.(weight|bias)$", key)
+    if m:
+      return f"{m[1] or ''}classifier.{'kernel' if m[2] == 'weight' else 'bias'}"
+    raise KeyError(f"{key}: not a key of DARTS's NetworkCIFAR/NetworkImageNet")
+  return rename
+
+
+def _is_conv(key: str) -> bool:
+  # In the stems, index 0 (CIFAR) or 1 and 4 (ImageNet's stem0 ReLU-free convs) are convs.
+  return bool(re.match(r"^stem\.0\.|^stem0\.(0|3)\.|^stem1\.1\.", key))

@@ -3,7 +3,9 @@ and its dnas twin from the same weights on the same inputs and prints the larges
 differences (outputs, weight gradients, BatchNorm running statistics, eval outputs).
 
 python scripts/compare_reference.py --torch_python=/tmp/tv/bin/python \
-    --xautodl=/path/with/xautodl   # a checkout of D-X-Y/AutoDL-Projects (its xautodl/)
+    --xautodl=/path/with/xautodl \  # a checkout of D-X-Y/AutoDL-Projects (its xautodl/)
+    --darts=/path/to/darts/cnn       # quark0/darts's cnn/ (its utils.py needs torchvision:
+                                     # the worker stands in a drop_path-only module)
 
 Two processes: this script re-runs itself under `--torch_python` (a venv with torch CPU:
 pip install "torch==2.13.0+cpu" numpy) as the worker that builds the reference model with
@@ -11,7 +13,9 @@ seeded weights and inputs, runs a training-mode forward and backward and an eval
 forward, and saves everything to an .npz; the dnas side loads the weights through
 `dnas.convert.load_torch_state_dict` and compares. Not part of the test suite.
 
-Cases: NAS-Bench-201 `TinyNetwork` (xautodl `cell_infers/tiny_network.py`).
+Cases: NAS-Bench-201 `TinyNetwork` (xautodl `cell_infers/tiny_network.py`); DARTS's
+`NetworkCIFAR` with DARTS_V2 and its auxiliary head (quark0/darts `cnn/model.py`; loss =
+CE + 0.4 CE(auxiliary), drop path 0), C=16, 8 cells.
 """
 
 import argparse
@@ -26,7 +30,9 @@ import numpy as np
 
 ARCH = ("|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|"
         "nor_conv_1x1~2|")
-CASES = {"nb201_tiny": dict(C=16, N=5, classes=10, batch=8, size=32)}
+CASES = {"nb201_tiny": dict(C=16, N=5, classes=10, batch=8, size=32),
+         "darts_cifar": dict(C=16, layers=8, classes=10, batch=4, size=32)}
+AUX_WEIGHT = 0.4  # the reference train.py's auxiliary_weight
 
 
 # ---- the worker (torch venv) ------------------------------------------------------
@@ -40,16 +46,32 @@ def _import_xautodl(root):
     sys.modules[name] = mod
 
 
-def worker(case, xautodl, out, float64=False):
+def _reference_net(case, xautodl, darts):
+  c = CASES[case]
+  if case == "nb201_tiny":
+    _import_xautodl(xautodl)
+    from xautodl.models.cell_infers.tiny_network import TinyNetwork  # pylint: disable=g-import-not-at-top
+    from xautodl.models.cell_searchs.genotypes import Structure  # pylint: disable=g-import-not-at-top
+    net = TinyNetwork(c["C"], c["N"], Structure.str2structure(ARCH), c["classes"])
+    return net, lambda out: (out[1], None)
+  sys.path.insert(0, darts)
+  utils = types.ModuleType("utils")  # model.py needs only drop_path (here p = 0)
+  utils.drop_path = lambda x, p: x
+  sys.modules["utils"] = utils
+  import genotypes  # pylint: disable=g-import-not-at-top
+  from model import NetworkCIFAR  # pylint: disable=g-import-not-at-top
+  net = NetworkCIFAR(c["C"], c["classes"], c["layers"], True, genotypes.DARTS_V2)
+  net.drop_path_prob = 0.0
+  return net, lambda out: out
+
+
+def worker(case, xautodl, darts, out, float64=False):
   import torch  # pylint: disable=g-import-not-at-top
   torch.manual_seed(0)
   if float64:
     torch.set_default_dtype(torch.float64)
   c = CASES[case]
-  _import_xautodl(xautodl)
-  from xautodl.models.cell_infers.tiny_network import TinyNetwork  # pylint: disable=g-import-not-at-top
-  from xautodl.models.cell_searchs.genotypes import Structure  # pylint: disable=g-import-not-at-top
-  net = TinyNetwork(c["C"], c["N"], Structure.str2structure(ARCH), c["classes"])
+  net, outputs = _reference_net(case, xautodl, darts)
   # Non-trivial BatchNorm affine values, so that scale and shift are exercised.
   for m in net.modules():
     if isinstance(m, torch.nn.BatchNorm2d) and m.affine:
@@ -59,14 +81,16 @@ def worker(case, xautodl, out, float64=False):
   x = torch.randn(c["batch"], 3, c["size"], c["size"])
   y = torch.randint(0, c["classes"], (c["batch"],))
   net.train()
-  _, logits = net(x)
+  logits, aux = outputs(net(x))
   loss = torch.nn.functional.cross_entropy(logits, y)
+  if aux is not None:
+    loss = loss + AUX_WEIGHT * torch.nn.functional.cross_entropy(aux, y)
   loss.backward()
   grads = {k: p.grad.numpy() for k, p in net.named_parameters()}
   after = {k: v.detach().numpy() for k, v in net.state_dict().items() if "running" in k}
   net.eval()
   with torch.no_grad():
-    _, logits_eval = net(x)
+    logits_eval, _ = outputs(net(x))
   np.savez(out, x=x.numpy(), y=y.numpy(), logits=logits.detach().numpy(),
            loss=loss.detach().numpy(), logits_eval=logits_eval.numpy(),
            **{f"state/{k}": v for k, v in state.items()},
@@ -76,19 +100,31 @@ def worker(case, xautodl, out, float64=False):
 
 # ---- the dnas side ----------------------------------------------------------------
 
-def compare_nb201(ref, float64=False) -> dict:
+def _dnas_net(case):
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from dnas import convert  # pylint: disable=g-import-not-at-top
+  from dnas.spaces import darts, nb201  # pylint: disable=g-import-not-at-top
+  c = CASES[case]
+  if case == "nb201_tiny":
+    return (nb201.TinyNetwork(ARCH, c["C"], c["N"], c["classes"], rngs=nnx.Rngs(0)),
+            lambda net: convert.nb201_name, lambda out: (out, None))
+  net = darts.NetworkCIFAR(darts.DARTS_V2, c["C"], c["classes"], c["layers"], auxiliary=True,
+                           drop_path_prob=0.0, rngs=nnx.Rngs(0))
+  return net, convert.darts_names, lambda out: out
+
+
+def compare(case, ref, float64=False) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
   from flax import nnx  # pylint: disable=g-import-not-at-top
 
   from dnas import convert  # pylint: disable=g-import-not-at-top
-  from dnas.spaces import nb201  # pylint: disable=g-import-not-at-top
-  c = CASES["nb201_tiny"]
   state = {k[len("state/"):]: ref[k] for k in ref.files if k.startswith("state/")}
-  net = nb201.TinyNetwork(ARCH, c["C"], c["N"], c["classes"], rngs=nnx.Rngs(0))
+  net, names, outputs = _dnas_net(case)
   if float64:
     nnx.update(net, jax.tree.map(lambda v: v.astype(np.float64), nnx.state(net)))
-  convert.load_torch_state_dict(net, state, convert.nb201_name)
+  rename = names(net)
+  convert.load_torch_state_dict(net, state, rename)
   x = ref["x"].transpose(0, 2, 3, 1)  # NCHW -> NHWC
   y = ref["y"]
   graphdef, params, rest = nnx.split(net, nnx.Param, ...)
@@ -96,8 +132,11 @@ def compare_nb201(ref, float64=False) -> dict:
 
   def loss_fn(params):
     m = nnx.merge(graphdef, params, rest, copy=True)
-    logits = m(x)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), (logits, m)
+    logits, aux = outputs(m(x))
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+    if aux is not None:
+      loss = loss + AUX_WEIGHT * optax.softmax_cross_entropy_with_integer_labels(aux, y).mean()
+    return loss, (logits, m)
 
   (loss, (logits, trained)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
   out = dict(logits=_diff(logits, ref["logits"]), loss=_diff(loss, ref["loss"]))
@@ -106,7 +145,7 @@ def compare_nb201(ref, float64=False) -> dict:
   for key in ref.files:
     if key.startswith("grad/"):
       name = key[len("grad/"):]
-      path = convert.nb201_name(name)
+      path = rename(name)
       g = convert._layout(ref[key], tuple(path.split(".")))  # pylint: disable=protected-access
       diffs[name] = _diff(flat_grads[path], g)
   top = max(d["scale"] for d in diffs.values())
@@ -121,10 +160,10 @@ def compare_nb201(ref, float64=False) -> dict:
   after = {".".join(map(str, p)): v.get_value()
            for p, v in nnx.to_flat_state(nnx.state(trained, nnx.BatchStat))}
   out["running_stats_max_abs"] = float(max(
-      _diff(after[convert.nb201_name(k[len("after/"):])], ref[k])["max_abs"]
+      _diff(after[rename(k[len("after/"):])], ref[k])["max_abs"]
       for k in ref.files if k.startswith("after/")))
   trained.eval()
-  out["logits_eval"] = _diff(trained(x), ref["logits_eval"])
+  out["logits_eval"] = _diff(outputs(trained(x))[0], ref["logits_eval"])
   return out
 
 
@@ -139,24 +178,26 @@ def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--torch_python", default="/tmp/tv/bin/python")
   p.add_argument("--xautodl", default="/tmp/ref201", help="a folder holding xautodl/")
+  p.add_argument("--darts", default="/tmp/refdarts/cnn", help="quark0/darts's cnn/ folder")
+  p.add_argument("--cases", default=",".join(CASES), help="comma-separated cases")
   p.add_argument("--float64", action="store_true",
                  help="both sides in float64: what remains is a difference in the math")
   p.add_argument("--worker", default="", help=argparse.SUPPRESS)
   p.add_argument("--out", default="", help=argparse.SUPPRESS)
   a = p.parse_args()
   if a.worker:
-    return worker(a.worker, a.xautodl, a.out, a.float64)
+    return worker(a.worker, a.xautodl, a.darts, a.out, a.float64)
   if a.float64:
     import jax  # pylint: disable=g-import-not-at-top
     jax.config.update("jax_enable_x64", True)
   report = {}
   with tempfile.TemporaryDirectory() as tmp:
-    for case in CASES:
+    for case in a.cases.split(","):
       path = os.path.join(tmp, f"{case}.npz")
       subprocess.run([a.torch_python, os.path.abspath(__file__), f"--worker={case}",
-                      f"--xautodl={a.xautodl}", f"--out={path}"] +
+                      f"--xautodl={a.xautodl}", f"--darts={a.darts}", f"--out={path}"] +
                      (["--float64"] if a.float64 else []), check=True)
-      report[case] = compare_nb201(np.load(path), a.float64)
+      report[case] = compare(case, np.load(path), a.float64)
   print(json.dumps(report, indent=1))
 
 

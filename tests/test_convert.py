@@ -66,3 +66,27 @@ def test_mismatches_are_errors_naming_the_key():
   del sd["stem.0.weight"]
   with pytest.raises(KeyError, match="got no value, e.g. stem.layers.0.kernel"):
     convert.load_torch_state_dict(net, sd, convert.nb201_name)
+
+
+def test_darts_reference_keys_fill_network_cifar():
+  # Every key of quark0/darts's NetworkCIFAR (DARTS_V2, C=8, 5 cells, auxiliary head;
+  # the key list and shapes recorded from the reference, tests/data) lands on a dnas
+  # variable of the same network, and every variable gets one; conv kernels OIHW -> HWIO.
+  import json  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  from dnas.spaces import darts  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(os.path.dirname(__file__), "data",
+                         "darts_networkcifar_keys.json")) as f:
+    keys = json.load(f)["keys"]
+  rng = np.random.default_rng(0)
+  sd = {k: rng.standard_normal(shape).astype(np.float32) for k, shape in keys.items()}
+  net = darts.NetworkCIFAR(darts.DARTS_V2, 8, 10, 5, auxiliary=True, rngs=nnx.Rngs(0))
+  convert.load_torch_state_dict(net, sd, convert.darts_names(net))
+  got = nnx.state(net)
+  np.testing.assert_array_equal(got["stem"]["layers"][0]["kernel"][...],
+                                sd["stem.0.weight"].transpose(2, 3, 1, 0))
+  np.testing.assert_array_equal(got["cells"][0]["ops"][0]["block2"]["pw"]["kernel"][...],
+                                sd["cells.0._ops.0.op.6.weight"].transpose(2, 3, 1, 0))
+  np.testing.assert_array_equal(got["auxiliary_head"]["bn2"]["var"][...],
+                                sd["auxiliary_head.features.6.running_var"])
+  np.testing.assert_array_equal(got["classifier"]["kernel"][...], sd["classifier.weight"].T)
