@@ -262,7 +262,7 @@ def gumbel_softmax(key: jax.Array, logits: jax.Array, tau, hard: bool = False) -
 def dirichlet_concentration(logits: jax.Array) -> jax.Array:
   """DrNAS's concentration beta = ELU(alpha) + 1 > 0 (Chen et al. 2021, Sec. 3.1; the
   official code's `F.elu(alpha) + 1`). f32[..., K] -> f32[..., K]."""
-  return jax.nn.elu(logits.astype(jnp.float32)) + 1.0
+  return jax.nn.elu(logits.astype(jnp.promote_types(logits.dtype, jnp.float32))) + 1.0
 
 
 def op_weights(logits: jax.Array, relaxation: str = "softmax", key: jax.Array | None = None,
@@ -276,7 +276,8 @@ def op_weights(logits: jax.Array, relaxation: str = "softmax", key: jax.Array | 
   without, the distribution's mean. sigmoid: sigmoid(alpha) per op, no competition
   between ops (FairDARTS).
   """
-  logits = logits.astype(jnp.float32)
+  # At least float32 (bfloat16 logits would round the weights); float64 stays float64.
+  logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
   if relaxation == "softmax" or (relaxation == "gumbel" and key is None):
     return jax.nn.softmax(logits, axis=-1)
   if relaxation == "gumbel":

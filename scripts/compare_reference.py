@@ -31,7 +31,8 @@ import numpy as np
 ARCH = ("|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|"
         "nor_conv_1x1~2|")
 CASES = {"nb201_tiny": dict(C=16, N=5, classes=10, batch=8, size=32),
-         "darts_cifar": dict(C=16, layers=8, classes=10, batch=4, size=32)}
+         "darts_cifar": dict(C=16, layers=8, classes=10, batch=4, size=32),
+         "darts_architect": {}}
 AUX_WEIGHT = 0.4  # the reference train.py's auxiliary_weight
 
 
@@ -96,6 +97,94 @@ def worker(case, xautodl, darts, out, float64=False):
            **{f"state/{k}": v for k, v in state.items()},
            **{f"grad/{k}": v for k, v in grads.items()},
            **{f"after/{k}": v for k, v in after.items()})
+
+
+ARCHITECT = dict(C=4, layers=3, classes=10, batch=8, size=16, lr=0.025, momentum=0.9,
+                 weight_decay=3e-4, a_lr=3e-4, a_weight_decay=1e-3)
+
+
+def architect_worker(darts, out, float64=False):
+  """The reference `Architect.step` from one state: first order (`unrolled=False`) and its
+  finite-difference second order (`unrolled=True`); the hypergradient it leaves in each
+  alpha's .grad and the alphas after the Adam step."""
+  import torch  # pylint: disable=g-import-not-at-top
+  torch.manual_seed(0)
+  if float64:
+    torch.set_default_dtype(torch.float64)
+  torch.Tensor.cuda = lambda self, *a, **k: self  # the reference calls .cuda() throughout
+  torch.nn.Module.cuda = lambda self, *a, **k: self
+  sys.path.insert(0, darts)
+  from architect import Architect  # pylint: disable=g-import-not-at-top
+  from model_search import Network  # pylint: disable=g-import-not-at-top
+  c = ARCHITECT
+  net = Network(c["C"], c["classes"], c["layers"], torch.nn.CrossEntropyLoss())
+  net.train()
+  init = {k: v.detach().clone() for k, v in net.state_dict().items()}
+  alphas = [a.detach().clone() for a in net.arch_parameters()]
+  xs = [torch.randn(c["batch"], 3, c["size"], c["size"]) for _ in range(2)]
+  ys = [torch.randint(0, c["classes"], (c["batch"],)) for _ in range(2)]
+  args = types.SimpleNamespace(momentum=c["momentum"], weight_decay=c["weight_decay"],
+                               arch_learning_rate=c["a_lr"],
+                               arch_weight_decay=c["a_weight_decay"])
+  saved = dict(x_train=xs[0].numpy(), y_train=ys[0].numpy(), x_val=xs[1].numpy(),
+               y_val=ys[1].numpy(), **{f"state/{k}": v.numpy() for k, v in init.items()},
+               **{f"state/{n}": a.numpy() for n, a in zip(("alphas_normal", "alphas_reduce"),
+                                                          alphas)})
+  for unrolled in (False, True):
+    net.load_state_dict(init)
+    for a, a0 in zip(net.arch_parameters(), alphas):
+      a.data.copy_(a0)
+      a.grad = None
+    w_opt = torch.optim.SGD(net.parameters(), c["lr"], momentum=c["momentum"],
+                            weight_decay=c["weight_decay"])
+    Architect(net, args).step(xs[0], ys[0], xs[1], ys[1], c["lr"], w_opt, unrolled)
+    tag = "second_fd" if unrolled else "first"
+    for n, a in zip(("alphas_normal", "alphas_reduce"), net.arch_parameters()):
+      saved[f"{tag}/grad/{n}"] = a.grad.detach().numpy().copy()
+      saved[f"{tag}/after/{n}"] = a.detach().numpy().copy()
+  np.savez(out, **saved)
+
+
+def compare_architect(ref, float64=False) -> dict:
+  """dnas's architecture step from the same weights, alphas and batches: its hypergradient
+  (first; second_fd, the reference's unrolled step) and the alphas after Adam."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+
+  from dnas import bilevel, convert, hypergrad  # pylint: disable=g-import-not-at-top
+  from dnas.spaces import darts  # pylint: disable=g-import-not-at-top
+  c = ARCHITECT
+  net = darts.Network(c["C"], c["classes"], c["layers"], rngs=nnx.Rngs(0))
+  if float64:
+    nnx.update(net, jax.tree.map(lambda v: v.astype(np.float64), nnx.state(net)))
+  state_dict = {k[len("state/"):]: ref[k] for k in ref.files if k.startswith("state/")}
+  convert.load_torch_state_dict(net, state_dict, convert.darts_names(net))
+  batch = lambda s: {"image": jnp.asarray(ref[f"x_{s}"].transpose(0, 2, 3, 1)),  # NHWC
+                     "label": jnp.asarray(ref[f"y_{s}"])}
+  w_tx = bilevel.make_w_tx(c["lr"], c["momentum"], c["weight_decay"], grad_clip=None)
+  a_tx = bilevel.make_a_tx(c["a_lr"], 0.5, 0.999, c["a_weight_decay"])
+  out = {}
+  # The reference's second order is the finite difference; dnas's exact `second` agrees
+  # with it to O(R^2) (tests/test_bilevel.py), and its one-program HVP compiles for many
+  # minutes on this CPU: left out here.
+  for order in ("first", "second_fd"):
+    graphdef, state = bilevel.init_search_state(nnx.clone(net), w_tx, a_tx, jax.random.key(0))
+    hg = hypergrad.from_order(order, w_tx)
+    # As dnas.search runs them on CPU: a few jitted pieces (one program of a whole
+    # second-order step compiles for many minutes here).
+    piece = bilevel.split_piece(donate=False)
+    arch_grad = bilevel.make_arch_grad_fn(graphdef, hg, piece=piece)
+    d_alpha, _, _ = arch_grad(state, batch("train"), batch("val"), {})
+    arch_step, _ = bilevel.make_phase_steps(graphdef, w_tx, a_tx, hypergrad=hg, piece=piece)
+    after, _ = arch_step(state, batch("train"), batch("val"))
+    tag = order
+    res = {}
+    for n in ("alphas_normal", "alphas_reduce"):
+      res[f"grad_{n}"] = _diff(d_alpha[n][...], ref[f"{tag}/grad/{n}"])
+      res[f"after_{n}"] = _diff(after.alphas[n][...], ref[f"{tag}/after/{n}"])
+    out[order] = res
+  return out
 
 
 # ---- the dnas side ----------------------------------------------------------------
@@ -185,6 +274,8 @@ def main():
   p.add_argument("--worker", default="", help=argparse.SUPPRESS)
   p.add_argument("--out", default="", help=argparse.SUPPRESS)
   a = p.parse_args()
+  if a.worker == "darts_architect":
+    return architect_worker(a.darts, a.out, a.float64)
   if a.worker:
     return worker(a.worker, a.xautodl, a.darts, a.out, a.float64)
   if a.float64:
@@ -197,7 +288,8 @@ def main():
       subprocess.run([a.torch_python, os.path.abspath(__file__), f"--worker={case}",
                       f"--xautodl={a.xautodl}", f"--darts={a.darts}", f"--out={path}"] +
                      (["--float64"] if a.float64 else []), check=True)
-      report[case] = compare(case, np.load(path), a.float64)
+      report[case] = (compare_architect(np.load(path), a.float64) if case == "darts_architect"
+                      else compare(case, np.load(path), a.float64))
   print(json.dumps(report, indent=1))
 
 
