@@ -17,11 +17,12 @@ from tests.cli_helpers import FAST, ROOT, assert_same_run, env, final, run
 def mesh_results():
   e = env(PYTHONPATH=ROOT)
   e["XLA_FLAGS"] = (e.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+  seed = random.randrange(2**31)  # fresh data each run; a failure names its seed
   out = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "mesh_worker.py"),
-                        str(random.randrange(2**31))], env=e, capture_output=True, text=True,
+                        str(seed)], env=e, capture_output=True, text=True,
                        timeout=900, cwd=ROOT)
   assert out.returncode == 0, out.stderr[-3000:]
-  return json.loads(out.stdout.strip().splitlines()[-1])
+  return dict(json.loads(out.stdout.strip().splitlines()[-1]), seed=seed)
 
 
 @pytest.mark.parametrize("case,tol", [
@@ -30,7 +31,7 @@ def mesh_results():
 def test_search_step_on_8_devices_equals_1_device(mesh_results, case, tol):
   r = mesh_results[case]
   for what in ("losses", "params", "alphas", "batch_stats"):
-    assert r[what] < tol, (case, what, r)
+    assert r[what] < tol, (case, what, r, f"mesh_worker.py seed {mesh_results['seed']}")
   if "fsdp" in case:
     assert r["sharded_leaves"] > 0  # weights really were sharded
 
