@@ -17,6 +17,7 @@ previous one is used; only the keep-K policy deletes checkpoints.
   ckpt.close()                               # waits for pending writes
 """
 
+import copy
 import logging
 import os
 import sys
@@ -65,9 +66,13 @@ class Checkpointer:
 
     The arrays are first copied on device: the step functions donate their input
     state, and an asynchronous write must not read a buffer that the next step reuses.
+    `meta` is copied too: Orbax may serialise it after this returns, while the loop
+    already adds the next step's metrics to its nested sums (a resumed run then counted
+    one step twice in its epoch means: seen once in test_resume's retraining kill).
     """
     if step in self._mngr.all_steps():
       return False
+    meta = copy.deepcopy(meta)
     state = jax.tree.map(jnp.copy, to_saveable(state))
     return self._mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                   meta=ocp.args.JsonSave(meta)), force=True)

@@ -47,3 +47,19 @@ def test_round_trip_keep_k_and_corrupt_newest_falls_back(tmp_path, capsys):
                                              f"unreadable") and "previous one" in err[0]
   assert sorted(os.listdir(tmp_path)).count("4") == 1  # reported, not deleted
   ckpt.close()
+
+
+def test_meta_is_saved_as_it_was_when_save_returned(tmp_path):
+  # Orbax writes the JSON meta after save() returns; the loop goes on adding the next
+  # step's metrics to meta's nested sums. The checkpoint must hold the sums of its step.
+  ckpt = Checkpointer(str(tmp_path / "ckpt"), keep=3)
+  state = {"w": jnp.ones((256,))}
+  for step in range(1, 6):
+    meta = {"sums": {"loss": float(step)}}
+    ckpt.save(step, state, meta)
+    meta["sums"]["loss"] = -1.0  # the next step's settle, right after the save
+  ckpt.close()
+  got = Checkpointer(str(tmp_path / "ckpt"), keep=3)
+  step, _, restored = got.restore_latest(state)
+  got.close()
+  assert step == 5 and restored["sums"]["loss"] == 5.0
