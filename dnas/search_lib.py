@@ -14,6 +14,7 @@ from flax import nnx
 
 from dnas import (bilevel, config as config_lib, cpu, hessian, hypergrad, latency as latency_lib,
                   loop, methods, parallel, plotting, selection, spaces, utils)
+from dnas.arch import op_weights
 from dnas.checkpoint import Checkpointer
 from dnas.data.pipeline import (auto_workers, get_dataset, make_augment, make_batches,
                                 search_splits)
@@ -259,7 +260,9 @@ def _search(config, workdir, progress, resume, preemption):
                   valid_loss=valid_loss, valid_acc=valid_acc)
     for group, (logits, ops) in space.alpha_groups(alphas, config).items():
       record[f"alpha_entropy_{group}"] = alpha_entropy(logits)
-      weights = _softmax(logits)
+      # The weights the method mixes with (sigmoid for FairDARTS, the Dirichlet mean
+      # for DrNAS), not always softmax; the entropy above stays softmax's.
+      weights = np.asarray(op_weights(np.asarray(logits), methods.relaxation_kind(config)))
       meta["alphas"].setdefault(group, []).append(weights.tolist())
       run.summaries.op_weights(run.done, group, weights, ops)
     record["genotype"] = space.to_dict(arch)
