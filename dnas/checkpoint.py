@@ -46,15 +46,17 @@ def from_saveable(tree, like):
 
 
 class Checkpointer:
-  """Keeps the last `keep` checkpoints of a run in `directory`; asynchronous saves."""
+  """Keeps the last `keep` checkpoints of a run in `directory` (and, with `keep_period`,
+  every one whose step is a multiple of it); asynchronous saves."""
 
-  def __init__(self, directory: str, *, keep: int = 3):
+  def __init__(self, directory: str, *, keep: int = 3, keep_period: int | None = None):
     if keep < 1:
       raise ValueError(f"keep must be >= 1, got {keep}")
     self.directory = directory
     self._mngr = ocp.CheckpointManager(
-        directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                                        enable_async_checkpointing=True))
+        directory, options=ocp.CheckpointManagerOptions(
+            max_to_keep=keep, keep_period=keep_period, create=True,
+            enable_async_checkpointing=True))
 
   def steps(self) -> list[int]:
     """Finished checkpoints, oldest first."""
@@ -85,17 +87,30 @@ class Checkpointer:
     """
     for step in reversed(self.steps()):
       try:
-        restored = self._mngr.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(to_saveable(target)), meta=ocp.args.JsonRestore()))
-        state = from_saveable(restored["state"], target)
-        _check_same_structure(state, target)
+        state, meta = self.restore(step, target)
       except Exception as e:  # pylint: disable=broad-except
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         print(f"dnas: warning: checkpoint {step} in {self.directory} is unreadable "
               f"({type(e).__name__}: {reason}); trying the previous one", file=sys.stderr)
         continue
-      return step, state, restored["meta"]
+      return step, state, meta
     return None
+
+  def restore(self, step: int, target):
+    """(state, meta) of checkpoint `step`, laid out like `target`; raises if unreadable."""
+    restored = self._mngr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(to_saveable(target)), meta=ocp.args.JsonRestore()))
+    state = from_saveable(restored["state"], target)
+    _check_same_structure(state, target)
+    return state, restored["meta"]
+
+  def delete_from(self, step: int) -> None:
+    """Deletes checkpoint `step` and every later one (a search that goes back in time:
+    DARTS-ADA's rollback)."""
+    self._mngr.wait_until_finished()
+    for s in self.steps():
+      if s >= step:
+        self._mngr.delete(s)
 
   def wait(self) -> None:
     self._mngr.wait_until_finished()

@@ -1,7 +1,8 @@
 """The dominant eigenvalue of the architecture Hessian of the validation loss: the signal
 with which RobustDARTS (Zela et al., ICLR 2020) tracks DARTS's collapse (it grows as the
 search drifts into sharp regions of the validation loss in alpha) and on which its
-DARTS-ES stops the search.
+DARTS-ES stops the search (`early_stop_epoch`) and DARTS-ADA goes back to an earlier
+epoch with stronger weight decay (`ada_weight_decay`).
 
 The Hessian is never formed: Lanczos iterations (with full reorthogonalisation, which
 the small architecture vectors afford: 30 numbers on NAS-Bench-201, 448 on the DARTS
@@ -83,3 +84,12 @@ def early_stop_epoch(epochs, eigenvalues, *, window: int = 5, delta: int = 4,
   if stop >= min_epoch and past > 0 and local[-1] / past > factor:
     return int(stop)
   return None
+
+
+def ada_weight_decay(weight_decay: float, *, mul_factor: float = 3.0,
+                     max_weight_decay: float = 243e-4) -> float | None:
+  """DARTS-ADA (RobustDARTS Sec. 5.2): the weight decay after one more rollback, or None
+  when it would pass `max_weight_decay` (the official loop stops adapting once the decay
+  has reached it: 3e-4 -> 9e-4 -> ... -> 243e-4, four rollbacks)."""
+  new = weight_decay * mul_factor
+  return new if new <= max_weight_decay * (1 + 1e-9) else None

@@ -85,14 +85,34 @@ def _fresh_meta() -> dict:
   return dict(epoch=0, batch=0, sums={}, records=[], alphas={}, elapsed=0.0)
 
 
-def _optimizers(config, steps_per_epoch: int, parts: methods.Parts | None = None):
-  """(weight lr schedule, weight optimiser, architecture optimiser) of the search."""
+def _optimizers(config, steps_per_epoch: int, parts: methods.Parts | None = None,
+                weight_decay: float | None = None):
+  """(weight lr schedule, weight optimiser, architecture optimiser) of the search;
+  `weight_decay` replaces `search.weight_decay` (DARTS-ADA's increased one)."""
   s = config.search
+  wd = s.weight_decay if weight_decay is None else weight_decay
   schedule = bilevel.per_epoch_cosine(s.w_lr, s.w_lr_min, s.epochs, steps_per_epoch)
-  w_tx = bilevel.make_w_tx(schedule, s.momentum, s.weight_decay, s.grad_clip, s.nesterov)
+  w_tx = bilevel.make_w_tx(schedule, s.momentum, wd, s.grad_clip, s.nesterov)
   a_wd = s.a_weight_decay if parts is None or parts.a_weight_decay is None else (
       parts.a_weight_decay)
   return schedule, w_tx, bilevel.make_a_tx(s.a_lr, s.a_b1, s.a_b2, a_wd)
+
+
+def _ada_rollback(directory: str, state, record: dict, steps_per_epoch: int, config) -> None:
+  """Makes the checkpoint of epoch `record["ada_rollback"]` the latest, its meta noting
+  the rollback and the new weight decay, so that a resumed search goes on from there.
+  A kill in between leaves an earlier checkpoint the latest: the resumed run repeats the
+  epochs to the rollback exactly and decides it again."""
+  ckpt = Checkpointer(directory, keep=config.checkpoint.keep,
+                      keep_period=config.search.hessian_every * steps_per_epoch)
+  back = (record["ada_rollback"] + 1) * steps_per_epoch  # its epoch-end checkpoint
+  kept, meta = ckpt.restore(back, state)
+  meta = dict(meta, ada=meta.get("ada", []) + [dict(
+      epoch=record["epoch"], rollback=record["ada_rollback"],
+      weight_decay=record["ada_weight_decay"])])
+  ckpt.delete_from(back)
+  ckpt.save(back, kept, meta)
+  ckpt.close()
 
 
 def load_supernet(config, workdir: str) -> nnx.Module:
@@ -146,8 +166,10 @@ def _search(config, workdir, progress, resume, preemption):
                                  f"split ({min(len(w_src), len(a_src))} examples)")
   if config.max_steps_per_epoch:
     steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
+  # DARTS-ADA goes back to an epoch whose eigenvalue was measured: those checkpoints stay.
   ckpt = Checkpointer(os.path.join(os.path.abspath(workdir), "checkpoints"),
-                      keep=config.checkpoint.keep)
+                      keep=config.checkpoint.keep,
+                      keep_period=s.hessian_every * steps_per_epoch if s.ada else None)
   loop.prepare_workdir(workdir, config, resume=resume, has_checkpoint=bool(ckpt.steps()),
                        what="search")
 
@@ -165,13 +187,17 @@ def _search(config, workdir, progress, resume, preemption):
     _, state, meta = found
     print(f"dnas: resuming {workdir} at epoch {meta['epoch']}, step {int(state.step)}",
           file=sys.stderr)
+  # DARTS-ADA's decay after its rollbacks so far (the checkpoint's meta says how many).
+  weight_decay = meta["ada"][-1]["weight_decay"] if meta.get("ada") else s.weight_decay
+  if weight_decay != s.weight_decay:  # same optimiser state structure, larger decay
+    schedule, w_tx, a_tx = _optimizers(config, steps_per_epoch, parts, weight_decay)
   dtype = utils.compute_dtype(config)
   latency = latency_setup(config, info, workdir)
   # What the steps compute: DARTS's hypergradient with the reference's virtual step (the
   # weight optimiser without its clipping), the latency objective, the relaxation.
   # Its virtual step is heavy-ball SGD even when the weights train with Nesterov momentum:
   # the references write Eq. 6 as w - lr (mu buf + g + wd w) (NAS-Bench-201's DARTS-V2 too).
-  hg = hypergrad.from_order(s.order, bilevel.make_w_tx(schedule, s.momentum, s.weight_decay,
+  hg = hypergrad.from_order(s.order, bilevel.make_w_tx(schedule, s.momentum, weight_decay,
                                                        grad_clip=None, nesterov=False),
                             fd_r=s.fd_r, remat=s.hvp_remat)
   objective = latency and make_arch_objective(config, latency[1])
@@ -242,14 +268,28 @@ def _search(config, workdir, progress, resume, preemption):
                                                              train=False))), mesh))
     record["hessian_max_eig"] = float(eigenvalue(state, eigen_batch[0],
                                                  jax.random.key(epoch)))
-    if s.early_stop:  # DARTS-ES: back to the epoch before the eigenvalue took off
-      past = [r for r in meta["records"] if "hessian_max_eig" in r] + [record]
-      stop = hessian.early_stop_epoch([r["epoch"] for r in past],
-                                      [r["hessian_max_eig"] for r in past])
-      if stop is not None:
-        record.update(early_stop_epoch=stop, stop=True)
-        tqdm.tqdm.write(f"DARTS-ES: the Hessian's eigenvalue grew by more than 1.3x; "
-                        f"stopping, with the architecture of epoch {stop}")
+    if not (s.early_stop or s.ada):
+      return
+    rd = config.robust_darts  # DARTS-ES's rule: the epoch before the eigenvalue took off
+    past = [r for r in meta["records"] if "hessian_max_eig" in r] + [record]
+    stop = hessian.early_stop_epoch([r["epoch"] for r in past],
+                                    [r["hessian_max_eig"] for r in past], window=rd.window,
+                                    delta=rd.delta, factor=rd.factor,
+                                    min_epoch=rd.es_start_epoch)
+    if stop is None:
+      return
+    if s.early_stop:
+      record.update(early_stop_epoch=stop, stop=True)
+      tqdm.tqdm.write(f"DARTS-ES: the Hessian's eigenvalue grew by more than {rd.factor}x; "
+                      f"stopping, with the architecture of epoch {stop}")
+      return
+    new = hessian.ada_weight_decay(weight_decay, mul_factor=rd.mul_factor,
+                                   max_weight_decay=rd.max_weight_decay)
+    if new is not None:  # DARTS-ADA: back to `stop`, on with more decay
+      record.update(ada_rollback=stop, ada_weight_decay=new, stop=True)
+      tqdm.tqdm.write(f"DARTS-ADA: the Hessian's eigenvalue grew by more than {rd.factor}x; "
+                      f"going back to epoch {stop} with weight decay {new:.4g} "
+                      f"(was {weight_decay:.4g})")
 
   def end_epoch(leaves, epoch, means):
     state = flat.tree(leaves)
@@ -258,6 +298,8 @@ def _search(config, workdir, progress, resume, preemption):
     arch = space.derive(alphas, config)
     record = dict(means, epoch=epoch, lr=float(schedule(epoch * steps_per_epoch)),
                   valid_loss=valid_loss, valid_acc=valid_acc)
+    if s.ada:
+      record["weight_decay"] = weight_decay
     for group, (logits, ops) in space.alpha_groups(alphas, config).items():
       record[f"alpha_entropy_{group}"] = alpha_entropy(logits)
       # The weights the method mixes with (sigmoid for FairDARTS, the Dirichlet mean
@@ -286,6 +328,10 @@ def _search(config, workdir, progress, resume, preemption):
                 os.path.join(workdir, "genotype.json"))
 
   state = flat.tree(run.run(flat.leaves(state), batches, step, end_epoch, written))
+  last = meta["records"][-1] if meta["records"] else {}
+  if "ada_rollback" in last:  # DARTS-ADA: the run goes on from the earlier epoch
+    _ada_rollback(ckpt.directory, state, last, steps_per_epoch, config)
+    return _search(config, workdir, progress, True, preemption)
 
   tune_steps = []
 

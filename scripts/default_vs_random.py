@@ -2,7 +2,8 @@
 every cell retrained by the same `dnas.train` (issue 16's test of the default):
 
 python scripts/default_vs_random.py --workdir=runs/vs_random                # the default
-python scripts/default_vs_random.py --workdir=runs/vs_random_drnas -- --config.method=drnas
+python scripts/default_vs_random.py --workdir=runs/vs_random_drnas --random_dir=runs/vs_random \
+    --search_args=--config.method=drnas
 
 Searches with seeds 0..S-1 (`python -m dnas.search`, each resumable in
 workdir/search_<s>), retrains each find with R seeds, draws N random cells of the
@@ -11,14 +12,17 @@ Reports the finds' mean +- std over all their retrainings, the random cells' med
 spread and best (each cell its seed mean), the retraining seed noise (std between two
 seeds of one cell, pooled), and whether the finds' mean reaches the random median by more
 than that noise. Everything after `--` goes to both commands (config overrides; the random
-cells are drawn from the config file's own `model.primitives`). Each command's output is
-kept beside its results; a rerun skips what is done.
+cells are drawn from the config file's own `model.primitives`); `--search_args` to the
+searches only, so that searches of several methods can share one set of random cells
+(`--random_dir`). Each command's output is kept beside its results; a rerun skips what is
+done.
 """
 
 import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 from absl import app, flags
@@ -28,16 +32,27 @@ flags.DEFINE_string("config", "dnas/configs/digits.py", "The config of search an
 flags.DEFINE_integer("search_seeds", 3, "Search seeds 0..S-1.")
 flags.DEFINE_integer("retrain_seeds", 2, "Retraining seeds 0..R-1 of every cell.")
 flags.DEFINE_integer("random_cells", 10, "Random cells, retrained like the finds.")
+flags.DEFINE_string("random_dir", None, "Where the random cells live (default: workdir); "
+                    "share it between runs whose retraining is the same.")
+flags.DEFINE_multi_string("search_args", [], "Arguments for the searches only.")
 FLAGS = flags.FLAGS
 
 
-def _run(args, log):
+def _run(args, log) -> float:
+  """Runs `python -m args` once (a rerun skips it); returns its wall time in seconds."""
   if not os.path.exists(log):
+    start = time.perf_counter()
     out = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True)
-    with open(log, "w") as f:
-      f.write(out.stdout + out.stderr)
+    seconds = time.perf_counter() - start
     if out.returncode:
-      raise SystemExit(f"{' '.join(args)} failed (exit {out.returncode}); see {log}")
+      with open(log + ".failed", "w") as f:
+        f.write(out.stdout + out.stderr)
+      raise SystemExit(f"{' '.join(args)} failed (exit {out.returncode}); see {log}.failed")
+    with open(log, "w") as f:
+      f.write(out.stdout + out.stderr + f"\nwall {seconds:.1f} s\n")
+  with open(log) as f:
+    last = f.read().rstrip().splitlines()[-1]
+  return float(last.split()[1]) if last.startswith("wall ") else float("nan")
 
 
 def retrain(genotype: str, directory: str, seed: int, overrides) -> float:
@@ -48,6 +63,10 @@ def retrain(genotype: str, directory: str, seed: int, overrides) -> float:
        os.path.join(work, "log.txt"))
   with open(os.path.join(work, "train_result.json")) as f:
     return float(json.load(f)["test_acc"])
+
+
+def _metrics(space, arch, config) -> dict:
+  return space.arch_metrics(arch, config) if hasattr(space, "arch_metrics") else {}
 
 
 def main(argv):
@@ -64,17 +83,21 @@ def main(argv):
   for s in range(FLAGS.search_seeds):
     d = os.path.join(FLAGS.workdir, f"search_{s}")
     os.makedirs(d, exist_ok=True)
-    _run(["dnas.search", f"--config={FLAGS.config}", *overrides, f"--config.seed={s}",
-          f"--workdir={d}", "--progress=false"], os.path.join(d, "log.txt"))
-    accs = [retrain(os.path.join(d, "genotype.json"), d, r, overrides)
-            for r in range(FLAGS.retrain_seeds)]
+    seconds = _run(["dnas.search", f"--config={FLAGS.config}", *overrides, *FLAGS.search_args,
+                    f"--config.seed={s}", f"--workdir={d}", "--progress=false"],
+                   os.path.join(d, "log.txt"))
+    path = os.path.join(d, "genotype.json")
+    accs = [retrain(path, d, r, overrides) for r in range(FLAGS.retrain_seeds)]
     finds += accs
-    found_cells.append(dict(seed=s, test_acc=accs))
-    print(f"search {s}: retrained {', '.join(f'{100 * a:.2f}' for a in accs)} %", flush=True)
+    arch = spaces.load(space, path)
+    found_cells.append(dict(seed=s, test_acc=accs, search_s=seconds,
+                            arch=space.to_dict(arch), **_metrics(space, arch, config)))
+    print(f"search {s} ({seconds:.0f} s): retrained {', '.join(f'{100 * a:.2f}' for a in accs)} %"
+          f" {_metrics(space, arch, config)}", flush=True)
   rng = np.random.default_rng(1000)
-  randoms = []
+  randoms, random_cells = [], []
   for i in range(FLAGS.random_cells):
-    d = os.path.join(FLAGS.workdir, f"random_{i}")
+    d = os.path.join(FLAGS.random_dir or FLAGS.workdir, f"random_{i}")
     os.makedirs(d, exist_ok=True)
     path = os.path.join(d, "genotype.json")
     arch = space.random_arch(rng, config)  # drawn every time: the sequence stays seeded
@@ -82,14 +105,18 @@ def main(argv):
       spaces.save(space, arch, path)
     accs = [retrain(path, d, r, overrides) for r in range(FLAGS.retrain_seeds)]
     randoms.append(accs)
-    print(f"random {i}: retrained {', '.join(f'{100 * a:.2f}' for a in accs)} %", flush=True)
+    random_cells.append(dict(test_acc=accs, arch=space.to_dict(arch),
+                             **_metrics(space, arch, config)))
+    print(f"random {i}: retrained {', '.join(f'{100 * a:.2f}' for a in accs)} %"
+          f" {_metrics(space, arch, config)}", flush=True)
   cell_means = np.mean(randoms, axis=1)
   noise = float(np.sqrt(np.mean(np.var(np.asarray(randoms + [c["test_acc"] for c in found_cells]),
                                        axis=1, ddof=1)))) if FLAGS.retrain_seeds > 1 else 0.0
   report = dict(
-      overrides=overrides, config=FLAGS.config, finds=found_cells,
+      overrides=overrides, search_args=FLAGS.search_args, config=FLAGS.config,
+      finds=found_cells,
       found_mean=float(np.mean(finds)), found_std=float(np.std(finds)),
-      random=[list(map(float, r)) for r in randoms], random_median=float(np.median(cell_means)),
+      random=random_cells, random_median=float(np.median(cell_means)),
       random_best=float(cell_means.max()), random_worst=float(cell_means.min()),
       retrain_seed_noise=noise)
   margin = report["found_mean"] - report["random_median"]

@@ -1,5 +1,6 @@
-"""The Checkpointer: round trip with typed PRNG keys, keep-K, no rewrite of a step, and a
-corrupt newest checkpoint reported in one line and skipped for the previous one."""
+"""The Checkpointer: round trip with typed PRNG keys, keep-K (and keep-period), no rewrite
+of a step, going back (delete_from), and a corrupt newest checkpoint reported in one line
+and skipped for the previous one."""
 
 import glob
 import os
@@ -47,6 +48,27 @@ def test_round_trip_keep_k_and_corrupt_newest_falls_back(tmp_path, capsys):
                                              f"unreadable") and "previous one" in err[0]
   assert sorted(os.listdir(tmp_path)).count("4") == 1  # reported, not deleted
   ckpt.close()
+
+
+def test_keep_period_keeps_multiples_and_delete_from_goes_back(tmp_path):
+  # DARTS-ADA's rollback: the epoch-end checkpoints it may go back to stay (keep_period),
+  # and going back deletes that checkpoint and every later one.
+  rng = np.random.default_rng(3)
+  states = [_state(rng) for _ in range(7)]
+  ckpt = Checkpointer(str(tmp_path), keep=1, keep_period=2)
+  for i, st in enumerate(states):
+    ckpt.save(i + 1, st, {"epoch": i})
+  ckpt.wait()
+  assert ckpt.steps() == [2, 4, 6, 7]
+  restored, meta = ckpt.restore(4, states[0])
+  assert meta == {"epoch": 3}
+  _equal(restored, states[3])
+  ckpt.delete_from(4)
+  assert ckpt.steps() == [2]
+  assert ckpt.save(4, restored, {"epoch": 3, "ada": [1]})  # rewritten with the new meta
+  ckpt.close()
+  step, _, meta = Checkpointer(str(tmp_path), keep=1).restore_latest(states[0])
+  assert step == 4 and meta == {"epoch": 3, "ada": [1]}
 
 
 def test_meta_is_saved_as_it_was_when_save_returned(tmp_path):

@@ -56,6 +56,16 @@ def test_darts_es_stops_when_the_local_average_grows_by_the_factor():
                                   min_epoch=30) is None
 
 
+def test_darts_ada_multiplies_the_decay_up_to_its_maximum():
+  # The official schedule: 3e-4 times 3 per rollback, four rollbacks up to 243e-4.
+  wd, seen = 3e-4, []
+  while (wd := hessian.ada_weight_decay(wd)) is not None:
+    seen.append(wd)
+  np.testing.assert_allclose(seen, [9e-4, 27e-4, 81e-4, 243e-4], rtol=1e-12)
+  assert hessian.ada_weight_decay(5e-4, mul_factor=2.0, max_weight_decay=1e-3) == 1e-3
+  assert hessian.ada_weight_decay(5e-4, mul_factor=2.0, max_weight_decay=9e-4) is None
+
+
 def test_epoch_loop_stops_on_a_stop_record_and_stays_stopped(tmp_path):
   # DARTS-ES ends the search through the loop: a record with "stop" ends the run after its
   # epoch (checkpointed); resuming that run does no more epochs.

@@ -104,36 +104,37 @@ def test_method_presets_build_their_parts():
 
 
 @pytest.mark.parametrize("change,message", [
-    (dict(method="drnaz"), "method 'drnaz' is unknown; valid: darts, pc_darts, drnas"),
-    (dict(method="drnas", relaxation="gumbel"), "method drnas draws its op weights from a "
-     "dirichlet relaxation; search.relaxation must stay softmax"),
-    (dict(method="drnas", reg="l1"), "drnas.reg 'l1' is unknown; valid: l2, kl"),
-    (dict(method="beta_darts", lambda_max=-1.0), "beta_darts.lambda_max must be >= 0"),
-    (dict(method="pc_darts"), "method 'pc_darts' is not available for space nb201"),
-    (dict(method="darts_minus", decay="step"), "darts_minus.decay 'step' is unknown; valid: "
-     "linear, cosine"),
-    (dict(method="fair_darts", threshold=1.5), "fair_darts.threshold must be in (0, 1), "
-     "got 1.5"),
-    (dict(method="darts", early_stop=True), "search.early_stop (DARTS-ES) needs "
+    ({"method": "drnaz"}, "method 'drnaz' is unknown; valid: darts, pc_darts, drnas"),
+    ({"method": "drnas", "search.relaxation": "gumbel"}, "method drnas draws its op weights "
+     "from a dirichlet relaxation; search.relaxation must stay softmax"),
+    ({"method": "drnas", "drnas.reg": "l1"}, "drnas.reg 'l1' is unknown; valid: l2, kl"),
+    ({"method": "beta_darts", "beta_darts.lambda_max": -1.0}, "beta_darts.lambda_max must "
+     "be >= 0"),
+    ({"method": "pc_darts"}, "method 'pc_darts' is not available for space nb201"),
+    ({"method": "darts_minus", "darts_minus.decay": "step"}, "darts_minus.decay 'step' is "
+     "unknown; valid: linear, cosine"),
+    ({"method": "fair_darts", "fair_darts.threshold": 1.5}, "fair_darts.threshold must be in "
+     "(0, 1), got 1.5"),
+    ({"search.early_stop": True}, "search.early_stop (DARTS-ES) needs "
      "search.hessian_every > 0"),
-    (dict(method="sdarts_rs", relaxation="gumbel"), "method sdarts_rs perturbs softmax op "
-     "weights; search.relaxation must be softmax, got 'gumbel'"),
+    ({"search.ada": True}, "search.ada (DARTS-ADA) needs search.hessian_every > 0"),
+    ({"search.ada": True, "search.early_stop": True, "search.hessian_every": 1},
+     "search.ada and search.early_stop exclude each other"),
+    ({"search.ada": True, "search.hessian_every": 1, "robust_darts.mul_factor": 1.0},
+     "robust_darts.mul_factor 1.0 must be > 1"),
+    ({"search.hessian_every": 1, "robust_darts.window": 0}, "robust_darts.window must be a "
+     "positive integer, got 0"),
+    ({"method": "sdarts_rs", "search.relaxation": "gumbel"}, "method sdarts_rs perturbs "
+     "softmax op weights; search.relaxation must be softmax, got 'gumbel'"),
 ])
 def test_bad_method_settings_are_one_line(change, message):
   c = nb201_config.get_config()
-  c.method = change["method"]
-  if "relaxation" in change:
-    c.search.relaxation = change["relaxation"]
-  if "reg" in change:
-    c.drnas.reg = change["reg"]
-  if "early_stop" in change:
-    c.search.early_stop = change["early_stop"]
-  if "threshold" in change:
-    c.fair_darts.threshold = change["threshold"]
-  if "decay" in change:
-    c.darts_minus.decay = change["decay"]
-  if "lambda_max" in change:
-    c.beta_darts.lambda_max = change["lambda_max"]
+  for key, value in change.items():
+    *path, name = key.split(".")
+    node = c
+    for part in path:
+      node = node[part]
+    node[name] = value
   with pytest.raises(config_lib.ConfigError) as e:
     config_lib.validate(c, "search")
   assert message in str(e.value) and "\n" not in str(e.value)
@@ -160,10 +161,16 @@ NB201_TINY = ["--config.model.C=4", "--config.train.C=4", "--config.train.N=1",
     ("darts", "sdarts_rs", [], "param_free_ops_reduce"),
     ("nb201", "darts_minus", [], "param_free_ops"),
     ("darts", "fair_darts", [], "fair_below_threshold"),
-    # RobustDARTS's signal, logged per epoch, and DARTS-PT's selection (after any method;
-    # here plain DARTS).
-    ("nb201", "darts", ["--config.search.hessian_every=1", "--config.search.selection=pt",
-                        "--config.darts_pt.interval=1"], "hessian_max_eig"),
+    # RobustDARTS's signal, logged per epoch, DARTS-ADA on it (its rule made to fire at
+    # once: back to epoch 0 with weight decay 5e-4 * 3, which is its maximum here), and
+    # DARTS-PT's selection (after any method; here plain DARTS).
+    ("nb201", "darts", ["--config.search.hessian_every=1", "--config.search.ada=true",
+                        "--config.robust_darts.window=1", "--config.robust_darts.delta=1",
+                        "--config.robust_darts.es_start_epoch=0",
+                        "--config.robust_darts.factor=0", "--config.search.weight_decay=5e-4",
+                        "--config.robust_darts.max_weight_decay=15e-4",
+                        "--config.search.selection=pt", "--config.darts_pt.interval=1"],
+     "hessian_max_eig"),
 ])
 def test_one_epoch_search_per_method(tmp_path, space, method, extra, logged):
   from tests import cli_helpers  # pylint: disable=g-import-not-at-top
@@ -179,6 +186,10 @@ def test_one_epoch_search_per_method(tmp_path, space, method, extra, logged):
   assert len(records) == 2 and logged in records[-1]
   assert all(np.isfinite(r["a_loss"]) and np.isfinite(r["w_loss"]) for r in records)
   assert (tmp_path / "genotype.json").exists()
+  if "--config.search.ada=true" in extra:  # one rollback, from epoch 1 to epoch 0
+    assert [r["weight_decay"] for r in records] == [5e-4, pytest.approx(15e-4)]
+    assert out.stdout.count("DARTS-ADA: ") == 1, out.stdout[-2000:]
+    assert "going back to epoch 0 with weight decay 0.0015" in out.stdout
   if "--config.search.selection=pt" in extra:  # six edge decisions, the last one kept
     decisions = [l for l in out.stdout.splitlines() if l.startswith("DARTS-PT: edge")]
     assert len(decisions) == 6, out.stdout[-2000:]

@@ -55,15 +55,24 @@ def get_config():
   # projection (NAS-Bench-201 space; `darts_pt.interval`).
   # hessian_every: every N epochs, log the largest eigenvalue of the Hessian in alpha of
   # the loss on one architecture batch (RobustDARTS; Lanczos with hessian_iters
-  # Hessian-vector products; 0: never); early_stop: DARTS-ES on that signal (window 5,
-  # delta 4, factor 1.3), the search stops and takes the architecture of the epoch
-  # before the rise.
+  # Hessian-vector products; 0: never); early_stop: DARTS-ES on that signal
+  # (`robust_darts`), the search stops and takes the architecture of the epoch before
+  # the rise; ada: DARTS-ADA, the search goes back to that epoch instead and goes on
+  # with a larger weight decay.
   c.search = dict(epochs=50, batch_size=64, order="first", w_lr=0.025, w_lr_min=0.001,
                   momentum=0.9, nesterov=False, weight_decay=3e-4, grad_clip=5.0, a_lr=3e-4,
                   a_b1=0.5, a_b2=0.999, a_weight_decay=1e-3, fd_r=0.01, arch_start_epoch=0,
                   relaxation="softmax", gumbel_hard=False, tau_start=10.0, tau_end=0.1,
                   tau_anneal="linear", hvp_remat=False, programs="auto",
-                  selection="argmax", hessian_every=0, hessian_iters=20, early_stop=False)
+                  selection="argmax", hessian_every=0, hessian_iters=20, early_stop=False,
+                  ada=False)
+  # RobustDARTS (automl/RobustDARTS, its search defaults): DARTS-ES compares the local
+  # average of the last `window` eigenvalues with the one `delta` measurements earlier and
+  # fires above `factor` from `es_start_epoch` on; DARTS-ADA then multiplies the weight
+  # decay by `mul_factor`, as long as it stays <= `max_weight_decay` (3e-4 -> 243e-4:
+  # four rollbacks), and runs on from the epoch it went back to.
+  c.robust_darts = dict(window=5, delta=4, factor=1.3, es_start_epoch=10, mul_factor=3.0,
+                        max_weight_decay=243e-4)
   # DrNAS (xiangning-chen/DrNAS): reg "l2" (the official default: search.a_weight_decay
   # on alpha) or "kl" (kl_scale * KL(Dir(ELU(alpha) + 1) || Dir(1)) per edge added to the
   # architecture loss, architecture weight decay 0).
