@@ -81,8 +81,9 @@ def validate(config, mode: str) -> None:
     if c["search.selection"] == "pt":
       positive(c, "darts_pt.interval", int)
       if not hasattr(spaces.get(c["space"]), "pt_select"):
+        built = [n for n in spaces.names() if hasattr(spaces.get(n), "pt_select")]
         raise ConfigError(f"search.selection pt (DARTS-PT) is not built for space "
-                          f"{c['space']}; it is for: nb201")
+                          f"{c['space']}; it is for: {', '.join(built)}")
     non_negative(c, "search.hessian_every")
     positive(c, "search.hessian_iters", int)
     if c["search.early_stop"] and not c["search.hessian_every"]:

@@ -4,6 +4,7 @@ Nothing here knows the space: it goes through the search-space protocol
 (`dnas.spaces.base`)."""
 
 import functools
+import itertools
 import os
 import sys
 
@@ -359,7 +360,9 @@ def _search(config, workdir, progress, resume, preemption):
   else:
     arch = selection.SELECTIONS[s.selection](selection.Context(
         space=space, config=config, state=state, evaluate=evaluate_state, train=train,
-        weight_batches=lambda epoch=0: make(w_src, seed=config.seed, epoch=s.epochs + epoch)))
+        # A fine-tuning epoch is a search epoch's steps (max_steps_per_epoch caps both).
+        weight_batches=lambda epoch=0: itertools.islice(
+            make(w_src, seed=config.seed, epoch=s.epochs + epoch), steps_per_epoch)))
   if run.primary:
     spaces.save(space, arch, os.path.join(workdir, "genotype.json"))
     groups = space.alpha_groups(final_alphas, config)

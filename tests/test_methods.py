@@ -156,7 +156,9 @@ NB201_TINY = ["--config.model.C=4", "--config.train.C=4", "--config.train.N=1",
 # 2 cores); both spaces of every method were run by hand (BUILD_NOTES.md).
 @pytest.mark.parametrize("space,method,extra,logged", [
     ("nb201", "drnas", ["--config.drnas.reg=kl"], "drnas_kl"),
-    ("darts", "beta_darts", [], "beta_lambda"),
+    # beta-DARTS, then DARTS-PT's projection on the DARTS space (5 edges, 2 nodes a cell).
+    ("darts", "beta_darts", ["--config.search.selection=pt", "--config.darts_pt.interval=1"],
+     "beta_lambda"),
     ("nb201", "sdarts_adv", [], "param_free_ops"),
     ("darts", "sdarts_rs", [], "param_free_ops_reduce"),
     ("nb201", "darts_minus", [], "param_free_ops"),
@@ -190,9 +192,13 @@ def test_one_epoch_search_per_method(tmp_path, space, method, extra, logged):
     assert [r["weight_decay"] for r in records] == [5e-4, pytest.approx(15e-4)]
     assert out.stdout.count("DARTS-ADA: ") == 1, out.stdout[-2000:]
     assert "going back to epoch 0 with weight decay 0.0015" in out.stdout
-  if "--config.search.selection=pt" in extra:  # six edge decisions, the last one kept
-    decisions = [l for l in out.stdout.splitlines() if l.startswith("DARTS-PT: edge")]
-    assert len(decisions) == 6, out.stdout[-2000:]
+  if "--config.search.selection=pt" in extra:  # nb201: six edges; darts: 5 + 2 of each cell
+    decisions = [l for l in out.stdout.splitlines() if l.startswith("DARTS-PT: ")]
+    assert len(decisions) == (6 if space == "nb201" else 14), out.stdout[-2000:]
+    found = json.loads((tmp_path / "genotype.json").read_text())
+    if space == "darts":  # the projection's choice is what was written
+      kept = [l.split(": ", 2)[2].split(" (")[0] for l in decisions if " edge " in l]
+      assert {op for op, _ in found["normal"] + found["reduce"]} <= set(kept)
 
 
 def test_sdarts_clip_by_hand():
@@ -354,3 +360,64 @@ def test_paper_configs_validate():
       assert c.data.name == "cifar10" and c.space == ("nb201" if space else "darts")
   with pytest.raises(ValueError, match="expected METHOD"):
     robust_cifar10.get_config("dartz")
+
+
+def test_darts_pt_on_the_darts_space_projects_ops_then_inputs():
+  # The DARTS space (2 nodes: 5 edges), with a stand-in supernet whose validation
+  # accuracy is sum over both cells of w . value: PT keeps on each edge the op of the
+  # largest w_ek value_ek (removing it costs the most), then node 3 keeps the two inputs
+  # whose kept op adds the most (dropping the input whose removal leaves the highest
+  # accuracy); node 2 has two inputs and keeps both. The Genotype is DARTS's parse of
+  # the projected weights.
+  from typing import NamedTuple  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from dnas import selection  # pylint: disable=g-import-not-at-top
+  from dnas.arch import ArchParam  # pylint: disable=g-import-not-at-top
+  from dnas.configs import tiny  # pylint: disable=g-import-not-at-top
+  from dnas.spaces import darts  # pylint: disable=g-import-not-at-top
+  from dnas.spaces.darts import space as darts_space  # pylint: disable=g-import-not-at-top
+
+  class State(NamedTuple):
+    alphas: nnx.State
+  prims = ("none", "skip_connect", "max_pool_3x3", "sep_conv_3x3")
+  rng = np.random.default_rng(7)
+  alphas = {c: rng.normal(0, 0.5, (5, 4)) for c in ("normal", "reduce")}
+  value = {c: rng.uniform(0.1, 1, (5, 4)) for c in ("normal", "reduce")}
+  for v in value.values():
+    v[:, 0] = 0.0  # `none` adds nothing
+  value["normal"][2, 3] = value["normal"][4, 1] = 40.0  # node 3 needs inputs 0 and 2
+  value["reduce"][3, 2] = 40.0
+  trained = []
+
+  def evaluate(state, inputs):
+    return 0.0, float(sum(np.sum(np.asarray(inputs["weights"][c]) * value[c])
+                          for c in value))
+
+  def train(state, batches, inputs):
+    trained.append({c: np.asarray(w) for c, w in inputs["weights"].items()})
+    return state
+  c = tiny.get_config()
+  c.model.update(steps=2, multiplier=2, primitives=prims)
+  c.darts_pt.interval = 2
+  state = State(nnx.State({f"alphas_{k}": ArchParam(jnp.asarray(a, jnp.float32))
+                           for k, a in alphas.items()}))
+  ctx = selection.Context(space=darts_space.SPACE, config=c, state=state, evaluate=evaluate,
+                          train=train, weight_batches=lambda epoch=0: None)
+  got = selection.SELECTIONS["pt"](ctx)
+
+  def want(cell):
+    w = np.asarray(jax.nn.softmax(jnp.asarray(alphas[cell], jnp.float32), -1))
+    k = np.argmax(w * value[cell], -1)
+    gain = value[cell][np.arange(5), k]
+    node3 = sorted(sorted(range(3), key=lambda j: -gain[2 + j])[:2])
+    return tuple([(prims[k[0]], 0), (prims[k[1]], 1)] + [(prims[k[2 + j]], j) for j in node3])
+  assert got.normal == want("normal") and got.reduce == want("reduce")
+  assert [j for _, j in got.normal[2:]] == [0, 2]
+  assert got.normal != darts.derive_genotype(alphas["normal"], alphas["reduce"], steps=2,
+                                             multiplier=2, primitives=prims).normal
+  # Fine-tuning between decisions (5 op decisions + 2 node decisions, none after the
+  # last), each cell's weights one-hot on its decided edges, growing one a decision.
+  assert len(trained) == 6 * 2
+  assert [int(np.sum(t["normal"] == 1.0)) for t in trained[::2]] == [1, 2, 3, 4, 5, 5]
+  # No input is dropped before the node decisions (after the 5th op decision).
+  assert all(np.count_nonzero(t[c].sum(-1)) == 5 for t in trained[:10] for c in t)

@@ -52,7 +52,7 @@ def get_config():
   # independent op weights).
   # selection: how the trained supernet becomes the architecture (`dnas.selection`):
   # "argmax" of the architecture weights (DARTS); "pt": DARTS-PT's perturbation-based
-  # projection (NAS-Bench-201 space; `darts_pt.interval`).
+  # projection (DARTS and NAS-Bench-201 spaces; `darts_pt.interval`).
   # hessian_every: every N epochs, log the largest eigenvalue of the Hessian in alpha of
   # the loss on one architecture batch (RobustDARTS; Lanczos with hessian_iters
   # Hessian-vector products; 0: never); early_stop: DARTS-ES on that signal

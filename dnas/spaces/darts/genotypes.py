@@ -118,7 +118,9 @@ def load(path: str | os.PathLike) -> Genotype:
     raise GenotypeError(f"{path}: {e}") from None
 
 
-def _parse(weights: np.ndarray, steps: int, primitives: Sequence[str]) -> list[tuple[str, int]]:
+def parse_weights(weights: np.ndarray, steps: int,
+                  primitives: Sequence[str]) -> list[tuple[str, int]]:
+  """One cell's (op, input) pairs from its op weights f32[E, K] (DARTS's parse)."""
   # DARTS Sec. 2.4: per node, the two inputs whose strongest non-`none` op weighs most
   # (stable sort: ties go to the lower input), then that op (ties: lowest op index).
   allowed = [k for k, p in enumerate(primitives) if p != "none"]
@@ -176,8 +178,9 @@ def derive_genotype(alphas_normal, alphas_reduce, *, steps: int = 4, multiplier:
         raise ValueError(f"betas_{cell} has shape {np.shape(b)}, expected {(E,)}")
       weights[cell] = weights[cell] * node_softmax(b)[:, None]
   concat = tuple(range(2 + steps - multiplier, steps + 2))
-  return Genotype(normal=_parse(weights["normal"], steps, primitives), normal_concat=concat,
-                  reduce=_parse(weights["reduce"], steps, primitives), reduce_concat=concat)
+  return Genotype(normal=parse_weights(weights["normal"], steps, primitives),
+                  normal_concat=concat, reduce=parse_weights(weights["reduce"], steps, primitives),
+                  reduce_concat=concat)
 
 
 # Published cells, as in the reference genotypes.py.

@@ -199,18 +199,24 @@ class Network(nnx.Module):
     return (node_softmax(self.betas_normal[...], self.steps),
             node_softmax(self.betas_reduce[...], self.steps))
 
-  def __call__(self, x, *, arch_key: jax.Array | None = None, tau=None, aux_skip=None):
+  def __call__(self, x, *, arch_key: jax.Array | None = None, tau=None, aux_skip=None,
+               weights: dict | None = None):
     """f32[N, H, W, C] -> f32[N, num_classes]; `arch_key` (PRNG key) and `tau` (f32[])
     draw the op weights of the sampling relaxations (gumbel: both; dirichlet: the key);
-    `aux_skip` (f32[]) weighs DARTS-'s auxiliary skips (built with auxiliary_skip)."""
+    `aux_skip` (f32[]) weighs DARTS-'s auxiliary skips (built with auxiliary_skip).
+    `weights` ({"normal": f32[E, K], "reduce": f32[E, K]}) replaces the op weights
+    (DARTS-PT's projected and masked ones)."""
     s0 = s1 = self.stem(x)
     k_normal = k_reduce = None
     if arch_key is not None:
       k_normal, k_reduce = jax.random.split(arch_key)
-    w_normal = op_weights(self.alphas_normal[...], self.relaxation, k_normal, tau,
-                          self.gumbel_hard)
-    w_reduce = op_weights(self.alphas_reduce[...], self.relaxation, k_reduce, tau,
-                          self.gumbel_hard)
+    if weights is not None:
+      w_normal, w_reduce = weights["normal"], weights["reduce"]
+    else:
+      w_normal = op_weights(self.alphas_normal[...], self.relaxation, k_normal, tau,
+                            self.gumbel_hard)
+      w_reduce = op_weights(self.alphas_reduce[...], self.relaxation, k_reduce, tau,
+                            self.gumbel_hard)
     hard = self.relaxation == "gumbel" and arch_key is not None and self.gumbel_hard
     e_normal, e_reduce = self.edge_weights()
     remat = self.remat or autodiff.remat_requested()

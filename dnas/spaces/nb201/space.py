@@ -8,12 +8,12 @@ import functools
 import importlib.util
 import os
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from dnas import methods
+from dnas.arch import op_weights
 from dnas.latency.table import jit_eval
 from dnas.spaces.nb201.benchmark import Benchmark
 from dnas.spaces.nb201 import latency
@@ -85,7 +85,7 @@ class NB201Space:
 
   def pt_select(self, ctx) -> Structure:
     """DARTS-PT's projection (ruocwang/darts-pt, `nasbench201/projection.py`): the op
-    weights are softmax(alpha) with the decided edges one-hot; the edges are decided in
+    weights are the method's (softmax(alpha) for DARTS) with the decided edges one-hot; the edges are decided in
     a random order (seeded by `config.seed`); for an edge, each op's weight is zeroed in
     turn (the others unchanged, not renormalised) and the supernet's validation accuracy
     measured; the op whose removal hurts it most is kept (the edge becomes one-hot); the
@@ -93,7 +93,8 @@ class NB201Space:
     projected op weights. Deviation: the alphas stay fixed while fine-tuning (the
     official code keeps stepping them, which moves only the undecided edges)."""
     config, state = ctx.config, ctx.state
-    weights = np.asarray(jax.nn.softmax(jnp.asarray(ctx.state.alphas["alphas"][...]), -1))
+    weights = np.asarray(op_weights(jnp.asarray(ctx.state.alphas["alphas"][...]),
+                                    methods.relaxation_kind(config)))
     decided: dict[int, int] = {}
 
     def projected():
