@@ -5,6 +5,16 @@ import tempfile
 from dnas import utils
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# The suite's programs are tiny and each compiles once: LLVM's optimisation of the
+# generated CPU code is most of their compile time and none of what the tests assert
+# (values, gradients, equalities between runs), so the tests, and the entry points they
+# run in subprocesses, compile at backend optimisation level 0 (BUILD_NOTES.md: the
+# 8-device mesh worker 170 -> 111 CPU-seconds). The dnas commands and benchmarks keep
+# XLA's default; DNAS_TEST_XLA_OPT=default runs the suite with it.
+if os.environ.get("DNAS_TEST_XLA_OPT", "0") != "default":
+  if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                               + " --xla_backend_optimization_level=0").strip()
 utils.configure_xla()
 
 

@@ -160,7 +160,9 @@ NB201_TINY = ["--config.model.C=4", "--config.train.C=4", "--config.train.N=1",
     ("darts", "beta_darts", ["--config.search.selection=pt", "--config.darts_pt.interval=1"],
      "beta_lambda"),
     ("nb201", "sdarts_adv", [], "param_free_ops"),
-    ("darts", "sdarts_rs", [], "param_free_ops_reduce"),
+    # SDARTS-RS with partial channels (a method composed with PC-DARTS's sampling).
+    ("darts", "sdarts_rs", ["--config.model.partial_channels=true", "--config.model.pc_k=2"],
+     "param_free_ops_reduce"),
     ("nb201", "darts_minus", [], "param_free_ops"),
     ("darts", "fair_darts", [], "fair_below_threshold"),
     # RobustDARTS's signal, logged per epoch, DARTS-ADA on it (its rule made to fire at
@@ -353,8 +355,6 @@ def test_paper_configs_validate():
   from dnas.configs import robust_cifar10  # pylint: disable=g-import-not-at-top
   for method in robust_cifar10.METHODS:
     for space in ("", ",nb201"):
-      if method == "darts_pt" and not space:
-        continue  # PT is built for NAS-Bench-201
       c = robust_cifar10.get_config(method + space)
       config_lib.validate(c, "search")
       assert c.data.name == "cifar10" and c.space == ("nb201" if space else "darts")

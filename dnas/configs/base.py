@@ -34,9 +34,11 @@ def get_config():
   # -1: none on a CPU backend, half the cores (at most 8) on a GPU/TPU host).
   c.data = dict(name="digits", data_dir="", train_portion=0.5, image_size=224, workers=-1,
                 crop_padding=1, flip=False)
-  # The supernet (DARTS: Liu et al. 2019, Sec. 3.1), read by the space.
+  # The supernet (DARTS: Liu et al. 2019, Sec. 3.1), read by the space. partial_channels:
+  # every edge of the DARTS space mixes 1/pc_k of the channels with any method, without
+  # edge normalisation (DrNAS's DARTS-space supernet); method pc_darts implies both.
   c.model = dict(C=16, layers=8, steps=4, multiplier=4, stem_multiplier=3,
-                 primitives=PRIMITIVES, remat=False, pc_k=4)
+                 primitives=PRIMITIVES, remat=False, pc_k=4, partial_channels=False)
   # The bilevel search. Weights: SGD (w_lr annealed per epoch by cosine to w_lr_min,
   # momentum (nesterov: PyTorch's Nesterov form), weight_decay, grad_clip); architecture:
   # Adam (a_lr, a_b1, a_b2, a_weight_decay). order: "first", "second" (exact),

@@ -7,6 +7,7 @@ python -m dnas.search --config=dnas/configs/robust_cifar10.py:sdarts_adv        
 python -m dnas.search --config=dnas/configs/robust_cifar10.py:darts_minus
 python -m dnas.search --config=dnas/configs/robust_cifar10.py:fair_darts
 python -m dnas.search --config=dnas/configs/robust_cifar10.py:darts_pt,nb201     # DARTS + PT
+python -m dnas.search --config=dnas/configs/robust_cifar10.py:darts_pt           # DARTS space
 
 METHOD: drnas, beta_darts, sdarts_rs, sdarts_adv, darts_minus, fair_darts, darts_pt;
 ",nb201" searches NAS-Bench-201's space (C=16, N=5), otherwise the DARTS space (C=16, 8
@@ -22,9 +23,11 @@ Sources (BUILD_NOTES.md, session 11, lists what each repository's scripts set):
   FairDARTS: batch 128, lr 0.005 to 0.001, alphas Adam 3e-3 with betas (0.9, 0.999),
   no `none` op. beta-DARTS's released code runs NAS-Bench-201 only; its DARTS-space
   search here takes DARTS's settings with the NAS-Bench-201 lambda. DrNAS's DARTS-space
-  search is progressive (partial channels 6 then 4, pruning ops between its two
-  stages), which dnas does not build yet: this config runs its Dirichlet relaxation on
-  the DARTS setting instead and says so.
+  search (DARTS-space/train_search.py) runs on the 20-cell C=36 network with partial
+  channels (1/6 of them, no edge normalisation), no `none` op, SGD lr 0.1 cosine to 0,
+  alphas Adam 6e-4, first order, 25 + 25 epochs; between its two stages it prunes each
+  edge to 4 ops and widens the partial channels to 1/4 (Net2Wider), which dnas does not
+  build yet: this config runs the first stage's supernet for all 50 epochs.
 """
 
 from dnas.configs import cifar10_darts, nb201_cifar10
@@ -48,6 +51,9 @@ def get_config(arg: str = "drnas,nb201"):
   c.method = "darts" if method == "darts_pt" else method
   if method == "darts_pt":
     c.search.selection = "pt"
+  if method == "drnas" and space != "nb201":
+    c.model.update(C=36, layers=20, primitives=NO_NONE, partial_channels=True, pc_k=6)
+    c.search.update(w_lr=0.1, w_lr_min=0.0, a_lr=6e-4)
   if method == "fair_darts" and space != "nb201":  # FairDARTS has no NAS-Bench-201 code
     c.model.primitives = NO_NONE
     c.search.update(batch_size=128, w_lr=0.005, w_lr_min=0.001, a_lr=3e-3, a_b1=0.9)

@@ -17,6 +17,10 @@ from dnas.spaces.darts.search import Network
 _CELLS = ("normal", "reduce")
 
 
+def _partial(config) -> bool:
+  return config.method == "pc_darts" or bool(config.model.get("partial_channels", False))
+
+
 def _get(alphas, key):
   return np.asarray(alphas[key].get_value()) if key in alphas else None
 
@@ -42,9 +46,9 @@ class DartsSpace:
     if m.multiplier > m.steps:
       raise ConfigError(f"model.multiplier ({m.multiplier}) must be <= model.steps "
                         f"({m.steps})")
-    if config.method == "pc_darts":
+    if _partial(config):
       config_lib.positive(flat, "model.pc_k", int)
-    if config.method == "pc_darts" and m.C % m.pc_k:
+    if _partial(config) and m.C % m.pc_k:
       raise ConfigError(f"model.pc_k={m.pc_k} must divide model.C={m.C}: each edge mixes "
                         f"C / pc_k channels")
     if config.train.network not in NETWORKS:
@@ -52,12 +56,13 @@ class DartsSpace:
                         f"{', '.join(NETWORKS)}")
 
   def supernet(self, config, info, rngs: nnx.Rngs) -> Network:
-    """DARTS, or PC-DARTS (partial channels K = `model.pc_k`, edge normalisation)."""
+    """DARTS, or PC-DARTS (partial channels K = `model.pc_k`, edge normalisation), or any
+    method with partial channels only (`model.partial_channels`)."""
     m, s = config.model, config.search
     pc = config.method == "pc_darts"
     return Network(m.C, info.num_classes, m.layers, m.steps, m.multiplier, m.stem_multiplier,
                    in_channels=info.image_shape[-1], primitives=tuple(m.primitives),
-                   partial_channels=m.pc_k if pc else 1, edge_normalization=pc,
+                   partial_channels=m.pc_k if _partial(config) else 1, edge_normalization=pc,
                    relaxation=methods.relaxation_kind(config), gumbel_hard=s.gumbel_hard,
                    auxiliary_skip=config.method == "darts_minus", remat=m.remat, rngs=rngs)
 
