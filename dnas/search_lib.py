@@ -99,6 +99,29 @@ def _optimizers(config, steps_per_epoch: int, parts: methods.Parts | None = None
   return schedule, w_tx, bilevel.make_a_tx(s.a_lr, s.a_b1, s.a_b2, a_wd)
 
 
+def compiled_steps(graphdef, state, w_tx, a_tx, *, order: str, hypergrad, arch_loss,
+                   parts: methods.Parts, execution: bilevel.Execution):
+  """(flat, search_step, warmup_step) as the search loop calls them, on the `loop.Flat`
+  leaves of `state` (laid out by `execution.shardings`): each compiled on its first call.
+
+  One program (the default off the CPU): a pure step that `flat.jit` compiles, the state
+  stacked off the CPU. Split (`execution.split(order)`): a few programs jitted inside
+  (`bilevel.split_piece`), the state as a tree at each call. (A split step built with
+  jit=False ran eagerly, op by op: sessions 8-9, 23 s per NAS-Bench-201 digits step;
+  tests/test_search_lib.py checks that no step traces again once compiled.)
+  """
+  split = execution.split(order)
+  steps = bilevel.make_search_steps(
+      graphdef, w_tx, a_tx, hypergrad=hypergrad, arch_loss=arch_loss,
+      relaxation=parts.relaxation, perturb=parts.perturb, extra_inputs=parts.extra_inputs,
+      execution=execution if split else execution._replace(jit=False))
+  flat = loop.Flat(state, execution.shardings[0], stack=False if split else None)
+  if split:
+    return (flat, *map(flat.wrap, steps))
+  return (flat, *(cpu.compile_then_trim(flat.jit(f, **bilevel.jit_shardings(
+      execution.shardings, 2))) for f in steps))
+
+
 def _ada_rollback(directory: str, state, record: dict, steps_per_epoch: int, config) -> None:
   """Makes the checkpoint of epoch `record["ada_rollback"]` the latest, its meta noting
   the rollback and the new weight decay, so that a resumed search goes on from there.
@@ -206,23 +229,10 @@ def _search(config, workdir, progress, resume, preemption):
   # step is compiled on its first use (split steps share their programs). The loop
   # carries the state as a short list of buffers (`loop.Flat`).
   execution = bilevel.Execution(programs=s.programs, shardings=shardings, dtype=dtype)
-  split = execution.split(s.order)
-  steps = bilevel.make_search_steps(
-      graphdef, w_tx, a_tx, hypergrad=hg,
+  flat, search_step, warmup_step = compiled_steps(
+      graphdef, state, w_tx, a_tx, order=s.order, hypergrad=hg,
       arch_loss=(bilevel.arch_loss(objective, *parts.terms) if objective or parts.terms
-                 else None),
-      relaxation=parts.relaxation, perturb=parts.perturb, extra_inputs=parts.extra_inputs,
-      # Split: the step is a few programs jitted inside (`bilevel.split_piece`); else
-      # one pure step that `flat.jit` compiles. (A split step built with jit=False ran
-      # eagerly, op by op: sessions 8-9, 23 s per NAS-Bench-201 digits step.)
-      execution=execution if split else execution._replace(jit=False))
-  # Stacked off the CPU (`loop.Flat`); split steps convert at each call, so never there.
-  flat = loop.Flat(state, shardings[0], stack=False if split else None)
-  if split:
-    search_step, warmup_step = map(flat.wrap, steps)
-  else:
-    search_step, warmup_step = (cpu.compile_then_trim(flat.jit(
-        f, **bilevel.jit_shardings(shardings, 2))) for f in steps)
+                 else None), parts=parts, execution=execution)
   eval_step = cpu.compile_then_trim(bilevel.make_eval_step(
       graphdef_eval, shardings=shardings, dtype=dtype))
   augment = make_augment(info, crop_padding=config.data.crop_padding, flip=config.data.flip)

@@ -109,6 +109,10 @@ def main(argv):
                              **_metrics(space, arch, config)))
     print(f"random {i}: retrained {', '.join(f'{100 * a:.2f}' for a in accs)} %"
           f" {_metrics(space, arch, config)}", flush=True)
+  if not randoms:  # searches only (--random_cells=0; a rerun with them adds the comparison)
+    print(f"finds {100 * np.mean(finds):.2f} +- {100 * np.std(finds):.2f} % "
+          f"({len(finds)} retrainings)")
+    return
   cell_means = np.mean(randoms, axis=1)
   noise = float(np.sqrt(np.mean(np.var(np.asarray(randoms + [c["test_acc"] for c in found_cells]),
                                        axis=1, ddof=1)))) if FLAGS.retrain_seeds > 1 else 0.0

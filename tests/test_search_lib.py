@@ -1,0 +1,58 @@
+"""The search loop's steps as `search_lib` builds them: compiled once, never run eagerly.
+
+Sessions 8-9 shipped split steps (the second-order default on CPU) that ran op by op in
+Python, 23 s a NAS-Bench-201 digits step, with right values, so no other test failed.
+Here the supernet's Python code must not run again once a step has compiled: a compiled
+step does not trace, an eager one runs the network's code at every call.
+"""
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from dnas import bilevel, hypergrad, methods, parallel, search_lib
+from dnas.configs import tiny
+from dnas.spaces import darts
+from dnas.spaces.darts import search as darts_search
+
+
+@pytest.mark.parametrize("order,programs", [("first", "split"), ("second_fd", "auto")])
+def test_split_steps_compile_once_and_never_run_eagerly(monkeypatch, order, programs):
+  calls = []
+  original = darts_search.Network.__call__
+
+  def counted(self, *args, **kwargs):
+    calls.append(1)
+    return original(self, *args, **kwargs)
+  monkeypatch.setattr(darts_search.Network, "__call__", counted)
+  net = darts.Network(2, 3, 2, steps=1, multiplier=1, stem_multiplier=1, in_channels=1,
+                      primitives=("none", "max_pool_3x3", "skip_connect", "sep_conv_3x3"),
+                      rngs=nnx.Rngs(0))
+  w_tx, a_tx = bilevel.make_w_tx(0.1), bilevel.make_a_tx(lr=0.01)
+  graphdef, state = bilevel.init_search_state(net, w_tx, a_tx, jax.random.key(0))
+  mesh = parallel.make_mesh(1)
+  shardings = (parallel.state_shardings(state, mesh), parallel.batch_sharding(mesh))
+  state = parallel.put_state(state, shardings[0])
+  execution = bilevel.Execution(programs=programs, shardings=shardings)
+  assert execution.split(order)  # the path under test
+  config = tiny.get_config()
+  flat, search_step, warmup_step = search_lib.compiled_steps(
+      graphdef, state, w_tx, a_tx, order=order,
+      hypergrad=hypergrad.from_order(order, bilevel.make_w_tx(0.1, grad_clip=None)),
+      arch_loss=None, parts=methods.build(config, steps_per_epoch=2), execution=execution)
+  rng = np.random.default_rng(0)
+
+  def batch():
+    return parallel.put_batch(dict(image=rng.standard_normal((4, 6, 6, 1)).astype(np.float32),
+                                   label=rng.integers(0, 3, 4).astype(np.int32)), mesh)
+  leaves = flat.leaves(state)
+  for step in (search_step, warmup_step):  # each compiled on its first call (or before)
+    leaves, metrics = step(leaves, batch(), batch())
+  assert calls, "the steps never traced the network"
+  del calls[:]
+  for _ in range(2):
+    for step in (search_step, warmup_step):
+      leaves, metrics = step(leaves, batch(), batch())
+      assert np.isfinite(float(metrics["w_loss"]))
+  assert not calls, f"{len(calls)} network calls in four compiled steps: they run eagerly"
