@@ -55,13 +55,26 @@ def _run(args, log) -> float:
   return float(last.split()[1]) if last.startswith("wall ") else float("nan")
 
 
-def retrain(genotype: str, directory: str, seed: int, overrides) -> float:
+def retrain(genotype: str, directory: str, seed: int, overrides, wait: bool = True):
+  """The test accuracy of one retraining, run here unless another instance of this
+  script holds its lock (several instances share the random cells: each takes the
+  retrainings nobody holds); None when it is held and `wait` is False."""
   work = os.path.join(directory, f"train_{seed}")
   os.makedirs(work, exist_ok=True)
-  _run(["dnas.train", f"--config={FLAGS.config}", *overrides, f"--genotype={genotype}",
-        f"--config.seed={seed}", f"--workdir={work}", "--progress=false"],
-       os.path.join(work, "log.txt"))
-  with open(os.path.join(work, "train_result.json")) as f:
+  result = os.path.join(work, "train_result.json")
+  if not os.path.exists(result):
+    try:
+      os.close(os.open(os.path.join(work, "lock"), os.O_CREAT | os.O_EXCL))
+    except FileExistsError:  # another instance trains it
+      if not wait:
+        return None
+      while not os.path.exists(result):
+        time.sleep(10)
+    else:
+      _run(["dnas.train", f"--config={FLAGS.config}", *overrides, f"--genotype={genotype}",
+            f"--config.seed={seed}", f"--workdir={work}", "--progress=false"],
+           os.path.join(work, "log.txt"))
+  with open(result) as f:
     return float(json.load(f)["test_acc"])
 
 
@@ -95,7 +108,7 @@ def main(argv):
     print(f"search {s} ({seconds:.0f} s): retrained {', '.join(f'{100 * a:.2f}' for a in accs)} %"
           f" {_metrics(space, arch, config)}", flush=True)
   rng = np.random.default_rng(1000)
-  randoms, random_cells = [], []
+  randoms, random_cells, cells = [], [], []
   for i in range(FLAGS.random_cells):
     d = os.path.join(FLAGS.random_dir or FLAGS.workdir, f"random_{i}")
     os.makedirs(d, exist_ok=True)
@@ -103,6 +116,11 @@ def main(argv):
     arch = space.random_arch(rng, config)  # drawn every time: the sequence stays seeded
     if not os.path.exists(path):
       spaces.save(space, arch, path)
+    cells.append((i, d, path, arch))
+  for _, d, path, _ in cells:  # first what no other instance holds, then wait for the rest
+    for r in range(FLAGS.retrain_seeds):
+      retrain(path, d, r, overrides, wait=False)
+  for i, d, path, arch in cells:
     accs = [retrain(path, d, r, overrides) for r in range(FLAGS.retrain_seeds)]
     randoms.append(accs)
     random_cells.append(dict(test_acc=accs, arch=space.to_dict(arch),
