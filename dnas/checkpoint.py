@@ -9,7 +9,8 @@ A checkpoint is one Orbax step directory holding two items:
 Orbax writes each step into a temporary directory and renames it when complete, so a
 kill mid-write never leaves a half checkpoint that looks finished. A finished one that
 cannot be read any more (truncated or edited files) is reported in one line and the
-previous one is used; only the keep-K policy deletes checkpoints.
+previous one is used; only the keep-K policy and `delete_from` (DARTS-ADA going back)
+delete checkpoints.
 
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=3)
   found = ckpt.restore_latest(target)        # None, or (step, state, meta)
