@@ -1,6 +1,7 @@
 """The measures of `python -m dnas.evaluate` (see there): a search method against chance
 on the NAS-Bench-201 digits ground truth."""
 
+import functools
 import json
 import os
 import sys
@@ -36,26 +37,37 @@ def kendall_tau(x, y) -> float:
   return float(stats.kendalltau(x, y).statistic)
 
 
-def supernet_accuracies(net, archs, batches) -> np.ndarray:
+@functools.partial(jax.jit, static_argnums=0)
+def _accuracies(graphdef, state, w, batches):
+  """f32[K]: accuracy on all `batches` (stacked: [B, ...]) with each op-weight row of
+  `w` (f32[K, ...]); a static graphdef, so every seed's supernet reuses one program."""
+  def one(w):
+    def body(carry, b):
+      logits = nnx.merge(graphdef, state, copy=True)(b["image"], weights=w)
+      hit = (jnp.argmax(logits, -1) == b["label"]) * b["mask"]
+      return (carry[0] + jnp.sum(hit), carry[1] + jnp.sum(b["mask"])), None
+    (c, n), _ = jax.lax.scan(body, (jnp.float32(0), jnp.float32(0)), batches)
+    return c / n
+  return jax.vmap(one)(w)
+
+
+def supernet_accuracies(net, archs, batches, chunk: int = 16) -> np.ndarray:
   """f64[A]: the supernet's accuracy on `batches` with each architecture's one-hot op
   weights (its eval mode; the search cells' BatchNorms use batch statistics when they
-  keep none, as in the search)."""
+  keep none, as in the search).
+
+  One program scans all batches for `chunk` architectures at once: one dispatch and one
+  host sync per chunk, not per batch and architecture."""
   graphdef, state = nnx.split(net)
-
-  @jax.jit
-  def correct(state, w, x, y, mask):
-    logits = nnx.merge(graphdef, state, copy=True)(x, weights=w)
-    return jnp.sum((jnp.argmax(logits, -1) == y) * mask), jnp.sum(mask)
-
-  out = []
-  for w in jnp.asarray(gt.one_hot(archs, net.primitives)):
-    c = n = 0.0
-    for b in batches:
-      ci, ni = correct(state, w, b["image"], b["label"], b["mask"])
-      c, n = c + float(ci), n + float(ni)
-    out.append(c / n)
-  return np.asarray(out)
-
+  stacked = {k: jnp.asarray(np.stack([b[k] for b in batches]))
+             for k in ("image", "label", "mask")}
+  w = np.asarray(gt.one_hot(archs, net.primitives))
+  chunk = min(chunk, len(w))
+  pad = -len(w) % chunk  # every chunk the same shape: one compile
+  w = np.concatenate([w, np.repeat(w[:1], pad, 0)]) if pad else w
+  out = [np.asarray(_accuracies(graphdef, state, jnp.asarray(w[i:i + chunk]), stacked))
+         for i in range(0, len(w), chunk)]
+  return np.concatenate(out)[:len(archs)].astype(np.float64)
 
 def _budget_facts(arch, acc, sample, truth, measured: dict, budget_ms: float) -> dict:
   """A find's measured latency and its rank among the sampled architectures within the

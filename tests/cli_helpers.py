@@ -28,6 +28,13 @@ def env(cache=None, **extra):
   return dict(os.environ, JAX_PLATFORMS="cpu", DNAS_JAX_CACHE=str(cache), **extra)
 
 
+def optimised():
+  """`extra_env` for a subprocess that runs much more than it compiles (conftest.py
+  compiles at XLA's optimisation level 0): XLA's default optimisation."""
+  flags = os.environ.get("XLA_FLAGS", "").replace("--xla_backend_optimization_level=0", "")
+  return {"XLA_FLAGS": flags.strip()}
+
+
 def run(module, *args, cache=None, timeout=600, extra_env=None):
   return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT,
                         env=env(cache, **(extra_env or {})), capture_output=True, text=True,
