@@ -105,6 +105,17 @@ class Checkpointer:
     _check_same_structure(state, target)
     return state, restored["meta"]
 
+  def latest_meta(self) -> dict | None:
+    """The meta of the newest checkpoint whose meta is readable, or None: what a run
+    reads before it can build the state to restore (DrNAS's stage)."""
+    for step in reversed(self.steps()):
+      try:
+        return self._mngr.restore(step, args=ocp.args.Composite(
+            meta=ocp.args.JsonRestore()))["meta"]
+      except Exception:  # pylint: disable=broad-except
+        continue
+    return None
+
   def delete_from(self, step: int) -> None:
     """Deletes checkpoint `step` and every later one (a search that goes back in time:
     DARTS-ADA's rollback)."""

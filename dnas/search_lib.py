@@ -139,16 +139,78 @@ def _ada_rollback(directory: str, state, record: dict, steps_per_epoch: int, con
   ckpt.close()
 
 
+def _stage_config(config, meta: dict | None):
+  """`config` as DrNAS's progressive stage of a run whose checkpoint meta is `meta` (None:
+  a fresh run) sees it: that stage's partial channels and op mask; `config` itself
+  without stages."""
+  d = config.get("drnas")
+  if d is None or not d.stage_epochs or not meta or "drnas_stage" not in meta:
+    return config
+  stage = meta["drnas_stage"]
+  c = config.copy_and_resolve_references()
+  c.model.pc_k = int(d.stage_k[stage["stage"]])
+  c.model.op_mask = stage["op_mask"]
+  return c
+
+
+def _stage(config, meta: dict | None) -> int:
+  return meta["drnas_stage"]["stage"] if meta and "drnas_stage" in meta else 0
+
+
+def _drnas_next_stage(directory: str, state, meta: dict, config, info,
+                      steps_per_epoch: int) -> None:
+  """DrNAS's step between two stages (the official train_search.py): each edge pruned to
+  its `stage_keep` strongest ops, the partial channels widened to 1/`stage_k`
+  (`drnas.widen`: weights, BatchNorm statistics and momentum), the architecture
+  optimiser and the learning-rate schedule going on. The stage's last checkpoint is
+  replaced by the widened state, its meta naming the new stage and mask; a kill in
+  between leaves an earlier checkpoint the latest, and the resumed run redoes the
+  stage's end the same way."""
+  from dnas.methods import drnas  # pylint: disable=g-import-not-at-top
+  d, stage = config.drnas, _stage(config, meta) + 1
+  host = jax.device_get(state)
+  old_mask = config.model.op_mask or {}
+  pruned, mask = {}, {}
+  for kind in ("normal", "reduce"):
+    logits = np.asarray(host.alphas[f"alphas_{kind}"].get_value())
+    old = old_mask.get(kind)
+    pruned[kind], mask[kind] = drnas.prune(logits, int(d.stage_keep[stage]),
+                                           None if old is None else np.asarray(old, bool))
+  meta = dict(meta, drnas_stage=dict(stage=stage, op_mask={k: v.tolist()
+                                                           for k, v in mask.items()}))
+  c = _stage_config(config, meta)
+  net = spaces.get(c.space).supernet(c, info, nnx.Rngs(config.seed))
+  _, w_tx, a_tx = _optimizers(c, steps_per_epoch)  # the state's structure
+  _, fresh = bilevel.init_search_state(net, w_tx, a_tx, jax.random.key(config.seed))
+  seed = config.seed * 1000 + stage
+  alphas = jax.tree_util.tree_map_with_path(
+      lambda p, x: next((pruned[k] for k in pruned if f"alphas_{k}" in jax.tree_util.keystr(p)),
+                        x), host.alphas)
+  widened = host._replace(
+      params=drnas.widen(host.params, fresh.params, seed),
+      batch_stats=drnas.widen(host.batch_stats, fresh.batch_stats, seed, host.params),
+      w_opt_state=drnas.widen(host.w_opt_state, fresh.w_opt_state, seed), alphas=alphas)
+  step = int(host.step)
+  ckpt = Checkpointer(directory, keep=config.checkpoint.keep)
+  ckpt.delete_from(step)
+  ckpt.save(step, widened, meta)
+  ckpt.close()
+  tqdm.tqdm.write(f"DrNAS: stage {stage}: {d.stage_keep[stage]} ops left per edge, partial "
+                  f"channels 1/{d.stage_k[stage]}")
+
+
 def load_supernet(config, workdir: str) -> nnx.Module:
   """The supernet of the search in `workdir` as its last checkpoint left it (weights,
   architecture parameters, BatchNorm state), in eval mode."""
   space = spaces.get(config.space)
   info, _ = get_dataset(config.data.name, config.data.data_dir, config.data.image_size)
+  ckpt = Checkpointer(os.path.join(os.path.abspath(workdir), "checkpoints"),
+                      keep=config.checkpoint.keep)
+  config = _stage_config(config, ckpt.latest_meta())
   net = space.supernet(config, info, nnx.Rngs(config.seed))
   _, w_tx, a_tx = _optimizers(config, 1)  # the state's structure, not its schedule
   graphdef, state = bilevel.init_search_state(net, w_tx, a_tx, jax.random.key(config.seed))
-  found = Checkpointer(os.path.join(os.path.abspath(workdir), "checkpoints"),
-                       keep=config.checkpoint.keep).restore_latest(state)
+  found = ckpt.restore_latest(state)
   if found is None:
     raise FileNotFoundError(f"no search checkpoint in {workdir}")
   _, state, _ = found
@@ -196,6 +258,10 @@ def _search(config, workdir, progress, resume, preemption):
                       keep_period=s.hessian_every * steps_per_epoch if s.ada else None)
   loop.prepare_workdir(workdir, config, resume=resume, has_checkpoint=bool(ckpt.steps()),
                        what="search")
+  # DrNAS's progressive stages: the latest checkpoint says which stage (its supernet).
+  user_config = config
+  config = _stage_config(config, ckpt.latest_meta() if resume else None)
+  stages = tuple(config.drnas.stage_epochs) if "drnas" in config else ()
 
   net = space.supernet(config, info, nnx.Rngs(config.seed))
   parts = methods.build(config, steps_per_epoch)  # relaxation, loss terms, perturbation
@@ -251,10 +317,16 @@ def _search(config, workdir, progress, resume, preemption):
 
   def step(state, inputs, epoch, i):
     del i
-    fn = search_step if epoch >= s.arch_start_epoch else warmup_step
+    start = 0  # DrNAS's stages each warm up from their start
+    if stages:
+      from dnas.methods import drnas  # pylint: disable=g-import-not-at-top
+      start = drnas.stage_start(drnas.stage_of(epoch, stages), stages)
+    fn = search_step if epoch - start >= s.arch_start_epoch else warmup_step
     return fn(state, *(parallel.put_batch(b, mesh) for b in inputs))
 
-  run = loop.EpochLoop(name="search", workdir=workdir, ckpt=ckpt, meta=meta, epochs=s.epochs,
+  stage = _stage(config, meta)
+  end = int(np.sum(stages[:stage + 1])) if stages else s.epochs  # this stage's last epoch + 1
+  run = loop.EpochLoop(name="search", workdir=workdir, ckpt=ckpt, meta=meta, epochs=end,
                        steps_per_epoch=steps_per_epoch, every_steps=config.checkpoint.every_steps,
                        preemption=preemption, metrics_file="metrics.jsonl", progress=progress,
                        resumed=bool(found), phases={"a_": "architecture", "w_": "weight"},
@@ -343,6 +415,10 @@ def _search(config, workdir, progress, resume, preemption):
   if "ada_rollback" in last:  # DARTS-ADA: the run goes on from the earlier epoch
     _ada_rollback(ckpt.directory, state, last, steps_per_epoch, config)
     return _search(config, workdir, progress, True, preemption)
+  if end < s.epochs and meta["epoch"] == end and not meta.get("stopped"):
+    _drnas_next_stage(ckpt.directory, state, dict(meta, elapsed=run.elapsed()), config, info,
+                      steps_per_epoch)
+    return _search(user_config, workdir, progress, True, preemption)
 
   tune_steps = []
 

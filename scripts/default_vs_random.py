@@ -15,7 +15,7 @@ than that noise. Everything after `--` goes to both commands (config overrides; 
 cells are drawn from the config file's own `model.primitives`); `--search_args` to the
 searches only, so that searches of several methods can share one set of random cells
 (`--random_dir`). Each command's output is kept beside its results; a rerun skips what is
-done.
+done, and instances started together share the work (lock files).
 """
 
 import json
@@ -47,6 +47,8 @@ def _run(args, log) -> float:
     if out.returncode:
       with open(log + ".failed", "w") as f:
         f.write(out.stdout + out.stderr)
+      if os.path.exists(os.path.join(os.path.dirname(log), "lock")):  # free it for a rerun
+        os.remove(os.path.join(os.path.dirname(log), "lock"))
       raise SystemExit(f"{' '.join(args)} failed (exit {out.returncode}); see {log}.failed")
     with open(log, "w") as f:
       f.write(out.stdout + out.stderr + f"\nwall {seconds:.1f} s\n")
@@ -55,25 +57,49 @@ def _run(args, log) -> float:
   return float(last.split()[1]) if last.startswith("wall ") else float("nan")
 
 
+def _claim(work: str, done: str, wait: bool) -> bool | None:
+  """True: this instance runs the job of `work` (it took the lock); False: it is done,
+  or another instance finished it while this one waited; None: another instance holds it
+  and `wait` is False. Several instances of this script share searches and retrainings."""
+  os.makedirs(work, exist_ok=True)
+  if os.path.exists(done):
+    return False
+  try:
+    os.close(os.open(os.path.join(work, "lock"), os.O_CREAT | os.O_EXCL))
+    return True
+  except FileExistsError:
+    if not wait:
+      return None
+    while not os.path.exists(done):
+      time.sleep(10)
+    return False
+
+
+def search(directory: str, seed: int, overrides, wait: bool = True):
+  """The wall time of the search of `seed` (run here unless another instance holds it;
+  None when held and `wait` is False)."""
+  log = os.path.join(directory, "log.txt")
+  claimed = _claim(directory, log, wait)
+  if claimed is None:
+    return None
+  if claimed:
+    _run(["dnas.search", f"--config={FLAGS.config}", *overrides, *FLAGS.search_args,
+          f"--config.seed={seed}", f"--workdir={directory}", "--progress=false"], log)
+  return _run([], log)
+
+
 def retrain(genotype: str, directory: str, seed: int, overrides, wait: bool = True):
   """The test accuracy of one retraining, run here unless another instance of this
-  script holds its lock (several instances share the random cells: each takes the
-  retrainings nobody holds); None when it is held and `wait` is False."""
+  script holds its lock; None when it is held and `wait` is False."""
   work = os.path.join(directory, f"train_{seed}")
-  os.makedirs(work, exist_ok=True)
   result = os.path.join(work, "train_result.json")
-  if not os.path.exists(result):
-    try:
-      os.close(os.open(os.path.join(work, "lock"), os.O_CREAT | os.O_EXCL))
-    except FileExistsError:  # another instance trains it
-      if not wait:
-        return None
-      while not os.path.exists(result):
-        time.sleep(10)
-    else:
-      _run(["dnas.train", f"--config={FLAGS.config}", *overrides, f"--genotype={genotype}",
-            f"--config.seed={seed}", f"--workdir={work}", "--progress=false"],
-           os.path.join(work, "log.txt"))
+  claimed = _claim(work, result, wait)
+  if claimed is None:
+    return None
+  if claimed:
+    _run(["dnas.train", f"--config={FLAGS.config}", *overrides, f"--genotype={genotype}",
+          f"--config.seed={seed}", f"--workdir={work}", "--progress=false"],
+         os.path.join(work, "log.txt"))
   with open(result) as f:
     return float(json.load(f)["test_acc"])
 
@@ -93,12 +119,11 @@ def main(argv):
   space = spaces.get(config.space)
   os.makedirs(FLAGS.workdir, exist_ok=True)
   finds, found_cells = [], []
-  for s in range(FLAGS.search_seeds):
-    d = os.path.join(FLAGS.workdir, f"search_{s}")
-    os.makedirs(d, exist_ok=True)
-    seconds = _run(["dnas.search", f"--config={FLAGS.config}", *overrides, *FLAGS.search_args,
-                    f"--config.seed={s}", f"--workdir={d}", "--progress=false"],
-                   os.path.join(d, "log.txt"))
+  searches = [os.path.join(FLAGS.workdir, f"search_{s}") for s in range(FLAGS.search_seeds)]
+  for s, d in enumerate(searches):  # first the searches no other instance holds
+    search(d, s, overrides, wait=False)
+  for s, d in enumerate(searches):
+    seconds = search(d, s, overrides)
     path = os.path.join(d, "genotype.json")
     accs = [retrain(path, d, r, overrides) for r in range(FLAGS.retrain_seeds)]
     finds += accs

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from dnas import arch, config as config_lib, methods
+from dnas import arch, checkpoint as checkpoint_lib, config as config_lib, methods
 from dnas.configs import nb201 as nb201_config
 from dnas.methods import beta_darts, drnas
 
@@ -126,6 +126,10 @@ def test_method_presets_build_their_parts():
      "positive integer, got 0"),
     ({"method": "sdarts_rs", "search.relaxation": "gumbel"}, "method sdarts_rs perturbs "
      "softmax op weights; search.relaxation must be softmax, got 'gumbel'"),
+    ({"method": "drnas", "drnas.stage_epochs": (1, 1)}, "drnas.stage_epochs (progressive "
+     "learning) needs space darts with model.partial_channels=True, got space 'nb201'"),
+    ({"drnas.stage_epochs": (1, 1)}, "drnas.stage_epochs is DrNAS's progressive learning; "
+     "it needs method drnas, got method darts"),
 ])
 def test_bad_method_settings_are_one_line(change, message):
   c = nb201_config.get_config()
@@ -135,6 +139,33 @@ def test_bad_method_settings_are_one_line(change, message):
     for part in path:
       node = node[part]
     node[name] = value
+  with pytest.raises(config_lib.ConfigError) as e:
+    config_lib.validate(c, "search")
+  assert message in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"drnas.stage_k": (4,)}, "drnas.stage_epochs, stage_k and stage_keep need one entry per "
+     "stage, got 2, 1 and 2"),
+    ({"drnas.stage_epochs": (1, 2)}, "drnas.stage_epochs [1, 2] must be >= 1 each and sum to "
+     "search.epochs (2)"),
+    ({"drnas.stage_k": (2, 4)}, "the first stage is the supernet of the config: "
+     "drnas.stage_k[0] must be model.pc_k (4)"),
+    ({"drnas.stage_keep": (8, 9)}, "drnas.stage_keep [8, 9] must not grow"),
+    ({"drnas.stage_k": (4, 3)}, "drnas.stage_k [4, 3]: each must be >= 2 (partial channels) "
+     "and divide model.C=8"),
+    ({"search.selection": "pt"}, "drnas.stage_epochs (progressive learning) takes the argmax "
+     "selection"),
+])
+def test_bad_drnas_stages_are_one_line(change, message):
+  from dnas.configs import tiny  # pylint: disable=g-import-not-at-top
+  c = tiny.get_config()
+  c.method, c.model.C, c.model.partial_channels, c.search.epochs = "drnas", 8, True, 2
+  c.drnas.update(stage_epochs=(1, 1), stage_k=(4, 2), stage_keep=(8, 4))
+  config_lib.validate(c, "search")
+  for key, value in change.items():
+    section, name = key.split(".")
+    c[section][name] = value
   with pytest.raises(config_lib.ConfigError) as e:
     config_lib.validate(c, "search")
   assert message in str(e.value) and "\n" not in str(e.value)
@@ -421,3 +452,118 @@ def test_darts_pt_on_the_darts_space_projects_ops_then_inputs():
   assert [int(np.sum(t["normal"] == 1.0)) for t in trained[::2]] == [1, 2, 3, 4, 5, 5]
   # No input is dropped before the node decisions (after the 5th op decision).
   assert all(np.count_nonzero(t[c].sum(-1)) == 5 for t in trained[:10] for c in t)
+
+
+def test_drnas_prune_keeps_the_strongest_unpruned_ops_by_hand():
+  logits = np.asarray([[0.3, -1.0, 2.0, 0.5], [1.0, 0.9, -0.2, 0.8]], np.float32)
+  pruned, mask = drnas.prune(logits, 2)
+  assert mask.tolist() == [[False, False, True, True], [True, True, False, False]]
+  np.testing.assert_allclose(pruned, [[0, 0, 2.0, 0.5], [1.0, 0.9, 0, 0]])
+  # An op pruned before stays out, even when its logit (now 0) beats a kept one.
+  old = np.asarray([[True, False, True, True], [True, True, True, False]])
+  _, mask = drnas.prune(np.asarray([[-3.0, 0.0, -1.0, -2.0], [0.0, -1.0, -2.0, 5.0]]), 2, old)
+  assert mask.tolist() == [[False, False, True, True], [True, True, False, False]]
+  assert drnas.stage_of(0, (2, 3)) == 0 and drnas.stage_of(2, (2, 3)) == 1
+  assert drnas.stage_of(9, (2, 3)) == 1 and drnas.stage_start(1, (2, 3)) == 2
+
+
+def test_drnas_masked_supernet_mixes_the_kept_ops_renormalised():
+  from dnas.spaces.darts.search import Network  # pylint: disable=g-import-not-at-top
+  ops = ("max_pool_3x3", "skip_connect", "sep_conv_3x3")
+  mask = {k: np.random.default_rng(i).random((5, 3)) < 0.6 for i, k in enumerate(
+      ("normal", "reduce"))}
+  for m in mask.values():
+    m[:, 2] = True  # every edge keeps an op
+  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 1))
+  net = Network(4, 10, 2, 2, 2, primitives=ops, in_channels=1, partial_channels=2,
+                op_mask=mask, rngs=nnx.Rngs(0))
+  plain = Network(4, 10, 2, 2, 2, primitives=ops, in_channels=1, partial_channels=2,
+                  rngs=nnx.Rngs(0))
+  w = {k: np.where(mask[k], sm, 0) / np.sum(np.where(mask[k], sm, 0), -1, keepdims=True)
+       for k, sm in (("normal", jax.nn.softmax(net.alphas_normal[...])),
+                     ("reduce", jax.nn.softmax(net.alphas_reduce[...])))}
+  np.testing.assert_allclose(net(x), plain(x, weights=w), rtol=1e-5, atol=1e-6)
+  # Derivation never picks a pruned op.
+  net.alphas_normal[...] = jnp.where(mask["normal"], -1.0, 5.0)
+  got = net.genotype()
+  edges = [sum(2 + i for i in range(n)) + j for n, (_, j) in zip((0, 0, 1, 1), got.normal)]
+  for (op, _), e in zip(got.normal, edges):
+    assert mask["normal"][e, ops.index(op)], (op, e)
+
+
+def test_drnas_widen_copies_channels_consistently_within_an_op():
+  from dnas import bilevel  # pylint: disable=g-import-not-at-top
+  from dnas.spaces.darts.search import Network  # pylint: disable=g-import-not-at-top
+  ops = ("skip_connect", "sep_conv_3x3")
+
+  def state(k):
+    net = Network(8, 10, 2, 1, 1, primitives=ops, in_channels=1, partial_channels=k,
+                  rngs=nnx.Rngs(0))
+    return bilevel.split_supernet(net)[1:]
+
+  (p4, _, s4), (p2, _, s2) = state(4), state(2)
+  p4 = jax.tree.map(lambda x: x + np.random.default_rng(x.size).standard_normal(x.shape), p4)
+  wide = drnas.widen(p4, p2, seed=3)
+  assert jax.tree.map(np.shape, wide) == jax.tree.map(np.shape, p2)
+  # Cell 0 (a reduction cell: C = 16), edge 0, sep_conv_3x3 (ops[1]): 16/4 -> 16/2 channels.
+  old = p4["cells"][0]["ops"][0]["ops"][1]
+  new = wide["cells"][0]["ops"][0]["ops"][1]
+  dw_old, dw_new = (np.asarray(o["block1"]["dw"]["kernel"].get_value()) for o in (old, new))
+  pw_old, pw_new = (np.asarray(o["block1"]["pw"]["kernel"].get_value()) for o in (old, new))
+  assert dw_old.shape[-1] == 4 and dw_new.shape[-1] == 8
+  np.testing.assert_array_equal(dw_new[..., :4], dw_old)
+  idx = [next(i for i in range(4) if np.array_equal(dw_new[..., c], dw_old[..., i]))
+         for c in range(4, 8)]  # the copied depthwise filters
+  np.testing.assert_array_equal(pw_new[:, :, :4, :4], pw_old)
+  np.testing.assert_array_equal(pw_new[:, :, 4:, :4], pw_old[:, :, idx, :])
+  np.testing.assert_array_equal(pw_new[:, :, :4, 4:], pw_old[:, :, :, idx])
+  # The same seed widens the momentum (a tree of the same paths) alike; another does not.
+  assert jax.tree.all(jax.tree.map(np.array_equal, drnas.widen(p4, p2, seed=3), wide))
+  # A reduction cell's skip (FactorizedReduce, 32/4 -> 32/2 channels): each BatchNorm half
+  # grows, with the copies its two convs' output channels got.
+  fr = s4["cells"][1]["ops"][0]["ops"][0]["bn"]["mean"]
+  fr[...] = jnp.arange(8.0)
+  got = np.asarray(drnas.widen(s4, s2, seed=3, params=p4)["cells"][1]["ops"][0]["ops"][0]["bn"]["mean"]
+                   .get_value())
+  assert got.shape == (16,) and got[:4].tolist() == [0, 1, 2, 3]
+  assert got[8:12].tolist() == [4, 5, 6, 7] and set(got[4:8]) <= {0, 1, 2, 3}
+  assert (got[12:16] - 4).tolist() == got[4:8].tolist()
+
+
+def test_drnas_progressive_search_prunes_widens_and_resumes_across_stages(tmp_path):
+  # Two stages of one epoch (2 steps each): after the first, every edge keeps 2 of its 4
+  # ops and the partial channels widen from 1/4 to 1/2. Then the run is resumed from the
+  # boundary's checkpoint (the widened state, its meta naming stage 1): same end, bitwise.
+  import shutil  # pylint: disable=g-import-not-at-top
+  from tests import cli_helpers  # pylint: disable=g-import-not-at-top
+  args = [f"--config={cli_helpers.TINY}", "--config.method=drnas",
+          "--config.model.partial_channels=true", "--config.model.C=8", "--config.model.pc_k=4",
+          "--config.model.primitives=('max_pool_3x3','skip_connect','sep_conv_3x3',"
+          "'dil_conv_3x3')", "--config.search.epochs=2", "--config.max_steps_per_epoch=2",
+          "--config.drnas.stage_epochs=(1,1)", "--config.drnas.stage_k=(4,2)",
+          "--config.drnas.stage_keep=(4,2)", "--progress=false"]
+  first = tmp_path / "a"
+  out = cli_helpers.run("dnas.search", *args, f"--workdir={first}")
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "DrNAS: stage 1: 2 ops left per edge, partial channels 1/2" in out.stdout
+  ckpt = checkpoint_lib.Checkpointer(str(first / "checkpoints"))
+  assert ckpt.steps()[-2:] == [2, 4]
+  stage = ckpt.latest_meta()["drnas_stage"]
+  ckpt.close()
+  assert stage["stage"] == 1 and all(sum(row) == 2 for k in ("normal", "reduce")
+                                     for row in stage["op_mask"][k])
+  found = json.loads((first / "genotype.json").read_text())
+  ops = ("max_pool_3x3", "skip_connect", "sep_conv_3x3", "dil_conv_3x3")
+  for k in ("normal", "reduce"):  # the derived cell picks unpruned ops only
+    starts = [0, 0, 2, 2]
+    for (op, j), s in zip(found[k], starts):
+      assert stage["op_mask"][k][s + j][ops.index(op)], (k, op, s + j)
+  # The widened checkpoint holds 1/2 of the channels: a run resumed from it ends the same.
+  second = tmp_path / "b"
+  shutil.copytree(first, second)
+  shutil.rmtree(second / "checkpoints" / "4")
+  out = cli_helpers.run("dnas.search", *args, f"--workdir={second}")
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "resuming" in out.stderr and "DrNAS: stage" not in out.stdout
+  a, b = cli_helpers.final(str(first)), cli_helpers.final(str(second))
+  cli_helpers.assert_same_run(a, b, steps=4)

@@ -37,8 +37,11 @@ def get_config():
   # The supernet (DARTS: Liu et al. 2019, Sec. 3.1), read by the space. partial_channels:
   # every edge of the DARTS space mixes 1/pc_k of the channels with any method, without
   # edge normalisation (DrNAS's DARTS-space supernet); method pc_darts implies both.
+  # op_mask: None, or {"normal": E x K, "reduce": E x K} booleans, the ops each edge
+  # still chooses from (what DrNAS's progressive stages set between stages).
   c.model = dict(C=16, layers=8, steps=4, multiplier=4, stem_multiplier=3,
-                 primitives=PRIMITIVES, remat=False, pc_k=4, partial_channels=False)
+                 primitives=PRIMITIVES, remat=False, pc_k=4, partial_channels=False,
+                 op_mask=None)
   # The bilevel search. Weights: SGD (w_lr annealed per epoch by cosine to w_lr_min,
   # momentum (nesterov: PyTorch's Nesterov form), weight_decay, grad_clip); architecture:
   # Adam (a_lr, a_b1, a_b2, a_weight_decay). order: "first", "second" (exact),
@@ -77,8 +80,13 @@ def get_config():
                         max_weight_decay=243e-4)
   # DrNAS (xiangning-chen/DrNAS): reg "l2" (the official default: search.a_weight_decay
   # on alpha) or "kl" (kl_scale * KL(Dir(ELU(alpha) + 1) || Dir(1)) per edge added to the
-  # architecture loss, architecture weight decay 0).
-  c.drnas = dict(reg="l2", kl_scale=1e-3)
+  # architecture loss, architecture weight decay 0). Progressive learning (DARTS space,
+  # partial channels): stage_epochs (summing to search.epochs; empty: one stage), and per
+  # stage the partial-channel k (stage_k[0] = model.pc_k) and the ops kept per edge
+  # (stage_keep[0] = all); between stages each edge is pruned to its strongest ops and the
+  # edges widened to 1/k of the channels; search.arch_start_epoch counts from each
+  # stage's start (the official: 25 + 25 epochs, k 6 -> 4, 7 -> 4 ops, 10 warm-up epochs).
+  c.drnas = dict(reg="l2", kl_scale=1e-3, stage_epochs=(), stage_k=(), stage_keep=())
   # beta-DARTS (Sunshine-Ye/Beta-DARTS): lambda(epoch) = lambda_max * epoch / epochs times
   # the beta-decay loss (the official NAS-Bench-201 run: 50).
   c.beta_darts = dict(lambda_max=50.0)

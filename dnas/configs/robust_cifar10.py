@@ -25,9 +25,9 @@ Sources (BUILD_NOTES.md, session 11, lists what each repository's scripts set):
   search here takes DARTS's settings with the NAS-Bench-201 lambda. DrNAS's DARTS-space
   search (DARTS-space/train_search.py) runs on the 20-cell C=36 network with partial
   channels (1/6 of them, no edge normalisation), no `none` op, SGD lr 0.1 cosine to 0,
-  alphas Adam 6e-4, first order, 25 + 25 epochs; between its two stages it prunes each
-  edge to 4 ops and widens the partial channels to 1/4 (Net2Wider), which dnas does not
-  build yet: this config runs the first stage's supernet for all 50 epochs.
+  alphas Adam 6e-4, first order, 25 + 25 epochs, each stage's first 10 weight-only;
+  between its two stages it prunes each edge to 4 ops and widens the partial channels to
+  1/4 (Net2Wider): `drnas.stage_*`.
 """
 
 from dnas.configs import cifar10_darts, nb201_cifar10
@@ -53,7 +53,8 @@ def get_config(arg: str = "drnas,nb201"):
     c.search.selection = "pt"
   if method == "drnas" and space != "nb201":
     c.model.update(C=36, layers=20, primitives=NO_NONE, partial_channels=True, pc_k=6)
-    c.search.update(w_lr=0.1, w_lr_min=0.0, a_lr=6e-4)
+    c.search.update(w_lr=0.1, w_lr_min=0.0, a_lr=6e-4, arch_start_epoch=10)
+    c.drnas.update(stage_epochs=(25, 25), stage_k=(6, 4), stage_keep=(7, 4))
   if method == "fair_darts" and space != "nb201":  # FairDARTS has no NAS-Bench-201 code
     c.model.primitives = NO_NONE
     c.search.update(batch_size=128, w_lr=0.005, w_lr_min=0.001, a_lr=3e-3, a_b1=0.9)

@@ -9,12 +9,14 @@ With `partial_channels=K` and `edge_normalization=True` it is the PC-DARTS super
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from dnas import autodiff
 from dnas.arch import (RELAXATIONS, ArchParam, EdgeParam, MixedOp, PartialMixedOp,
                        batched_mixed_ops, checkpointed_call, init_alphas, node_softmax,
                        op_weights)
+from dnas.methods.drnas import masked, masked_logits
 from dnas.spaces.darts import genotypes as genotypes_lib
 from dnas.kernels import fusion_barrier
 from dnas.spaces.darts.ops import (PRIMITIVES, FactorizedReduce, ReLUConvBN, batch_norm, conv2d,
@@ -137,6 +139,8 @@ class Network(nnx.Module):
       Dirichlet's mean.
     auxiliary_skip: DARTS-'s auxiliary skip connection on every edge (`Cell`), weighted
       by the call's `aux_skip`.
+    op_mask: {"normal": bool[E, K], "reduce": bool[E, K]}: the ops still candidates on each
+      edge (DrNAS's progressive pruning): the op weights are renormalised over them.
     remat: recompute each cell's activations in the backward pass (`jax.checkpoint`)
       instead of keeping them: less memory for one more forward pass. Also on while
       tracing inside `dnas.autodiff.rematerialize()`.
@@ -150,7 +154,7 @@ class Network(nnx.Module):
                primitives=PRIMITIVES, partial_channels: int = 1,
                edge_normalization: bool = False, relaxation: str = "softmax",
                gumbel_hard: bool = False, auxiliary_skip: bool = False, remat: bool = False,
-               rngs: nnx.Rngs):
+               op_mask: dict | None = None, rngs: nnx.Rngs):
     for name, v in dict(C=C, num_classes=num_classes, layers=layers, steps=steps,
                         multiplier=multiplier, stem_multiplier=stem_multiplier,
                         partial_channels=partial_channels).items():
@@ -167,6 +171,9 @@ class Network(nnx.Module):
     self.partial_channels, self.edge_normalization = K, edge_normalization
     self.relaxation, self.gumbel_hard = relaxation, gumbel_hard
     self.primitives = tuple(primitives)
+    # Static (part of the graph definition): a new mask is a new program.
+    self.op_mask = None if op_mask is None else tuple(
+        tuple(tuple(bool(b) for b in row) for row in op_mask[k]) for k in ("normal", "reduce"))
     self.steps, self.multiplier, self.layers, self.remat = steps, multiplier, layers, remat
     C_curr = stem_multiplier * C
     # The supernet's stem BatchNorm is affine in the reference.
@@ -217,6 +224,9 @@ class Network(nnx.Module):
                             self.gumbel_hard)
       w_reduce = op_weights(self.alphas_reduce[...], self.relaxation, k_reduce, tau,
                             self.gumbel_hard)
+      if self.op_mask is not None:
+        w_normal, w_reduce = (masked(w, np.asarray(m)) for w, m in zip((w_normal, w_reduce),
+                                                                       self.op_mask))
     hard = self.relaxation == "gumbel" and arch_key is not None and self.gumbel_hard
     e_normal, e_reduce = self.edge_weights()
     remat = self.remat or autodiff.remat_requested()
@@ -236,7 +246,11 @@ class Network(nnx.Module):
     Sec. 2.4; with edge normalisation, PC-DARTS's rule on softmax(alpha) * beta)."""
     betas = ((self.betas_normal[...], self.betas_reduce[...]) if self.edge_normalization
              else (None, None))
-    return genotypes_lib.derive_genotype(self.alphas_normal[...], self.alphas_reduce[...],
+    a_normal, a_reduce = self.alphas_normal[...], self.alphas_reduce[...]
+    if self.op_mask is not None:
+      a_normal, a_reduce = (masked_logits(a, m) for a, m in zip((a_normal, a_reduce),
+                                                                self.op_mask))
+    return genotypes_lib.derive_genotype(a_normal, a_reduce,
                                          steps=self.steps, multiplier=self.multiplier,
                                          primitives=self.primitives, betas_normal=betas[0],
                                          betas_reduce=betas[1])

@@ -9,6 +9,7 @@ from flax import nnx
 
 from dnas import methods, parallel
 from dnas.arch import op_weights
+from dnas.methods.drnas import masked_logits
 from dnas.spaces.darts import draw, genotypes, latency
 from dnas.spaces.darts.final import NETWORKS
 from dnas.spaces.darts.ops import PRIMITIVES
@@ -19,6 +20,12 @@ _CELLS = ("normal", "reduce")
 
 def _partial(config) -> bool:
   return config.method == "pc_darts" or bool(config.model.get("partial_channels", False))
+
+
+def _op_mask(config) -> dict | None:
+  """{"normal": bool[E, K], "reduce": bool[E, K]} of `model.op_mask` (DrNAS's stages)."""
+  mask = config.model.get("op_mask")
+  return None if mask is None else {k: np.asarray(mask[k], bool) for k in _CELLS}
 
 
 def _get(alphas, key):
@@ -64,20 +71,23 @@ class DartsSpace:
                    in_channels=info.image_shape[-1], primitives=tuple(m.primitives),
                    partial_channels=m.pc_k if _partial(config) else 1, edge_normalization=pc,
                    relaxation=methods.relaxation_kind(config), gumbel_hard=s.gumbel_hard,
-                   auxiliary_skip=config.method == "darts_minus", remat=m.remat, rngs=rngs)
+                   auxiliary_skip=config.method == "darts_minus", remat=m.remat,
+                   op_mask=_op_mask(config), rngs=rngs)
 
   def derive(self, alphas, config) -> genotypes.Genotype:
     """DARTS Sec. 2.4 (PC-DARTS's edge logits take part when present)."""
-    m = config.model
+    m, mask = config.model, _op_mask(config) or {}
     return genotypes.derive_genotype(
-        _get(alphas, "alphas_normal"), _get(alphas, "alphas_reduce"), steps=m.steps,
+        masked_logits(_get(alphas, "alphas_normal"), mask.get("normal")),
+        masked_logits(_get(alphas, "alphas_reduce"), mask.get("reduce")), steps=m.steps,
         multiplier=m.multiplier, primitives=tuple(m.primitives),
         betas_normal=_get(alphas, "betas_normal"), betas_reduce=_get(alphas, "betas_reduce"),
         weights="sigmoid" if methods.relaxation_kind(config) == "sigmoid" else "softmax")
 
   def alpha_groups(self, alphas, config):
-    ops = tuple(config.model.primitives)
-    return {kind: (_get(alphas, f"alphas_{kind}"), ops) for kind in ("normal", "reduce")}
+    ops, mask = tuple(config.model.primitives), _op_mask(config) or {}
+    return {kind: (masked_logits(_get(alphas, f"alphas_{kind}"), mask.get(kind)), ops)
+            for kind in ("normal", "reduce")}
 
   def arch_metrics(self, arch: genotypes.Genotype, config, alphas=None) -> dict:
     """The derived cells' parameter-free ops (skip connections, pooling; of 2 * steps
