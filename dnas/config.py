@@ -124,6 +124,9 @@ def validate(config, mode: str) -> None:
       raise ConfigError(str(e)) from None
     positive(c, "latency.batch_size", int)
     positive(c, "latency.repeats", int)
+    if c["latency.estimate"] not in ("expected", "derived"):
+      raise ConfigError(f"latency.estimate {c['latency.estimate']!r} is unknown; valid: "
+                        f"expected, derived")
   elif mode == "train":
     for k in ("train.epochs", "train.batch_size"):
       positive(c, k, int)

@@ -79,6 +79,11 @@ def make_arch_objective(config, latency_model):
   objective = latency_lib.make_objective(L.objective, weight=L.weight,
                                          fbnet_alpha=L.fbnet_alpha, fbnet_beta=L.fbnet_beta,
                                          target_ms=L.target_ms)
+  if objective and L.estimate == "derived":
+    if not hasattr(latency_model, "derived"):
+      raise config_lib.ConfigError(f"latency.estimate=derived: space {config.space!r} has no "
+                                   f"derived latency estimate; valid there: expected")
+    return latency_lib.arch_objective(objective, latency_model.derived)
   return objective and latency_lib.arch_objective(objective, latency_model.expected)
 
 

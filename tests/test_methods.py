@@ -130,6 +130,8 @@ def test_method_presets_build_their_parts():
      "learning) needs space darts with model.partial_channels=True, got space 'nb201'"),
     ({"drnas.stage_epochs": (1, 1)}, "drnas.stage_epochs is DrNAS's progressive learning; "
      "it needs method drnas, got method darts"),
+    ({"latency.estimate": "mean"}, "latency.estimate 'mean' is unknown; valid: expected, "
+     "derived"),
 ])
 def test_bad_method_settings_are_one_line(change, message):
   c = nb201_config.get_config()

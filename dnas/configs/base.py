@@ -112,8 +112,13 @@ def get_config():
   # (ce + weight * max(0, ms / target_ms - 1)). `table`: a JSON latency table (README);
   # empty: measure one on this device at the start of the search (written to the work
   # directory). The table is for the final network of `train.*` at `batch_size`.
+  # estimate: the ms the objective sees, "expected" (E[LAT] of the mixture: FBNet Eq. 4,
+  # ProxylessNAS Eq. 5) or "derived" (the derived architecture's predicted latency with the
+  # expectation's gradient, straight through; NAS-Bench-201): with "target", the budget
+  # then binds the architecture the search returns, not the mixture.
   c.latency = dict(objective="none", table="", weight=0.0, fbnet_alpha=0.2, fbnet_beta=0.6,
-                   target_ms=0.0, batch_size=64, repeats=50, allow_foreign_table=False)
+                   target_ms=0.0, batch_size=64, repeats=50, allow_foreign_table=False,
+                   estimate="expected")
   # Devices of the data-parallel mesh (0: all) and how many of them shard large weights.
   c.mesh = dict(devices=0, fsdp=1)
   # Orbax checkpoints every N steps (0: epoch ends only) and at each epoch end; keep K.

@@ -154,6 +154,18 @@ class CellLatency:
     ArchParam state, or f32[6, K])."""
     logits = alphas["alphas"][...] if not hasattr(alphas, "shape") else alphas
     p = jax.nn.softmax(jnp.asarray(logits, jnp.float32), axis=-1)
+    return self._mean(p)
+
+  def derived(self, alphas) -> jax.Array:
+    """The derived architecture's predicted latency (ms, f32[]) with a straight-through
+    gradient: p_st = onehot(argmax p) + p - stop_gradient(p) per edge, so the value is
+    lat(argmax) and d/dp[e, k] the latency of the argmax with edge e set to op k."""
+    logits = alphas["alphas"][...] if not hasattr(alphas, "shape") else alphas
+    p = jax.nn.softmax(jnp.asarray(logits, jnp.float32), axis=-1)
+    hard = jax.nn.one_hot(jnp.argmax(p, axis=-1), p.shape[-1], dtype=p.dtype)
+    return self._mean(hard + p - jax.lax.stop_gradient(p))
+
+  def _mean(self, p):
     probs = jnp.prod(p[jnp.arange(len(EDGES)), self.choices], axis=-1)  # f32[K^6]
     return jnp.sum(probs * jnp.asarray(self.lat, jnp.float32))
 

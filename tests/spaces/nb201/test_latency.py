@@ -95,6 +95,26 @@ def test_expected_latency_is_the_exact_expectation(fitted):
                                 for c in [(0,) * 6, (1,) * 6, (2,) * 6])
 
 
+def test_derived_latency_is_the_argmax_with_single_edge_gradients(fitted):
+  table, _ = fitted
+  ops = ("none", "skip_connect", "nor_conv_3x3")
+  model = latency.CellLatency(table, ops)
+  logits = jax.random.normal(jax.random.key(1), (6, 3))
+  best = np.asarray(jnp.argmax(logits, -1))
+
+  def lat(choice):
+    return model.predict(nb201.Structure(tuple(ops[k] for k in choice)))
+
+  assert float(model.derived(logits)) == pytest.approx(lat(best), rel=1e-5)
+  # d/dp[e, k]: the argmax with edge e set to op k; chained through the softmax.
+  p = np.asarray(jax.nn.softmax(logits, -1), np.float64)
+  dp = np.asarray([[lat(np.where(np.arange(6) == e, k, best)) for k in range(3)]
+                   for e in range(6)])
+  want = p * (dp - np.sum(p * dp, -1, keepdims=True))
+  got = jax.grad(model.derived)(logits)
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+
+
 def test_profile_here_then_predict_and_measure(tmp_path):
   """`dnas.latency profile` on nb201 times random TinyNetworks here and fits the cell model;
   `predict --measure` reads it back for an architecture and times that network."""
