@@ -149,6 +149,29 @@ def test_expected_latency_is_the_hand_computed_sum_and_its_gradient_is_right():
   assert np.all(grad[:, 0] == 0)  # `none` is outside the estimate
 
 
+def test_derived_latency_is_the_derived_cell_with_the_expected_gradient():
+  rng = np.random.default_rng(5)
+  table = _synthetic_table(rng)
+  model = darts_latency.DartsLatency(table, LAYOUT, OPS)
+  E = 5
+  for betas in (False, True):
+    alphas = {k: jnp.asarray(rng.standard_normal((E, len(OPS))), jnp.float32)
+              for k in ("alphas_normal", "alphas_reduce")}
+    if betas:
+      alphas.update({k: jnp.asarray(rng.standard_normal(E), jnp.float32)
+                     for k in ("betas_normal", "betas_reduce")})
+    genotype = darts.derive_genotype(
+        alphas["alphas_normal"], alphas["alphas_reduce"], steps=2, multiplier=2,
+        primitives=OPS, betas_normal=alphas.get("betas_normal"),
+        betas_reduce=alphas.get("betas_reduce"))
+    assert float(model.derived(alphas)) == pytest.approx(model.predict(genotype), rel=1e-5)
+    g_derived = jax.grad(lambda a: model.derived(dict(alphas, alphas_normal=a)))(
+        alphas["alphas_normal"])
+    g_expected = jax.grad(lambda a: model.expected(dict(alphas, alphas_normal=a)))(
+        alphas["alphas_normal"])
+    np.testing.assert_allclose(g_derived, g_expected, rtol=1e-5, atol=1e-7)
+
+
 def test_imagenet_parts_are_measured_in_eval_mode():
   layout = darts_latency.trace_layout(nnx.eval_shape(lambda: darts.NetworkImageNet(
       G2, 8, 10, 3, in_channels=3, rngs=nnx.Rngs(0))), (32, 32, 3))

@@ -114,8 +114,8 @@ def get_config():
   # directory). The table is for the final network of `train.*` at `batch_size`.
   # estimate: the ms the objective sees, "expected" (E[LAT] of the mixture: FBNet Eq. 4,
   # ProxylessNAS Eq. 5) or "derived" (the derived architecture's predicted latency with the
-  # expectation's gradient, straight through; NAS-Bench-201): with "target", the budget
-  # then binds the architecture the search returns, not the mixture.
+  # expectation's gradient, straight through; DARTS and NAS-Bench-201 spaces): with
+  # "target", the budget then binds the architecture the search returns, not the mixture.
   c.latency = dict(objective="none", table="", weight=0.0, fbnet_alpha=0.2, fbnet_beta=0.6,
                    target_ms=0.0, batch_size=64, repeats=50, allow_foreign_table=False,
                    estimate="expected")

@@ -48,6 +48,15 @@ class ExpectedLatency:
 
   __call__ = expected
 
+  def straight_through(self, alphas, hard: Mapping[str, jax.Array]) -> jax.Array:
+    """The latency of the discrete entries `hard` ({group: 0/1 f32[R, K]}, e.g. the
+    derived architecture's) with E[LAT]'s gradient: W + stop_gradient(hard - W)."""
+    total = jnp.asarray(self.fixed_ms, jnp.float32)
+    for group, w in self.weights(alphas).items():
+      st = w + jax.lax.stop_gradient(jnp.asarray(hard[group], w.dtype) - w)
+      total = total + jnp.sum(st * jnp.asarray(self.lat[group], jnp.float32))
+    return total
+
   def predict(self, arch) -> float:
     """Predicted latency (ms) of the final network of a discrete architecture."""
     return float(self.fixed_ms + sum(self.lat[g][r, k] for g, entries in self.picks(arch).items()

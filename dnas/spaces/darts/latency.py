@@ -295,6 +295,30 @@ def expected_latency(table: LatencyTable, layout: Layout, primitives) -> Expecte
                          weights, picks, float(minimum))
 
 
+def derived_entries(alphas, steps: int, primitives) -> dict:
+  """{"normal", "reduce": 0/1 f32[E, K]}: the (edge, op) entries of the cell that DARTS's
+  parse derives (`genotypes.parse_weights`: per node the two inputs whose strongest
+  non-`none` op weighs most, that op), traced (jnp), from softmax(alpha) (times PC-DARTS's
+  node softmax of beta when the state has edge logits)."""
+  keep = jnp.asarray([n != "none" for n in primitives])
+  starts = np.cumsum([0] + [i + 2 for i in range(steps)])
+  out = {}
+  for group in ("normal", "reduce"):
+    a = _value(alphas[f"alphas_{group}"]).astype(jnp.float32)
+    w = jax.nn.softmax(a, axis=-1)
+    if f"betas_{group}" in alphas:
+      w = w * node_softmax(_value(alphas[f"betas_{group}"]).astype(jnp.float32), steps)[:, None]
+    w = jnp.where(keep, w, -jnp.inf)
+    op = jax.nn.one_hot(jnp.argmax(w, axis=-1), w.shape[-1])  # f32[E, K]
+    strength = jnp.max(w, axis=-1)
+    chosen = jnp.zeros(w.shape[:1])
+    for i in range(steps):  # top_k: ties to the lower input, as the parse's stable sort
+      _, top = jax.lax.top_k(strength[starts[i]:starts[i + 1]], 2)
+      chosen = chosen.at[starts[i] + top].set(1.0)
+    out[group] = chosen[:, None] * op
+  return out
+
+
 def _value(v):
   return v.get_value() if hasattr(v, "get_value") else v
 
@@ -313,6 +337,12 @@ class DartsLatency:
 
   def expected(self, alphas) -> jax.Array:
     return self._expected(alphas)
+
+  def derived(self, alphas) -> jax.Array:
+    """The derived cell's predicted latency (ms, f32[]) with E[LAT]'s gradient, straight
+    through (`latency.estimate=derived`)."""
+    return self._expected.straight_through(alphas, derived_entries(alphas, self.layout.steps,
+                                                                   self.primitives))
 
   def predict(self, genotype: Genotype) -> float:
     return predict(self.table, self.layout, genotype)
