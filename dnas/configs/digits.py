@@ -10,9 +10,12 @@ from dnas.configs import base
 def get_config():
   c = base.get_config()
   # The DARTS supernet and bilevel optimiser (Liu et al. 2019, Sec. 3.1), shrunk to 8x8
-  # images. 3 cells: normal, reduction, reduction. a_lr is 10x the paper's: 8 epochs give
-  # 72 architecture steps (CIFAR: ~19,500), too few for 3e-4 to move alpha.
-  c.model.update(C=8, layers=3)
+  # images. 5 cells, as the retrained network: normal, reduction, normal, reduction,
+  # normal (the 3-cell supernet, normal-reduction-reduction, gave two thirds of its cells
+  # to reductions, whose alphas collapsed onto pooling: BUILD_NOTES.md, sessions 12-13).
+  # a_lr is 10x the paper's: 8 epochs give 72 architecture steps (CIFAR: ~19,500), too
+  # few for 3e-4 to move alpha.
+  c.model.update(C=8, layers=5)
   c.search.update(epochs=8, a_lr=3e-3)
   # The method: beta-DARTS (Ye et al., CVPR 2022), chosen from the measurements in
   # BUILD_NOTES.md (session 12): the best mean of the methods on the NAS-Bench-201 digits
