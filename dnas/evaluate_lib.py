@@ -92,14 +92,17 @@ def _check(config) -> None:
 
 def evaluate_method(config, workdir: str, seeds, table_path: str = DEFAULT_TABLE,
                     train_seconds: float | None = None, progress: bool = False,
-                    measured_latency: dict | None = None) -> dict:
+                    measured_latency: dict | None = None,
+                    budget_ms: float | None = None) -> dict:
   """Runs and measures the search of `config` for each seed; returns the report (see the
   module docstring) and writes it to `workdir/evaluation.json`.
 
   `measured_latency` ({arch string: ms} on the latency table's device, e.g. EAGLE's):
-  each find's measured latency, whether it meets `config.latency.target_ms`, and its
-  percentile among the sampled architectures that meet it."""
+  each find's measured latency, whether it meets `budget_ms` (default
+  `config.latency.target_ms`), and its percentile among the sampled architectures that
+  meet it."""
   _check(config)
+  budget_ms = float(config.latency.target_ms if budget_ms is None else budget_ms)
   try:
     table = gt.GroundTruth.load(table_path)
   except (OSError, ValueError) as e:
@@ -134,8 +137,7 @@ def evaluate_method(config, workdir: str, seeds, table_path: str = DEFAULT_TABLE
                      param_free_ops=arch.parameter_free_ops(), search_seconds=seconds,
                      kendall_tau=kendall_tau(proxy, truth[ranked])))
     if measured_latency is not None:
-      runs[-1].update(_budget_facts(arch, acc, trained, truth, measured_latency,
-                                    config.latency.target_ms))
+      runs[-1].update(_budget_facts(arch, acc, trained, truth, measured_latency, budget_ms))
     print(f"seed {seed}: {arch} test_acc {acc:.4f} percentile {runs[-1]['percentile']:.1f} "
           f"param_free_ops {runs[-1]['param_free_ops']} tau {runs[-1]['kendall_tau']:.3f} "
           f"({seconds:.0f} s)", file=sys.stderr)
@@ -160,7 +162,7 @@ def evaluate_method(config, workdir: str, seeds, table_path: str = DEFAULT_TABLE
       seed_noise=table.seed_noise())
   if measured_latency is not None:
     report.update(
-        budget_ms=float(config.latency.target_ms),
+        budget_ms=budget_ms,
         meets_budget=sum(r["meets_budget"] for r in runs),
         percentile_within_budget_mean=float(np.mean([r["percentile_within_budget"]
                                                      for r in runs])))

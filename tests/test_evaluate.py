@@ -100,3 +100,10 @@ def test_budget_facts_rank_a_find_among_the_sample_within_the_budget():
   assert "latency" not in evaluate_lib.format_report(report)
   report.update(budget_ms=2.0, meets_budget=0, percentile_within_budget_mean=50.0)
   assert "latency: 0 of 1 finds meet 2.0 ms (measured: 2.500 ms)" in evaluate_lib.format_report(report)
+
+
+def test_evaluate_cli_bad_budget_is_one_line():
+  out = cli_helpers.run("dnas.evaluate", "--budget_ms=3", "--seeds=1")
+  assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+  assert out.stderr.strip() == ("dnas: error: --budget_ms must be > 0 and come with "
+                                "--measured_latency, got 3.0")
