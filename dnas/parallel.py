@@ -124,6 +124,23 @@ def process_slice(global_batch_size: int) -> tuple[int, int]:
   return jax.process_index() * size, size
 
 
+def gather(tree):
+  """Any arrays -> numpy on every process, sharded ones all-gathered across processes (a
+  collective: every process calls it); PRNG keys stay keys. For state that changes shape
+  (DrNAS's widening between stages)."""
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
+  def get(x):
+    if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+      return jax.random.wrap_key_data(get(jax.random.key_data(x)), impl=jax.random.key_impl(x))
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      if x.sharding.is_fully_replicated:
+        return np.asarray(x.addressable_data(0))
+      return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(jax.device_get(x))
+  return jax.tree.map(get, tree)
+
+
 def to_host(tree):
   """Replicated (or single-process) arrays -> numpy, on every process. `device_get`
   refuses arrays that span processes; a replicated one has its full value in any

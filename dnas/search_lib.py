@@ -173,7 +173,7 @@ def _drnas_next_stage(directory: str, state, meta: dict, config, info,
   stage's end the same way."""
   from dnas.methods import drnas  # pylint: disable=g-import-not-at-top
   d, stage = config.drnas, _stage(config, meta) + 1
-  host = jax.device_get(state)
+  host = parallel.gather(state)
   old_mask = config.model.op_mask or {}
   pruned, mask = {}, {}
   for kind in ("normal", "reduce"):
@@ -196,6 +196,8 @@ def _drnas_next_stage(directory: str, state, meta: dict, config, info,
       batch_stats=drnas.widen(host.batch_stats, fresh.batch_stats, seed, host.params),
       w_opt_state=drnas.widen(host.w_opt_state, fresh.w_opt_state, seed), alphas=alphas)
   step = int(host.step)
+  widened = parallel.put_state(widened, parallel.state_shardings(
+      fresh, parallel.make_mesh(config.mesh.devices, config.mesh.fsdp)))
   ckpt = Checkpointer(directory, keep=config.checkpoint.keep)
   ckpt.delete_from(step)
   ckpt.save(step, widened, meta)
@@ -265,7 +267,8 @@ def _search(config, workdir, progress, resume, preemption):
                        what="search")
   # DrNAS's progressive stages: the latest checkpoint says which stage (its supernet).
   user_config = config
-  config = _stage_config(config, ckpt.latest_meta() if resume else None)
+  latest_meta = ckpt.latest_meta() if resume else None
+  config = _stage_config(config, latest_meta)
   stages = tuple(config.drnas.stage_epochs) if "drnas" in config else ()
 
   net = space.supernet(config, info, nnx.Rngs(config.seed))
@@ -278,6 +281,11 @@ def _search(config, workdir, progress, resume, preemption):
   state = parallel.put_state(state, shardings[0])
   found = ckpt.restore_latest(state) if resume else None
   meta = _fresh_meta()
+  if found and stages and _stage(config, found[2]) != _stage(config, latest_meta):
+    raise config_lib.ConfigError(
+        f"{ckpt.directory}: the newest checkpoint (DrNAS stage {_stage(config, latest_meta)}) "
+        f"is unreadable and checkpoint {found[0]} is of stage {_stage(config, found[2])}; "
+        f"delete the unreadable one to go on from {found[0]}")
   if found:
     _, state, meta = found
     print(f"dnas: resuming {workdir} at epoch {meta['epoch']}, step {int(state.step)}",

@@ -149,8 +149,14 @@ def test_bad_method_settings_are_one_line(change, message):
 @pytest.mark.parametrize("change,message", [
     ({"drnas.stage_k": (4,)}, "drnas.stage_epochs, stage_k and stage_keep need one entry per "
      "stage, got 2, 1 and 2"),
-    ({"drnas.stage_epochs": (1, 2)}, "drnas.stage_epochs [1, 2] must be >= 1 each and sum to "
-     "search.epochs (2)"),
+    ({"drnas.stage_epochs": (1, 2)}, "drnas.stage_epochs [1, 2] must each exceed "
+     "search.arch_start_epoch (0: each stage warms up first) and sum to search.epochs (2)"),
+    ({"search.arch_start_epoch": 1}, "must each exceed search.arch_start_epoch (1"),
+    ({"latency.objective": "proxyless", "latency.weight": 1.0}, "does not take a latency "
+     "objective"),
+    ({"checkpoint.keep": 1}, "needs checkpoint.keep >= 2"),
+    ({"model.op_mask": {"normal": [[True] * 8] * 4, "reduce": [[False] * 8] * 5}},
+     "model.op_mask['normal'] must be 5 x 8 booleans"),
     ({"drnas.stage_k": (2, 4)}, "the first stage is the supernet of the config: "
      "drnas.stage_k[0] must be model.pc_k (4)"),
     ({"drnas.stage_keep": (8, 9)}, "drnas.stage_keep [8, 9] must not grow"),
@@ -519,8 +525,27 @@ def test_drnas_widen_copies_channels_consistently_within_an_op():
   np.testing.assert_array_equal(pw_new[:, :, :4, :4], pw_old)
   np.testing.assert_array_equal(pw_new[:, :, 4:, :4], pw_old[:, :, idx, :])
   np.testing.assert_array_equal(pw_new[:, :, :4, 4:], pw_old[:, :, :, idx])
-  # The same seed widens the momentum (a tree of the same paths) alike; another does not.
-  assert jax.tree.all(jax.tree.map(np.array_equal, drnas.widen(p4, p2, seed=3), wide))
+  # The momentum (the weight optimiser's state: other paths, ending in the weights' ones)
+  # widens with the same copies as its weights.
+  tx = bilevel.make_w_tx(lambda step: 0.1)
+  by_path = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_flatten_with_path(p4)[0]}
+  wide_by_path = {jax.tree_util.keystr(k): v
+                  for k, v in jax.tree_util.tree_flatten_with_path(wide)[0]}
+
+  def like_params(path, x, table):
+    key = next((k for k in table if jax.tree_util.keystr(path).endswith(k)), None)
+    return x if key is None else table[key]
+
+  momentum = jax.tree_util.tree_map_with_path(
+      lambda p, x: like_params(p, x, by_path), tx.init(p4))
+  widened = drnas.widen(momentum, tx.init(p2), seed=3)
+  checked = 0
+  for path, x in jax.tree_util.tree_flatten_with_path(widened)[0]:
+    want = like_params(path, None, wide_by_path)
+    if want is not None:
+      np.testing.assert_array_equal(x, want)
+      checked += 1
+  assert checked == len(wide_by_path)
   # A reduction cell's skip (FactorizedReduce, 32/4 -> 32/2 channels): each BatchNorm half
   # grows, with the copies its two convs' output channels got.
   fr = s4["cells"][1]["ops"][0]["ops"][0]["bn"]["mean"]
@@ -533,39 +558,51 @@ def test_drnas_widen_copies_channels_consistently_within_an_op():
 
 
 def test_drnas_progressive_search_prunes_widens_and_resumes_across_stages(tmp_path):
-  # Two stages of one epoch (2 steps each): after the first, every edge keeps 2 of its 4
-  # ops and the partial channels widen from 1/4 to 1/2. Then the run is resumed from the
-  # boundary's checkpoint (the widened state, its meta naming stage 1): same end, bitwise.
+  # Two stages of two epochs (2 steps each), each warming up for one epoch: after the
+  # first, every edge keeps 2 of its 4 ops and the partial channels widen from 1/4 to 1/2.
+  # Then the run is resumed from the boundary's checkpoint (the widened state, its meta
+  # naming stage 1): same end, bitwise.
   import shutil  # pylint: disable=g-import-not-at-top
   from tests import cli_helpers  # pylint: disable=g-import-not-at-top
   args = [f"--config={cli_helpers.TINY}", "--config.method=drnas",
           "--config.model.partial_channels=true", "--config.model.C=8", "--config.model.pc_k=4",
           "--config.model.primitives=('max_pool_3x3','skip_connect','sep_conv_3x3',"
-          "'dil_conv_3x3')", "--config.search.epochs=2", "--config.max_steps_per_epoch=2",
-          "--config.drnas.stage_epochs=(1,1)", "--config.drnas.stage_k=(4,2)",
-          "--config.drnas.stage_keep=(4,2)", "--progress=false"]
+          "'dil_conv_3x3')", "--config.search.epochs=4", "--config.max_steps_per_epoch=2",
+          "--config.search.arch_start_epoch=1", "--config.drnas.stage_epochs=(2,2)",
+          "--config.drnas.stage_k=(4,2)", "--config.drnas.stage_keep=(4,2)", "--progress=false"]
   first = tmp_path / "a"
   out = cli_helpers.run("dnas.search", *args, f"--workdir={first}")
   assert out.returncode == 0, out.stderr[-3000:]
-  assert "DrNAS: stage 1: 2 ops left per edge, partial channels 1/2" in out.stdout
+  assert out.stdout.count("DrNAS: stage 1: 2 ops left per edge, partial channels 1/2") == 1
   ckpt = checkpoint_lib.Checkpointer(str(first / "checkpoints"))
-  assert ckpt.steps()[-2:] == [2, 4]
+  assert ckpt.steps() == [4, 6, 8]
   stage = ckpt.latest_meta()["drnas_stage"]
   ckpt.close()
-  assert stage["stage"] == 1 and all(sum(row) == 2 for k in ("normal", "reduce")
-                                     for row in stage["op_mask"][k])
+  mask = {k: np.asarray(stage["op_mask"][k]) for k in ("normal", "reduce")}
+  assert stage["stage"] == 1 and all(m.sum(-1).tolist() == [2] * 5 for m in mask.values())
   found = json.loads((first / "genotype.json").read_text())
   ops = ("max_pool_3x3", "skip_connect", "sep_conv_3x3", "dil_conv_3x3")
   for k in ("normal", "reduce"):  # the derived cell picks unpruned ops only
-    starts = [0, 0, 2, 2]
-    for (op, j), s in zip(found[k], starts):
-      assert stage["op_mask"][k][s + j][ops.index(op)], (k, op, s + j)
+    for (op, j), start in zip(found[k], [0, 0, 2, 2]):
+      assert mask[k][start + j][ops.index(op)], (k, op, start + j)
+  # The op weights at each epoch's end (the Dirichlet's mean): epoch 0 warms up (uniform),
+  # epoch 1 moves them; epoch 2 warms the second stage up, so its weights are epoch 1's
+  # renormalised over the kept ops; epoch 3 moves them again.
+  history = np.load(first / "alphas.npz")
+  for k in ("normal", "reduce"):
+    w = history[k]
+    np.testing.assert_allclose(w[0], 0.25, atol=1e-3)
+    assert np.abs(w[1] - w[0]).max() > 1e-4
+    kept = w[1] * mask[k]
+    np.testing.assert_allclose(w[2], kept / kept.sum(-1, keepdims=True), rtol=1e-5, atol=1e-7)
+    assert np.abs(w[3] - w[2]).max() > 1e-4 and np.all(w[3][~mask[k]] == 0)
   # The widened checkpoint holds 1/2 of the channels: a run resumed from it ends the same.
   second = tmp_path / "b"
   shutil.copytree(first, second)
-  shutil.rmtree(second / "checkpoints" / "4")
+  for step in ("6", "8"):
+    shutil.rmtree(second / "checkpoints" / step)
   out = cli_helpers.run("dnas.search", *args, f"--workdir={second}")
   assert out.returncode == 0, out.stderr[-3000:]
   assert "resuming" in out.stderr and "DrNAS: stage" not in out.stdout
   a, b = cli_helpers.final(str(first)), cli_helpers.final(str(second))
-  cli_helpers.assert_same_run(a, b, steps=4)
+  cli_helpers.assert_same_run(a, b, steps=8)

@@ -113,9 +113,10 @@ def _validate_stages(config) -> None:
   if not len(epochs) == len(ks) == len(keeps):
     raise ConfigError(f"drnas.stage_epochs, stage_k and stage_keep need one entry per stage, "
                       f"got {len(epochs)}, {len(ks)} and {len(keeps)}")
-  if any(e < 1 for e in epochs) or sum(epochs) != s.epochs:
-    raise ConfigError(f"drnas.stage_epochs {list(epochs)} must be >= 1 each and sum to "
-                      f"search.epochs ({s.epochs})")
+  if any(e <= s.arch_start_epoch for e in epochs) or sum(epochs) != s.epochs:
+    raise ConfigError(f"drnas.stage_epochs {list(epochs)} must each exceed "
+                      f"search.arch_start_epoch ({s.arch_start_epoch}: each stage warms up "
+                      f"first) and sum to search.epochs ({s.epochs})")
   n = len(m.primitives)
   if ks[0] != m.pc_k or keeps[0] != n:
     raise ConfigError(f"the first stage is the supernet of the config: drnas.stage_k[0] must "
@@ -130,6 +131,12 @@ def _validate_stages(config) -> None:
   if s.selection != "argmax" or s.ada or s.early_stop:
     raise ConfigError("drnas.stage_epochs (progressive learning) takes the argmax selection, "
                       "without search.ada or search.early_stop")
+  if config.latency.objective != "none":
+    raise ConfigError("drnas.stage_epochs (progressive learning) does not take a latency "
+                      "objective: the expected latency does not see the pruned ops")
+  if config.checkpoint.keep < 2:
+    raise ConfigError(f"drnas.stage_epochs (progressive learning) needs checkpoint.keep >= 2 "
+                      f"(the stage's end is rewritten), got {config.checkpoint.keep}")
 
 
 def build(config, steps_per_epoch: int) -> Parts:

@@ -58,6 +58,14 @@ class DartsSpace:
     if _partial(config) and m.C % m.pc_k:
       raise ConfigError(f"model.pc_k={m.pc_k} must divide model.C={m.C}: each edge mixes "
                         f"C / pc_k channels")
+    mask = _op_mask(config)
+    if mask is not None:
+      shape = (sum(i + 2 for i in range(m.steps)), len(m.primitives))
+      for k, v in mask.items():
+        if v.shape != shape or not v.any(axis=-1).all():
+          raise ConfigError(f"model.op_mask[{k!r}] must be {shape[0]} x {shape[1]} booleans "
+                            f"(edges x model.primitives) with an op left on every edge, got "
+                            f"shape {v.shape}")
     if config.train.network not in NETWORKS:
       raise ConfigError(f"train.network {config.train.network!r} is unknown; valid: "
                         f"{', '.join(NETWORKS)}")
