@@ -466,8 +466,10 @@ def make_search_steps(graphdef, w_tx: optax.GradientTransformation,
                       relaxation: relaxation_lib.Relaxation = relaxation_lib.softmax(),
                       perturb: Callable | None = None, task_loss: Callable | None = None,
                       extra_inputs: Callable | None = None,
-                      execution: Execution = Execution()):
-  """The search step (architecture step, then weight step) and its warm-up step (the
+                      execution: Execution = Execution(), weight_first: bool = False):
+  """The search step (architecture step, then weight step: DARTS's `train_search`; with
+  `weight_first`, the weight step and then the architecture step at the updated weights:
+  NAS-Bench-201's DARTS-V1 and GDAS scripts) and its warm-up step (the
   weight step alone, for epochs before the first architecture step, such as PC-DARTS's
   first 15). What they compute: `make_phase_steps`; how they run: `execution`.
 
@@ -498,8 +500,12 @@ def make_search_steps(graphdef, w_tx: optax.GradientTransformation,
     arch_step, weight_step = make_phase_steps(graphdef, w_tx, a_tx, **kwargs)
 
   def step(state, batch_train, batch_val):
-    state, m_arch = arch_step(state, batch_train, batch_val)
-    state, m_weight = weight_step(state, batch_train)
+    if weight_first:
+      state, m_weight = weight_step(state, batch_train)
+      state, m_arch = arch_step(state, batch_train, batch_val)
+    else:
+      state, m_arch = arch_step(state, batch_train, batch_val)
+      state, m_weight = weight_step(state, batch_train)
     return state, {**m_arch, **m_weight}
 
   def warmup_step(state, batch_train, batch_val):

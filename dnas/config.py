@@ -107,6 +107,9 @@ def validate(config, mode: str) -> None:
     if c["search.arch_start_epoch"] >= c["search.epochs"]:
       raise ConfigError(f"search.arch_start_epoch ({c['search.arch_start_epoch']}) must be < "
                         f"search.epochs ({c['search.epochs']}): no architecture step would run")
+    if c["search.step_order"] not in ("arch_first", "weight_first"):
+      raise ConfigError(f"search.step_order {c['search.step_order']!r} is unknown; valid: "
+                        f"arch_first, weight_first")
     if c["search.relaxation"] not in RELAXATIONS:
       raise ConfigError(f"search.relaxation {c['search.relaxation']!r} is unknown; valid: "
                         f"{', '.join(RELAXATIONS)}")

@@ -105,7 +105,8 @@ def _optimizers(config, steps_per_epoch: int, parts: methods.Parts | None = None
 
 
 def compiled_steps(graphdef, state, w_tx, a_tx, *, order: str, hypergrad, arch_loss,
-                   parts: methods.Parts, execution: bilevel.Execution):
+                   parts: methods.Parts, execution: bilevel.Execution,
+                   weight_first: bool = False):
   """(flat, search_step, warmup_step) as the search loop calls them, on the `loop.Flat`
   leaves of `state` (laid out by `execution.shardings`): each compiled on its first call.
 
@@ -119,7 +120,8 @@ def compiled_steps(graphdef, state, w_tx, a_tx, *, order: str, hypergrad, arch_l
   steps = bilevel.make_search_steps(
       graphdef, w_tx, a_tx, hypergrad=hypergrad, arch_loss=arch_loss,
       relaxation=parts.relaxation, perturb=parts.perturb, extra_inputs=parts.extra_inputs,
-      execution=execution if split else execution._replace(jit=False))
+      execution=execution if split else execution._replace(jit=False),
+      weight_first=weight_first)
   flat = loop.Flat(state, execution.shardings[0], stack=False if split else None)
   if split:
     return (flat, *map(flat.wrap, steps))
@@ -311,7 +313,8 @@ def _search(config, workdir, progress, resume, preemption):
   flat, search_step, warmup_step = compiled_steps(
       graphdef, state, w_tx, a_tx, order=s.order, hypergrad=hg,
       arch_loss=(bilevel.arch_loss(objective, *parts.terms) if objective or parts.terms
-                 else None), parts=parts, execution=execution)
+                 else None), parts=parts, execution=execution,
+      weight_first=s.step_order == "weight_first")
   eval_step = cpu.compile_then_trim(bilevel.make_eval_step(
       graphdef_eval, shardings=shardings, dtype=dtype))
   augment = make_augment(info, crop_padding=config.data.crop_padding, flip=config.data.flip)

@@ -429,3 +429,23 @@ def test_nesterov_sgd_is_pytorchs():
     buf = mu * buf + g2
     want = want - lr * (g2 + mu * buf)
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_weight_first_step_is_the_weight_step_then_the_arch_step(parts, setup):
+  # NAS-Bench-201's DARTS-V1 and GDAS order: the architecture step sees updated weights.
+  graphdef, state, w_tx, a_tx, _ = parts
+  _, arch_step, weight_step, _ = setup
+  step, _ = bilevel.make_search_steps(graphdef, w_tx, a_tx, weight_first=True,
+                                      execution=bilevel.Execution(jit=False))
+  rng = np.random.default_rng()
+  bt, bv = _batch(rng), _batch(rng)
+  mid, m_weight = weight_step(state, bt)
+  want, m_arch = arch_step(mid, bt, bv)
+  got, metrics = jax.jit(step)(state, bt, bv)
+  chex.assert_trees_all_close(got.params, want.params, rtol=1e-6, atol=1e-7)
+  chex.assert_trees_all_close(got.alphas, want.alphas, rtol=1e-6, atol=1e-7)
+  chex.assert_trees_all_close(metrics, {**m_arch, **m_weight}, rtol=1e-6, atol=1e-7)
+  # ... which differs from DARTS's order (the architecture loss at the old weights; Adam's
+  # first update is the gradient's sign, so the alphas may agree after one step).
+  _, m_other = setup[3](state, bt, bv)
+  assert float(m_other["a_grad_norm"]) != pytest.approx(float(metrics["a_grad_norm"]))

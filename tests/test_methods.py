@@ -132,6 +132,8 @@ def test_method_presets_build_their_parts():
      "it needs method drnas, got method darts"),
     ({"latency.estimate": "mean"}, "latency.estimate 'mean' is unknown; valid: expected, "
      "derived"),
+    ({"search.step_order": "both"}, "search.step_order 'both' is unknown; valid: arch_first, "
+     "weight_first"),
 ])
 def test_bad_method_settings_are_one_line(change, message):
   c = nb201_config.get_config()
@@ -397,8 +399,13 @@ def test_paper_configs_validate():
       c = robust_cifar10.get_config(method + space)
       config_lib.validate(c, "search")
       assert c.data.name == "cifar10" and c.space == ("nb201" if space else "darts")
+      assert c.search.step_order == "arch_first"  # their scripts' order
   with pytest.raises(ValueError, match="expected METHOD"):
     robust_cifar10.get_config("dartz")
+  from dnas.configs import nb201_cifar10  # pylint: disable=g-import-not-at-top
+  c = nb201_cifar10.get_config()  # NAS-Bench-201's DARTS-V1: the weight step first
+  config_lib.validate(c, "search")
+  assert c.search.step_order == "weight_first"
 
 
 def test_darts_pt_on_the_darts_space_projects_ops_then_inputs():

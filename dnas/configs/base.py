@@ -63,14 +63,16 @@ def get_config():
   # Hessian-vector products; 0: never); early_stop: DARTS-ES on that signal
   # (`robust_darts`), the search stops and takes the architecture of the epoch before
   # the rise; ada: DARTS-ADA, the search goes back to that epoch instead and goes on
-  # with a larger weight decay.
+  # with a larger weight decay. step_order: "arch_first" (DARTS's train_search,
+  # NAS-Bench-201's DARTS-V2) or "weight_first" (NAS-Bench-201's DARTS-V1 and GDAS: the
+  # architecture step at the just-updated weights).
   c.search = dict(epochs=50, batch_size=64, order="first", w_lr=0.025, w_lr_min=0.001,
                   momentum=0.9, nesterov=False, weight_decay=3e-4, grad_clip=5.0, a_lr=3e-4,
                   a_b1=0.5, a_b2=0.999, a_weight_decay=1e-3, fd_r=0.01, arch_start_epoch=0,
                   relaxation="softmax", gumbel_hard=False, tau_start=10.0, tau_end=0.1,
                   tau_anneal="linear", hvp_remat=False, programs="auto",
                   selection="argmax", hessian_every=0, hessian_iters=20, early_stop=False,
-                  ada=False)
+                  ada=False, step_order="arch_first")
   # RobustDARTS (automl/RobustDARTS, its search defaults): DARTS-ES compares the local
   # average of the last `window` eigenvalues with the one `delta` measurements earlier and
   # fires above `factor` from `es_start_epoch` on; DARTS-ADA then multiplies the weight

@@ -45,7 +45,9 @@ def get_config(arg: str = "drnas,nb201"):
                      f"{', '.join(METHODS)}")
   if space == "nb201":
     c = nb201_cifar10.get_config()
-    c.search.update(epochs=100, nesterov=False, weight_decay=3e-4, grad_clip=5.0)
+    # Their scripts step the architecture first (DARTS's order, not DARTS-V1's).
+    c.search.update(epochs=100, nesterov=False, weight_decay=3e-4, grad_clip=5.0,
+                    step_order="arch_first")
   else:
     c = cifar10_darts.get_config()
   c.method = "darts" if method == "darts_pt" else method
