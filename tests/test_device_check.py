@@ -12,7 +12,7 @@ from tests import cli_helpers
 def test_device_check_runs_every_case_on_cpu(tmp_path):
   out_file = tmp_path / "check.jsonl"
   out = subprocess.run([sys.executable, os.path.join("scripts", "device_check.py"), "--tiny",
-                        "--steps=2", f"--out={out_file}"], cwd=cli_helpers.ROOT,
+                        "--steps=1", f"--out={out_file}"], cwd=cli_helpers.ROOT,
                        env=cli_helpers.env(), capture_output=True, text=True, timeout=900)
   assert out.returncode == 0, out.stderr[-3000:]
   lines = [json.loads(l) for l in out.stdout.splitlines() if l.startswith("{")]
