@@ -283,11 +283,14 @@ def _search(config, workdir, progress, resume, preemption):
   state = parallel.put_state(state, shardings[0])
   found = ckpt.restore_latest(state) if resume else None
   meta = _fresh_meta()
-  if found and stages and _stage(config, found[2]) != _stage(config, latest_meta):
+  newest = _stage(config, latest_meta)
+  if stages and newest and (found is None or _stage(config, found[2]) != newest):
+    # The stage's supernet came from the newest meta; an older checkpoint of another stage
+    # does not fit it (and starting afresh with it would be wrong).
     raise config_lib.ConfigError(
-        f"{ckpt.directory}: the newest checkpoint (DrNAS stage {_stage(config, latest_meta)}) "
-        f"is unreadable and checkpoint {found[0]} is of stage {_stage(config, found[2])}; "
-        f"delete the unreadable one to go on from {found[0]}")
+        f"{ckpt.directory}: the newest checkpoint (DrNAS stage {newest}) is unreadable and "
+        f"the ones before are of another stage; delete the unreadable ones to go on from "
+        f"an earlier one")
   if found:
     _, state, meta = found
     print(f"dnas: resuming {workdir} at epoch {meta['epoch']}, step {int(state.step)}",
