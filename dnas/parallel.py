@@ -133,11 +133,10 @@ def gather(tree):
   def get(x):
     if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
       return jax.random.wrap_key_data(get(jax.random.key_data(x)), impl=jax.random.key_impl(x))
-    if isinstance(x, jax.Array) and not x.is_fully_addressable:
-      if x.sharding.is_fully_replicated:
-        return np.asarray(x.addressable_data(0))
+    if (isinstance(x, jax.Array) and not x.is_fully_addressable
+        and not x.sharding.is_fully_replicated):
       return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-    return np.asarray(jax.device_get(x))
+    return to_host(x)
   return jax.tree.map(get, tree)
 
 

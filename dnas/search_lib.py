@@ -334,17 +334,16 @@ def _search(config, workdir, progress, resume, preemption):
                            make(a_src, seed=config.seed + 1, **run)))
     return pipelines[0]
 
+  # This run covers one DrNAS stage (all epochs without stages): epochs start..end - 1,
+  # the architecture warm-up counted from its start.
+  stage = _stage(config, meta)
+  start = int(sum(stages[:stage]))
+  end = int(sum(stages[:stage + 1])) if stages else s.epochs
+
   def step(state, inputs, epoch, i):
     del i
-    start = 0  # DrNAS's stages each warm up from their start
-    if stages:
-      from dnas.methods import drnas  # pylint: disable=g-import-not-at-top
-      start = drnas.stage_start(drnas.stage_of(epoch, stages), stages)
     fn = search_step if epoch - start >= s.arch_start_epoch else warmup_step
     return fn(state, *(parallel.put_batch(b, mesh) for b in inputs))
-
-  stage = _stage(config, meta)
-  end = int(np.sum(stages[:stage + 1])) if stages else s.epochs  # this stage's last epoch + 1
   run = loop.EpochLoop(name="search", workdir=workdir, ckpt=ckpt, meta=meta, epochs=end,
                        steps_per_epoch=steps_per_epoch, every_steps=config.checkpoint.every_steps,
                        preemption=preemption, metrics_file="metrics.jsonl", progress=progress,

@@ -74,16 +74,6 @@ def masked_logits(logits, mask):
   return np.where(np.asarray(mask, bool), np.asarray(logits), -np.inf)
 
 
-def stage_of(epoch: int, stage_epochs) -> int:
-  """The stage that epoch `epoch` belongs to (the last stage after the schedule)."""
-  ends = np.cumsum(stage_epochs)
-  return int(min(np.searchsorted(ends, epoch, side="right"), len(ends) - 1))
-
-
-def stage_start(stage: int, stage_epochs) -> int:
-  return int(sum(stage_epochs[:stage]))
-
-
 _ROOT = re.compile(r"(\['cells'\]\[\d+\]\['ops'\]\[\d+\]\['ops'\]\[\d+\])(.*)")
 
 
