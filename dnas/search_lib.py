@@ -394,7 +394,13 @@ def _search(config, workdir, progress, resume, preemption):
 
   def end_epoch(leaves, epoch, means):
     state = flat.tree(leaves)
-    valid_loss, valid_acc = evaluate_state(state)
+    if config.search.relaxation == "gumbel" and "a_acc" in means:
+      # GDAS reports the architecture steps' sampled networks on the validation split
+      # (its search_func's arch_top1); the softmax mixture, which it never trains, is
+      # evaluated only in epochs without architecture steps.
+      valid_loss, valid_acc = means["a_loss"], means["a_acc"]
+    else:
+      valid_loss, valid_acc = evaluate_state(state)
     alphas = parallel.to_host(state.alphas)
     arch = space.derive(alphas, config)
     record = dict(means, epoch=epoch, lr=float(schedule(epoch * steps_per_epoch)),

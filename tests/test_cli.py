@@ -89,6 +89,11 @@ def test_pc_darts_gumbel_latency_search_warms_up_then_searches(tmp_path):
   records = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert "a_loss" not in records[0] and "w_loss" in records[0]
   assert "a_loss" in records[1] and records[1]["a_objective"] > records[1]["a_loss"]
+  # GDAS's validation accuracy: the architecture steps' sampled networks (its reference's
+  # number), not the softmax mixture it never trains; the warm-up epoch has only that.
+  assert (records[1]["valid_acc"], records[1]["valid_loss"]) == (records[1]["a_acc"],
+                                                                 records[1]["a_loss"])
+  assert 0 <= records[0]["valid_acc"] <= 1
   assert records[1]["a_latency_ms"] > 0 and records[1]["predicted_latency_ms"] > 0
   assert (tmp_path / "latency_table.json").exists()
   # Nothing moved the alphas in the warm-up epoch: still the supernet's initial ones.
