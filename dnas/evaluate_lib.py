@@ -69,16 +69,28 @@ def supernet_accuracies(net, archs, batches, chunk: int = 16) -> np.ndarray:
          for i in range(0, len(w), chunk)]
   return np.concatenate(out)[:len(archs)].astype(np.float64)
 
-def _budget_facts(arch, acc, sample, truth, measured: dict, budget_ms: float) -> dict:
-  """A find's measured latency and its rank among the sampled architectures within the
-  budget (all of them when `budget_ms` is 0)."""
-  ms = np.asarray([measured.get(a, np.nan) for a in sample])
-  within = truth[(ms <= budget_ms) if budget_ms > 0 else np.isfinite(ms)]
+def within_budget(sample, measured: dict, budget_ms: float) -> list:
+  """The sampled architectures whose measured latency is at most `budget_ms` (every
+  measured one when `budget_ms` is 0)."""
+  return [a for a in sample if a in measured and (budget_ms <= 0 or measured[a] <= budget_ms)]
+
+
+def _budget_facts(arch, acc, within_truth, measured: dict, budget_ms: float) -> dict:
+  """A find's measured latency and the percentile of its accuracy `acc` among the
+  accuracies `within_truth` of the sampled architectures within the budget (both over the
+  same training seeds)."""
   found_ms = measured.get(str(arch))
-  pct = gt.percentile_of(within, acc)
   return dict(measured_ms=found_ms, budget_ms=budget_ms,
               meets_budget=found_ms is not None and (budget_ms <= 0 or found_ms <= budget_ms),
-              percentile_within_budget=pct, sample_within_budget=int(len(within)))
+              percentile_within_budget=gt.percentile_of(within_truth, acc),
+              sample_within_budget=int(len(within_truth)))
+
+
+def _seed_noise(table, archs, seeds) -> float:
+  """One training run's seed-to-seed standard deviation over `archs`: the pooled std of
+  each architecture's accuracies about its mean over `seeds` (ddof 1)."""
+  accs = np.asarray([[table.accuracy(a, [s]) for s in seeds] for a in archs])
+  return float(np.sqrt(np.mean(np.var(accs, axis=1, ddof=1)))) if len(seeds) > 1 else np.nan
 
 
 def _check(config) -> None:
@@ -93,14 +105,17 @@ def _check(config) -> None:
 def evaluate_method(config, workdir: str, seeds, table_path: str = DEFAULT_TABLE,
                     train_seconds: float | None = None, progress: bool = False,
                     measured_latency: dict | None = None,
-                    budget_ms: float | None = None) -> dict:
+                    budget_ms: float | None = None, budget_seeds: int | None = None) -> dict:
   """Runs and measures the search of `config` for each seed; returns the report (see the
   module docstring) and writes it to `workdir/evaluation.json`.
 
   `measured_latency` ({arch string: ms} on the latency table's device, e.g. EAGLE's):
   each find's measured latency, whether it meets `budget_ms` (default
   `config.latency.target_ms`), and its percentile among the sampled architectures that
-  meet it."""
+  meet it, with accuracies averaged over training seeds 0..`budget_seeds`-1 (default:
+  the table's own seeds); seeds the table lacks for those architectures or the finds are
+  trained and added to it (the within-budget networks differ by less than the table's
+  two-seed noise)."""
   _check(config)
   budget_ms = float(config.latency.target_ms if budget_ms is None else budget_ms)
   try:
@@ -118,7 +133,18 @@ def evaluate_method(config, workdir: str, seeds, table_path: str = DEFAULT_TABLE
   ops = set(config.model.primitives)
   ranked = [i for i, a in enumerate(trained) if set(Structure.from_string(a).ops) <= ops]
   sample = [Structure.from_string(trained[i]) for i in ranked]
-  runs, train_fn = [], None
+  train_fn = functools.cache(lambda: gt.make_train_fn(table.protocol))  # compiled once
+
+  def ensure(archs, seeds):  # trains what the table lacks, into the table
+    if not all(table.has(a, seeds) for a in archs):
+      table.ensure(archs, seeds, train_fn())
+      table.save(table_path)
+  runs, table_seeds = [], table.base_seeds
+  if measured_latency is not None:
+    within = within_budget(trained, measured_latency, budget_ms)
+    b_seeds = table_seeds if budget_seeds is None else tuple(range(budget_seeds))
+    ensure(within, b_seeds)
+    within_truth = np.asarray([table.accuracy(a, b_seeds) for a in within])
   for seed in seeds:
     c = config.copy_and_resolve_references()
     c.seed = seed
@@ -126,26 +152,24 @@ def evaluate_method(config, workdir: str, seeds, table_path: str = DEFAULT_TABLE
     arch = search_lib.run_search(c, run_dir, progress=progress)
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:  # the run's own clock, resumes too
       seconds = [json.loads(line) for line in f if line.strip()][-1]["wall_time"]
-    table_seeds = sorted({s for r in table.results.values() for s in r["seeds"]})[:2]
-    if not table.has(arch, table_seeds):
-      train_fn = train_fn or gt.make_train_fn(table.protocol)
-      table.add(gt.train([arch], table_seeds, protocol=table.protocol, train_fn=train_fn))
-      table.save(table_path)
+    ensure([str(arch)], table_seeds)
     proxy = supernet_accuracies(search_lib.load_supernet(c, run_dir), sample, batches)
     acc = table.accuracy(arch)
     runs.append(dict(seed=seed, arch=str(arch), test_acc=acc, percentile=table.percentile(acc),
                      param_free_ops=arch.parameter_free_ops(), search_seconds=seconds,
                      kendall_tau=kendall_tau(proxy, truth[ranked])))
     if measured_latency is not None:
-      runs[-1].update(_budget_facts(arch, acc, trained, truth, measured_latency, budget_ms))
+      ensure([str(arch)], b_seeds)
+      b_acc = table.accuracy(arch, b_seeds)
+      runs[-1].update(_budget_facts(arch, b_acc, within_truth, measured_latency, budget_ms),
+                      test_acc_budget_seeds=b_acc)
     print(f"seed {seed}: {arch} test_acc {acc:.4f} percentile {runs[-1]['percentile']:.1f} "
           f"param_free_ops {runs[-1]['param_free_ops']} tau {runs[-1]['kendall_tau']:.3f} "
           f"({seconds:.0f} s)", file=sys.stderr)
   if train_seconds is None:
-    train_fn = train_fn or gt.make_train_fn(table.protocol)
-    gt.train([trained[0]], [0], protocol=table.protocol, train_fn=train_fn)  # compiled
+    gt.train([trained[0]], [0], protocol=table.protocol, train_fn=train_fn())  # compiled
     start = time.perf_counter()
-    gt.train([trained[1]], [0], protocol=table.protocol, train_fn=train_fn)
+    gt.train([trained[1]], [0], protocol=table.protocol, train_fn=train_fn())
     train_seconds = time.perf_counter() - start
   mean_seconds = float(np.mean([r["search_seconds"] for r in runs]))
   k = max(1, int(mean_seconds // train_seconds))
@@ -162,7 +186,8 @@ def evaluate_method(config, workdir: str, seeds, table_path: str = DEFAULT_TABLE
       seed_noise=table.seed_noise())
   if measured_latency is not None:
     report.update(
-        budget_ms=budget_ms,
+        budget_ms=budget_ms, budget_seeds=len(b_seeds),
+        within_budget_seed_noise=_seed_noise(table, within, b_seeds),
         meets_budget=sum(r["meets_budget"] for r in runs),
         percentile_within_budget_mean=float(np.mean([r["percentile_within_budget"]
                                                      for r in runs])))
@@ -176,9 +201,12 @@ def format_report(r: dict) -> str:
   budget = []
   if "budget_ms" in r:
     ms = ", ".join("%.3f" % x["measured_ms"] if x["measured_ms"] else "?" for x in r["runs"])
+    pct = ", ".join(f"{x['percentile_within_budget']:.0f}" for x in r["runs"])
     budget = [f"latency: {r['meets_budget']} of {len(r['runs'])} finds meet {r['budget_ms']} "
-              f"ms (measured: {ms} ms); percentile among the sample within it "
-              f"{r['percentile_within_budget_mean']:.1f}"]
+              f"ms (measured: {ms} ms); percentile among the {r['runs'][0]['sample_within_budget']} "
+              f"sampled within it {pct} (mean {r['percentile_within_budget_mean']:.1f}; "
+              f"{r.get('budget_seeds', 2)} training seeds, seed noise "
+              f"{100 * r.get('within_budget_seed_noise', np.nan):.2f} %)"]
   return "\n".join(budget + [
       f"found: test_acc {100 * r['test_acc_mean']:.2f} +- {100 * r['test_acc_std']:.2f} % "
       f"over {len(r['runs'])} seeds, percentile {r['percentile_mean']:.1f}, parameter-free "

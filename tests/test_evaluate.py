@@ -56,8 +56,15 @@ def test_evaluate_cli_on_a_table_fixture(tmp_path):
   table = gt.GroundTruth(sample=archs[::3])
   table.add(gt.Result(a, s, float(rng.uniform(0.1, 1.0)), 0.5, 1.0) for a in archs
             for s in (0, 1))
+  # Made-up latencies; the finds and the sample within 2 ms also have a third seed, which
+  # the within-budget comparison averages (`--budget_seeds=3`) and nothing else does.
+  measured = {a: float(ms) for a, ms in zip(archs, rng.uniform(1.0, 3.0, len(archs)))}
+  table.add(gt.Result(a, 2, float(rng.uniform(0.1, 1.0)), 0.5, 1.0) for a in archs
+            if a not in archs[::3] or measured[a] <= 2.0)
   path = str(tmp_path / "gt.json")
   table.save(path)
+  with open(tmp_path / "measured.json", "w") as f:
+    json.dump({"latency_ms": measured}, f)
   config = os.path.join(cli_helpers.ROOT, "dnas", "configs", "nb201.py")
   out = cli_helpers.run(
       "dnas.evaluate", f"--config={config}", "--config.model.C=4", "--config.train.C=4",
@@ -65,11 +72,21 @@ def test_evaluate_cli_on_a_table_fixture(tmp_path):
       f"--config.model.primitives={ops!r}".replace(" ", ""), "--config.search.epochs=1",
       "--config.search.batch_size=8", "--config.search.relaxation=gumbel",
       "--config.search.gumbel_hard=true", f"--workdir={tmp_path / 'eval'}", "--seeds=2",
-      f"--ground_truth={path}", "--train_seconds=20", extra_env=cli_helpers.optimised())
+      f"--ground_truth={path}", "--train_seconds=20",
+      f"--measured_latency={tmp_path / 'measured.json'}", "--budget_ms=2", "--budget_seeds=3",
+      extra_env=cli_helpers.optimised())
   assert out.returncode == 0, out.stderr[-3000:]
   report = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
   assert [r["seed"] for r in report["runs"]] == [0, 1]
   truth = table.sample_accuracies()
+  within = [a for a in archs[::3] if measured[a] <= 2.0]
+  within_truth = [table.accuracy(a, [0, 1, 2]) for a in within]
+  assert report["budget_seeds"] == 3 and report["runs"][0]["sample_within_budget"] == len(within)
+  for r in report["runs"]:
+    assert r["test_acc_budget_seeds"] == pytest.approx(table.accuracy(r["arch"], [0, 1, 2]))
+    assert r["percentile_within_budget"] == pytest.approx(
+        gt.percentile_of(within_truth, r["test_acc_budget_seeds"]))
+    assert r["meets_budget"] == (measured[r["arch"]] <= 2.0)
   for r in report["runs"]:
     found = json.loads((tmp_path / "eval" / f"seed_{r['seed']}" / "genotype.json").read_text())
     assert r["arch"] == found["arch"]
@@ -85,12 +102,15 @@ def test_evaluate_cli_on_a_table_fixture(tmp_path):
 
 
 def test_budget_facts_rank_a_find_among_the_sample_within_the_budget():
-  sample, truth = ["a", "b", "c"], np.asarray([0.5, 0.7, 0.9])
+  sample, truth = ["a", "b", "c", "d"], {"a": 0.5, "b": 0.7, "c": 0.9}
   measured = {"a": 1.0, "b": 5.0, "c": 2.0, "x": 2.5}
-  facts = evaluate_lib._budget_facts("x", 0.8, sample, truth, measured, 3.0)  # pylint: disable=protected-access
+  within = evaluate_lib.within_budget(sample, measured, 3.0)
+  assert within == ["a", "c"] and evaluate_lib.within_budget(sample, measured, 0) == sample[:3]
+  within_truth = [truth[a] for a in within]
+  facts = evaluate_lib._budget_facts("x", 0.8, within_truth, measured, 3.0)  # pylint: disable=protected-access
   assert facts["meets_budget"] and facts["measured_ms"] == 2.5
   assert facts["sample_within_budget"] == 2 and facts["percentile_within_budget"] == 50.0
-  facts = evaluate_lib._budget_facts("x", 0.8, sample, truth, measured, 2.0)  # pylint: disable=protected-access
+  facts = evaluate_lib._budget_facts("x", 0.8, within_truth, measured, 2.0)  # pylint: disable=protected-access
   assert not facts["meets_budget"] and facts["percentile_within_budget"] == 50.0
   report = dict(runs=[dict(test_acc=0.8, percentile=50.0, measured_ms=2.5)], test_acc_mean=0.8,
                 test_acc_std=0.0, percentile_mean=50.0, param_free_ops_mean=2.0,
@@ -98,8 +118,12 @@ def test_budget_facts_rank_a_find_among_the_sample_within_the_budget():
                 train_seconds=8.0, random_best_of_k=0.95, sample_median=0.7,
                 sample_best=0.9, sample_size=3, seed_noise=0.01)
   assert "latency" not in evaluate_lib.format_report(report)
-  report.update(budget_ms=2.0, meets_budget=0, percentile_within_budget_mean=50.0)
-  assert "latency: 0 of 1 finds meet 2.0 ms (measured: 2.500 ms)" in evaluate_lib.format_report(report)
+  report.update(budget_ms=2.0, meets_budget=0, percentile_within_budget_mean=50.0,
+                budget_seeds=4, within_budget_seed_noise=0.005)
+  report["runs"][0].update(percentile_within_budget=50.0, sample_within_budget=2)
+  assert ("latency: 0 of 1 finds meet 2.0 ms (measured: 2.500 ms); percentile among the 2 "
+          "sampled within it 50 (mean 50.0; 4 training seeds, seed noise 0.50 %)"
+          ) in evaluate_lib.format_report(report)
 
 
 def test_evaluate_cli_bad_budget_is_one_line():
@@ -107,3 +131,6 @@ def test_evaluate_cli_bad_budget_is_one_line():
   assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
   assert out.stderr.strip() == ("dnas: error: --budget_ms must be > 0 and come with "
                                 "--measured_latency, got 3.0")
+  out = cli_helpers.run("dnas.evaluate", "--budget_seeds=1", "--seeds=1")
+  assert out.returncode == 2 and out.stderr.strip() == (
+      "dnas: error: --budget_seeds must be >= 2 and come with --measured_latency, got 1")

@@ -231,16 +231,37 @@ class GroundTruth:
       row["valid_acc"].append(r.valid_acc)
       row["test_loss"].append(r.test_loss)
 
+  def ensure(self, archs, seeds, train_fn=None) -> int:
+    """Trains the (architecture, seed) pairs of `archs` x `seeds` the table lacks, under
+    its protocol, and adds them; returns how many were trained."""
+    todo = [(a, s) for a in archs for s in seeds if not self.has(a, [s])]
+    if todo:
+      train_fn = train_fn or make_train_fn(self.protocol)
+      for a, s in todo:
+        self.add(train([a], [s], protocol=self.protocol, train_fn=train_fn))
+    return len(todo)
+
   def has(self, arch, seeds) -> bool:
     row = self.results.get(str(arch))
     return row is not None and set(seeds) <= set(row["seeds"])
 
-  def accuracy(self, arch) -> float:
-    """Mean test accuracy over the seeds trained; KeyError when not trained."""
-    return float(np.mean(self.results[str(arch)]["test_acc"]))
+  @property
+  def base_seeds(self) -> tuple[int, ...]:
+    """The seeds every trained sampled architecture has: what accuracies average over
+    unless told otherwise, so that extra seeds trained for some architectures (a closer
+    look at a subset) never mix into the sample's comparison."""
+    rows = [set(self.results[a]["seeds"]) for a in self.sample if a in self.results]
+    return tuple(sorted(set.intersection(*rows))) if rows else ()
+
+  def accuracy(self, arch, seeds=None) -> float:
+    """Mean test accuracy over `seeds` (default `base_seeds`); KeyError when one of them
+    is not trained."""
+    row = self.results[str(arch)]
+    by_seed = dict(zip(row["seeds"], row["test_acc"]))
+    return float(np.mean([by_seed[s] for s in (self.base_seeds if seeds is None else seeds)]))
 
   def sample_accuracies(self) -> np.ndarray:
-    """f64[S]: mean test accuracy of each sampled architecture."""
+    """f64[S]: mean test accuracy (over `base_seeds`) of each sampled architecture."""
     return np.asarray([self.accuracy(a) for a in self.sample if str(a) in self.results])
 
   def percentile(self, acc: float) -> float:
@@ -250,6 +271,9 @@ class GroundTruth:
   def seed_noise(self) -> float:
     """Std of the difference between two seeds of one architecture, over the sample,
     divided by sqrt(2): one run's seed-to-seed standard deviation."""
-    d = [r["test_acc"][0] - r["test_acc"][1] for a, r in self.results.items()
-         if a in set(self.sample) and len(r["test_acc"]) >= 2]
+    if len(self.base_seeds) < 2:
+      return float("nan")
+    s0, s1 = self.base_seeds[:2]
+    d = [self.accuracy(a, [s0]) - self.accuracy(a, [s1]) for a in self.sample
+         if a in self.results]
     return float(np.std(d) / np.sqrt(2)) if d else float("nan")

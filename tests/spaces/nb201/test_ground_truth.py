@@ -63,10 +63,27 @@ def test_table_lookup_percentile_noise_and_protocol(tmp_path):
   assert table.accuracy(sample[0]) == pytest.approx(0.6)
   np.testing.assert_allclose(table.sample_accuracies(), [0.6, 0.8, 0.8, 0.95])
   assert table.percentile(0.8) == pytest.approx(100 * (1 + 0.5 * 2) / 4)
-  assert table.percentile(table.accuracy(MIXED)) == 100.0
+  assert table.percentile(table.accuracy(MIXED, [0])) == 100.0
   d = np.array([-0.2, 0.0, 0.2, 0.0])
   assert table.seed_noise() == pytest.approx(np.std(d) / np.sqrt(2))
   assert table.has(sample[0], [0, 1]) and not table.has(sample[0], [0, 2])
+  # A closer look at one architecture (seed 2) changes none of the sample's numbers: they
+  # average the seeds every sampled architecture has.
+  calls = []
+
+  def fake_train(key, w):
+    calls.append(np.asarray(w))
+    return 0.8, 0.8, 0.1
+  assert table.ensure([sample[0], MIXED], [1, 2], fake_train) == 3
+  assert table.ensure([sample[0], MIXED], [1, 2], fake_train) == 0 and len(calls) == 3
+  np.testing.assert_array_equal(calls[0], gt.one_hot([sample[0]])[0])
+  assert table.base_seeds == (0, 1) and table.accuracy(sample[0]) == pytest.approx(0.6)
+  assert table.accuracy(sample[0], [0, 1, 2]) == pytest.approx((0.5 + 0.7 + 0.8) / 3)
+  assert table.accuracy(MIXED) == pytest.approx((0.99 + 0.8) / 2)
+  np.testing.assert_allclose(table.sample_accuracies(), [0.6, 0.8, 0.8, 0.95])
+  assert table.seed_noise() == pytest.approx(np.std(d) / np.sqrt(2))
+  with pytest.raises(KeyError):
+    table.accuracy(sample[1], [2])
   with open(path) as f:
     d = json.load(f)
   d["protocol"]["epochs"] += 1
