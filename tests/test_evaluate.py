@@ -1,6 +1,8 @@
 """dnas.evaluate: the measures it reports, and one run through the CLI on a table fixture
 (made-up accuracies under the real protocol; no test trains the ground truth)."""
 
+import functools
+import importlib.util
 import itertools
 import json
 import os
@@ -134,3 +136,21 @@ def test_evaluate_cli_bad_budget_is_one_line():
   out = cli_helpers.run("dnas.evaluate", "--budget_seeds=1", "--seeds=1")
   assert out.returncode == 2 and out.stderr.strip() == (
       "dnas: error: --budget_seeds must be >= 2 and come with --measured_latency, got 1")
+
+
+def test_ground_truth_resolution_measures():
+  spec = importlib.util.spec_from_file_location(
+      "resolution", os.path.join(cli_helpers.ROOT, "scripts", "ground_truth_resolution.py"))
+  resolution = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(resolution)
+  rng = np.random.default_rng(0)
+  # Two seeds that agree exactly replicate every top-q label; independent ones by chance.
+  same = np.repeat(rng.random((200, 1)), 2, 1)
+  assert resolution.replication(same, 10) == 1.0
+  assert resolution.replication(rng.random((4000, 2)), 10) == pytest.approx(0.1, abs=0.03)
+  # Without noise a perfect search is always at the top; with noise only, at chance.
+  rate = functools.partial(resolution.perfect_search_rate, n_sample=30, n_seeds=2, top=10.0,
+                           draws=4000, rng=rng)
+  assert rate(0.01, 0.0) == 1.0
+  assert rate(1e-6, 1.0) == pytest.approx(3 / 30, abs=0.02)  # ranked 1st-3rd of 30
+  assert rate(0.004, 0.0075) < rate(0.004, 0.0075, n_seeds=24) < 1.0
