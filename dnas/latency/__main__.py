@@ -76,9 +76,9 @@ def calibrate(config):
   sums = [raw.predict(g) for g in genotypes]
   for i, (ms, s) in enumerate(zip(measured, sums)):
     print(f"[{i + 1}/{len(measured)}] measured {ms:.4f} ms, table sum {s:.4f} ms", flush=True)
-  table = table.calibrated(sums, measured, space=space.name, network=config.train.network,
-                           C=config.train.C, layers=config.train.layers,
-                           image=list(info.image_shape))
+  final = {k: config.train[k] for k in ("network", "C", "layers", "N") if k in config.train}
+  table = table.calibrated(sums, measured, space=space.name, image=list(info.image_shape),
+                           **final)
   out = _OUT.value if _OUT.present else _TABLE.value
   table.save(out)
   print(f"wrote {out}: correction {json.dumps(table.meta['correction'])}")

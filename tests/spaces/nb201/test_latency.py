@@ -139,3 +139,9 @@ def test_profile_here_then_predict_and_measure(tmp_path):
   result = json.loads(out.stdout.strip().splitlines()[-1])
   # six networks cannot fit ~70 terms well: only that the prediction is a number
   assert np.isfinite(result["predicted_ms"]) and result["measured_ms"] > 0
+  out = cli_helpers.run("dnas.latency", "calibrate", f"--config={config}", *small,
+                        f"--table={table}", "--networks=3", "--rounds=1")
+  assert out.returncode == 0, out.stderr[-3000:]
+  correction = LatencyTable.load(table).meta["correction"]
+  assert correction["networks"] == 3 and correction["space"] == "nb201"
+  assert (correction["network"], correction["C"], correction["N"]) == ("tiny", 4, 1)
