@@ -86,13 +86,6 @@ def _budget_facts(arch, acc, within_truth, measured: dict, budget_ms: float) -> 
               sample_within_budget=int(len(within_truth)))
 
 
-def _seed_noise(table, archs, seeds) -> float:
-  """One training run's seed-to-seed standard deviation over `archs`: the pooled std of
-  each architecture's accuracies about its mean over `seeds` (ddof 1)."""
-  accs = np.asarray([[table.accuracy(a, [s]) for s in seeds] for a in archs])
-  return float(np.sqrt(np.mean(np.var(accs, axis=1, ddof=1)))) if len(seeds) > 1 else np.nan
-
-
 def _check(config) -> None:
   if config.space != "nb201":
     raise ConfigError(f"dnas.evaluate measures searches of space nb201 (its ground truth); "
@@ -118,6 +111,9 @@ def evaluate_method(config, workdir: str, seeds, table_path: str = DEFAULT_TABLE
   two-seed noise)."""
   _check(config)
   budget_ms = float(config.latency.target_ms if budget_ms is None else budget_ms)
+  if budget_seeds is not None and budget_ms <= 0:
+    raise ConfigError(f"budget_seeds={budget_seeds} needs a latency budget (--budget_ms or "
+                      f"latency.target_ms > 0), got {budget_ms}")
   try:
     table = gt.GroundTruth.load(table_path)
   except (OSError, ValueError) as e:
@@ -128,7 +124,10 @@ def evaluate_method(config, workdir: str, seeds, table_path: str = DEFAULT_TABLE
   batches = list(make_batches(a_src, batch_size=config.search.batch_size, seed=0, epoch=0,
                               augment=augment, train=False))
   trained = [a for a in table.sample if a in table.results]
-  truth = np.asarray([table.accuracy(a) for a in trained])
+  # Fixed here: seeds trained below for the budget comparison must not move the rest.
+  table_seeds = table.base_seeds
+  truth = np.asarray([table.accuracy(a, table_seeds) for a in trained])
+  seed_noise = table.seed_noise(trained, table_seeds)
   # The supernet ranks the sampled architectures made of its own candidate ops.
   ops = set(config.model.primitives)
   ranked = [i for i, a in enumerate(trained) if set(Structure.from_string(a).ops) <= ops]
@@ -137,9 +136,8 @@ def evaluate_method(config, workdir: str, seeds, table_path: str = DEFAULT_TABLE
 
   def ensure(archs, seeds):  # trains what the table lacks, into the table
     if not all(table.has(a, seeds) for a in archs):
-      table.ensure(archs, seeds, train_fn())
-      table.save(table_path)
-  runs, table_seeds = [], table.base_seeds
+      table.ensure(archs, seeds, train_fn(), path=table_path)
+  runs = []
   if measured_latency is not None:
     within = within_budget(trained, measured_latency, budget_ms)
     b_seeds = table_seeds if budget_seeds is None else tuple(range(budget_seeds))
@@ -154,8 +152,9 @@ def evaluate_method(config, workdir: str, seeds, table_path: str = DEFAULT_TABLE
       seconds = [json.loads(line) for line in f if line.strip()][-1]["wall_time"]
     ensure([str(arch)], table_seeds)
     proxy = supernet_accuracies(search_lib.load_supernet(c, run_dir), sample, batches)
-    acc = table.accuracy(arch)
-    runs.append(dict(seed=seed, arch=str(arch), test_acc=acc, percentile=table.percentile(acc),
+    acc = table.accuracy(arch, table_seeds)
+    runs.append(dict(seed=seed, arch=str(arch), test_acc=acc,
+                     percentile=gt.percentile_of(truth, acc),
                      param_free_ops=arch.parameter_free_ops(), search_seconds=seconds,
                      kendall_tau=kendall_tau(proxy, truth[ranked])))
     if measured_latency is not None:
@@ -183,11 +182,11 @@ def evaluate_method(config, workdir: str, seeds, table_path: str = DEFAULT_TABLE
       search_seconds_mean=mean_seconds, train_seconds=train_seconds, random_k=k,
       random_best_of_k=expected_best_of(truth, k), sample_median=float(np.median(truth)),
       sample_best=float(truth.max()), sample_size=int(len(truth)), ranked=len(ranked),
-      seed_noise=table.seed_noise())
+      seed_noise=seed_noise)
   if measured_latency is not None:
     report.update(
         budget_ms=budget_ms, budget_seeds=len(b_seeds),
-        within_budget_seed_noise=_seed_noise(table, within, b_seeds),
+        within_budget_seed_noise=table.seed_noise(within, b_seeds),
         meets_budget=sum(r["meets_budget"] for r in runs),
         percentile_within_budget_mean=float(np.mean([r["percentile_within_budget"]
                                                      for r in runs])))

@@ -394,10 +394,12 @@ def _search(config, workdir, progress, resume, preemption):
 
   def end_epoch(leaves, epoch, means):
     state = flat.tree(leaves)
-    if config.search.relaxation == "gumbel" and "a_acc" in means:
+    if (config.search.relaxation == "gumbel" and config.search.order == "first"
+        and "a_acc" in means):
       # GDAS reports the architecture steps' sampled networks on the validation split
       # (its search_func's arch_top1); the softmax mixture, which it never trains, is
-      # evaluated only in epochs without architecture steps.
+      # evaluated only in epochs without architecture steps (and for the second order,
+      # whose architecture steps see virtual weights).
       valid_loss, valid_acc = means["a_loss"], means["a_acc"]
     else:
       valid_loss, valid_acc = evaluate_state(state)

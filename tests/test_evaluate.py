@@ -55,16 +55,21 @@ def test_evaluate_cli_on_a_table_fixture(tmp_path):
   ops = ("none", "skip_connect", "nor_conv_3x3")
   archs = [str(nb201.Structure(c)) for c in itertools.product(ops, repeat=6)]
   rng = np.random.default_rng(0)
-  table = gt.GroundTruth(sample=archs[::3])
-  table.add(gt.Result(a, s, float(rng.uniform(0.1, 1.0)), 0.5, 1.0) for a in archs
-            for s in (0, 1))
-  # Made-up latencies; the finds and the sample within 2 ms also have a third seed, which
-  # the within-budget comparison averages (`--budget_seeds=3`) and nothing else does.
+  # The sample also holds one architecture with a pooling op, which the search cannot
+  # find and which alone lacks seed 2: the base seeds stay 0 and 1, and the within-budget
+  # comparison (`--budget_seeds=3`) averages a third seed that every find has.
+  pooled = "|avg_pool_3x3~0|+|skip_connect~0|none~1|+|nor_conv_3x3~0|none~1|none~2|"
+  table = gt.GroundTruth(sample=archs[::3] + [pooled])
+  table.add(gt.Result(a, s, float(rng.uniform(0.1, 1.0)), 0.5, 1.0)
+            for a in archs + [pooled] for s in (0, 1))
+  table.add(gt.Result(a, 2, float(rng.uniform(0.1, 1.0)), 0.5, 1.0) for a in archs)
+  # Made-up latencies; the pooled one is over the budget.
   measured = {a: float(ms) for a, ms in zip(archs, rng.uniform(1.0, 3.0, len(archs)))}
-  table.add(gt.Result(a, 2, float(rng.uniform(0.1, 1.0)), 0.5, 1.0) for a in archs
-            if a not in archs[::3] or measured[a] <= 2.0)
+  measured[pooled] = 2.5
   path = str(tmp_path / "gt.json")
   table.save(path)
+  runs = sum(len(r["seeds"]) for r in table.results.values())
+  assert table.base_seeds == (0, 1)
   with open(tmp_path / "measured.json", "w") as f:
     json.dump({"latency_ms": measured}, f)
   config = os.path.join(cli_helpers.ROOT, "dnas", "configs", "nb201.py")
@@ -80,6 +85,8 @@ def test_evaluate_cli_on_a_table_fixture(tmp_path):
   assert out.returncode == 0, out.stderr[-3000:]
   report = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
   assert [r["seed"] for r in report["runs"]] == [0, 1]
+  # Nothing was trained: every find and comparison was in the table.
+  assert sum(len(r["seeds"]) for r in gt.GroundTruth.load(path).results.values()) == runs
   truth = table.sample_accuracies()
   within = [a for a in archs[::3] if measured[a] <= 2.0]
   within_truth = [table.accuracy(a, [0, 1, 2]) for a in within]
@@ -99,7 +106,7 @@ def test_evaluate_cli_on_a_table_fixture(tmp_path):
   k = max(1, int(report["search_seconds_mean"] // 20))
   assert report["random_k"] == k
   assert report["random_best_of_k"] == pytest.approx(evaluate_lib.expected_best_of(truth, k))
-  assert report["sample_size"] == len(archs[::3])
+  assert report["sample_size"] == len(archs[::3]) + 1
   assert "found: test_acc" in out.stdout and "random: best of K=" in out.stdout
 
 
@@ -128,7 +135,7 @@ def test_budget_facts_rank_a_find_among_the_sample_within_the_budget():
           ) in evaluate_lib.format_report(report)
 
 
-def test_evaluate_cli_bad_budget_is_one_line():
+def test_evaluate_cli_bad_budget_is_one_line(tmp_path):
   out = cli_helpers.run("dnas.evaluate", "--budget_ms=3", "--seeds=1")
   assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
   assert out.stderr.strip() == ("dnas: error: --budget_ms must be > 0 and come with "
@@ -136,6 +143,13 @@ def test_evaluate_cli_bad_budget_is_one_line():
   out = cli_helpers.run("dnas.evaluate", "--budget_seeds=1", "--seeds=1")
   assert out.returncode == 2 and out.stderr.strip() == (
       "dnas: error: --budget_seeds must be >= 2 and come with --measured_latency, got 1")
+  measured = tmp_path / "measured.json"
+  measured.write_text(json.dumps({"latency_ms": {"|skip_connect~0|+|...": 1.0}}))
+  out = cli_helpers.run("dnas.evaluate", "--budget_seeds=4", "--seeds=1",
+                        f"--measured_latency={measured}", f"--workdir={tmp_path / 'eval'}")
+  assert out.returncode == 2 and out.stderr.strip() == (
+      "dnas: error: budget_seeds=4 needs a latency budget (--budget_ms or "
+      "latency.target_ms > 0), got 0.0")
 
 
 def test_ground_truth_resolution_measures():

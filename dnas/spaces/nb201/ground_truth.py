@@ -214,6 +214,16 @@ class GroundTruth:
     return cls(d["protocol"], d["sample"], d["results"])
 
   def save(self, path: str) -> None:
+    """Writes the table, first taking in the (architecture, seed) results another process
+    has saved to `path` since this one loaded it (results only grow, so the union is
+    right)."""
+    if os.path.exists(path):
+      with open(path) as f:
+        d = json.load(f)
+      if d.get("protocol") == self.protocol and d.get("sample") == self.sample:
+        self.add(Result(a, *vals) for a, row in d["results"].items()
+                 for vals in zip(row["seeds"], row["test_acc"], row["valid_acc"],
+                                 row["test_loss"]))
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
       json.dump(dict(protocol=self.protocol, sample=self.sample, results=self.results), f,
@@ -231,14 +241,17 @@ class GroundTruth:
       row["valid_acc"].append(r.valid_acc)
       row["test_loss"].append(r.test_loss)
 
-  def ensure(self, archs, seeds, train_fn=None) -> int:
+  def ensure(self, archs, seeds, train_fn=None, path: str | None = None) -> int:
     """Trains the (architecture, seed) pairs of `archs` x `seeds` the table lacks, under
-    its protocol, and adds them; returns how many were trained."""
+    its protocol, and adds them (saving to `path` after each, so a killed run keeps what
+    it trained); returns how many were trained."""
     todo = [(a, s) for a in archs for s in seeds if not self.has(a, [s])]
     if todo:
       train_fn = train_fn or make_train_fn(self.protocol)
       for a, s in todo:
         self.add(train([a], [s], protocol=self.protocol, train_fn=train_fn))
+        if path:
+          self.save(path)
     return len(todo)
 
   def has(self, arch, seeds) -> bool:
@@ -258,7 +271,11 @@ class GroundTruth:
     is not trained."""
     row = self.results[str(arch)]
     by_seed = dict(zip(row["seeds"], row["test_acc"]))
-    return float(np.mean([by_seed[s] for s in (self.base_seeds if seeds is None else seeds)]))
+    seeds = self.base_seeds if seeds is None else seeds
+    if not seeds:
+      raise ValueError("no seeds to average (the table has no seed all sampled "
+                       "architectures share)")
+    return float(np.mean([by_seed[s] for s in seeds]))
 
   def sample_accuracies(self) -> np.ndarray:
     """f64[S]: mean test accuracy (over `base_seeds`) of each sampled architecture."""
@@ -268,12 +285,16 @@ class GroundTruth:
     """Share of the sample (in %) whose accuracy is below `acc`, ties counted half."""
     return percentile_of(self.sample_accuracies(), acc)
 
-  def seed_noise(self) -> float:
-    """Std of the difference between two seeds of one architecture, over the sample,
-    divided by sqrt(2): one run's seed-to-seed standard deviation."""
-    if len(self.base_seeds) < 2:
+  def seed_noise(self, archs=None, seeds=None) -> float:
+    """One training run's seed-to-seed standard deviation: the std of the difference
+    between seeds `seeds[0]` and `seeds[1]` (default: the first two base seeds) over
+    `archs` (default: the trained sample), divided by sqrt(2); with more seeds, the
+    pooled std of each architecture's accuracies about its own mean (ddof 1)."""
+    seeds = self.base_seeds if seeds is None else tuple(seeds)
+    archs = [a for a in self.sample if a in self.results] if archs is None else list(archs)
+    if len(seeds) < 2 or not archs:
       return float("nan")
-    s0, s1 = self.base_seeds[:2]
-    d = [self.accuracy(a, [s0]) - self.accuracy(a, [s1]) for a in self.sample
-         if a in self.results]
-    return float(np.std(d) / np.sqrt(2)) if d else float("nan")
+    accs = np.asarray([[self.accuracy(a, [s]) for s in seeds] for a in archs])
+    if len(seeds) == 2:
+      return float(np.std(accs[:, 0] - accs[:, 1]) / np.sqrt(2))
+    return float(np.sqrt(np.mean(np.var(accs, axis=1, ddof=1))))

@@ -84,6 +84,21 @@ def test_table_lookup_percentile_noise_and_protocol(tmp_path):
   assert table.seed_noise() == pytest.approx(np.std(d) / np.sqrt(2))
   with pytest.raises(KeyError):
     table.accuracy(sample[1], [2])
+  with pytest.raises(ValueError, match="no seeds"):
+    table.accuracy(sample[1], [])
+  # More than two seeds: the pooled std about each architecture's own mean.
+  three = np.asarray([0.5, 0.7, 0.8])
+  assert table.seed_noise([sample[0]], [0, 1, 2]) == pytest.approx(np.std(three, ddof=1))
+  assert np.isnan(table.seed_noise([], [0, 1]))
+  # Saving takes in what another process saved meanwhile (results only grow); ensure()
+  # saves after each pair it trains.
+  other = gt.GroundTruth.load(path)
+  other.add([gt.Result(sample[3], 7, 0.5, 0.5, 0.1)])
+  other.save(path)
+  table.ensure([sample[2]], [3], fake_train, path=path)
+  merged = gt.GroundTruth.load(path)
+  assert merged.has(sample[3], [0, 1, 7]) and merged.has(sample[2], [0, 1, 3])
+  assert merged.has(sample[0], [0, 1, 2]) and table.has(sample[3], [7])
   with open(path) as f:
     d = json.load(f)
   d["protocol"]["epochs"] += 1
