@@ -75,14 +75,23 @@ def within_budget(sample, measured: dict, budget_ms: float) -> list:
   return [a for a in sample if a in measured and (budget_ms <= 0 or measured[a] <= budget_ms)]
 
 
+def _mean(values):
+  return float(np.mean(values)) if len(values) else None
+
+
+def meets_budget(arch, measured: dict, budget_ms: float) -> bool:
+  ms = measured.get(str(arch))
+  return ms is not None and (budget_ms <= 0 or ms <= budget_ms)
+
+
 def _budget_facts(arch, acc, within_truth, measured: dict, budget_ms: float) -> dict:
-  """A find's measured latency and the percentile of its accuracy `acc` among the
-  accuracies `within_truth` of the sampled architectures within the budget (both over the
-  same training seeds)."""
-  found_ms = measured.get(str(arch))
-  return dict(measured_ms=found_ms, budget_ms=budget_ms,
-              meets_budget=found_ms is not None and (budget_ms <= 0 or found_ms <= budget_ms),
-              percentile_within_budget=gt.percentile_of(within_truth, acc),
+  """A find's measured latency and, when it meets the budget, the percentile of its
+  accuracy `acc` among the accuracies `within_truth` of the sampled architectures within
+  the budget (both over the same training seeds); None for a find over the budget."""
+  meets = meets_budget(arch, measured, budget_ms)
+  return dict(measured_ms=measured.get(str(arch)), budget_ms=budget_ms, meets_budget=meets,
+              test_acc_budget_seeds=acc if meets else None,
+              percentile_within_budget=gt.percentile_of(within_truth, acc) if meets else None,
               sample_within_budget=int(len(within_truth)))
 
 
@@ -158,10 +167,11 @@ def evaluate_method(config, workdir: str, seeds, table_path: str = DEFAULT_TABLE
                      param_free_ops=arch.parameter_free_ops(), search_seconds=seconds,
                      kendall_tau=kendall_tau(proxy, truth[ranked])))
     if measured_latency is not None:
-      ensure([str(arch)], b_seeds)
-      b_acc = table.accuracy(arch, b_seeds)
-      runs[-1].update(_budget_facts(arch, b_acc, within_truth, measured_latency, budget_ms),
-                      test_acc_budget_seeds=b_acc)
+      b_acc = None
+      if meets_budget(arch, measured_latency, budget_ms):  # only these are compared
+        ensure([str(arch)], b_seeds)
+        b_acc = table.accuracy(arch, b_seeds)
+      runs[-1].update(_budget_facts(arch, b_acc, within_truth, measured_latency, budget_ms))
     print(f"seed {seed}: {arch} test_acc {acc:.4f} percentile {runs[-1]['percentile']:.1f} "
           f"param_free_ops {runs[-1]['param_free_ops']} tau {runs[-1]['kendall_tau']:.3f} "
           f"({seconds:.0f} s)", file=sys.stderr)
@@ -188,8 +198,9 @@ def evaluate_method(config, workdir: str, seeds, table_path: str = DEFAULT_TABLE
         budget_ms=budget_ms, budget_seeds=len(b_seeds),
         within_budget_seed_noise=table.seed_noise(within, b_seeds),
         meets_budget=sum(r["meets_budget"] for r in runs),
-        percentile_within_budget_mean=float(np.mean([r["percentile_within_budget"]
-                                                     for r in runs])))
+        # over the finds that meet the budget (None when none does)
+        percentile_within_budget_mean=_mean([r["percentile_within_budget"] for r in runs
+                                             if r["meets_budget"]]))
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "evaluation.json"), "w") as f:
     json.dump(report, f, indent=1)
@@ -200,10 +211,12 @@ def format_report(r: dict) -> str:
   budget = []
   if "budget_ms" in r:
     ms = ", ".join("%.3f" % x["measured_ms"] if x["measured_ms"] else "?" for x in r["runs"])
-    pct = ", ".join(f"{x['percentile_within_budget']:.0f}" for x in r["runs"])
+    pct = ", ".join("-" if x["percentile_within_budget"] is None
+                    else f"{x['percentile_within_budget']:.0f}" for x in r["runs"])
+    mean = r["percentile_within_budget_mean"]
     budget = [f"latency: {r['meets_budget']} of {len(r['runs'])} finds meet {r['budget_ms']} "
               f"ms (measured: {ms} ms); percentile among the {r['runs'][0]['sample_within_budget']} "
-              f"sampled within it {pct} (mean {r['percentile_within_budget_mean']:.1f}; "
+              f"sampled within it {pct} (mean {'-' if mean is None else f'{mean:.1f}'}; "
               f"{r.get('budget_seeds', 2)} training seeds, seed noise "
               f"{100 * r.get('within_budget_seed_noise', np.nan):.2f} %)"]
   return "\n".join(budget + [
