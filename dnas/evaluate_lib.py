@@ -75,6 +75,35 @@ def within_budget(sample, measured: dict, budget_ms: float) -> list:
   return [a for a in sample if a in measured and (budget_ms <= 0 or measured[a] <= budget_ms)]
 
 
+def _update(config, saved: dict) -> None:
+  """Sets `config`'s fields to a saved run's values (keys newer than the run keep their
+  defaults; lists back to tuples where the config holds tuples)."""
+  for k, v in saved.items():
+    if k not in config:
+      continue
+    if isinstance(v, dict) and hasattr(config[k], "keys"):
+      _update(config[k], v)
+    else:
+      config[k] = tuple(v) if isinstance(config[k], tuple) else v
+
+
+def supernet_ranking(workdir: str, archs) -> np.ndarray:
+  """f64[A]: the trained supernet of the nb201 digits search in `workdir` (run with its
+  own saved `search_config.json`) scores each architecture string by its accuracy on the
+  search's architecture split with one-hot op weights: the weight-sharing proxy that
+  `evaluate_method` ranks by."""
+  from dnas.configs import nb201 as nb201_config  # pylint: disable=g-import-not-at-top
+  config = nb201_config.get_config()
+  with open(os.path.join(workdir, "search_config.json")) as f:
+    _update(config, json.load(f))
+  info, splits = get_dataset(config.data.name, config.data.data_dir, config.data.image_size)
+  _, a_src = search_splits(splits["train"], config.data.train_portion)
+  batches = list(make_batches(a_src, batch_size=config.search.batch_size, seed=0, epoch=0,
+                              augment=make_augment(info), train=False))
+  net = search_lib.load_supernet(config, workdir)
+  return supernet_accuracies(net, [Structure.from_string(a) for a in archs], batches)
+
+
 def _mean(values):
   return float(np.mean(values)) if len(values) else None
 

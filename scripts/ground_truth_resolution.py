@@ -26,7 +26,7 @@ import numpy as np
 from absl import app, flags
 from scipy import stats
 
-from dnas.evaluate_lib import DEFAULT_TABLE, within_budget
+from dnas.evaluate_lib import DEFAULT_TABLE, supernet_ranking, within_budget
 from dnas.spaces.nb201 import ground_truth as gt
 
 _TABLE = flags.DEFINE_string("ground_truth", DEFAULT_TABLE, "The ground-truth table.")
@@ -35,38 +35,6 @@ _BUDGET = flags.DEFINE_float("budget_ms", 3.0, "The latency budget.")
 _TOP = flags.DEFINE_float("top", 10.0, "The within-budget bar: top this many percent.")
 _DRAWS = flags.DEFINE_integer("draws", 20_000, "Simulated re-measurements.")
 _SUPERNET = flags.DEFINE_string("supernet", None, "A full-space nb201 search's workdir.")
-
-
-def _update(config, saved: dict) -> None:
-  """Sets `config`'s fields to a saved run's values (keys newer than the run keep their
-  defaults; lists back to tuples where the config holds tuples)."""
-  for k, v in saved.items():
-    if k not in config:
-      continue
-    if isinstance(v, dict) and hasattr(config[k], "keys"):
-      _update(config[k], v)
-    else:
-      config[k] = tuple(v) if isinstance(config[k], tuple) else v
-
-
-def supernet_ranking(workdir, archs):
-  """f64[A]: the supernet's accuracy of each architecture on its search's architecture
-  split (one-hot op weights), as `dnas.evaluate` ranks."""
-  from dnas import evaluate_lib, search_lib  # pylint: disable=g-import-not-at-top
-  from dnas.data.pipeline import (get_dataset, make_augment, make_batches,  # pylint: disable=g-import-not-at-top
-                                  search_splits)
-  from dnas.spaces.nb201.structure import Structure  # pylint: disable=g-import-not-at-top
-  from dnas.configs import nb201 as nb201_config  # pylint: disable=g-import-not-at-top
-  config = nb201_config.get_config()
-  with open(f"{workdir}/search_config.json") as f:  # the search's own config, as it ran
-    _update(config, json.load(f))
-  info, splits = get_dataset(config.data.name, config.data.data_dir, config.data.image_size)
-  _, a_src = search_splits(splits["train"], config.data.train_portion)
-  batches = list(make_batches(a_src, batch_size=config.search.batch_size, seed=0, epoch=0,
-                              augment=make_augment(info), train=False))
-  net = search_lib.load_supernet(config, workdir)
-  return evaluate_lib.supernet_accuracies(net, [Structure.from_string(a) for a in archs],
-                                          batches)
 
 
 def replication(accs: np.ndarray, q: float) -> float:
