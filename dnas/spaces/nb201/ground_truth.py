@@ -279,7 +279,8 @@ class GroundTruth:
 
   def sample_accuracies(self) -> np.ndarray:
     """f64[S]: mean test accuracy (over `base_seeds`) of each sampled architecture."""
-    return np.asarray([self.accuracy(a) for a in self.sample if str(a) in self.results])
+    seeds = self.base_seeds  # once, not per architecture
+    return np.asarray([self.accuracy(a, seeds) for a in self.sample if str(a) in self.results])
 
   def percentile(self, acc: float) -> float:
     """Share of the sample (in %) whose accuracy is below `acc`, ties counted half."""
