@@ -21,8 +21,9 @@ from flax import nnx
 
 
 # How op weights come from alphas (`op_weights`): softmax (DARTS), Gumbel-softmax samples
-# (FBNet, GDAS), Dirichlet samples (DrNAS), independent sigmoids (FairDARTS).
-RELAXATIONS = ("softmax", "gumbel", "dirichlet", "sigmoid")
+# (FBNet, GDAS), Dirichlet samples (DrNAS), independent sigmoids (FairDARTS), uniformly
+# drawn single paths that ignore the alphas (SPOS, RANDOM-NAS).
+RELAXATIONS = ("softmax", "gumbel", "dirichlet", "sigmoid", "uniform")
 
 
 
@@ -259,6 +260,22 @@ def gumbel_softmax(key: jax.Array, logits: jax.Array, tau, hard: bool = False) -
   return one_hot - jax.lax.stop_gradient(soft) + soft
 
 
+def uniform_path(key: jax.Array, logits: jax.Array) -> jax.Array:
+  """One op per row drawn uniformly, as a one-hot f32[..., K] that ignores the logits'
+  values (single-path one-shot training: Guo et al., ECCV 2020, Eq. 4 with a uniform
+  prior; Li & Talwalkar, UAI 2019). No gradient reaches the logits."""
+  k = jax.random.randint(key, logits.shape[:-1], 0, logits.shape[-1])
+  return jax.nn.one_hot(k, logits.shape[-1], dtype=jnp.float32)
+
+
+def runs_one_op(relaxation: str, key, gumbel_hard: bool) -> bool:
+  """Whether `op_weights(...)` of this call are one-hot rows, so that each edge may run
+  only its chosen op (`MixedOp(sampled=True)`): hard Gumbel (GDAS) and uniform paths
+  (SPOS), when sampled (a key given)."""
+  return key is not None and (relaxation == "uniform" or
+                              (relaxation == "gumbel" and gumbel_hard))
+
+
 def dirichlet_concentration(logits: jax.Array) -> jax.Array:
   """DrNAS's concentration beta = ELU(alpha) + 1 > 0 (Chen et al. 2021, Sec. 3.1; the
   official code's `F.elu(alpha) + 1`). f32[..., K] -> f32[..., K]."""
@@ -274,11 +291,12 @@ def op_weights(logits: jax.Array, relaxation: str = "softmax", key: jax.Array | 
   reparameterised sample per row of Dir(ELU(alpha) + 1) (DrNAS's `rsample`; `jax.random.
   dirichlet` differentiates its gamma draws implicitly: the pathwise gradient);
   without, the distribution's mean. sigmoid: sigmoid(alpha) per op, no competition
-  between ops (FairDARTS).
+  between ops (FairDARTS). uniform: with `key`, one op per row drawn uniformly (one-hot,
+  `uniform_path`); without, softmax.
   """
   # At least float32 (bfloat16 logits would round the weights); float64 stays float64.
   logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
-  if relaxation == "softmax" or (relaxation == "gumbel" and key is None):
+  if relaxation == "softmax" or (relaxation in ("gumbel", "uniform") and key is None):
     return jax.nn.softmax(logits, axis=-1)
   if relaxation == "gumbel":
     return gumbel_softmax(key, logits, tau, hard)
@@ -289,6 +307,8 @@ def op_weights(logits: jax.Array, relaxation: str = "softmax", key: jax.Array | 
     return jax.random.dirichlet(key, beta)
   if relaxation == "sigmoid":
     return jax.nn.sigmoid(logits)
+  if relaxation == "uniform":
+    return uniform_path(key, logits)
   raise ValueError(f"relaxation {relaxation!r} is unknown; valid: {', '.join(RELAXATIONS)}")
 
 

@@ -84,6 +84,17 @@ def validate(config, mode: str) -> None:
         built = [n for n in spaces.names() if hasattr(spaces.get(n), "pt_select")]
         raise ConfigError(f"search.selection pt (DARTS-PT) is not built for space "
                           f"{c['space']}; it is for: {', '.join(built)}")
+    non_negative(c, "search.select_num")
+    non_negative(c, "latency.limit_ms")
+    enumerable = [n for n in spaces.names() if hasattr(spaces.get(n), "candidates")]
+    for what, on in (("search.selection supernet", c["search.selection"] == "supernet"),
+                     ("latency.limit_ms", c["latency.limit_ms"] > 0)):
+      if on and c["space"] not in enumerable:
+        raise ConfigError(f"{what} chooses among all of a space's architectures, which "
+                          f"space {c['space']} cannot list; it is for: {', '.join(enumerable)}")
+    if c["latency.limit_ms"] > 0 and (c["search.selection"] == "pt" or c["search.early_stop"]):
+      raise ConfigError("latency.limit_ms binds the argmax and supernet selections; "
+                        "search.selection pt and search.early_stop choose without it")
     non_negative(c, "search.hessian_every")
     positive(c, "search.hessian_iters", int)
     if c["search.early_stop"] and not c["search.hessian_every"]:

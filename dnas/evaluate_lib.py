@@ -7,14 +7,12 @@ import os
 import sys
 import time
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from dnas import search_lib
 from dnas.config import ConfigError
 from dnas.data.pipeline import get_dataset, make_augment, make_batches, search_splits
+from dnas.selection import one_hot_accuracies
 from dnas.spaces.nb201 import ground_truth as gt
 from dnas.spaces.nb201.structure import Structure
 
@@ -37,37 +35,11 @@ def kendall_tau(x, y) -> float:
   return float(stats.kendalltau(x, y).statistic)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _accuracies(graphdef, state, w, batches):
-  """f32[K]: accuracy on all `batches` (stacked: [B, ...]) with each op-weight row of
-  `w` (f32[K, ...]); a static graphdef, so every seed's supernet reuses one program."""
-  def one(w):
-    def body(carry, b):
-      logits = nnx.merge(graphdef, state, copy=True)(b["image"], weights=w)
-      hit = (jnp.argmax(logits, -1) == b["label"]) * b["mask"]
-      return (carry[0] + jnp.sum(hit), carry[1] + jnp.sum(b["mask"])), None
-    (c, n), _ = jax.lax.scan(body, (jnp.float32(0), jnp.float32(0)), batches)
-    return c / n
-  return jax.vmap(one)(w)
-
-
 def supernet_accuracies(net, archs, batches, chunk: int = 16) -> np.ndarray:
   """f64[A]: the supernet's accuracy on `batches` with each architecture's one-hot op
-  weights (its eval mode; the search cells' BatchNorms use batch statistics when they
-  keep none, as in the search).
+  weights (`selection.one_hot_accuracies`)."""
+  return one_hot_accuracies(net, gt.one_hot(archs, net.primitives), batches, chunk)
 
-  One program scans all batches for `chunk` architectures at once: one dispatch and one
-  host sync per chunk, not per batch and architecture."""
-  graphdef, state = nnx.split(net)
-  stacked = {k: jnp.asarray(np.stack([b[k] for b in batches]))
-             for k in ("image", "label", "mask")}
-  w = np.asarray(gt.one_hot(archs, net.primitives))
-  chunk = min(chunk, len(w))
-  pad = -len(w) % chunk  # every chunk the same shape: one compile
-  w = np.concatenate([w, np.repeat(w[:1], pad, 0)]) if pad else w
-  out = [np.asarray(_accuracies(graphdef, state, jnp.asarray(w[i:i + chunk]), stacked))
-         for i in range(0, len(w), chunk)]
-  return np.concatenate(out)[:len(archs)].astype(np.float64)
 
 def within_budget(sample, measured: dict, budget_ms: float) -> list:
   """The sampled architectures whose measured latency is at most `budget_ms` (every
@@ -142,13 +114,15 @@ def evaluate_method(config, workdir: str, seeds, table_path: str = DEFAULT_TABLE
 
   `measured_latency` ({arch string: ms} on the latency table's device, e.g. EAGLE's):
   each find's measured latency, whether it meets `budget_ms` (default
-  `config.latency.target_ms`), and its percentile among the sampled architectures that
+  `config.latency.limit_ms`, else `target_ms`), and its percentile among the sampled architectures that
   meet it, with accuracies averaged over training seeds 0..`budget_seeds`-1 (default:
   the table's own seeds); seeds the table lacks for those architectures or the finds are
   trained and added to it (the within-budget networks differ by less than the table's
   two-seed noise)."""
   _check(config)
-  budget_ms = float(config.latency.target_ms if budget_ms is None else budget_ms)
+  if budget_ms is None:  # the search's own limit, else its target
+    budget_ms = config.latency.limit_ms or config.latency.target_ms
+  budget_ms = float(budget_ms)
   if budget_seeds is not None and budget_ms <= 0:
     raise ConfigError(f"budget_seeds={budget_seeds} needs a latency budget (--budget_ms or "
                       f"latency.target_ms > 0), got {budget_ms}")

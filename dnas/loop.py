@@ -145,7 +145,12 @@ def prepare_workdir(workdir: str, config, *, resume: bool, has_checkpoint: bool,
       with open(path) as f:
         old = flatten(json.load(f))
       new = flatten(json.loads(config.to_json()))
-      diff = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+      # A key the run's saved config lacks was added to dnas after the run: it counts as
+      # unchanged while it holds the base config's default (the behaviour the run had).
+      from dnas.configs import base  # pylint: disable=g-import-not-at-top
+      default = flatten(json.loads(base.get_config().to_json()))
+      diff = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k)
+                    and not (k not in old and k in default and new.get(k) == default[k]))
       if diff:
         k = diff[0]
         raise ConfigError(f"--workdir {workdir} holds a {what} run with another config "

@@ -1,7 +1,7 @@
 """The continuous relaxation: how a step's forward passes get their op weights from the
 architecture logits. Softmax (DARTS Eq. 2) and sigmoid (FairDARTS) need nothing;
-Gumbel-softmax (FBNet Eq. 5, GDAS) and Dirichlet (DrNAS) sample them, so every step hands
-the model a key from the step's own randomness (and Gumbel the temperature of its
+Gumbel-softmax (FBNet Eq. 5, GDAS), Dirichlet (DrNAS) and uniform single paths (SPOS)
+sample them, so every step hands the model a key from the step's own randomness (and Gumbel the temperature of its
 schedule). The weights themselves are `dnas.arch.op_weights`.
 """
 
@@ -21,15 +21,15 @@ class Relaxation(NamedTuple):
 
   @property
   def stochastic(self) -> bool:
-    return self.kind in ("gumbel", "dirichlet")
+    return self.kind in ("gumbel", "dirichlet", "uniform")
 
   def model_inputs(self, key: jax.Array, step: jax.Array) -> dict:
     """Keyword inputs of the supernet's call for one forward pass: {} for softmax and
-    sigmoid, {"arch_key": key} for Dirichlet, {"arch_key": key, "tau": f32[]} for
+    sigmoid, {"arch_key": key} for Dirichlet and uniform, {"arch_key": key, "tau": f32[]} for
     Gumbel (`Network(relaxation=...)` of either space)."""
     if not self.stochastic:
       return {}
-    if self.kind == "dirichlet":
+    if self.kind in ("dirichlet", "uniform"):
       return {"arch_key": key}
     return {"arch_key": key, "tau": jnp.asarray(self.tau(step), jnp.float32)}
 
@@ -46,6 +46,12 @@ def gumbel(tau: Callable) -> Relaxation:
 def dirichlet() -> Relaxation:
   """DrNAS: Dirichlet samples of concentration ELU(alpha) + 1 per edge and forward pass."""
   return Relaxation("dirichlet")
+
+
+def uniform() -> Relaxation:
+  """SPOS / RANDOM-NAS: one op per edge drawn uniformly per forward pass, shared by all
+  cells; the architecture logits are not used."""
+  return Relaxation("uniform")
 
 
 def sigmoid() -> Relaxation:

@@ -46,7 +46,7 @@ def latency_setup(config, info, workdir: str | None = None):
   config's dtype) and written to `workdir/latency_table.json`, which a resumed run reads
   back. The model (the space's) has `expected(alphas)`, `predict(arch)`, `minimum()`."""
   L, space = config.latency, spaces.get(config.space)
-  if L.objective == "none" and not L.table:
+  if L.objective == "none" and not L.table and not L.limit_ms:
     return None
   path = L.table or (os.path.join(workdir, "latency_table.json") if workdir else "")
   if path and os.path.exists(path):
@@ -69,6 +69,9 @@ def latency_setup(config, info, workdir: str | None = None):
   model = space.latency_model(table, config, info)
   latency_lib.validate_settings(L.objective, L.weight, L.fbnet_alpha, L.fbnet_beta,
                                 L.target_ms, min_latency_ms=model.minimum())
+  if 0 < L.limit_ms < model.minimum():
+    raise latency_lib.LatencyError(f"latency.limit_ms {L.limit_ms} is below the fastest "
+                                   f"architecture's predicted {model.minimum():.4g} ms")
   return table, model
 
 
@@ -228,6 +231,14 @@ def load_supernet(config, workdir: str) -> nnx.Module:
   return net
 
 
+def _score(graphdef_eval, batches, state, weights) -> np.ndarray:
+  """`selection.Context.score`: the whole validation split on every host (not its
+  process slice), so that every host scores and selects alike."""
+  net = nnx.merge(graphdef_eval, *parallel.to_host((state.params, state.alphas,
+                                                     state.batch_stats)))
+  return selection.one_hot_accuracies(net, weights, batches)
+
+
 def run_search(config, workdir: str, progress: bool = True, resume: bool = True):
   """Runs the search of `config` and writes its results into `workdir`.
 
@@ -342,7 +353,8 @@ def _search(config, workdir, progress, resume, preemption):
 
   def step(state, inputs, epoch, i):
     del i
-    fn = search_step if epoch - start >= s.arch_start_epoch else warmup_step
+    arch = parts.arch_steps and epoch - start >= s.arch_start_epoch
+    fn = search_step if arch else warmup_step
     return fn(state, *(parallel.put_batch(b, mesh) for b in inputs))
   run = loop.EpochLoop(name="search", workdir=workdir, ckpt=ckpt, meta=meta, epochs=end,
                        steps_per_epoch=steps_per_epoch, every_steps=config.checkpoint.every_steps,
@@ -401,6 +413,16 @@ def _search(config, workdir, progress, resume, preemption):
       # evaluated only in epochs without architecture steps (and for the second order,
       # whose architecture steps see virtual weights).
       valid_loss, valid_acc = means["a_loss"], means["a_acc"]
+    elif not parts.arch_steps:
+      # SPOS: one uniformly drawn path of the supernet (a new one each epoch); its
+      # untrained alphas derive nothing, and the selection chooses after the search.
+      valid_loss, valid_acc = evaluate_state(state, parts.relaxation.model_inputs(
+          jax.random.fold_in(jax.random.key(config.seed), epoch), state.step))
+      record = dict(means, epoch=epoch, lr=float(schedule(epoch * steps_per_epoch)),
+                    valid_loss=valid_loss, valid_acc=valid_acc)
+      tqdm.tqdm.write(f"epoch {epoch}: w_acc {record['w_acc']:.3f} valid_acc {valid_acc:.3f} "
+                      f"(a random path)")
+      return record
     else:
       valid_loss, valid_acc = evaluate_state(state)
     alphas = parallel.to_host(state.alphas)
@@ -433,8 +455,9 @@ def _search(config, workdir, progress, resume, preemption):
     return record
 
   def written(record):
-    spaces.save(space, space.from_dict(record["genotype"]),
-                os.path.join(workdir, "genotype.json"))
+    if "genotype" in record:  # not for SPOS, whose selection writes it at the end
+      spaces.save(space, space.from_dict(record["genotype"]),
+                  os.path.join(workdir, "genotype.json"))
 
   state = flat.tree(run.run(flat.leaves(state), batches, step, end_epoch, written))
   last = meta["records"][-1] if meta["records"] else {}
@@ -474,13 +497,19 @@ def _search(config, workdir, progress, resume, preemption):
         space=space, config=config, state=state, evaluate=evaluate_state, train=train,
         # A fine-tuning epoch is a search epoch's steps (max_steps_per_epoch caps both).
         weight_batches=lambda epoch=0: itertools.islice(
-            make(w_src, seed=config.seed, epoch=s.epochs + epoch), steps_per_epoch)))
+            make(w_src, seed=config.seed, epoch=s.epochs + epoch), steps_per_epoch),
+        score=functools.partial(_score, graphdef_eval, list(make_batches(
+            a_src, batch_size=s.batch_size, seed=0, epoch=0, augment=augment,
+            train=False))),
+        latency=latency and latency[1]))
   if run.primary:
     spaces.save(space, arch, os.path.join(workdir, "genotype.json"))
     groups = space.alpha_groups(final_alphas, config)
-    history = {g: [np.asarray(a) for a in meta["alphas"][g]] for g in groups}
-    np.savez(os.path.join(workdir, "alphas.npz"), **{g: np.stack(h) for g, h in history.items()})
-    plotting.plot_alphas(history, {g: ops for g, (_, ops) in groups.items()},
-                         os.path.join(workdir, "alphas.png"))
+    if meta["alphas"]:  # none for SPOS, which trains no architecture weights
+      history = {g: [np.asarray(a) for a in meta["alphas"][g]] for g in groups}
+      np.savez(os.path.join(workdir, "alphas.npz"),
+               **{g: np.stack(h) for g, h in history.items()})
+      plotting.plot_alphas(history, {g: ops for g, (_, ops) in groups.items()},
+                           os.path.join(workdir, "alphas.png"))
     space.draw(arch, os.path.join(workdir, "genotype"))
   return arch

@@ -3,6 +3,7 @@ config checks (`dnas.methods`)."""
 
 import json
 import math
+import os
 
 import jax
 import jax.numpy as jnp
@@ -134,6 +135,18 @@ def test_method_presets_build_their_parts():
      "derived"),
     ({"search.step_order": "both"}, "search.step_order 'both' is unknown; valid: arch_first, "
      "weight_first"),
+    ({"method": "spos"}, "method spos trains no architecture weights: it chooses with "
+     "search.selection=supernet, got 'argmax'"),
+    ({"method": "spos", "search.selection": "supernet", "latency.objective": "target",
+      "latency.weight": 1.0, "latency.target_ms": 3.0}, "method spos takes no architecture "
+     "steps, so no latency objective"),
+    ({"search.relaxation": "uniform"}, "search.relaxation uniform draws paths that ignore "
+     "the architecture weights: it is method spos's, got method darts"),
+    ({"search.selection": "supernet", "search.select_num": -1}, "search.select_num must be "
+     ">= 0, got -1"),
+    ({"latency.limit_ms": 3.0, "search.selection": "pt"}, "latency.limit_ms binds the argmax "
+     "and supernet selections"),
+    ({"latency.limit_ms": 3.0}, "space nb201 takes its latency from latency.table"),
 ])
 def test_bad_method_settings_are_one_line(change, message):
   c = nb201_config.get_config()
@@ -181,6 +194,96 @@ def test_bad_drnas_stages_are_one_line(change, message):
   assert message in str(e.value) and "\n" not in str(e.value)
 
 
+def test_supernet_selection_and_limit_need_an_enumerable_space():
+  from dnas.configs import tiny  # pylint: disable=g-import-not-at-top
+  for key, value in (("selection", "supernet"), ("limit_ms", 3.0)):
+    c = tiny.get_config()
+    c["search" if key == "selection" else "latency"][key] = value
+    with pytest.raises(config_lib.ConfigError, match="which space darts cannot list; it is "
+                       "for: nb201"):
+      config_lib.validate(c, "search")
+
+
+def test_uniform_paths_are_one_hot_uniform_and_ignore_the_alphas():
+  logits = jnp.asarray([[5.0, 0.0, -5.0, 0.0]] * 6)
+  keys = jax.random.split(jax.random.key(0), 4000)
+  w = jax.vmap(lambda k: arch.op_weights(logits, "uniform", k))(keys)
+  assert w.shape == (4000, 6, 4) and set(np.unique(w)) == {0.0, 1.0}
+  assert np.all(w.sum(-1) == 1.0)
+  freq = np.asarray(w.mean(0))  # 1/4 each, whatever the logits (sd of one ~0.007)
+  assert np.abs(freq - 0.25).max() < 0.03
+  g = jax.grad(lambda a: jnp.sum(arch.op_weights(a, "uniform", keys[0]) * 3.0))(logits)
+  assert np.all(np.asarray(g) == 0.0)
+  np.testing.assert_allclose(arch.op_weights(logits, "uniform"), jax.nn.softmax(logits, -1))
+  assert arch.runs_one_op("uniform", keys[0], False)
+  assert not arch.runs_one_op("uniform", None, False)
+  assert not arch.runs_one_op("gumbel", keys[0], False)
+  parts = methods.build(_spos_config(), steps_per_epoch=7)
+  assert parts.relaxation.kind == "uniform" and not parts.arch_steps
+  assert set(parts.relaxation.model_inputs(keys[0], 0)) == {"arch_key"}
+
+
+def _spos_config():
+  c = nb201_config.get_config()
+  c.method, c.search.selection = "spos", "supernet"
+  c.model.primitives = ("none", "skip_connect", "nor_conv_3x3")
+  return c
+
+
+class _Convs:
+  """A stand-in latency model: 1 ms per convolution."""
+
+  def predict(self, a):
+    return float(sum(op == "nor_conv_3x3" for op in a.ops))
+
+
+def test_supernet_selection_takes_the_best_scored_candidate_within_the_limit():
+  from dnas import selection  # pylint: disable=g-import-not-at-top
+  from dnas.spaces.nb201 import space as nb201_space  # pylint: disable=g-import-not-at-top
+  value = np.random.default_rng(3).uniform(0, 1, (6, 3))
+  scored = []
+
+  def score(state, w):  # a stand-in supernet: accuracy sum_e w_e . value_e
+    scored.append(w)
+    return np.einsum("aek,ek->a", w, value)
+  c = _spos_config()
+  c.latency.limit_ms, c.search.select_num = 2.0, 0
+  ctx = selection.Context(space=nb201_space.SPACE, config=c, state=None, evaluate=None,
+                          train=None, weight_batches=None, score=score, latency=_Convs())
+  got = selection.SELECTIONS["supernet"](ctx)
+  every = nb201_space.SPACE.candidates(c)
+  assert len(every) == 3 ** 6
+  within = [a for a in every if _Convs().predict(a) <= 2.0]
+  want = max(within, key=lambda a: np.sum(nb201_space.SPACE.one_hot(a, c) * value))
+  assert got == want and len(scored[0]) == len(within) == 496  # 64 + 6*32 + 15*16
+  c.search.select_num = 10  # RANDOM-NAS: the best of a seeded uniform draw of candidates
+  first = selection.SELECTIONS["supernet"](ctx)
+  assert len(scored[-1]) == 10 and selection.SELECTIONS["supernet"](ctx) == first
+  assert np.all(np.einsum("aek,ek->a", scored[-1], value) <= np.sum(
+      nb201_space.SPACE.one_hot(first, c) * value) + 1e-12)
+
+
+def test_argmax_within_the_limit_is_the_most_probable_architecture_within_it():
+  from typing import NamedTuple  # pylint: disable=g-import-not-at-top
+  from dnas import selection  # pylint: disable=g-import-not-at-top
+  from dnas.spaces.nb201 import Structure, space as nb201_space  # pylint: disable=g-import-not-at-top
+
+  class State(NamedTuple):
+    alphas: dict
+  alphas = np.zeros((6, 3), np.float32)
+  alphas[:, 2] = 2.0  # every edge prefers the convolution...
+  alphas[4, 2], alphas[4, 1] = 0.5, 0.4  # ...edge 4 least, then the skip there
+  c = nb201_config.get_config()
+  c.model.primitives = ("none", "skip_connect", "nor_conv_3x3")
+  state = State({"alphas": nnx.Param(jnp.asarray(alphas))})
+  ctx = selection.Context(space=nb201_space.SPACE, config=c, state=state, evaluate=None,
+                          train=None, weight_batches=None, latency=_Convs())
+  assert selection.SELECTIONS["argmax"](ctx) == Structure(("nor_conv_3x3",) * 6)
+  c.latency.limit_ms = 5.0  # one convolution must go: where it costs least probability
+  assert selection.SELECTIONS["argmax"](ctx) == Structure(("nor_conv_3x3",) * 4 + (
+      "skip_connect", "nor_conv_3x3"))
+
+
 def test_darts_cells_count_their_parameter_free_ops():
   from dnas import spaces  # pylint: disable=g-import-not-at-top
   from dnas.spaces import darts  # pylint: disable=g-import-not-at-top
@@ -188,6 +291,8 @@ def test_darts_cells_count_their_parameter_free_ops():
   assert got == {"param_free_ops_normal": 2, "param_free_ops_reduce": 8}
 
 
+EAGLE_TABLE = (f"{os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}"
+               "/experiments/nb201_eagle/latency_table_i7-7820x.json")
 NB201_TINY = ["--config.model.C=4", "--config.train.C=4", "--config.train.N=1",
               "--config.model.primitives=('none','skip_connect','nor_conv_3x3')",
               "--config.search.batch_size=8"]
@@ -216,6 +321,12 @@ NB201_TINY = ["--config.model.C=4", "--config.train.C=4", "--config.train.N=1",
                         "--config.robust_darts.max_weight_decay=15e-4",
                         "--config.search.selection=pt", "--config.darts_pt.interval=1"],
      "hessian_max_eig"),
+    # SPOS: weight steps on uniform paths, then the supernet's best of 8 candidates
+    # predicted within 2.8 ms on EAGLE's i7-7820X.
+    ("nb201", "spos", ["--config.search.selection=supernet", "--config.search.select_num=8",
+                       f"--config.latency.table={EAGLE_TABLE}", "--config.latency.limit_ms=2.8",
+                       "--config.latency.allow_foreign_table=true",
+                       "--config.latency.batch_size=1"], "valid_acc"),
 ])
 def test_one_epoch_search_per_method(tmp_path, space, method, extra, logged):
   from tests import cli_helpers  # pylint: disable=g-import-not-at-top
@@ -229,8 +340,19 @@ def test_one_epoch_search_per_method(tmp_path, space, method, extra, logged):
   assert out.returncode == 0, out.stderr[-3000:]
   records = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert len(records) == 2 and logged in records[-1]
-  assert all(np.isfinite(r["a_loss"]) and np.isfinite(r["w_loss"]) for r in records)
+  assert all(np.isfinite(r.get("a_loss", 0.0)) and np.isfinite(r["w_loss"]) for r in records)
   assert (tmp_path / "genotype.json").exists()
+  if method == "spos":  # no architecture steps; the selection's pick is what was written
+    assert not any("a_loss" in r or "genotype" in r for r in records)
+    best = [l for l in out.stdout.splitlines()
+            if l.startswith("selection: the supernet's best of 8 candidates: ")]
+    found = json.loads((tmp_path / "genotype.json").read_text())["arch"]
+    assert len(best) == 1 and f"candidates: {found} (" in best[0], out.stdout[-2000:]
+    from dnas.latency.table import LatencyTable  # pylint: disable=g-import-not-at-top
+    from dnas.spaces.nb201 import NAS_BENCH_201, Structure  # pylint: disable=g-import-not-at-top
+    from dnas.spaces.nb201.latency import CellLatency  # pylint: disable=g-import-not-at-top
+    table = CellLatency(LatencyTable.load(EAGLE_TABLE), NAS_BENCH_201)
+    assert table.predict(Structure.from_string(found)) <= 2.8
   if "--config.search.ada=true" in extra:  # one rollback, from epoch 1 to epoch 0
     assert [r["weight_decay"] for r in records] == [5e-4, pytest.approx(15e-4)]
     assert out.stdout.count("DARTS-ADA: ") == 1, out.stdout[-2000:]

@@ -97,3 +97,22 @@ def test_retraining_sigkill_then_resume_is_bitwise_equal(tmp_path):
   for x, y in zip(leaves_a, leaves_b):
     assert x.dtype == y.dtype and np.array_equal(x, y)  # bitwise
   assert test_a == test_b
+
+
+def test_keys_added_after_a_run_count_as_unchanged_at_their_defaults(tmp_path):
+  # A run saved before `latency.limit_ms` existed resumes while the key holds its
+  # default (the behaviour the run had), and is refused when it is set.
+  from dnas import loop  # pylint: disable=g-import-not-at-top
+  from dnas.config import ConfigError  # pylint: disable=g-import-not-at-top
+  from dnas.configs import nb201  # pylint: disable=g-import-not-at-top
+  config = nb201.get_config()
+  saved = json.loads(config.to_json())
+  del saved["latency"]["limit_ms"]
+  (tmp_path / "search_config.json").write_text(json.dumps(saved))
+  loop.prepare_workdir(str(tmp_path), config, resume=True, has_checkpoint=True, what="search")
+  (tmp_path / "search_config.json").write_text(json.dumps(saved))
+  config.latency.limit_ms = 3.0
+  with pytest.raises(ConfigError, match=r"another config \(latency.limit_ms: None there, "
+                     r"3.0 now\)"):
+    loop.prepare_workdir(str(tmp_path), config, resume=True, has_checkpoint=True,
+                         what="search")

@@ -57,7 +57,10 @@ def get_config():
   # independent op weights).
   # selection: how the trained supernet becomes the architecture (`dnas.selection`):
   # "argmax" of the architecture weights (DARTS); "pt": DARTS-PT's perturbation-based
-  # projection (DARTS and NAS-Bench-201 spaces; `darts_pt.interval`).
+  # projection (DARTS and NAS-Bench-201 spaces; `darts_pt.interval`); "supernet": the
+  # candidate the trained supernet scores best on the validation split as a single path
+  # (SPOS, RANDOM-NAS; NAS-Bench-201), among select_num drawn uniformly from the space's
+  # architectures within latency.limit_ms (0: all of them; RANDOM-NAS draws 100).
   # hessian_every: every N epochs, log the largest eigenvalue of the Hessian in alpha of
   # the loss on one architecture batch (RobustDARTS; Lanczos with hessian_iters
   # Hessian-vector products; 0: never); early_stop: DARTS-ES on that signal
@@ -72,7 +75,7 @@ def get_config():
                   relaxation="softmax", gumbel_hard=False, tau_start=10.0, tau_end=0.1,
                   tau_anneal="linear", hvp_remat=False, programs="auto",
                   selection="argmax", hessian_every=0, hessian_iters=20, early_stop=False,
-                  ada=False, step_order="arch_first")
+                  ada=False, step_order="arch_first", select_num=100)
   # RobustDARTS (automl/RobustDARTS, its search defaults): DARTS-ES compares the local
   # average of the last `window` eigenvalues with the one `delta` measurements earlier and
   # fires above `factor` from `es_start_epoch` on; DARTS-ADA then multiplies the weight
@@ -118,9 +121,12 @@ def get_config():
   # ProxylessNAS Eq. 5) or "derived" (the derived architecture's predicted latency with the
   # expectation's gradient, straight through; DARTS and NAS-Bench-201 spaces): with
   # "target", the budget then binds the architecture the search returns, not the mixture.
+  # limit_ms > 0: a hard limit on the found architecture's predicted latency, which the
+  # selection enforces (argmax: the most probable architecture within it; supernet: the
+  # best scored within it; NAS-Bench-201, whose architectures can all be enumerated).
   c.latency = dict(objective="none", table="", weight=0.0, fbnet_alpha=0.2, fbnet_beta=0.6,
                    target_ms=0.0, batch_size=64, repeats=50, allow_foreign_table=False,
-                   estimate="expected")
+                   estimate="expected", limit_ms=0.0)
   # Devices of the data-parallel mesh (0: all) and how many of them shard large weights.
   c.mesh = dict(devices=0, fsdp=1)
   # Orbax checkpoints every N steps (0: epoch ends only) and at each epoch end; keep K.

@@ -18,6 +18,9 @@ with every method.
                decays over the search (`dnas.methods.darts_minus`)
   fair_darts   FairDARTS (Chu et al. 2020): sigmoid op weights and the zero-one loss
                (`dnas.methods.fair_darts`)
+  spos         single-path one-shot (Guo et al., ECCV 2020; RANDOM-NAS, Li & Talwalkar,
+               UAI 2019): weight steps only, each on one uniformly drawn path; the
+               architecture is chosen afterwards by `search.selection=supernet`
 
 Each method's own settings live in the config section of its name (`config.drnas`,
 `config.beta_darts`, `config.sdarts`, `config.darts_minus`,
@@ -31,10 +34,12 @@ from dnas import bilevel, relaxation as relaxation_lib
 from dnas.methods import beta_darts, darts_minus, drnas, fair_darts, sdarts
 
 METHODS = ("darts", "pc_darts", "drnas", "beta_darts", "sdarts_rs", "sdarts_adv",
-           "darts_minus", "fair_darts")
+           "darts_minus", "fair_darts", "spos")
 
 # Methods whose relaxation is part of their definition; the others take search.relaxation.
-_RELAXATION = {"drnas": "dirichlet", "fair_darts": "sigmoid"}
+_RELAXATION = {"drnas": "dirichlet", "fair_darts": "sigmoid", "spos": "uniform"}
+# Methods without architecture steps: the weights train alone, the selection decides.
+_NO_ARCH_STEPS = ("spos",)
 # Methods defined on softmax op weights only.
 _SOFTMAX_ONLY = ("sdarts_rs", "sdarts_adv")
 
@@ -47,12 +52,15 @@ class Parts(NamedTuple):
   perturb: the weight step's architecture weights (`bilevel.make_phase_steps`), or None.
   a_weight_decay: the architecture optimiser's weight decay (None: search.a_weight_decay).
   extra_inputs: step -> more keyword inputs of the supernet in every pass, or None.
+  arch_steps: False for methods that never step the architecture (every step is the
+    weight step, `make_search_steps`'s warm-up step).
   """
   relaxation: relaxation_lib.Relaxation
   terms: tuple[Callable, ...] = ()
   perturb: Callable | None = None
   a_weight_decay: float | None = None
   extra_inputs: Callable | None = None
+  arch_steps: bool = True
 
 
 def relaxation_kind(config) -> str:
@@ -73,6 +81,20 @@ def validate(config) -> None:
   if method in _SOFTMAX_ONLY and config.search.relaxation != "softmax":
     raise ConfigError(f"method {method} perturbs softmax op weights; search.relaxation "
                       f"must be softmax, got {config.search.relaxation!r}")
+  if config.search.relaxation == "uniform" and method not in _NO_ARCH_STEPS:
+    raise ConfigError(f"search.relaxation uniform draws paths that ignore the architecture "
+                      f"weights: it is method spos's, got method {method}")
+  if method in _NO_ARCH_STEPS:
+    if config.search.selection != "supernet":
+      raise ConfigError(f"method {method} trains no architecture weights: it chooses with "
+                        f"search.selection=supernet, got {config.search.selection!r}")
+    if config.latency.objective != "none":
+      raise ConfigError(f"method {method} takes no architecture steps, so no latency "
+                        f"objective (got {config.latency.objective!r}); bound the latency "
+                        f"with latency.limit_ms")
+    if config.search.hessian_every:
+      raise ConfigError(f"method {method} trains no architecture weights: "
+                        f"search.hessian_every must be 0, got {config.search.hessian_every}")
   c = flatten(config)
   if method == "drnas":
     if config.drnas.reg not in drnas.REGULARISERS:
@@ -165,4 +187,4 @@ def build(config, steps_per_epoch: int) -> Parts:
     d = config.darts_minus
     return Parts(relax, extra_inputs=darts_minus.make_inputs(
         beta=d.beta, decay=d.decay, epochs=s.epochs, steps_per_epoch=steps_per_epoch))
-  return Parts(relax)
+  return Parts(relax, arch_steps=config.method not in _NO_ARCH_STEPS)

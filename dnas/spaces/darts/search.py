@@ -15,7 +15,7 @@ from flax import nnx
 from dnas import autodiff
 from dnas.arch import (RELAXATIONS, ArchParam, EdgeParam, MixedOp, PartialMixedOp,
                        batched_mixed_ops, checkpointed_call, init_alphas, node_softmax,
-                       op_weights)
+                       op_weights, runs_one_op)
 from dnas.methods.drnas import masked, masked_logits
 from dnas.spaces.darts import genotypes as genotypes_lib
 from dnas.kernels import fusion_barrier
@@ -227,7 +227,7 @@ class Network(nnx.Module):
       if self.op_mask is not None:
         w_normal, w_reduce = (masked(w, np.asarray(m)) for w, m in zip((w_normal, w_reduce),
                                                                        self.op_mask))
-    hard = self.relaxation == "gumbel" and arch_key is not None and self.gumbel_hard
+    hard = runs_one_op(self.relaxation, arch_key, self.gumbel_hard)
     e_normal, e_reduce = self.edge_weights()
     remat = self.remat or autodiff.remat_requested()
     for cell in self.cells:

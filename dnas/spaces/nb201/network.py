@@ -14,7 +14,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from dnas import autodiff
-from dnas.arch import RELAXATIONS, MixedOp, checkpointed_call, init_alphas, op_weights
+from dnas.arch import (RELAXATIONS, MixedOp, checkpointed_call, init_alphas, op_weights,
+                       runs_one_op)
 from dnas.layers import batch_norm, conv2d, linear
 from dnas.spaces.nb201.ops import NAS_BENCH_201, ResNetBasicblock, make_op
 from dnas.spaces.nb201.structure import EDGES, MAX_NODES, Structure, derive
@@ -167,7 +168,7 @@ class Network(nnx.Module):
       weights = jnp.asarray(weights, jnp.float32)
     else:
       weights = op_weights(self.alphas[...], self.relaxation, arch_key, tau, self.gumbel_hard)
-      hard = self.relaxation == "gumbel" and arch_key is not None and self.gumbel_hard
+      hard = runs_one_op(self.relaxation, arch_key, self.gumbel_hard)
     remat = self.remat or autodiff.remat_requested()
     x = self.stem(x)
     for cell in self.cells:

@@ -15,6 +15,7 @@ from flax import nnx
 from dnas import methods
 from dnas.arch import op_weights
 from dnas.latency.table import jit_eval
+from dnas.spaces.nb201 import ground_truth as gt
 from dnas.spaces.nb201.benchmark import Benchmark
 from dnas.spaces.nb201 import latency
 from dnas.spaces.nb201.latency import CellLatency
@@ -50,7 +51,8 @@ class NB201Space:
     if path and importlib.util.find_spec("nats_bench") is None:
       raise ConfigError("nb201.benchmark needs the nats_bench package: pip install "
                         "'dnas[nats]'")
-    if config.latency.objective != "none" and not config.latency.table:
+    if (config.latency.objective != "none" or config.latency.limit_ms > 0) and \
+        not config.latency.table:
       raise ConfigError("space nb201 takes its latency from latency.table, a cell-model "
                         "table: `python -m dnas.latency profile --config=dnas/configs/"
                         "nb201.py` measures this machine's, scripts/eagle_latency.py fits "
@@ -120,6 +122,27 @@ class NB201Space:
                             {"weights": jnp.asarray(projected(), jnp.float32)})
           epoch += 1
     return derive(projected(), tuple(config.model.primitives))
+
+  def candidates(self, config) -> list[Structure]:
+    """Every cell over `config.model.primitives` (K^6; 15,625 with all five ops), in
+    `Structure.index` order: what `search.selection=supernet` and `latency.limit_ms`
+    choose among."""
+    prims = tuple(config.model.primitives)
+    every = (Structure.from_index(i) for i in range(len(NAS_BENCH_201) ** len(EDGES)))
+    return [a for a in every if all(op in prims for op in a.ops)]
+
+  def one_hot(self, arch: Structure, config) -> np.ndarray:
+    """f32[6, K]: the supernet's `weights` input that makes it the network of `arch`."""
+    return gt.one_hot([arch], tuple(config.model.primitives))[0]
+
+  def log_prob(self, alphas, archs, config) -> np.ndarray:
+    """f64[A]: each architecture's sum over edges of the log of its op's weight, the
+    weights the method mixes with (softmax, sigmoid, the Dirichlet mean): the largest is
+    the argmax derivation's architecture."""
+    w = np.asarray(op_weights(jnp.asarray(alphas["alphas"].get_value()),
+                              methods.relaxation_kind(config)), np.float64)
+    hot = gt.one_hot(archs, tuple(config.model.primitives))
+    return np.einsum("aek,ek->a", hot, np.log(np.maximum(w, 1e-30)))
 
   def to_dict(self, arch: Structure) -> dict:
     return arch.to_dict()
