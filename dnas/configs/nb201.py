@@ -6,6 +6,8 @@ python -m dnas.search --config=dnas/configs/nb201.py --workdir=runs/nb201
 python -m dnas.search --config=dnas/configs/nb201.py --config.search.order=second
 python -m dnas.search --config=dnas/configs/nb201.py --config.search.relaxation=gumbel \
     --config.search.gumbel_hard=true                                     # GDAS
+python -m dnas.search --config=dnas/configs/nb201.py --config.method=spos \
+    --config.search.selection=supernet --config.search.epochs=250     # RANDOM-NAS
 python -m dnas.train --config=dnas/configs/nb201.py --genotype=runs/nb201/genotype.json
 
 `nb201_cifar10.py` holds the reference's CIFAR-10 settings.
