@@ -15,14 +15,15 @@ protocol and added to the table), and reports, as `workdir/evaluation.json` and 
 - mean +- std over the search seeds;
 - the expected accuracy of the best of K random architectures, K the number that
   training under the protocol fits in the search's mean wall time (its `wall_time`,
-  compile included; the expectation over the sample's distribution, exact; it picks by
+  compile included, plus the selection's time from `selection.json`; the expectation over the sample's distribution, exact; it picks by
   the ground truth's seed mean, so it flatters random search a little);
 - with `--measured_latency` (and `--budget_ms`, `--budget_seeds`): each find's measured
   latency against the budget and its percentile among the sampled architectures within
   it;
 - Kendall's tau between the final supernet's ranking of the sampled architectures (its
   accuracy on the search's architecture split with each one's one-hot op weights: the
-  weight-sharing proxy) and the ground truth's.
+  weight-sharing proxy; BatchNorm on batch statistics when the search selects with
+  `search.selection=supernet`, as that selection scores) and the ground truth's.
 """
 
 import json

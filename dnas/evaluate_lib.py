@@ -124,8 +124,8 @@ def evaluate_method(config, workdir: str, seeds, table_path: str = DEFAULT_TABLE
     budget_ms = config.latency.limit_ms or config.latency.target_ms
   budget_ms = float(budget_ms)
   if budget_seeds is not None and budget_ms <= 0:
-    raise ConfigError(f"budget_seeds={budget_seeds} needs a latency budget (--budget_ms or "
-                      f"latency.target_ms > 0), got {budget_ms}")
+    raise ConfigError(f"budget_seeds={budget_seeds} needs a latency budget (--budget_ms, "
+                      f"latency.limit_ms or latency.target_ms > 0), got {budget_ms}")
   try:
     table = gt.GroundTruth.load(table_path)
   except (OSError, ValueError) as e:
@@ -162,8 +162,15 @@ def evaluate_method(config, workdir: str, seeds, table_path: str = DEFAULT_TABLE
     arch = search_lib.run_search(c, run_dir, progress=progress)
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:  # the run's own clock, resumes too
       seconds = [json.loads(line) for line in f if line.strip()][-1]["wall_time"]
+    chosen = os.path.join(run_dir, "selection.json")
+    if os.path.exists(chosen):  # and what choosing cost after the epochs
+      with open(chosen) as f:
+        seconds += json.load(f)["seconds"]
     ensure([str(arch)], table_seeds)
-    proxy = supernet_accuracies(search_lib.load_supernet(c, run_dir), sample, batches)
+    net = search_lib.load_supernet(c, run_dir)
+    if c.search.selection == "supernet":
+      net.train()  # the selection's own scoring: batch statistics per candidate
+    proxy = supernet_accuracies(net, sample, batches)
     acc = table.accuracy(arch, table_seeds)
     runs.append(dict(seed=seed, arch=str(arch), test_acc=acc,
                      percentile=gt.percentile_of(truth, acc),

@@ -5,8 +5,10 @@ Nothing here knows the space: it goes through the search-space protocol
 
 import functools
 import itertools
+import json
 import os
 import sys
+import time
 
 import jax
 import numpy as np
@@ -232,11 +234,13 @@ def load_supernet(config, workdir: str) -> nnx.Module:
 
 
 def _score(graphdef_eval, batches, state, weights) -> np.ndarray:
-  """`selection.Context.score`: the whole validation split on every host (not its
-  process slice), so that every host scores and selects alike."""
-  net = nnx.merge(graphdef_eval, *parallel.to_host((state.params, state.alphas,
-                                                     state.batch_stats)))
-  return selection.one_hot_accuracies(net, weights, batches)
+  """`selection.Context.score`: on `batches()`, the whole validation split on every host
+  (not its process slice), with the state gathered from all hosts, so that every host
+  scores and selects alike; BatchNorm on each candidate's batch statistics."""
+  net = nnx.merge(graphdef_eval, *parallel.gather((state.params, state.alphas,
+                                                    state.batch_stats)))
+  net.train()  # batch statistics, each candidate its own (SPOS's recalibration)
+  return selection.one_hot_accuracies(net, weights, batches())
 
 
 def run_search(config, workdir: str, progress: bool = True, resume: bool = True):
@@ -404,6 +408,17 @@ def _search(config, workdir, progress, resume, preemption):
                       f"going back to epoch {stop} with weight decay {new:.4g} "
                       f"(was {weight_decay:.4g})")
 
+  within_limit = []
+
+  def derive(alphas):
+    # With latency.limit_ms, each epoch's architecture is the most probable one within
+    # the limit, as `selection.argmax` derives the final one.
+    if config.latency.limit_ms <= 0:
+      return space.derive(alphas, config)
+    if not within_limit:
+      within_limit.append(selection.candidates(space, config, latency[1]))
+    return selection.most_probable(space, alphas, config, within_limit[0])
+
   def end_epoch(leaves, epoch, means):
     state = flat.tree(leaves)
     if (config.search.relaxation == "gumbel" and config.search.order == "first"
@@ -426,7 +441,7 @@ def _search(config, workdir, progress, resume, preemption):
     else:
       valid_loss, valid_acc = evaluate_state(state)
     alphas = parallel.to_host(state.alphas)
-    arch = space.derive(alphas, config)
+    arch = derive(alphas)
     record = dict(means, epoch=epoch, lr=float(schedule(epoch * steps_per_epoch)),
                   valid_loss=valid_loss, valid_acc=valid_acc)
     if s.ada:
@@ -489,6 +504,7 @@ def _search(config, workdir, progress, resume, preemption):
   # After the search: the selection rule (argmax of alpha: the last epoch's architecture).
   # It may train the state on, which donates it: the alphas to plot are read first.
   final_alphas = parallel.to_host(state.alphas)
+  started = time.perf_counter()
   stopped_at = meta["records"][-1].get("early_stop_epoch") if meta["records"] else None
   if stopped_at is not None:  # DARTS-ES: the architecture of the epoch it went back to
     arch = space.from_dict(meta["records"][stopped_at]["genotype"])
@@ -498,11 +514,16 @@ def _search(config, workdir, progress, resume, preemption):
         # A fine-tuning epoch is a search epoch's steps (max_steps_per_epoch caps both).
         weight_batches=lambda epoch=0: itertools.islice(
             make(w_src, seed=config.seed, epoch=s.epochs + epoch), steps_per_epoch),
-        score=functools.partial(_score, graphdef_eval, list(make_batches(
+        score=functools.partial(_score, graphdef_eval, lambda: list(make_batches(
             a_src, batch_size=s.batch_size, seed=0, epoch=0, augment=augment,
             train=False))),
         latency=latency and latency[1]))
   if run.primary:
+    # What the selection cost (DARTS-PT's fine-tuning, the supernet's scoring), beside
+    # the epochs' wall time in metrics.jsonl; a resumed finished run selects again.
+    loop.write_atomic(os.path.join(workdir, "selection.json"), json.dumps(dict(
+        selection=s.selection, seconds=time.perf_counter() - started,
+        **space.to_dict(arch))))
     spaces.save(space, arch, os.path.join(workdir, "genotype.json"))
     groups = space.alpha_groups(final_alphas, config)
     if meta["alphas"]:  # none for SPOS, which trains no architecture weights

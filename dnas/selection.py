@@ -48,27 +48,32 @@ class Context(NamedTuple):
   latency: Any = None
 
 
-def candidates(ctx: Context) -> list:
-  """The space's architectures (over `config.model.primitives`), only those predicted
-  within `latency.limit_ms` when it is set."""
-  limit = ctx.config.latency.limit_ms
-  archs = ctx.space.candidates(ctx.config)
+def candidates(space, config, latency=None) -> list:
+  """The space's architectures (over `config.model.primitives`), only those that the
+  latency model predicts within `latency.limit_ms` when it is set."""
+  limit = config.latency.limit_ms
+  archs = space.candidates(config)
   if limit > 0:
-    archs = [a for a in archs if ctx.latency.predict(a) <= limit]
+    archs = [a for a in archs if latency.predict(a) <= limit]
   if not archs:  # the latency setup checks the limit against the fastest architecture
     raise ValueError(f"no candidate architecture within latency.limit_ms {limit}")
   return archs
 
 
+def most_probable(space, alphas, config, archs):
+  """The architecture of `archs` with the largest sum over edges of the log of the
+  method's op weights (`space.log_prob`): the argmax derivation restricted to `archs`."""
+  return archs[int(np.argmax(space.log_prob(alphas, archs, config)))]
+
+
 def argmax(ctx: Context):
   """DARTS: the space's own derivation from the final architecture weights; with
-  `latency.limit_ms`, the most probable architecture within the limit (the largest sum
-  over edges of the log of the method's op weights: `space.log_prob`)."""
+  `latency.limit_ms`, the most probable architecture within the limit."""
   alphas = parallel.to_host(ctx.state.alphas)
   if ctx.config.latency.limit_ms <= 0:
     return ctx.space.derive(alphas, ctx.config)
-  archs = candidates(ctx)
-  return archs[int(np.argmax(ctx.space.log_prob(alphas, archs, ctx.config)))]
+  return most_probable(ctx.space, alphas, ctx.config,
+                       candidates(ctx.space, ctx.config, ctx.latency))
 
 
 def perturbation(ctx: Context):
@@ -82,9 +87,11 @@ def supernet(ctx: Context):
   """Single-path one-shot selection (SPOS, Guo et al. ECCV 2020, Sec. 3.3; RANDOM-NAS,
   AutoDL's `search_find_best`): of `search.select_num` candidates drawn uniformly from
   the space's architectures within `latency.limit_ms` (0: all of them), the one the
-  supernet scores best on the validation split with its one-hot op weights. Exhaustive
-  where SPOS runs an evolutionary search: NAS-Bench-201's space is enumerable."""
-  archs = candidates(ctx)
+  supernet scores best on the validation split with its one-hot op weights, BatchNorm
+  on each candidate's batch statistics (SPOS recalibrates it per candidate; RANDOM-NAS
+  keeps the running statistics of all paths). Exhaustive where SPOS runs an
+  evolutionary search: NAS-Bench-201's space is enumerable."""
+  archs = candidates(ctx.space, ctx.config, ctx.latency)
   n = ctx.config.search.select_num
   if 0 < n < len(archs):
     pick = np.random.default_rng(ctx.config.seed).choice(len(archs), n, replace=False)
@@ -114,8 +121,9 @@ def one_hot_accuracies(net: nnx.Module, weights: np.ndarray, batches: Sequence[d
                        chunk: int = 16) -> np.ndarray:
   """f64[A]: the supernet `net`'s accuracy on `batches` (dicts of image, label, mask)
   with each row of `weights` (f32[A, ...], e.g. one-hot op weights) as its op weights,
-  in its current mode (eval: the search cells' BatchNorms use batch statistics when
-  they keep none, as in the search).
+  in its current mode (eval: BatchNorms with running statistics use them, the search
+  cells' that keep none use the batch's; train: every BatchNorm uses the batch's, each
+  candidate its own, and `net` is not changed).
 
   One program scans all batches for `chunk` architectures at once: one dispatch and one
   host sync per chunk, not per batch and architecture."""

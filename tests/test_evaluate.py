@@ -156,8 +156,8 @@ def test_evaluate_cli_bad_budget_is_one_line(tmp_path):
   out = cli_helpers.run("dnas.evaluate", "--budget_seeds=4", "--seeds=1",
                         f"--measured_latency={measured}", f"--workdir={tmp_path / 'eval'}")
   assert out.returncode == 2 and out.stderr.strip() == (
-      "dnas: error: budget_seeds=4 needs a latency budget (--budget_ms or "
-      "latency.target_ms > 0), got 0.0")
+      "dnas: error: budget_seeds=4 needs a latency budget (--budget_ms, "
+      "latency.limit_ms or latency.target_ms > 0), got 0.0")
 
 
 def test_ground_truth_resolution_measures():

@@ -223,6 +223,38 @@ def test_uniform_paths_are_one_hot_uniform_and_ignore_the_alphas():
   assert set(parts.relaxation.model_inputs(keys[0], 0)) == {"arch_key"}
 
 
+def test_spos_supernet_runs_the_drawn_path_alone():
+  # Called with a key, the uniform supernet is the network of the path that key draws
+  # (the one-hot mixture of the same weights), a different path for another key, and
+  # only the drawn op of each edge gets a weight gradient.
+  from dnas.spaces import nb201  # pylint: disable=g-import-not-at-top
+  net = nb201.Network(2, 1, 10, in_channels=1, relaxation="uniform",
+                      primitives=("skip_connect", "nor_conv_1x1"), rngs=nnx.Rngs(0))
+  x = jax.random.normal(jax.random.key(1), (4, 8, 8, 1))
+  k = jax.random.key(2)
+  path = arch.uniform_path(k, net.alphas[...])
+
+  @nnx.jit
+  def run(m, k):
+    def loss(m):
+      y = m(x, arch_key=k)
+      return jnp.sum(y ** 2), y
+    return nnx.value_and_grad(loss, has_aux=True)(m)
+  ((_, drawn), grads), ((_, other), _) = run(net, k), run(net, jax.random.key(3))
+  one_hot = nnx.jit(lambda m: m(x, weights=path))(net)
+  np.testing.assert_allclose(drawn, one_hot, rtol=1e-5, atol=1e-6)
+  assert not np.allclose(other, drawn)
+  for c in (0, 2, 4):  # the search cells, between the reduction blocks
+    for e in range(6):
+      for op in range(2):
+        ops = grads["cells"][c]["edges"][e]["ops"]  # skip_connect holds no weights
+        norm = sum(float(jnp.sum(jnp.abs(g))) for g in
+                   (jax.tree.leaves(ops[op]) if op in ops else []))
+        drawn = op == int(np.argmax(path[e]))
+        # skip_connect has no weights; a drawn convolution gets a gradient
+        assert (norm > 0) == (drawn and op > 0), (c, e, op, norm)
+
+
 def _spos_config():
   c = nb201_config.get_config()
   c.method, c.search.selection = "spos", "supernet"

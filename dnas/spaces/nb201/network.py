@@ -121,8 +121,10 @@ class Network(nnx.Module):
     relaxation: `dnas.arch.op_weights`: "softmax" (DARTS), "gumbel" (GDAS with
       `gumbel_hard`: a straight-through one-hot sample per call, shared by all cells; each
       edge runs only its sampled op), "dirichlet" (DrNAS: a sample per call, shared by
-      all cells) or "sigmoid" (FairDARTS). Called without `arch_key` (evaluation), gumbel
-      mixes with softmax(alpha), dirichlet with the Dirichlet's mean.
+      all cells), "sigmoid" (FairDARTS) or "uniform" (SPOS: one op per edge drawn
+      uniformly per call, shared by all cells, only that op runs). Called without
+      `arch_key` (evaluation), gumbel and uniform mix with softmax(alpha), dirichlet
+      with the Dirichlet's mean.
 
   Call: f32[B, H, W, in_channels] -> logits f32[B, num_classes].
   """
@@ -157,7 +159,8 @@ class Network(nnx.Module):
   def __call__(self, x, *, arch_key: jax.Array | None = None, tau=None,
                weights: jax.Array | None = None, aux_skip=None):
     """f32[B, H, W, C] -> f32[B, num_classes]; `arch_key` (PRNG key) and `tau` (f32[])
-    draw the op weights of the sampling relaxations (gumbel: both; dirichlet: the key).
+    draw the op weights of the sampling relaxations (gumbel: both; dirichlet, uniform:
+    the key).
     `weights` (f32[6, K])
     replaces the op weights: with one-hot rows the supernet is one architecture's
     network, the architecture as data (evaluating a sample of architectures with shared
