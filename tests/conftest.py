@@ -18,7 +18,27 @@ if os.environ.get("DNAS_TEST_XLA_OPT", "0") != "default":
 utils.configure_xla()
 
 
+# The longest test files first (their times: BUILD_NOTES.md, "Test suite and CI"). With
+# `-n 2 --dist loadfile`, xdist hands whole files to the workers in queue order; by
+# default it queues files with more tests first, which left the one-test, 2.5-minute
+# device check for last while the other worker idled (1041 s in session 15). Longest
+# first keeps both workers busy to the end; files not listed keep collection order.
+_LONGEST_FIRST = ("tests/test_methods.py", "tests/test_parallel.py", "tests/test_cli.py",
+                  "tests/test_device_check.py", "tests/test_bilevel.py",
+                  "tests/test_resume.py", "tests/test_evaluate.py", "tests/test_own_model.py",
+                  "tests/spaces/darts/test_networks.py", "tests/spaces/nb201/test_nb201.py",
+                  "tests/test_notebook.py", "tests/test_plot_export.py")
+
+
+def pytest_collection_modifyitems(config, items):
+  del config
+  rank = {f: i for i, f in enumerate(_LONGEST_FIRST)}
+  items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))  # stable
+
+
 def pytest_configure(config):
+  if getattr(config.option, "loadscopereorder", False):
+    config.option.loadscopereorder = False  # keep the order above (xdist's loadfile)
   # One compile cache for the entry points that tests run in subprocesses, new for each
   # session (never warm from an earlier run): a program that several CLI tests compile
   # (the same tiny search) compiles once. The xdist workers inherit it from the controller.
