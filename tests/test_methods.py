@@ -204,6 +204,17 @@ def test_supernet_selection_and_limit_need_an_enumerable_space():
       config_lib.validate(c, "search")
 
 
+def test_limit_below_the_fastest_architecture_is_one_line():
+  from dnas import latency, search_lib  # pylint: disable=g-import-not-at-top
+  c = nb201_config.get_config()
+  c.latency.update(table=EAGLE_TABLE, allow_foreign_table=True, batch_size=1, limit_ms=0.01)
+  with pytest.raises(latency.LatencyError, match=r"latency.limit_ms 0.01 is below the "
+                     r"fastest architecture's predicted [0-9.]+ ms$"):
+    search_lib.latency_setup(c, None)
+  c.latency.limit_ms = 2.8
+  assert search_lib.latency_setup(c, None)[1].minimum() < 2.8
+
+
 def test_uniform_paths_are_one_hot_uniform_and_ignore_the_alphas():
   logits = jnp.asarray([[5.0, 0.0, -5.0, 0.0]] * 6)
   keys = jax.random.split(jax.random.key(0), 4000)
