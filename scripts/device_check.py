@@ -36,7 +36,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from dnas import bilevel, hypergrad, loop, utils  # noqa: E402
+from dnas import bilevel, cpu, hypergrad, loop, utils  # noqa: E402
 from dnas.spaces import darts  # noqa: E402
 
 CASES = ("first", "retrain", "second_fd", "second", "bf16", "pc_darts", "digits")
@@ -105,14 +105,17 @@ def search_case(name: str, s: dict, *, order="first", dtype=None, pc=False, batc
   # second-order methods), the state carried as a few stacked buffers off the CPU
   # (`loop.Flat`; split steps convert at each call, so they take the plain leaves).
   execution = bilevel.Execution(dtype=dtype)
+  split = execution.split(order)
+  # Split, the steps are made of jitted pieces; otherwise the pure step is jitted over the
+  # flat state below (a pure step run unjitted would be eager, op by op).
   step, _ = bilevel.make_search_steps(graphdef, w_tx, a_tx, hypergrad=hg,
-                                      execution=execution._replace(jit=False))
-  flat = loop.Flat(state, stack=False if execution.split(order) else None)
+                                      execution=execution._replace(jit=split))
+  flat = loop.Flat(state, stack=False if split else None)
   state = flat.leaves(state)
   rng = np.random.default_rng(0)
   bt, bv = _batch(rng, batch, s["image"]), _batch(rng, batch, s["image"])
-  t0 = time.perf_counter()
-  if not execution.split(order):
+  t0, compiled_before = time.perf_counter(), len(cpu.COMPILE_LOG)
+  if not split:
     step = flat.jit(step).lower(state, bt, bv).compile()
   else:  # split pieces compile on their first call: count that call (one step) too
     step = flat.wrap(step)
@@ -120,7 +123,8 @@ def search_case(name: str, s: dict, *, order="first", dtype=None, pc=False, batc
     jax.block_until_ready(state)
   out = dict(case=name, order=order, batch=batch, C=s["C"], layers=s["layers"],
              image=list(s["image"]), dtype=str(jnp.dtype(dtype or jnp.float32)),
-             compile_s=round(time.perf_counter() - t0, 2))
+             compile_s=round(time.perf_counter() - t0, 2),
+             programs=len(cpu.COMPILE_LOG) - compiled_before if split else 1)
   out.update(_time_steps(lambda st: step(st, bt, bv), state, _STEPS.value))
   out["images_s"] = round(batch / out["step_s"], 1)
   return out
