@@ -18,6 +18,12 @@ within the budget: whether the search could see the differences at all.
 
 python scripts/ground_truth_resolution.py --supernet=runs/hess_beta_darts \
     --measured_latency=../shared/data/eagle_nb201_desktop_cpu_i7-7820x.json --budget_ms=3
+
+With `--random_k=K`, the same normal model gives random search at equal cost (K
+architectures within the budget trained once each, the best run kept); with
+`--evaluations=A.json,...` (`dnas.evaluate` reports with `--budget_seeds` the table's
+seeds), each report's rate of finds in the top 10 % within the budget, with its exact
+interval and binomial tests against a random pick, a perfect search and random search.
 """
 
 import json
@@ -35,6 +41,16 @@ _BUDGET = flags.DEFINE_float("budget_ms", 3.0, "The latency budget.")
 _TOP = flags.DEFINE_float("top", 10.0, "The within-budget bar: top this many percent.")
 _DRAWS = flags.DEFINE_integer("draws", 20_000, "Simulated re-measurements.")
 _SUPERNET = flags.DEFINE_string("supernet", None, "A full-space nb201 search's workdir.")
+_RANDOM_K = flags.DEFINE_integer(
+    "random_k", 0, "Also: random search at equal cost, the best of this many architectures "
+    "within the budget, each trained once (a search's seconds / one training's).")
+_REPEATS = flags.DEFINE_list(
+    "repeats", [], "For each of --evaluations: DARTS's protocol replayed on its searches, "
+    "the best of R (each value of this list) by one training's validation accuracy.")
+_EVALUATIONS = flags.DEFINE_list(
+    "evaluations", [], "`dnas.evaluate` reports (evaluation.json) made with --budget_seeds "
+    "equal to the table's seeds within the budget: their finds' rate of the top --top % "
+    "against a random pick, a perfect search and (with --random_k) random search.")
 
 
 def replication(accs: np.ndarray, q: float) -> float:
@@ -55,6 +71,65 @@ def perfect_search_rate(true_spread, noise, n_sample, n_seeds, top, draws, rng) 
   # Its percentile among them as `dnas.evaluate` computes a find's (ties, itself, half).
   pct = 100.0 * ((m < best[:, None]).sum(1) + 0.5 * (m == best[:, None]).sum(1)) / n_sample
   return float(np.mean(pct >= 100 - top))
+
+
+def random_search_rate(true_spread, noise, n_sample, k, n_seeds, top, draws, rng) -> float:
+  """P(random search at equal cost measures in the top `top` %): of `n_sample`
+  architectures (true accuracies ~ N(0, true_spread)), `k` drawn at random are each
+  trained once (noise N(0, noise^2)) and the best of those runs is kept; it is then
+  measured like a search's find, its `n_seeds`-seed mean against the others'."""
+  t = rng.normal(0.0, true_spread, (draws, n_sample))
+  m = t + rng.normal(0.0, noise / np.sqrt(n_seeds), t.shape)
+  drawn = np.argsort(rng.random((draws, n_sample)), 1)[:, :k]
+  once = np.take_along_axis(t, drawn, 1) + rng.normal(0.0, noise, (draws, k))
+  pick = drawn[np.arange(draws), np.argmax(once, 1)]
+  got = m[np.arange(draws), pick]
+  pct = 100.0 * ((m < got[:, None]).sum(1) + 0.5 * (m == got[:, None]).sum(1)) / n_sample
+  return float(np.mean(pct >= 100 - top))
+
+
+def best_of_searches_rate(finds, table, seeds, within_means, repeats, top, draws, rng):
+  """DARTS's evaluation protocol (Liu et al., ICLR 2019, Sec. 3.2: four searches, the
+  cell with the best validation accuracy after a short training from scratch kept),
+  replayed on the table: `repeats` of the searches' `finds` (arch strings, None when
+  over the budget) drawn at random, each scored by the validation accuracy of one of its
+  training `seeds` drawn at random, the best kept and measured by its test accuracy over
+  the other seeds against `within_means`. Returns P(the kept find is in the top `top` %);
+  a kept find over the budget is a miss."""
+  rows = {a: table.results[a] for a in finds if a is not None}
+  hits = 0
+  for _ in range(draws):
+    best, best_valid = None, -np.inf
+    for a in rng.choice(np.asarray(finds, object), repeats, replace=False):
+      if a is None:  # over the budget: a validation score would not exclude it
+        valid, s = rng.random(), None
+      else:
+        s = int(rng.choice(seeds))
+        valid = rows[a]["valid_acc"][rows[a]["seeds"].index(s)]
+      if valid > best_valid:
+        best, best_valid, best_seed = a, valid, s
+    if best is not None:
+      acc = table.accuracy(best, [x for x in seeds if x != best_seed])
+      hits += gt.percentile_of(within_means, acc) >= 100 - top
+  return hits / draws
+
+
+def compare_evaluation(path, rates, top):
+  """A `dnas.evaluate` report's finds in the top `top` % within its budget (finds over
+  the budget count as misses) against `rates` ({name: per-seed rate}): the count, its
+  exact 95 % interval and two-sided exact binomial p-values."""
+  with open(path) as f:
+    report = json.load(f)
+  runs = report["runs"]
+  hits = sum(bool(r.get("meets_budget")) and r["percentile_within_budget"] >= 100 - top
+             for r in runs)
+  test = stats.binomtest(hits, len(runs))
+  ci = test.proportion_ci(method="exact")
+  against = ", ".join(f"{name} {rate:.2f} (p {stats.binomtest(hits, len(runs), rate).pvalue:.3f})"
+                      for name, rate in rates.items())
+  print(f"  {path}: top {top:g} % within the budget on {hits} of {len(runs)} search seeds "
+        f"({hits / len(runs):.2f}, 95 % interval {ci.low:.2f}-{ci.high:.2f}); against {against}")
+  return runs
 
 
 def main(argv):
@@ -98,10 +173,28 @@ def main(argv):
     print(f"  the supernet against the {len(seeds)}-seed means: Kendall {t.statistic:.3f} "
           f"(p {t.pvalue:.2f})")
   rng = np.random.default_rng(0)
+  perfect = {}
   for n in sorted({2, len(seeds), 4 * len(seeds)}):
     p = perfect_search_rate(true_spread, noise, len(within), n, _TOP.value, _DRAWS.value, rng)
+    perfect[n] = p
     print(f"  a perfect search measured with {n} seeds: top {_TOP.value:g} % on one search seed "
           f"{p:.2f}, on all of 3 {p ** 3:.2f}")
+  if _RANDOM_K.value:
+    random_search = random_search_rate(true_spread, noise, len(within), _RANDOM_K.value,
+                                       len(seeds), _TOP.value, _DRAWS.value, rng)
+    print(f"  random search at equal cost (the best of {_RANDOM_K.value} within the budget, "
+          f"each trained once), measured with {len(seeds)} seeds: top {_TOP.value:g} % "
+          f"{random_search:.2f}")
+  for path in _EVALUATIONS.value:  # measured with the table's seeds common to `within`
+    rates = {"a random pick": _TOP.value / 100, "perfect search": perfect[len(seeds)]}
+    if _RANDOM_K.value:
+      rates["random search"] = random_search
+    runs = compare_evaluation(path, rates, _TOP.value)
+    for r in _REPEATS.value:
+      finds = [x["arch"] if x.get("meets_budget") else None for x in runs]
+      p = best_of_searches_rate(finds, table, seeds, means, int(r), _TOP.value, 4000, rng)
+      print(f"    DARTS's protocol over these searches, the best of {r} by one training's "
+            f"validation accuracy: top {_TOP.value:g} % {p:.2f}")
 
 
 if __name__ == "__main__":

@@ -160,11 +160,17 @@ def test_evaluate_cli_bad_budget_is_one_line(tmp_path):
       "latency.limit_ms or latency.target_ms > 0), got 0.0")
 
 
-def test_ground_truth_resolution_measures():
+@functools.cache  # once: the script defines absl flags
+def _resolution_script():
   spec = importlib.util.spec_from_file_location(
       "resolution", os.path.join(cli_helpers.ROOT, "scripts", "ground_truth_resolution.py"))
   resolution = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(resolution)
+  return resolution
+
+
+def test_ground_truth_resolution_measures():
+  resolution = _resolution_script()
   rng = np.random.default_rng(0)
   # Two seeds that agree exactly replicate every top-q label; independent ones by chance.
   same = np.repeat(rng.random((200, 1)), 2, 1)
@@ -176,3 +182,24 @@ def test_ground_truth_resolution_measures():
   assert rate(0.01, 0.0) == 1.0
   assert rate(1e-6, 1.0) == pytest.approx(3 / 30, abs=0.02)  # ranked 1st-3rd of 30
   assert rate(0.004, 0.0075) < rate(0.004, 0.0075, n_seeds=24) < 1.0
+  # Random search keeping the best of k single runs: a random pick for k=1 or pure noise,
+  # the truly best for k = all and no noise; between them, more draws help.
+  search = functools.partial(resolution.random_search_rate, n_sample=30, n_seeds=24,
+                             top=10.0, draws=4000, rng=rng)
+  assert search(0.004, 0.0075, k=1) == pytest.approx(0.1, abs=0.02)
+  assert search(1e-6, 1.0, k=10) == pytest.approx(0.1, abs=0.02)
+  assert search(0.01, 1e-9, k=30) == 1.0
+  assert search(0.004, 0.0075, k=1) < search(0.004, 0.0075, k=10) < 1.0
+
+
+def test_ground_truth_resolution_compares_an_evaluation(tmp_path, capsys):
+  resolution = _resolution_script()
+  runs = [dict(meets_budget=True, percentile_within_budget=p) for p in (98.3, 90.0, 63.3)]
+  runs.append(dict(meets_budget=False, percentile_within_budget=None))  # over: a miss
+  path = tmp_path / "evaluation.json"
+  path.write_text(json.dumps(dict(runs=runs)))
+  resolution.compare_evaluation(str(path), {"a random pick": 0.1}, 10.0)
+  out = capsys.readouterr().out
+  # 2 of 4: exact (Clopper-Pearson) interval 0.07-0.93; P(X >= 2 | 4, 0.1) two-sided 0.052
+  assert "on 2 of 4 search seeds (0.50, 95 % interval 0.07-0.93)" in out, out
+  assert "a random pick 0.10 (p 0.052)" in out, out
