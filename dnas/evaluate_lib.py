@@ -76,6 +76,37 @@ def supernet_ranking(workdir: str, archs) -> np.ndarray:
   return supernet_accuracies(net, [Structure.from_string(a) for a in archs], batches)
 
 
+def random_search_percentiles(table, within, seeds, k: int, draws: int = 4000,
+                              seed: int = 0) -> np.ndarray:
+  """f64[draws]: random search at a search's cost, within the budget, on the table's own
+  runs: `k` architectures drawn uniformly (with replacement) from `within`, each trained
+  once (one of `seeds` drawn for each), the one with the best validation accuracy kept
+  and measured like a find, by its test accuracy over its other seeds, as a percentile
+  among the `within` architectures' means over `seeds`. Leaving the selecting run out
+  keeps the winner's luck out of its measurement."""
+  rng = np.random.default_rng(seed)
+  rows = [table.results[a] for a in within]
+  cols = [[r["seeds"].index(s) for s in seeds] for r in rows]
+  valid = np.asarray([[r["valid_acc"][i] for i in c] for r, c in zip(rows, cols)])
+  test = np.asarray([[r["test_acc"][i] for i in c] for r, c in zip(rows, cols)])
+  means, n = test.mean(1), len(seeds)
+  nets = rng.integers(0, len(within), (draws, k))
+  runs = rng.integers(0, n, (draws, k))
+  best = np.argmax(valid[nets, runs], 1)
+  net, run = nets[np.arange(draws), best], runs[np.arange(draws), best]
+  acc = (test[net].sum(1) - test[net, run]) / (n - 1)
+  return 100.0 * ((means < acc[:, None]).sum(1) + 0.5 * (means == acc[:, None]).sum(1)) / len(means)
+
+
+def random_search_within_budget(table, within, seeds, k: int, top: float = 10.0,
+                                draws: int = 4000, seed: int = 0) -> dict:
+  """{k, percentile_mean, top_rate} of `random_search_percentiles`: the mean percentile
+  over `draws` simulated random searches and the share in the top `top` % (a percentile
+  >= 100 - top)."""
+  pct = random_search_percentiles(table, within, seeds, k, draws, seed)
+  return dict(k=int(k), percentile_mean=float(pct.mean()), top_rate=float(np.mean(pct >= 100 - top)))
+
+
 def _mean(values):
   return float(np.mean(values)) if len(values) else None
 
@@ -208,6 +239,10 @@ def evaluate_method(config, workdir: str, seeds, table_path: str = DEFAULT_TABLE
         budget_ms=budget_ms, budget_seeds=len(b_seeds),
         within_budget_seed_noise=table.seed_noise(within, b_seeds),
         meets_budget=sum(r["meets_budget"] for r in runs),
+        # finds in the top 10 % within the budget, and random search at the same cost
+        top_within_budget=sum(bool(r["meets_budget"]) and r["percentile_within_budget"] >= 90
+                              for r in runs),
+        random_within_budget=random_search_within_budget(table, within, b_seeds, k),
         # over the finds that meet the budget (None when none does)
         percentile_within_budget_mean=_mean([r["percentile_within_budget"] for r in runs
                                              if r["meets_budget"]]))
@@ -229,6 +264,13 @@ def format_report(r: dict) -> str:
               f"sampled within it {pct} (mean {'-' if mean is None else f'{mean:.1f}'}; "
               f"{r.get('budget_seeds', 2)} training seeds, seed noise "
               f"{100 * r.get('within_budget_seed_noise', np.nan):.2f} %)"]
+    if "random_within_budget" in r:  # reports before session 16 lack these
+      rs = r["random_within_budget"]
+      budget.append(
+          f"  top 10 % within it: {r['top_within_budget']} of {len(r['runs'])} finds; random "
+          f"search at the same cost (the best validation accuracy of K={rs['k']} networks "
+          f"within it, each trained once): percentile {rs['percentile_mean']:.1f} on "
+          f"average, top 10 % {100 * rs['top_rate']:.0f} % of the time")
   return "\n".join(budget + [
       f"found: test_acc {100 * r['test_acc_mean']:.2f} +- {100 * r['test_acc_std']:.2f} % "
       f"over {len(r['runs'])} seeds, percentile {r['percentile_mean']:.1f}, parameter-free "

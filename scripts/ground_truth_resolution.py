@@ -32,7 +32,8 @@ import numpy as np
 from absl import app, flags
 from scipy import stats
 
-from dnas.evaluate_lib import DEFAULT_TABLE, supernet_ranking, within_budget
+from dnas.evaluate_lib import (DEFAULT_TABLE, random_search_percentiles, supernet_ranking,
+                               within_budget)
 from dnas.spaces.nb201 import ground_truth as gt
 
 _TABLE = flags.DEFINE_string("ground_truth", DEFAULT_TABLE, "The ground-truth table.")
@@ -117,7 +118,7 @@ def best_of_searches_rate(finds, table, seeds, within_means, repeats, top, draws
 def compare_evaluation(path, rates, top):
   """A `dnas.evaluate` report's finds in the top `top` % within its budget (finds over
   the budget count as misses) against `rates` ({name: per-seed rate}): the count, its
-  exact 95 % interval and two-sided exact binomial p-values."""
+  exact 95 % interval and two-sided exact binomial p-values. Returns the report."""
   with open(path) as f:
     report = json.load(f)
   runs = report["runs"]
@@ -129,7 +130,7 @@ def compare_evaluation(path, rates, top):
                       for name, rate in rates.items())
   print(f"  {path}: top {top:g} % within the budget on {hits} of {len(runs)} search seeds "
         f"({hits / len(runs):.2f}, 95 % interval {ci.low:.2f}-{ci.high:.2f}); against {against}")
-  return runs
+  return report
 
 
 def main(argv):
@@ -189,8 +190,18 @@ def main(argv):
     rates = {"a random pick": _TOP.value / 100, "perfect search": perfect[len(seeds)]}
     if _RANDOM_K.value:
       rates["random search"] = random_search
-    runs = compare_evaluation(path, rates, _TOP.value)
-    for r in _REPEATS.value:
+    report = compare_evaluation(path, rates, _TOP.value)
+    runs = report["runs"]
+    found = [r["percentile_within_budget"] if r.get("meets_budget") else 0.0 for r in runs]
+    k = report.get("random_k") or _RANDOM_K.value
+    if k:  # the same number of random searches on the table's own runs, averaged
+      draws = random_search_percentiles(table, within, seeds, k, draws=len(found) * 20_000)
+      averages = draws.reshape(-1, len(found)).mean(1)
+      print(f"    mean percentile within the budget {np.mean(found):.1f} (a find over it "
+            f"counts 0); {len(found)} random searches at the same cost (best validation "
+            f"accuracy of K={k}, each trained once) average {draws.mean():.1f}, and reach "
+            f"{np.mean(found):.1f} with probability {np.mean(averages >= np.mean(found)):.4f}")
+    for r in [r for r in _REPEATS.value if int(r) <= len(runs)]:
       finds = [x["arch"] if x.get("meets_budget") else None for x in runs]
       p = best_of_searches_rate(finds, table, seeds, means, int(r), _TOP.value, 4000, rng)
       print(f"    DARTS's protocol over these searches, the best of {r} by one training's "

@@ -112,6 +112,32 @@ def test_evaluate_cli_on_a_table_fixture(tmp_path):
   assert report["random_best_of_k"] == pytest.approx(evaluate_lib.expected_best_of(truth, k))
   assert report["sample_size"] == len(archs[::3]) + 1
   assert "found: test_acc" in out.stdout and "random: best of K=" in out.stdout
+  assert report["top_within_budget"] == sum(
+      r["meets_budget"] and r["percentile_within_budget"] >= 90 for r in report["runs"])
+  assert report["random_within_budget"] == evaluate_lib.random_search_within_budget(
+      table, within, (0, 1, 2), k)
+  assert f"random search at the same cost (the best validation accuracy of K={k} " in out.stdout
+
+
+def test_random_search_within_budget_keeps_the_best_run_and_measures_it_on_the_others():
+  table = gt.GroundTruth()
+  # Ten networks whose every run scores the same (validation = test): random search finds
+  # the truly best of its k draws; one draw is a random pick.
+  table.add(gt.Result(f"n{i}", s, i / 10, i / 10, 1.0) for i in range(10) for s in (0, 1))
+  within = [f"n{i}" for i in range(10)]
+  one = evaluate_lib.random_search_within_budget(table, within, (0, 1), 1, draws=20_000)
+  assert one["k"] == 1 and one["percentile_mean"] == pytest.approx(50.0, abs=1.0)
+  assert one["top_rate"] == pytest.approx(0.1, abs=0.01)  # only the best is in the top 10 %
+  many = evaluate_lib.random_search_within_budget(table, within, (0, 1), 200)
+  assert many["top_rate"] == 1.0 and many["percentile_mean"] == 95.0
+  # The kept run's luck stays out of the measurement: the lucky network (1.0 on seed 0,
+  # 0.0 on seed 1) always wins the selection and is measured by seed 1 alone, below the
+  # steady one (0.5 twice), though both average 0.5 over the two seeds.
+  table = gt.GroundTruth()
+  table.add([gt.Result("lucky", 0, 1.0, 1.0, 1.0), gt.Result("lucky", 1, 0.0, 0.0, 1.0),
+             gt.Result("steady", 0, 0.5, 0.4, 1.0), gt.Result("steady", 1, 0.5, 0.4, 1.0)])
+  got = evaluate_lib.random_search_within_budget(table, ["lucky", "steady"], (0, 1), 50)
+  assert got == dict(k=50, percentile_mean=0.0, top_rate=0.0)
 
 
 def test_budget_facts_rank_a_find_among_the_sample_within_the_budget():
@@ -141,6 +167,12 @@ def test_budget_facts_rank_a_find_among_the_sample_within_the_budget():
   report["runs"][0].update(percentile_within_budget=50.0)
   report.update(meets_budget=1, percentile_within_budget_mean=50.0)
   assert "sampled within it 50 (mean 50.0; 4" in evaluate_lib.format_report(report)
+  assert "top 10 % within it" not in evaluate_lib.format_report(report)  # an older report
+  report.update(top_within_budget=0, random_within_budget=dict(k=3, percentile_mean=61.25,
+                                                                top_rate=0.19))
+  assert ("  top 10 % within it: 0 of 1 finds; random search at the same cost (the best "
+          "validation accuracy of K=3 networks within it, each trained once): percentile 61.2 "
+          "on average, top 10 % 19 % of the time") in evaluate_lib.format_report(report)
 
 
 def test_evaluate_cli_bad_budget_is_one_line(tmp_path):
