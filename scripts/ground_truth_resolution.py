@@ -45,8 +45,8 @@ _SUPERNET = flags.DEFINE_string("supernet", None, "A full-space nb201 search's w
 _RANDOM_K = flags.DEFINE_integer(
     "random_k", 0, "Also: random search at equal cost, the best of this many architectures "
     "within the budget, each trained once (a search's seconds / one training's).")
-_REPEATS = flags.DEFINE_list(
-    "repeats", [], "For each of --evaluations: DARTS's protocol replayed on its searches, "
+_BEST_OF = flags.DEFINE_list(
+    "best_of", [], "For each of --evaluations: DARTS's protocol replayed on its searches, "
     "the best of R (each value of this list) by one training's validation accuracy.")
 _EVALUATIONS = flags.DEFINE_list(
     "evaluations", [], "`dnas.evaluate` reports (evaluation.json) made with --budget_seeds "
@@ -201,7 +201,7 @@ def main(argv):
             f"counts 0); {len(found)} random searches at the same cost (best validation "
             f"accuracy of K={k}, each trained once) average {draws.mean():.1f}, and reach "
             f"{np.mean(found):.1f} with probability {np.mean(averages >= np.mean(found)):.4f}")
-    for r in [r for r in _REPEATS.value if int(r) <= len(runs)]:
+    for r in [r for r in _BEST_OF.value if int(r) <= len(runs)]:
       finds = [x["arch"] if x.get("meets_budget") else None for x in runs]
       p = best_of_searches_rate(finds, table, seeds, means, int(r), _TOP.value, 4000, rng)
       print(f"    DARTS's protocol over these searches, the best of {r} by one training's "
