@@ -82,8 +82,9 @@ def random_search_percentiles(table, within, seeds, k: int, draws: int = 4000,
   runs: `k` architectures drawn uniformly (with replacement) from `within`, each trained
   once (one of `seeds` drawn for each), the one with the best validation accuracy kept
   and measured like a find, by its test accuracy over its other seeds, as a percentile
-  among the `within` architectures' means over `seeds`. Leaving the selecting run out
-  keeps the winner's luck out of its measurement."""
+  among the `within` architectures' means over `seeds`, its own mean replaced by that
+  measurement (a find in the sample ties with itself: `gt.percentile_of`). Leaving the
+  selecting run out keeps the winner's luck out of its measurement."""
   rng = np.random.default_rng(seed)
   rows = [table.results[a] for a in within]
   cols = [[r["seeds"].index(s) for s in seeds] for r in rows]
@@ -95,7 +96,9 @@ def random_search_percentiles(table, within, seeds, k: int, draws: int = 4000,
   best = np.argmax(valid[nets, runs], 1)
   net, run = nets[np.arange(draws), best], runs[np.arange(draws), best]
   acc = (test[net].sum(1) - test[net, run]) / (n - 1)
-  return 100.0 * ((means < acc[:, None]).sum(1) + 0.5 * (means == acc[:, None]).sum(1)) / len(means)
+  below = (means < acc[:, None]).sum(1) - (means[net] < acc)
+  ties = (means == acc[:, None]).sum(1) - (means[net] == acc) + 1  # itself
+  return 100.0 * (below + 0.5 * ties) / len(means)
 
 
 def random_search_within_budget(table, within, seeds, k: int, top: float = 10.0,

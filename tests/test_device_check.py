@@ -29,7 +29,7 @@ def test_device_check_runs_every_case_on_cpu(tmp_path):
   assert {c["case"]: c.get("order") for c in cases}["second_fd"] == "second_fd"
   # On CPU the second-order steps run as several compiled programs (never op by op).
   programs = {c["case"]: c.get("programs") for c in cases}
-  assert programs["second_fd"] > 1 and programs["second"] > 1 and programs["first"] == 1, cases
+  assert programs["second_fd"] > 1 and programs["second"] > 1, cases
   assert {c["case"]: c.get("dtype") for c in cases}["bf16"] == "bfloat16"
   assert cases[-1]["valid_acc"] >= 0 and cases[-1]["wall_s"] > 0
   bad = subprocess.run([sys.executable, os.path.join("scripts", "device_check.py"),

@@ -132,12 +132,22 @@ def test_random_search_within_budget_keeps_the_best_run_and_measures_it_on_the_o
   assert many["top_rate"] == 1.0 and many["percentile_mean"] == 95.0
   # The kept run's luck stays out of the measurement: the lucky network (1.0 on seed 0,
   # 0.0 on seed 1) always wins the selection and is measured by seed 1 alone, below the
-  # steady one (0.5 twice), though both average 0.5 over the two seeds.
+  # steady one (0.5 twice; a tie with itself: the 25th percentile of two), though both
+  # average 0.5 over the two seeds.
   table = gt.GroundTruth()
   table.add([gt.Result("lucky", 0, 1.0, 1.0, 1.0), gt.Result("lucky", 1, 0.0, 0.0, 1.0),
              gt.Result("steady", 0, 0.5, 0.4, 1.0), gt.Result("steady", 1, 0.5, 0.4, 1.0)])
   got = evaluate_lib.random_search_within_budget(table, ["lucky", "steady"], (0, 1), 50)
-  assert got == dict(k=50, percentile_mean=0.0, top_rate=0.0)
+  assert got == dict(k=50, percentile_mean=25.0, top_rate=0.0)
+  # Selection by validation, measurement by test: "a" validates best on seed 0 (0.9) and
+  # is measured on seeds 1 and 2 (0.8), its own 3-seed mean (0.6) replaced by that, so it
+  # ties with itself above "b" (0.7): the 75th percentile, not the 100th.
+  table = gt.GroundTruth()
+  table.add(gt.Result("a", s, t, v, 1.0) for s, t, v in zip(range(3), (0.2, 0.8, 0.8),
+                                                             (0.9, 0.0, 0.0)))
+  table.add(gt.Result("b", s, 0.7, 0.5, 1.0) for s in range(3))
+  got = evaluate_lib.random_search_within_budget(table, ["a", "b"], (0, 1, 2), 50)
+  assert got == dict(k=50, percentile_mean=75.0, top_rate=0.0)
 
 
 def test_budget_facts_rank_a_find_among_the_sample_within_the_budget():
@@ -222,6 +232,24 @@ def test_ground_truth_resolution_measures():
   assert search(1e-6, 1.0, k=10) == pytest.approx(0.1, abs=0.02)
   assert search(0.01, 1e-9, k=30) == 1.0
   assert search(0.004, 0.0075, k=1) < search(0.004, 0.0075, k=10) < 1.0
+
+
+def test_best_of_searches_keeps_the_best_validated_find():
+  resolution = _resolution_script()
+  table = gt.GroundTruth()
+  table.add(gt.Result("a", s, 0.9, 0.9, 1.0) for s in (0, 1))  # the best, validates best
+  table.add(gt.Result("b", s, 0.1, 0.1, 1.0) for s in (0, 1))
+  table.add(gt.Result(f"c{i}", s, 0.5, 0.5, 1.0) for i in range(8) for s in (0, 1))
+  within = ["a", "b"] + [f"c{i}" for i in range(8)]
+  means = np.asarray([table.accuracy(a, [0, 1]) for a in within])
+  rate = functools.partial(resolution.best_of_searches_rate, table=table, seeds=[0, 1],
+                           within=within, within_means=means, top=10.0, draws=2000,
+                           rng=np.random.default_rng(0))
+  # Two searches that found "a" and "b": one of them at random, or always "a" (the 95th
+  # percentile, itself a tie); over the budget, "a" still validates best and is a miss.
+  assert rate(["a", "b"], [True, True], repeats=1) == pytest.approx(0.5, abs=0.05)
+  assert rate(["a", "b"], [True, True], repeats=2) == 1.0
+  assert rate(["a", "b"], [False, True], repeats=2) == 0.0
 
 
 def test_ground_truth_resolution_compares_an_evaluation(tmp_path, capsys):
