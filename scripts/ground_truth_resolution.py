@@ -23,7 +23,9 @@ With `--random_k=K`, the same normal model gives random search at equal cost (K
 architectures within the budget trained once each, the best run kept); with
 `--evaluations=A.json,...` (`dnas.evaluate` reports with `--budget_seeds` the table's
 seeds), each report's rate of finds in the top 10 % within the budget, with its exact
-interval and binomial tests against a random pick, a perfect search and random search.
+interval and binomial tests against a random pick, a perfect search and random search,
+and its mean percentile against random searches replayed on the table's own runs; with
+`--best_of=2,4`, DARTS's best-of-R protocol replayed on the report's searches.
 """
 
 import json
@@ -119,12 +121,11 @@ def best_of_searches_rate(finds, meets, table, seeds, within, within_means, repe
   return hits / draws
 
 
-def compare_evaluation(path, rates, top):
-  """A `dnas.evaluate` report's finds in the top `top` % within its budget (finds over
-  the budget count as misses) against `rates` ({name: per-seed rate}): the count, its
-  exact 95 % interval and two-sided exact binomial p-values. Returns the report."""
-  with open(path) as f:
-    report = json.load(f)
+def compare_evaluation(name, report, rates, top):
+  """A `dnas.evaluate` report's (`name`: its path) finds in the top `top` % within its
+  budget (finds over the budget count as misses) against `rates` ({name: per-seed
+  rate}): prints the count, its exact 95 % interval and two-sided exact binomial
+  p-values."""
   runs = report["runs"]
   hits = sum(bool(r.get("meets_budget")) and r["percentile_within_budget"] >= 100 - top
              for r in runs)
@@ -132,9 +133,8 @@ def compare_evaluation(path, rates, top):
   ci = test.proportion_ci(method="exact")
   against = ", ".join(f"{name} {rate:.2f} (p {stats.binomtest(hits, len(runs), rate).pvalue:.3f})"
                       for name, rate in rates.items())
-  print(f"  {path}: top {top:g} % within the budget on {hits} of {len(runs)} search seeds "
+  print(f"  {name}: top {top:g} % within the budget on {hits} of {len(runs)} search seeds "
         f"({hits / len(runs):.2f}, 95 % interval {ci.low:.2f}-{ci.high:.2f}); against {against}")
-  return report
 
 
 def main(argv):
@@ -202,7 +202,7 @@ def main(argv):
     if k:
       rates["random search"] = random_search_rate(true_spread, noise, len(within), k,
                                                   len(seeds), _TOP.value, _DRAWS.value, rng)
-    compare_evaluation(path, rates, _TOP.value)
+    compare_evaluation(path, report, rates, _TOP.value)
     runs = report["runs"]
     found = [r["percentile_within_budget"] if r.get("meets_budget") else 0.0 for r in runs]
     if k:  # the same number of random searches on the table's own runs, averaged

@@ -252,13 +252,11 @@ def test_best_of_searches_keeps_the_best_validated_find():
   assert rate(["a", "b"], [False, True], repeats=2) == 0.0
 
 
-def test_ground_truth_resolution_compares_an_evaluation(tmp_path, capsys):
+def test_ground_truth_resolution_compares_an_evaluation(capsys):
   resolution = _resolution_script()
   runs = [dict(meets_budget=True, percentile_within_budget=p) for p in (98.3, 90.0, 63.3)]
   runs.append(dict(meets_budget=False, percentile_within_budget=None))  # over: a miss
-  path = tmp_path / "evaluation.json"
-  path.write_text(json.dumps(dict(runs=runs)))
-  resolution.compare_evaluation(str(path), {"a random pick": 0.1}, 10.0)
+  resolution.compare_evaluation("evaluation.json", dict(runs=runs), {"a random pick": 0.1}, 10.0)
   out = capsys.readouterr().out
   # 2 of 4: exact (Clopper-Pearson) interval 0.07-0.93; P(X >= 2 | 4, 0.1) two-sided 0.052
   assert "on 2 of 4 search seeds (0.50, 95 % interval 0.07-0.93)" in out, out
