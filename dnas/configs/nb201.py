@@ -32,7 +32,7 @@ def get_config():
   # GDAS with tau from 10 to 0.1. Here 50 epochs for every method: an epoch of the
   # digits' search split is 7 steps (a CIFAR one 391), so a_lr is 10x, as in the DARTS
   # digits default. With 10 epochs the supernet reached 65 % validation accuracy and
-  # the alphas did not move (BUILD_NOTES, session 11); with 50, 98 %.
+  # the alphas did not move (BUILD_NOTES.md, "Design decisions"); with 50, 98 %.
   c.search.update(epochs=50, batch_size=64, w_lr=0.025, w_lr_min=0.001, momentum=0.9,
                   nesterov=True, weight_decay=5e-4, grad_clip=5.0, a_lr=3e-3, a_b1=0.5,
                   a_b2=0.999, a_weight_decay=1e-3, tau_start=10.0, tau_end=0.1)

@@ -3,7 +3,7 @@ scripts-search/NAS-Bench-201-algos/DARTS-V1.sh and configs/nas-benchmark/algos/D
 GDAS.sh: add --config.search.relaxation=gumbel --config.search.gumbel_hard=true
 --config.search.epochs=250; BN=0). Needs the prepared TFDS CIFAR-10 (`python -m
 dnas.data.prepare cifar10`). Both scripts take the weight step first (`search.step_order`).
-What dnas does not yet match (clipping, the data split): BUILD_NOTES.md, "Deliberate
+Where dnas differs on purpose (clipping, the data split): BUILD_NOTES.md, "Deliberate
 deviations".
 
 python -m dnas.search --config=dnas/configs/nb201_cifar10.py --workdir=runs/nb201_c10

@@ -13,7 +13,7 @@ METHOD: drnas, beta_darts, sdarts_rs, sdarts_adv, darts_minus, fair_darts, darts
 ",nb201" searches NAS-Bench-201's space (C=16, N=5), otherwise the DARTS space (C=16, 8
 cells). Needs the prepared TFDS CIFAR-10 (`python -m dnas.data.prepare cifar10`).
 
-Sources (BUILD_NOTES.md, session 11, lists what each repository's scripts set):
+Sources (what each repository's scripts set):
 - NAS-Bench-201, every method: the 50/50 split of CIFAR-10's training set, batch 64,
   weights SGD lr 0.025 cosine to 0.001, momentum 0.9, weight decay 3e-4, clipping 5;
   alphas Adam 3e-4, betas (0.5, 0.999), weight decay 1e-3; 100 epochs (DrNAS

@@ -6,7 +6,8 @@ statistics, called with one-hot op weights, computes exactly its architecture's
 `TinyNetwork` (the other ops' outputs are multiplied by zero, their parameters get zero
 gradients). So one XLA program trains any architecture: no compile per architecture. (A
 `jax.vmap` over architectures, which batches the conv kernels, and a `lax.switch` that
-runs only each edge's op were both slower on XLA:CPU: BUILD_NOTES, session 10.)
+runs only each edge's op were both slower on XLA:CPU: BUILD_NOTES.md, "Design
+decisions".)
 
 The protocol is `PROTOCOL`; `GroundTruth` is the table
 (`experiments/nb201_digits/ground_truth.json`, made by `experiments/nb201_digits/run.py`)
@@ -130,7 +131,7 @@ def make_train_fn(protocol=None):
 
   # One jitted step driven from Python, on the state's flat leaves (no per-call Variable
   # rebuilding) and slicing its batch inside: inside a `lax.scan` XLA:CPU ran the same
-  # step about 3x slower, and an eager `xs[i]` costs more than the step (session 10).
+  # step about 3x slower, and an eager `xs[i]` costs more than the step.
   treedef = jax.tree.structure(jax.eval_shape(lambda: init(jax.random.key(0))[0]))
 
   @functools.partial(jax.jit, donate_argnums=0)

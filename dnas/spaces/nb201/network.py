@@ -96,7 +96,7 @@ class SearchCell(nnx.Module):
     added on every edge beside its mixture (all cell edges have stride 1)."""
     # Each edge on its own: vmapping a node's edges (`batched_mixed_ops`, as the DARTS
     # cell does) batches the conv kernels, and XLA:CPU's backward of such a conv was 5x
-    # slower at the digits shapes (BUILD_NOTES, session 10).
+    # slower at the digits shapes (BUILD_NOTES.md, "Design decisions").
     nodes = [x]
     for i in range(1, MAX_NODES):
       inputs = [j for ii, j in EDGES if ii == i]
