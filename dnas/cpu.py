@@ -249,7 +249,8 @@ def compile_then_trim(jitted):
 
   Compiling on the first call instead would leave that memory resident while the
   first execution allocates its buffers beside it. At CIFAR-10 search shapes on CPU this
-  took the first-order step's peak RSS from 11.74 to 9.24 GiB (BUILD_NOTES.md).
+  takes the first-order step's peak RSS from 11.74 to 9.24 GiB (BUILD_NOTES.md, "Memory
+  below the reference").
   """
   if not hasattr(jitted, "lower") or jax.default_backend() != "cpu":
     return jitted

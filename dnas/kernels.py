@@ -56,8 +56,8 @@ def _sum_pool_xla(x, k, stride, padding):
 # Each kernel is a custom VJP whose forward and backward each pick their platform's code:
 # differentiating a `platform_dependent` (a `cond`) directly made JAX partial-evaluate and
 # transpose both branches, which doubled the tracing time of the CIFAR search step
-# (BUILD_NOTES.md). Under `dnas.autodiff.forward_mode_autodiff()` (forward mode, which
-# custom VJPs refuse) both paths are plain JAX functions.
+# (BUILD_NOTES.md, "Portable kernels"). Under `dnas.autodiff.forward_mode_autodiff()`
+# (forward mode, which custom VJPs refuse) both paths are plain JAX functions.
 
 def _dispatch(args, cpu_fn, xla_fn):
   return lax.platform_dependent(*args, cpu=cpu_fn, default=xla_fn)

@@ -27,7 +27,8 @@ class Flat:
 
   `stack=None` stacks off the CPU only: a CPU step takes seconds, so its host time does
   not count, while XLA:CPU compiles the unstacking slices and restacking concatenations
-  as extra kernels (compile time up by half in a microbenchmark, BUILD_NOTES).
+  as extra kernels (compile time up by half in a microbenchmark: BUILD_NOTES.md, "Host
+  time per step call").
   `shardings` (a tree like the state, optional): where the leaves live; a stack of
   leaves sharded as P(a, b) is sharded as P(None, a, b).
   """

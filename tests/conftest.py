@@ -8,9 +8,9 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # The suite's programs are tiny and each compiles once: LLVM's optimisation of the
 # generated CPU code is most of their compile time and none of what the tests assert
 # (values, gradients, equalities between runs), so the tests, and the entry points they
-# run in subprocesses, compile at backend optimisation level 0 (BUILD_NOTES.md: the
-# 8-device mesh worker 170 -> 111 CPU-seconds). The dnas commands and benchmarks keep
-# XLA's default; DNAS_TEST_XLA_OPT=default runs the suite with it.
+# run in subprocesses, compile at backend optimisation level 0 (BUILD_NOTES.md, "Design
+# decisions": the 8-device mesh worker 170 -> 111 CPU-seconds). The dnas commands and
+# benchmarks keep XLA's default; DNAS_TEST_XLA_OPT=default runs the suite with it.
 if os.environ.get("DNAS_TEST_XLA_OPT", "0") != "default":
   if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
@@ -18,10 +18,10 @@ if os.environ.get("DNAS_TEST_XLA_OPT", "0") != "default":
 utils.configure_xla()
 
 
-# The longest test files first (their times: BUILD_NOTES.md, "Test suite and CI"). With
+# The longest test files first (their times: BUILD_NOTES.md, "Test-suite time"). With
 # `-n 2 --dist loadfile`, xdist hands whole files to the workers in queue order; by
 # default it queues files with more tests first, which left the one-test, 2.5-minute
-# device check for last while the other worker idled (1041 s in session 15). Longest
+# device check for last while the other worker idled to the end of the run. Longest
 # first keeps both workers busy to the end; files not listed keep collection order.
 _LONGEST_FIRST = ("tests/test_methods.py", "tests/test_parallel.py", "tests/test_cli.py",
                   "tests/test_device_check.py", "tests/test_bilevel.py",

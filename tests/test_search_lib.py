@@ -1,7 +1,7 @@
 """The search loop's steps as `search_lib` builds them: compiled once, never run eagerly.
 
-Sessions 8-9 shipped split steps (the second-order default on CPU) that ran op by op in
-Python, 23 s a NAS-Bench-201 digits step, with right values, so no other test failed.
+Split steps (the second-order default on CPU) left unjitted run op by op in Python, 23 s a
+NAS-Bench-201 digits step, with right values, so no value test notices them.
 Here the supernet's Python code must not run again once a step has compiled: a compiled
 step does not trace, an eager one runs the network's code at every call.
 """

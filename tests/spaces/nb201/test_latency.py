@@ -52,7 +52,7 @@ def fitted():
 
 
 def test_fit_predicts_unseen_networks_of_the_device(fitted):
-  # 400 networks of the slice fit, 200 held out (the full data's figures: BUILD_NOTES).
+  # 400 networks of the slice fit, 200 held out (the full data's figures: BUILD_NOTES.md).
   table, test = fitted
   model = latency.CellLatency(table)
   pred = np.asarray([model.predict(S(k)) for k in test])
@@ -141,8 +141,8 @@ def test_profile_here_then_predict_and_measure(tmp_path):
   assert np.isfinite(result["predicted_ms"]) and result["measured_ms"] > 0
   # Calibrated on three of the six networks the table was fitted to (the profile draws
   # with config.seed 0), timed over five rounds: the table's sums follow their measured
-  # times, where three fresh networks under a six-network fit need not (a flaky failure
-  # on a busy machine in session 15).
+  # times, where three fresh networks under a six-network fit need not (they fail now and
+  # then on a busy machine).
   out = cli_helpers.run("dnas.latency", "calibrate", f"--config={config}", *small,
                         f"--table={table}", "--networks=3", "--rounds=5", "--seed=0")
   assert out.returncode == 0, out.stderr[-3000:]
