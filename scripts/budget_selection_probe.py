@@ -19,7 +19,7 @@ import json
 import numpy as np
 from absl import app, flags
 
-from dnas.evaluate_lib import DEFAULT_TABLE, supernet_ranking, within_budget
+from dnas.benchmarks.nb201_digits import DEFAULT_TABLE, supernet_ranking, within_budget
 from dnas.latency.table import LatencyTable
 from dnas.spaces.nb201 import NAS_BENCH_201
 from dnas.spaces.nb201 import ground_truth as gt

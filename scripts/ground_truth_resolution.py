@@ -34,8 +34,8 @@ import numpy as np
 from absl import app, flags
 from scipy import stats
 
-from dnas.evaluate_lib import (DEFAULT_TABLE, random_search_percentiles, supernet_ranking,
-                               within_budget)
+from dnas.benchmarks.nb201_digits import (DEFAULT_TABLE, random_search_percentiles,
+                                         supernet_ranking, within_budget)
 from dnas.spaces.nb201 import ground_truth as gt
 
 _TABLE = flags.DEFINE_string("ground_truth", DEFAULT_TABLE, "The ground-truth table.")
