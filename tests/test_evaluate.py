@@ -221,7 +221,8 @@ def test_evaluate_cli_bad_budget_is_one_line(tmp_path):
 @functools.cache  # once: the script defines absl flags
 def _resolution_script():
   spec = importlib.util.spec_from_file_location(
-      "resolution", os.path.join(cli_helpers.ROOT, "scripts", "ground_truth_resolution.py"))
+      "resolution", os.path.join(cli_helpers.ROOT, "experiments", "nb201_digits",
+                                "ground_truth_resolution.py"))
   resolution = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(resolution)
   return resolution

@@ -2,7 +2,7 @@
 distribution, each method's finds (one marker per search seed), the expected best of K
 random architectures at each method's wall time.
 
-python scripts/plot_evaluations.py --out=experiments/nb201_digits/evaluation.png \
+python experiments/nb201_digits/plot_evaluations.py --out=experiments/nb201_digits/evaluation.png \
     DARTS-1st=runs/eval_darts1/evaluation.json GDAS=runs/eval_gdas/evaluation.json ...
 """
 
