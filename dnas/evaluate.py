@@ -8,8 +8,9 @@ python -m dnas.evaluate --config=dnas/configs/nb201.py --config.search.relaxatio
 
 Runs the search of `--config` with seeds 0..S-1 (each in `workdir/seed_<s>`, resumed
 when rerun), looks each found architecture up in the ground truth
-(`experiments/nb201_digits/ground_truth.json`; a missing one is trained under the table's
-protocol and added to the table), and reports, as `workdir/evaluation.json` and a table:
+(`dnas/benchmarks/nb201_digits/ground_truth.json`, shipped with dnas; a missing one is
+trained under the table's protocol and added to the table), and reports, as
+`workdir/evaluation.json` and a table:
 - each find's test accuracy (mean over the table's seeds), its percentile in the uniform
   sample, and its parameter-free ops;
 - mean +- std over the search seeds;
@@ -34,7 +35,7 @@ from absl import flags
 
 from dnas import cli
 from dnas.config import ConfigError
-from dnas.evaluate_lib import DEFAULT_TABLE, evaluate_method, format_report
+from dnas.benchmarks.nb201_digits import DEFAULT_TABLE, evaluate_method, format_report
 
 _CONFIG = cli.define_config_flag(
     os.path.join(os.path.dirname(__file__), "configs", "nb201.py"), "Search config (nb201).")

@@ -1,8 +1,10 @@
-"""Is the latency table's prediction true? Measures final networks end to end and
-compares them with the table's per-op sums.
+"""Checks a latency table's predictions against end-to-end timings of final networks.
 
 python scripts/bench_latency.py [--config=dnas/configs/digits.py] [--random=20]
     [--table=latency_table.json] [--genotypes=runs/a/genotype.json,...] [--plot=lat.png]
+
+Is the latency table's prediction true? Measures final networks end to end and compares
+them with the table's per-op sums.
 
 Networks: `--random` genotypes drawn uniformly (two distinct inputs and a non-`none` op
 per node), DARTS_V1, DARTS_V2 and the `--genotypes` files (e.g. searched ones), each the

@@ -1,11 +1,14 @@
-"""Same numbers as the reference, not only the same shapes: runs a reference PyTorch model
-and its dnas twin from the same weights on the same inputs and prints the largest
-differences (outputs, weight gradients, BatchNorm running statistics, eval outputs).
+"""Compares dnas's networks with the PyTorch reference's, number for number.
 
 python scripts/compare_reference.py --torch_python=/tmp/tv/bin/python \
-    --xautodl=/path/with/xautodl \  # a checkout of D-X-Y/AutoDL-Projects (its xautodl/)
-    --darts=/path/to/darts/cnn       # quark0/darts's cnn/ (its utils.py needs torchvision:
-                                     # the worker stands in a drop_path-only module)
+    --xautodl=/path/with/xautodl --darts=/path/to/darts/cnn [--cases=nb201_tiny] [--float64]
+
+Same numbers as the reference, not only the same shapes: runs a reference PyTorch model
+and its dnas twin from the same weights on the same inputs and prints the largest
+differences (outputs, weight gradients, BatchNorm running statistics, eval outputs).
+`--xautodl`: a checkout of D-X-Y/AutoDL-Projects (the folder holding its xautodl/);
+`--darts`: quark0/darts's cnn/ (its utils.py needs torchvision: the worker stands in a
+drop_path-only module).
 
 Two processes: this script re-runs itself under `--torch_python` (a venv with torch CPU:
 pip install "torch==2.13.0+cpu" numpy) as the worker that builds the reference model with

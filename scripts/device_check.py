@@ -1,9 +1,10 @@
-"""One-shot device check: the figures a GPU (or TPU) user asks first, in priority order,
-one JSON line per case, each case on its own so that a failure or the time budget stops
-only what comes after it.
+"""One-shot device check: the figures a GPU (or TPU) user asks first, one JSON line a case.
 
 python scripts/device_check.py [--out=device_check.jsonl] [--budget_s=540] [--cases=...]
 python scripts/device_check.py --tiny          # CPU smoke test of every case (the test suite)
+
+Cases run in priority order, each on its own, so that a failure or the time budget stops
+only what comes after it.
 
 Cases, in order:
   first        first-order DARTS search step at CIFAR-10 shapes (C=16, 8 cells, batch 64)

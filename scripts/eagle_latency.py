@@ -1,8 +1,10 @@
-"""Fits a NAS-Bench-201 latency table for a device we do not have, from at most N of its
-measured networks, and predicts the rest (nn-Meter's measures).
+"""Fits a NAS-Bench-201 latency table for another device from its measured networks.
 
 python scripts/eagle_latency.py --data=../shared/data/eagle_nb201_desktop_cpu_i7-7820x.json \
     --train=500 --out=experiments/nb201_eagle/latency_table_i7-7820x.json
+
+Fits on at most `--train` of the device's measured networks and predicts the rest
+(nn-Meter's measures).
 
 The data: EAGLE (BRP-NAS, Dudziak et al., NeurIPS 2020), whole-network latencies of
 NAS-Bench-201 architectures on one device. The model: `dnas.spaces.nb201.latency` (active

@@ -1,8 +1,11 @@
-"""Accuracy against measured latency: searches with a sweep of latency weights, retrains
-each found cell, and measures each final network end to end on this device.
+"""Accuracy against measured latency over a sweep of latency weights.
 
 python scripts/latency_pareto.py --out=/tmp/pareto [--config=dnas/configs/digits.py]
     [--objective=proxyless] [--weights=0,0.05,0.2,1] [--table=digits_cpu.json]
+python scripts/latency_pareto.py --out=/tmp/pareto --remeasure_only --rounds=5
+
+Searches with each latency weight, retrains each found cell, and measures each final
+network end to end on this device.
 
 Per weight: `python -m dnas.search` with `latency.objective` (weight 0: no latency term,
 the baseline), then `python -m dnas.train` on its genotype (the config's retraining),

@@ -26,6 +26,25 @@ _WRT = flags.DEFINE_enum("wrt", "weights", ["weights", "alphas"], "Gradient with
 _REDUCTION = flags.DEFINE_bool("reduction", False, "Profile a reduction cell.")
 
 
+def kernel_times(trace_dir: str) -> tuple[collections.Counter, collections.Counter]:
+  """(summed ns, call count) per XLA kernel kind in the `jax.profiler` trace in
+  `trace_dir`: the events on XLA:CPU's Eigen threads, numbered kernels (`fusion.12`)
+  grouped by kind (`fusion`)."""
+  path = glob.glob(f"{trace_dir}/**/*.xplane.pb", recursive=True)[0]
+  data = jax.profiler.ProfileData.from_file(path)
+  total, count = collections.Counter(), collections.Counter()
+  for plane in data.planes:
+    for line in plane.lines:
+      if not line.name.startswith("tf_XLAEigen"):
+        continue
+      for ev in line.events:
+        if ev.name != "ThunkExecutor::Execute" and not ev.name.startswith("end:"):
+          kind = re.sub(r"\.\d+$", "", ev.name)
+          total[kind] += ev.duration_ns
+          count[kind] += 1
+  return total, count
+
+
 def main(argv):
   del argv
   utils.configure_xla()
@@ -58,17 +77,7 @@ def main(argv):
   with tempfile.TemporaryDirectory() as d:
     with jax.profiler.trace(d):
       jax.block_until_ready(compiled(params, weights))
-    data = jax.profiler.ProfileData.from_file(glob.glob(f"{d}/**/*.xplane.pb", recursive=True)[0])
-  total, count = collections.Counter(), collections.Counter()
-  for plane in data.planes:
-    for line in plane.lines:
-      if not line.name.startswith("tf_XLAEigen"):
-        continue
-      for ev in line.events:
-        if ev.name != "ThunkExecutor::Execute" and not ev.name.startswith("end:"):
-          kind = re.sub(r"\.\d+$", "", ev.name)
-          total[kind] += ev.duration_ns
-          count[kind] += 1
+    total, count = kernel_times(d)
   print(f"kernel time {sum(total.values()) / 1e9:.2f} s in {sum(count.values())} kernels")
   for kind, ns in total.most_common(10):
     print(f"  {ns / 1e6:9.1f} ms {count[kind]:5d}  {kind}")

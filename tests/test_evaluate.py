@@ -1,18 +1,20 @@
 """dnas.evaluate: the measures it reports, and one run through the CLI on a table fixture
 (made-up accuracies under the real protocol; no test trains the ground truth)."""
 
+import fnmatch
 import functools
 import importlib.util
 import itertools
 import json
 import os
+import tomllib
 
 import jax
 import numpy as np
 import pytest
 from flax import nnx
 
-from dnas import evaluate_lib
+from dnas.benchmarks import nb201_digits
 from dnas.spaces import nb201
 from dnas.spaces.nb201 import ground_truth as gt
 from tests import cli_helpers
@@ -21,17 +23,31 @@ from tests import cli_helpers
 def test_expected_best_of_k_matches_brute_force():
   rng = np.random.default_rng(0)
   accs = rng.random(7)
-  assert evaluate_lib.expected_best_of(accs, 1) == pytest.approx(accs.mean())
+  assert nb201_digits.expected_best_of(accs, 1) == pytest.approx(accs.mean())
   for k in (2, 3):  # every ordered k-tuple of draws, equally likely
     want = np.mean([max(t) for t in itertools.product(accs, repeat=k)])
-    assert evaluate_lib.expected_best_of(accs, k) == pytest.approx(want)
-  assert evaluate_lib.expected_best_of(accs, 10_000) == pytest.approx(accs.max())
+    assert nb201_digits.expected_best_of(accs, k) == pytest.approx(want)
+  assert nb201_digits.expected_best_of(accs, 10_000) == pytest.approx(accs.max())
 
 
 def test_kendall_tau():
-  assert evaluate_lib.kendall_tau([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
-  assert evaluate_lib.kendall_tau([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
-  assert evaluate_lib.kendall_tau([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(4 / 6)
+  assert nb201_digits.kendall_tau([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+  assert nb201_digits.kendall_tau([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+  assert nb201_digits.kendall_tau([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(4 / 6)
+
+
+def test_default_table_ships_inside_the_package():
+  # The table is package data: beside the module (wherever dnas is installed), named by
+  # pyproject.toml's package-data globs, and it loads under the protocol.
+  here = os.path.dirname(os.path.abspath(nb201_digits.__file__))
+  assert os.path.dirname(os.path.abspath(nb201_digits.DEFAULT_TABLE)) == here
+  assert os.path.isfile(nb201_digits.DEFAULT_TABLE)
+  with open(os.path.join(cli_helpers.ROOT, "pyproject.toml"), "rb") as f:
+    globs = tomllib.load(f)["tool"]["setuptools"]["package-data"][nb201_digits.__name__]
+  assert any(fnmatch.fnmatch(os.path.basename(nb201_digits.DEFAULT_TABLE), g) for g in globs)
+  table = gt.GroundTruth.load(nb201_digits.DEFAULT_TABLE)
+  assert len(table.sample) == 300 and table.base_seeds == (0, 1)
+  assert all(a in table.results for a in table.sample)
 
 
 def test_supernet_accuracies_use_each_architectures_one_hot_weights():
@@ -43,7 +59,7 @@ def test_supernet_accuracies_use_each_architectures_one_hot_weights():
   # Labels that agree with architecture 0 on all six images, with architecture 1 on the
   # images where the two disagree less often: accuracies are each architecture's own.
   batch = dict(image=np.asarray(x), label=labels[0], mask=np.ones(6, np.float32))
-  got = evaluate_lib.supernet_accuracies(net, archs, [batch])
+  got = nb201_digits.supernet_accuracies(net, archs, [batch])
   assert got[0] == 1.0 and got[1] == pytest.approx(np.mean(labels[1] == labels[0]))
 
 
@@ -109,12 +125,12 @@ def test_evaluate_cli_on_a_table_fixture(tmp_path):
     assert -1.0 <= r["kendall_tau"] <= 1.0
   k = max(1, int(report["search_seconds_mean"] // 20))
   assert report["random_k"] == k
-  assert report["random_best_of_k"] == pytest.approx(evaluate_lib.expected_best_of(truth, k))
+  assert report["random_best_of_k"] == pytest.approx(nb201_digits.expected_best_of(truth, k))
   assert report["sample_size"] == len(archs[::3]) + 1
   assert "found: test_acc" in out.stdout and "random: best of K=" in out.stdout
   assert report["top_within_budget"] == sum(
       r["meets_budget"] and r["percentile_within_budget"] >= 90 for r in report["runs"])
-  assert report["random_within_budget"] == evaluate_lib.random_search_within_budget(
+  assert report["random_within_budget"] == nb201_digits.random_search_within_budget(
       table, within, (0, 1, 2), k)
   assert f"random search at the same cost (the best validation accuracy of K={k} " in out.stdout
 
@@ -125,10 +141,10 @@ def test_random_search_within_budget_keeps_the_best_run_and_measures_it_on_the_o
   # the truly best of its k draws; one draw is a random pick.
   table.add(gt.Result(f"n{i}", s, i / 10, i / 10, 1.0) for i in range(10) for s in (0, 1))
   within = [f"n{i}" for i in range(10)]
-  one = evaluate_lib.random_search_within_budget(table, within, (0, 1), 1, draws=20_000)
+  one = nb201_digits.random_search_within_budget(table, within, (0, 1), 1, draws=20_000)
   assert one["k"] == 1 and one["percentile_mean"] == pytest.approx(50.0, abs=1.0)
   assert one["top_rate"] == pytest.approx(0.1, abs=0.01)  # only the best is in the top 10 %
-  many = evaluate_lib.random_search_within_budget(table, within, (0, 1), 200)
+  many = nb201_digits.random_search_within_budget(table, within, (0, 1), 200)
   assert many["top_rate"] == 1.0 and many["percentile_mean"] == 95.0
   # The kept run's luck stays out of the measurement: the lucky network (1.0 on seed 0,
   # 0.0 on seed 1) always wins the selection and is measured by seed 1 alone, below the
@@ -137,7 +153,7 @@ def test_random_search_within_budget_keeps_the_best_run_and_measures_it_on_the_o
   table = gt.GroundTruth()
   table.add([gt.Result("lucky", 0, 1.0, 1.0, 1.0), gt.Result("lucky", 1, 0.0, 0.0, 1.0),
              gt.Result("steady", 0, 0.5, 0.4, 1.0), gt.Result("steady", 1, 0.5, 0.4, 1.0)])
-  got = evaluate_lib.random_search_within_budget(table, ["lucky", "steady"], (0, 1), 50)
+  got = nb201_digits.random_search_within_budget(table, ["lucky", "steady"], (0, 1), 50)
   assert got == dict(k=50, percentile_mean=25.0, top_rate=0.0)
   # Selection by validation, measurement by test: "a" validates best on seed 0 (0.9) and
   # is measured on seeds 1 and 2 (0.8), its own 3-seed mean (0.6) replaced by that, so it
@@ -146,43 +162,43 @@ def test_random_search_within_budget_keeps_the_best_run_and_measures_it_on_the_o
   table.add(gt.Result("a", s, t, v, 1.0) for s, t, v in zip(range(3), (0.2, 0.8, 0.8),
                                                              (0.9, 0.0, 0.0)))
   table.add(gt.Result("b", s, 0.7, 0.5, 1.0) for s in range(3))
-  got = evaluate_lib.random_search_within_budget(table, ["a", "b"], (0, 1, 2), 50)
+  got = nb201_digits.random_search_within_budget(table, ["a", "b"], (0, 1, 2), 50)
   assert got == dict(k=50, percentile_mean=75.0, top_rate=0.0)
 
 
 def test_budget_facts_rank_a_find_among_the_sample_within_the_budget():
   sample, truth = ["a", "b", "c", "d"], {"a": 0.5, "b": 0.7, "c": 0.9}
   measured = {"a": 1.0, "b": 5.0, "c": 2.0, "x": 2.5}
-  within = evaluate_lib.within_budget(sample, measured, 3.0)
-  assert within == ["a", "c"] and evaluate_lib.within_budget(sample, measured, 0) == sample[:3]
+  within = nb201_digits.within_budget(sample, measured, 3.0)
+  assert within == ["a", "c"] and nb201_digits.within_budget(sample, measured, 0) == sample[:3]
   within_truth = [truth[a] for a in within]
-  facts = evaluate_lib._budget_facts("x", 0.8, within_truth, measured, 3.0)  # pylint: disable=protected-access
+  facts = nb201_digits._budget_facts("x", 0.8, within_truth, measured, 3.0)  # pylint: disable=protected-access
   assert facts["meets_budget"] and facts["measured_ms"] == 2.5
   assert facts["sample_within_budget"] == 2 and facts["percentile_within_budget"] == 50.0
-  facts = evaluate_lib._budget_facts("x", 0.8, within_truth, measured, 2.0)  # pylint: disable=protected-access
+  facts = nb201_digits._budget_facts("x", 0.8, within_truth, measured, 2.0)  # pylint: disable=protected-access
   assert not facts["meets_budget"] and facts["percentile_within_budget"] is None
   report = dict(runs=[dict(test_acc=0.8, percentile=50.0, measured_ms=2.5)], test_acc_mean=0.8,
                 test_acc_std=0.0, percentile_mean=50.0, param_free_ops_mean=2.0,
                 kendall_tau_mean=0.1, random_k=3, search_seconds_mean=100.0,
                 train_seconds=8.0, random_best_of_k=0.95, sample_median=0.7,
                 sample_best=0.9, sample_size=3, seed_noise=0.01)
-  assert "latency" not in evaluate_lib.format_report(report)
+  assert "latency" not in nb201_digits.format_report(report)
   report.update(budget_ms=2.0, meets_budget=0, percentile_within_budget_mean=50.0,
                 budget_seeds=4, within_budget_seed_noise=0.005)
   report["runs"][0].update(percentile_within_budget=None, sample_within_budget=2)
   report["percentile_within_budget_mean"] = None
   assert ("latency: 0 of 1 finds meet 2.0 ms (measured: 2.500 ms); percentile among the 2 "
           "sampled within it - (mean -; 4 training seeds, seed noise 0.50 %)"
-          ) in evaluate_lib.format_report(report)
+          ) in nb201_digits.format_report(report)
   report["runs"][0].update(percentile_within_budget=50.0)
   report.update(meets_budget=1, percentile_within_budget_mean=50.0)
-  assert "sampled within it 50 (mean 50.0; 4" in evaluate_lib.format_report(report)
-  assert "top 10 % within it" not in evaluate_lib.format_report(report)  # an older report
+  assert "sampled within it 50 (mean 50.0; 4" in nb201_digits.format_report(report)
+  assert "top 10 % within it" not in nb201_digits.format_report(report)  # an older report
   report.update(top_within_budget=0, random_within_budget=dict(k=3, percentile_mean=61.25,
                                                                 top_rate=0.19))
   assert ("  top 10 % within it: 0 of 1 finds; random search at the same cost (the best "
           "validation accuracy of K=3 networks within it, each trained once): percentile 61.2 "
-          "on average, top 10 % 19 % of the time") in evaluate_lib.format_report(report)
+          "on average, top 10 % 19 % of the time") in nb201_digits.format_report(report)
 
 
 def test_evaluate_cli_bad_budget_is_one_line(tmp_path):
@@ -205,7 +221,8 @@ def test_evaluate_cli_bad_budget_is_one_line(tmp_path):
 @functools.cache  # once: the script defines absl flags
 def _resolution_script():
   spec = importlib.util.spec_from_file_location(
-      "resolution", os.path.join(cli_helpers.ROOT, "scripts", "ground_truth_resolution.py"))
+      "resolution", os.path.join(cli_helpers.ROOT, "experiments", "nb201_digits",
+                                "ground_truth_resolution.py"))
   resolution = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(resolution)
   return resolution

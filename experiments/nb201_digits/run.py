@@ -4,10 +4,11 @@ python experiments/nb201_digits/run.py --num_archs=300 --seeds=0,1 --shard=0/2 &
 python experiments/nb201_digits/run.py --num_archs=300 --seeds=0,1 --shard=1/2 &
 python experiments/nb201_digits/run.py --merge
 
-Each shard appends one JSON line per trained (architecture, seed) to `shard_I.jsonl` next
-to the table and skips pairs already there, so a killed run resumes. `--merge` folds the
-shards into `ground_truth.json`. `--archs=A,B` (strings) trains extra architectures, such
-as a search's find, into the table without changing the sample.
+Each shard appends one JSON line per trained (architecture, seed) to `shard_I.jsonl` in
+`--dir` (this folder) and skips pairs already there, so a killed run resumes. `--merge`
+folds the shards into the table, `--table` (by default the one dnas ships,
+`dnas/benchmarks/nb201_digits/ground_truth.json`). `--archs=A,B` (strings) trains extra
+architectures, such as a search's find, into the table without changing the sample.
 """
 
 import json
@@ -16,6 +17,7 @@ import sys
 
 from absl import app, flags
 
+from dnas.benchmarks.nb201_digits import DEFAULT_TABLE
 from dnas.spaces.nb201 import ground_truth as gt
 from dnas.spaces.nb201.structure import Structure
 
@@ -25,8 +27,9 @@ flags.DEFINE_integer("sample_seed", 0, "seed of the sample")
 flags.DEFINE_list("seeds", ["0", "1"], "training seeds per architecture")
 flags.DEFINE_string("shard", "0/1", "I/K: this process trains pairs I, I+K, ...")
 flags.DEFINE_list("archs", [], "extra architecture strings to train (not in the sample)")
-flags.DEFINE_bool("merge", False, "fold the shards into ground_truth.json")
-flags.DEFINE_string("dir", HERE, "where the shards and the table live")
+flags.DEFINE_bool("merge", False, "fold the shards into --table")
+flags.DEFINE_string("dir", HERE, "where the shards live")
+flags.DEFINE_string("table", DEFAULT_TABLE, "the ground-truth table the shards fold into")
 FLAGS = flags.FLAGS
 
 
@@ -38,7 +41,7 @@ def sample(n, seed):
 
 def main(argv):
   del argv
-  table_path = os.path.join(FLAGS.dir, "ground_truth.json")
+  table_path = FLAGS.table
   seeds = [int(s) for s in FLAGS.seeds]
   if FLAGS.merge:
     table = (gt.GroundTruth.load(table_path) if os.path.exists(table_path)

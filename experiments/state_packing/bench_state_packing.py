@@ -1,9 +1,9 @@
 """Compile time and host time per call of a jitted update of many small leaves, carried
 as separate leaves or packed into flat buffers (why `loop.Flat` stacks only off the CPU).
 
-python scripts/bench_state_packing.py --leaves=1000 --per_buffer=0     # separate leaves
-python scripts/bench_state_packing.py --leaves=1000 --per_buffer=64    # 64 leaves a buffer
-python scripts/bench_state_packing.py --leaves=1000 --per_buffer=1000  # one buffer
+python experiments/state_packing/bench_state_packing.py --leaves=1000 --per_buffer=0  # separate leaves
+python experiments/state_packing/bench_state_packing.py --leaves=1000 --per_buffer=64  # 64 a buffer
+python experiments/state_packing/bench_state_packing.py --leaves=1000 --per_buffer=1000  # one buffer
 
 Leaves have random shapes of 1-3 axes of length 1-19 (seeded); the update adds a scalar
 to every leaf; the state is donated. Prints one JSON line.

@@ -1,9 +1,9 @@
 """Does a search beat chance on the DARTS space? Its found cells against random cells,
-every cell retrained by the same `dnas.train` (issue 16's test of the default):
+every cell retrained by the same `dnas.train` (the test of the digits default):
 
-python scripts/default_vs_random.py --workdir=runs/vs_random                # the default
-python scripts/default_vs_random.py --workdir=runs/vs_random_drnas --random_dir=runs/vs_random \
-    --search_args=--config.method=drnas
+python experiments/default_vs_random/default_vs_random.py --workdir=runs/vs_random  # the default
+python experiments/default_vs_random/default_vs_random.py --workdir=runs/vs_random_drnas \
+    --random_dir=runs/vs_random --search_args=--config.method=drnas
 
 Searches with seeds 0..S-1 (`python -m dnas.search`, each resumable in
 workdir/search_<s>), retrains each find with R seeds, draws N random cells of the

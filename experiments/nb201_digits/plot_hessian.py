@@ -2,7 +2,7 @@
 eigenvalue in alpha per epoch (`hessian_max_eig` in metrics.jsonl, logged with
 `--config.search.hessian_every=N`), beside each search's parameter-free op count.
 
-python scripts/plot_hessian.py --out=experiments/nb201_digits/hessian.png \
+python experiments/nb201_digits/plot_hessian.py --out=experiments/nb201_digits/hessian.png \
     DARTS=runs/hess_darts beta-DARTS=runs/hess_beta_darts ...
 """
 

@@ -1,7 +1,7 @@
 """How finely the NAS-Bench-201 digits ground truth ranks architectures: the numbers
 behind "top 5 % of the sample" and "top 10 % of the sample within a latency budget".
 
-python scripts/ground_truth_resolution.py \
+python experiments/nb201_digits/ground_truth_resolution.py \
     --measured_latency=../shared/data/eagle_nb201_desktop_cpu_i7-7820x.json --budget_ms=3
 
 Prints, for the uniform sample over its two base seeds: how often an architecture in the
@@ -16,7 +16,7 @@ nb201 digits search of the full space), Kendall's tau between that trained super
 ranking (`dnas.evaluate`'s weight-sharing proxy) and the table's, over the sample and
 within the budget: whether the search could see the differences at all.
 
-python scripts/ground_truth_resolution.py --supernet=runs/hess_beta_darts \
+python experiments/nb201_digits/ground_truth_resolution.py --supernet=runs/hess_beta_darts \
     --measured_latency=../shared/data/eagle_nb201_desktop_cpu_i7-7820x.json --budget_ms=3
 
 With `--random_k=K`, the same normal model gives random search at equal cost (K
@@ -34,8 +34,8 @@ import numpy as np
 from absl import app, flags
 from scipy import stats
 
-from dnas.evaluate_lib import (DEFAULT_TABLE, random_search_percentiles, supernet_ranking,
-                               within_budget)
+from dnas.benchmarks.nb201_digits import (DEFAULT_TABLE, random_search_percentiles,
+                                         supernet_ranking, within_budget)
 from dnas.spaces.nb201 import ground_truth as gt
 
 _TABLE = flags.DEFINE_string("ground_truth", DEFAULT_TABLE, "The ground-truth table.")

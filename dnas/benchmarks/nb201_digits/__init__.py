@@ -1,7 +1,13 @@
-"""The measures of `python -m dnas.evaluate` (see there): a search method against chance
-on the NAS-Bench-201 digits ground truth."""
+"""The NAS-Bench-201 digits benchmark: a search method against chance on a ground truth of
+NAS-Bench-201 architectures trained on the embedded digits; the measures of
+`python -m dnas.evaluate` (see there).
+
+The table, `ground_truth.json` beside this file (`DEFAULT_TABLE`), ships as package data;
+`experiments/nb201_digits/run.py` trains it under `dnas.spaces.nb201.ground_truth.PROTOCOL`.
+"""
 
 import functools
+import importlib.resources
 import json
 import os
 import sys
@@ -16,8 +22,8 @@ from dnas.selection import one_hot_accuracies
 from dnas.spaces.nb201 import ground_truth as gt
 from dnas.spaces.nb201.structure import Structure
 
-DEFAULT_TABLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                             "experiments", "nb201_digits", "ground_truth.json")
+# A real file in an installed or source tree (setuptools installs package data unzipped).
+DEFAULT_TABLE = str(importlib.resources.files(__name__) / "ground_truth.json")
 
 
 def expected_best_of(accuracies, k: int) -> float:
@@ -267,7 +273,7 @@ def format_report(r: dict) -> str:
               f"sampled within it {pct} (mean {'-' if mean is None else f'{mean:.1f}'}; "
               f"{r.get('budget_seeds', 2)} training seeds, seed noise "
               f"{100 * r.get('within_budget_seed_noise', np.nan):.2f} %)"]
-    if "random_within_budget" in r:  # reports before session 16 lack these
+    if "random_within_budget" in r:  # older reports lack these
       rs = r["random_within_budget"]
       budget.append(
           f"  top 10 % within it: {r['top_within_budget']} of {len(r['runs'])} finds; random "

@@ -1,10 +1,10 @@
-"""A probe for issue 15's next step: choose within a latency budget by the supernet's
-ranking (the constrained selection of single-path one-shot NAS, Guo et al., ECCV 2020,
-exact here because NAS-Bench-201's 15,625 cells can be enumerated), instead of a
-latency penalty during the search.
+"""A probe: choose within a latency budget by the supernet's ranking (the constrained
+selection of single-path one-shot NAS, Guo et al., ECCV 2020, exact here because
+NAS-Bench-201's 15,625 cells can be enumerated), instead of a latency penalty during the
+search.
 
-python scripts/budget_selection_probe.py --target_ms=2.8 --budget_ms=3 --budget_seeds=24 \
-    runs/hess_beta_darts runs/probe_beta_s1 runs/probe_beta_s2
+python experiments/nb201_digits/budget_selection_probe.py --target_ms=2.8 --budget_ms=3 \
+    --budget_seeds=24 runs/hess_beta_darts runs/probe_beta_s1 runs/probe_beta_s2
 
 For each full-space nb201 digits search given: every cell whose predicted latency on the
 table's device is at most `--target_ms`, ranked by the trained supernet's accuracy on its
@@ -19,7 +19,7 @@ import json
 import numpy as np
 from absl import app, flags
 
-from dnas.evaluate_lib import DEFAULT_TABLE, supernet_ranking, within_budget
+from dnas.benchmarks.nb201_digits import DEFAULT_TABLE, supernet_ranking, within_budget
 from dnas.latency.table import LatencyTable
 from dnas.spaces.nb201 import NAS_BENCH_201
 from dnas.spaces.nb201 import ground_truth as gt

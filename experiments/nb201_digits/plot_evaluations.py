@@ -2,7 +2,7 @@
 distribution, each method's finds (one marker per search seed), the expected best of K
 random architectures at each method's wall time.
 
-python scripts/plot_evaluations.py --out=experiments/nb201_digits/evaluation.png \
+python experiments/nb201_digits/plot_evaluations.py --out=experiments/nb201_digits/evaluation.png \
     DARTS-1st=runs/eval_darts1/evaluation.json GDAS=runs/eval_gdas/evaluation.json ...
 """
 
@@ -11,6 +11,7 @@ import json
 
 import numpy as np
 
+from dnas.benchmarks.nb201_digits import DEFAULT_TABLE
 from dnas.plotting import pyplot
 from dnas.spaces.nb201 import ground_truth as gt
 
@@ -18,7 +19,7 @@ from dnas.spaces.nb201 import ground_truth as gt
 def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("reports", nargs="+", help="NAME=path/to/evaluation.json")
-  p.add_argument("--ground_truth", default="experiments/nb201_digits/ground_truth.json")
+  p.add_argument("--ground_truth", default=DEFAULT_TABLE)
   p.add_argument("--out", required=True)
   a = p.parse_args()
   table = gt.GroundTruth.load(a.ground_truth)

@@ -5,7 +5,7 @@ at initialisation and for each search workdir given, over 8 (weight, architectur
 pairs: the weights' gradient norm, the alphas', and the largest ratio of the two clip
 coefficients (1.0: the same step).
 
-python scripts/clip_share.py runs/eval13_second/seed_0   # any nb201 digits search
+python experiments/nb201_digits/clip_share.py runs/eval13_second/seed_0   # any nb201 digits search
 """
 
 import sys
