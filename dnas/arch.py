@@ -424,3 +424,22 @@ def batched_mixed_ops(ops: Sequence[MixedOp], xs: Sequence[jax.Array],
   if edge_weights is not None:
     ys = edge_weights.astype(ys.dtype).reshape((-1,) + (1,) * (ys.ndim - 1)) * ys
   return jnp.sum(ys, axis=0)
+
+
+# Masks of pruned ops (DrNAS's progressive stages, `model.op_mask`).
+
+
+def masked(weights, mask):
+  """Op weights renormalised over the unpruned ops (the official `process_step_vector`
+  with a mask: a Dirichlet sample so restricted is a Dirichlet sample of the kept
+  concentrations). f32[E, K], bool[E, K] -> f32[E, K]."""
+  w = weights * jnp.asarray(mask, weights.dtype)
+  return w / jnp.sum(w, axis=-1, keepdims=True)
+
+
+def masked_logits(logits, mask):
+  """Logits with pruned entries -inf: softmax, sigmoid and the Dirichlet mean give them
+  0 (what derivation and logging read). f32[E, K], bool[E, K] | None -> f32[E, K]."""
+  if mask is None:
+    return logits
+  return np.where(np.asarray(mask, bool), np.asarray(logits), -np.inf)

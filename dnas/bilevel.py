@@ -24,8 +24,6 @@ weight step perturbed architecture weights (SDARTS). Batches are dicts {"image":
 H, W, C], "label": int32[N]}.
 """
 
-import logging
-import threading
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -34,9 +32,16 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from dnas import autodiff, cpu, hypergrad as hypergrad_lib, relaxation as relaxation_lib, utils
+from dnas import autodiff, hypergrad as hypergrad_lib, relaxation as relaxation_lib, utils
 from dnas.arch import ArchParam
-from dnas.hypergrad import ORDERS  # noqa: F401  (re-exported)
+from dnas import execution as execution_lib
+from dnas.execution import Execution, jit_shardings, split_piece
+from dnas.hypergrad import ORDERS
+# Names that lived here before the optimisers, the execution and the eval step had their
+# own modules (scripts and notebooks import them from here).
+from dnas.evaluation import make_eval_step  # noqa: F401
+from dnas.execution import PROGRAMS  # noqa: F401
+from dnas.optim import make_a_tx, make_w_tx, per_epoch_anneal, per_epoch_cosine  # noqa: F401
 
 
 class SearchState(NamedTuple):
@@ -56,86 +61,6 @@ class SearchState(NamedTuple):
 # that `nnx.bridge.ToNNX` keeps for a wrapped Linen module).
 # Sown intermediates (`nnx.Intermediate`) are outputs of one call, not carried state.
 MODEL_STATE = nnx.Not(nnx.Any(nnx.Param, ArchParam, nnx.Intermediate))
-
-# How a jitted search step is compiled (`Execution.programs`): "one" program, or "split"
-# into a few programs that share one gradient program; "auto": split the second-order
-# methods on CPU only (XLA:CPU compiles one second-order program for 10+ minutes and
-# holds its three gradient passes at once), one program elsewhere.
-PROGRAMS = ("auto", "one", "split")
-
-
-class Execution(NamedTuple):
-  """How the steps run, apart from what they compute: `jit`; `programs` (PROGRAMS);
-  `shardings`, a pair (state shardings, batch sharding) from `dnas.parallel` (SPMD over
-  their mesh; inputs must be placed accordingly); `dtype`, the activations' dtype (None:
-  the weights' own; `make_loss_fn`)."""
-  jit: bool = True
-  programs: str = "auto"
-  shardings: tuple | None = None
-  dtype: object = None
-
-  def split(self, order: str) -> bool:
-    if self.programs not in PROGRAMS:
-      raise ValueError(f"programs {self.programs!r} is unknown; valid: {', '.join(PROGRAMS)}")
-    if not self.jit or self.programs == "one":
-      return False
-    return self.programs == "split" or (order != "first" and jax.default_backend() == "cpu")
-
-
-def per_epoch_cosine(base_lr: float, min_lr: float, epochs: int,
-                     steps_per_epoch: int) -> optax.Schedule:
-  """Cosine annealing stepped once per epoch, as the reference runs it (PyTorch 0.3.1
-  `CosineAnnealingLR`): epoch e uses min + (base - min) (1 + cos(pi e / epochs)) / 2."""
-  def schedule(count):
-    epoch = jnp.minimum(count // steps_per_epoch, epochs)
-    return min_lr + (base_lr - min_lr) * 0.5 * (1 + jnp.cos(jnp.pi * epoch / epochs))
-  return schedule
-
-
-def per_epoch_anneal(start: float, end: float, epochs: int, steps_per_epoch: int,
-                     kind: str = "linear") -> optax.Schedule:
-  """A temperature annealed once per epoch from `start` (epoch 0) to `end` (last epoch):
-  "linear" as GDAS, "exponential" (geometric) as FBNet's tau_0 * 0.956^epoch."""
-  if kind not in ("linear", "exponential"):
-    raise ValueError(f"anneal kind {kind!r} is unknown; valid: linear, exponential")
-
-  def schedule(count):
-    frac = jnp.minimum(count // steps_per_epoch, epochs - 1) / max(epochs - 1, 1)
-    if kind == "linear":
-      return start + (end - start) * frac
-    return start * (end / start) ** frac
-  return schedule
-
-
-def make_w_tx(lr: optax.ScalarOrSchedule, momentum: float = 0.9, weight_decay: float = 3e-4,
-              grad_clip: float | None = 5.0, nesterov: bool = False
-              ) -> optax.GradientTransformation:
-  """The reference weight optimiser: clip the gradient's global norm, then PyTorch SGD
-  (coupled L2 weight decay, heavy-ball momentum buf = mu buf + g, step -lr buf; with
-  `nesterov`, PyTorch's Nesterov step -lr (g + mu buf), as NAS-Bench-201's scripts use).
-
-  The clipping is stateless and wraps the SGD part, so the optimiser with and without
-  `grad_clip` has one state structure: the unclipped one is DARTS's virtual step
-  (`hypergrad.unrolled`) on the clipped one's state."""
-  sgd = optax.chain(optax.add_decayed_weights(weight_decay),
-                    optax.trace(decay=momentum, nesterov=nesterov),
-                    optax.scale_by_learning_rate(lr))
-  if not grad_clip:
-    return sgd
-  clip = optax.clip_by_global_norm(grad_clip)
-
-  def update(grads, state, params=None):
-    return sgd.update(clip.update(grads, optax.EmptyState())[0], state, params)
-  return optax.GradientTransformation(sgd.init, update)
-
-
-def make_a_tx(lr: float = 3e-4, b1: float = 0.5, b2: float = 0.999,
-              weight_decay: float = 1e-3) -> optax.GradientTransformation:
-  """The reference architecture optimiser: PyTorch Adam with coupled L2 weight decay."""
-  return optax.chain(optax.add_decayed_weights(weight_decay),
-                     optax.scale_by_adam(b1=b1, b2=b2, eps=1e-8),
-                     optax.scale_by_learning_rate(lr))
-
 
 def split_supernet(net: nnx.Module):
   """(graphdef, params, alphas, batch_stats) of a model in train mode; batch_stats holds
@@ -402,24 +327,18 @@ def make_phase_steps(graphdef, w_tx: optax.GradientTransformation,
   def compile_updates_ahead(state):
     # First order, split: the update programs (weight optimiser: ~30 s for the CIFAR
     # supernet) compile in a background thread while the caller compiles the gradient
-    # program (XLA compiles one program on ~1.4 of 2 cores here): ~12 s less to wait, for
-    # ~0.6 GiB more resident (BUILD_NOTES.md). Not for the second-order methods, whose
-    # memory is the constraint. Traced inside a jit: nothing to do.
+    # program: ~12 s less to wait for ~0.6 GiB more resident (BUILD_NOTES.md, "Compile
+    # time"). Not for the second-order methods, whose memory is the constraint. Traced
+    # inside a jit: nothing to do.
     if started or hypergrad.order != "first" or not hasattr(weight_update, "precompile"):
       return
     started.append(True)
     spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
                                                        sharding=getattr(x, "sharding", None)),
                         state)
-
-    def work():
-      try:
-        weight_update.precompile(spec, spec.params, spec.batch_stats)
-        arch_update.precompile(spec, spec.alphas, spec.batch_stats)
-      except Exception as e:  # pylint: disable=broad-except
-        # The steps then compile these on their first call, as without this thread.
-        logging.warning("compiling the update programs ahead failed: %s", e)
-    threading.Thread(target=work, name="dnas-compile-updates", daemon=True).start()
+    execution_lib.precompile_in_background(
+        [(weight_update, (spec, spec.params, spec.batch_stats)),
+         (arch_update, (spec, spec.alphas, spec.batch_stats))], name="dnas-compile-updates")
 
   def arch_step(state, batch_train, batch_val):
     compile_updates_ahead(state)
@@ -525,52 +444,3 @@ def make_search_step(graphdef, w_tx: optax.GradientTransformation,
   return step if arch else warmup_step
 
 
-def split_piece(shardings=None, donate: bool = True):
-  """`piece` for `make_phase_steps`: each piece its own program, compiled ahead of its
-  first call per argument signature; state updates keep the state's shardings and
-  donate it (unless `donate=False`, for benchmarks that rerun a step)."""
-  def piece(fn, state_update=False):
-    kwargs = {}
-    if state_update:
-      if donate:
-        kwargs["donate_argnums"] = 0
-      if shardings is not None:
-        replicated = jax.sharding.NamedSharding(shardings[1].mesh, jax.sharding.PartitionSpec())
-        kwargs["out_shardings"] = (shardings[0], replicated)
-    return cpu.compile_then_trim(jax.jit(fn, **kwargs))
-  return piece
-
-
-def jit_shardings(shardings, num_batches):
-  """in/out shardings of f(state, *batches) -> (state, replicated metrics)."""
-  if shardings is None:
-    return {}
-  state_sh, batch_sh = shardings
-  replicated = jax.sharding.NamedSharding(batch_sh.mesh, jax.sharding.PartitionSpec())
-  return dict(in_shardings=(state_sh,) + (batch_sh,) * num_batches,
-              out_shardings=(state_sh, replicated))
-
-
-def make_eval_step(graphdef_eval, jit: bool = True, shardings=None, dtype=None):
-  """eval(params, alphas, batch_stats, batch, inputs) -> (sum of losses, number correct,
-  number of examples), with running BatchNorm statistics (the reference's `model.eval()`).
-  Examples whose `batch["mask"]` (f32[N], optional) is 0 are padding and not counted.
-  `inputs`: keyword inputs of the supernet ({}; DARTS-PT's masked op weights). `dtype`:
-  the activations' dtype."""
-  def eval_step(params, alphas, stats, batch, inputs):
-    net = nnx.merge(graphdef_eval, utils.cast_floating(params, dtype), alphas, stats, copy=True)
-    out = net(utils.cast_floating(batch["image"], dtype), **inputs)
-    logits = utils.at_least_float32(out[0] if isinstance(out, tuple) else out)
-    mask = batch.get("mask", jnp.ones(logits.shape[:1], jnp.float32))
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
-    return ((losses * mask).sum(), jnp.sum((jnp.argmax(logits, -1) == batch["label"]) * mask),
-            mask.sum())
-  if not jit:
-    return eval_step
-  if shardings is None:
-    return jax.jit(eval_step)
-  state_sh, batch_sh = shardings
-  replicated = jax.sharding.NamedSharding(batch_sh.mesh, jax.sharding.PartitionSpec())
-  return jax.jit(eval_step, in_shardings=(state_sh.params, state_sh.alphas,
-                                          state_sh.batch_stats, batch_sh, replicated),
-                 out_shardings=replicated)

@@ -1,36 +1,10 @@
 """Config validation: every user mistake becomes one ConfigError line, before compiling."""
 
-from dnas import bilevel, latency, methods, selection, spaces, utils
+from dnas import execution, hypergrad, latency, methods, selection, spaces, utils
 from dnas.arch import RELAXATIONS
 from dnas.data.pipeline import DATASETS
+from dnas.errors import ConfigError, flatten, non_negative, positive  # noqa: F401  (re-exported)
 
-
-
-class ConfigError(ValueError):
-  """A config value that is not allowed; the message names it and what is allowed."""
-
-
-def positive(c, key, kind=float):
-  v = c[key]
-  if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0 or (kind is int and v != int(v)):
-    raise ConfigError(f"{key} must be a positive {'integer' if kind is int else 'number'}, got {v!r}")
-
-
-def non_negative(c, key):
-  v = c[key]
-  if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-    raise ConfigError(f"{key} must be >= 0, got {v!r}")
-
-
-def flatten(config) -> dict:
-  """Nested dict or ConfigDict -> {'a.b': value}."""
-  out = {}
-  for k, v in config.items():
-    if hasattr(v, "items"):
-      out.update({f"{k}.{kk}": vv for kk, vv in flatten(v).items()})
-    else:
-      out[k] = v
-  return out
 
 
 def validate(config, mode: str) -> None:
@@ -68,12 +42,12 @@ def validate(config, mode: str) -> None:
     for k in ("search.a_b1", "search.a_b2"):
       if not 0 <= c[k] < 1:
         raise ConfigError(f"{k} must be in [0, 1), got {c[k]!r}")
-    if c["search.order"] not in bilevel.ORDERS:
+    if c["search.order"] not in hypergrad.ORDERS:
       raise ConfigError(f"search.order {c['search.order']!r} is unknown; valid: "
-                        f"{', '.join(bilevel.ORDERS)}")
-    if c["search.programs"] not in bilevel.PROGRAMS:
+                        f"{', '.join(hypergrad.ORDERS)}")
+    if c["search.programs"] not in execution.PROGRAMS:
       raise ConfigError(f"search.programs {c['search.programs']!r} is unknown; valid: "
-                        f"{', '.join(bilevel.PROGRAMS)}")
+                        f"{', '.join(execution.PROGRAMS)}")
     if c["search.selection"] not in selection.SELECTIONS:
       raise ConfigError(f"search.selection {c['search.selection']!r} is unknown; valid: "
                         f"{', '.join(selection.SELECTIONS)}")
@@ -154,4 +128,9 @@ def validate(config, mode: str) -> None:
       raise ConfigError(f"train.label_smoothing must be in [0, 1), got {c['train.label_smoothing']!r}")
   else:
     raise ValueError(f"mode must be 'search' or 'train', got {mode!r}")
-  spaces.get(c["space"]).validate(config)
+  space = spaces.get(c["space"])
+  if c["method"] == "pc_darts" and not getattr(space, "partial_channels", True):
+    raise ConfigError(f"method 'pc_darts' is not available for space {space.name} (its "
+                      f"partial channels and edge weights are the DARTS supernet's); valid: "
+                      + ", ".join(m for m in methods.METHODS if m != "pc_darts"))
+  space.validate(config)

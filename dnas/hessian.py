@@ -1,8 +1,8 @@
 """The dominant eigenvalue of the architecture Hessian of the validation loss: the signal
 with which RobustDARTS (Zela et al., ICLR 2020) tracks DARTS's collapse (it grows as the
 search drifts into sharp regions of the validation loss in alpha) and on which its
-DARTS-ES stops the search (`early_stop_epoch`) and DARTS-ADA goes back to an earlier
-epoch with stronger weight decay (`ada_weight_decay`).
+DARTS-ES stops the search and DARTS-ADA goes back to an earlier epoch with stronger
+weight decay (`dnas.methods.robust_darts`).
 
 The Hessian is never formed: Lanczos iterations (with full reorthogonalisation, which
 the small architecture vectors afford: 30 numbers on NAS-Bench-201, 448 on the DARTS
@@ -65,31 +65,3 @@ def make_eigenvalue_fn(loss_fn, iters: int = 20):
       return loss_fn(state.params, alphas, state.batch_stats, batch, {})[0]
     return max_eigenvalue(loss_in_alpha, state.alphas, key, iters)
   return jax.jit(eig)
-
-
-def early_stop_epoch(epochs, eigenvalues, *, window: int = 5, delta: int = 4,
-                     factor: float = 1.3, min_epoch: int = 10) -> int | None:
-  """DARTS-ES (RobustDARTS Sec. 4.2): with the eigenvalues measured at `epochs` (every
-  few epochs), their local average over the last `window` measurements; stop when it has
-  grown by more than `factor` over the local average `delta` measurements earlier, and
-  go back to that earlier epoch (if it is at least `min_epoch`). Returns the epoch to
-  take the architecture from, or None (go on). The official values: window 5, delta 4,
-  factor 1.3 (a ratio of 0.75 in the paper's terms)."""
-  ev = [float(e) for e in eigenvalues]
-  if len(ev) < window + delta:
-    return None
-  local = [sum(ev[i - window + 1:i + 1]) / window for i in range(window - 1, len(ev))]
-  past = local[-1 - delta]
-  stop = epochs[len(ev) - 1 - delta]
-  if stop >= min_epoch and past > 0 and local[-1] / past > factor:
-    return int(stop)
-  return None
-
-
-def ada_weight_decay(weight_decay: float, *, mul_factor: float = 3.0,
-                     max_weight_decay: float = 243e-4) -> float | None:
-  """DARTS-ADA (RobustDARTS Sec. 5.2): the weight decay after one more rollback, or None
-  when it would pass `max_weight_decay` (the official loop stops adapting once the decay
-  has reached it: 3e-4 -> 9e-4 -> ... -> 243e-4, four rollbacks)."""
-  new = weight_decay * mul_factor
-  return new if new <= max_weight_decay * (1 + 1e-9) else None

@@ -5,123 +5,18 @@ import json
 import math
 import os
 import signal
+import sys
 import threading
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
+import tqdm
 
-from dnas.config import ConfigError, flatten
-
-
-class Flat:
-  """A state pytree carried between steps as a short list of buffers.
-
-  Each jit call pays host time per argument and result buffer: the DARTS search state at
-  CIFAR shapes has 4,666 leaves, which cost tens of milliseconds to flatten as `nnx.State`s
-  and as many again to pass as a plain list. The leaves have only 26 distinct shapes, so
-  with `stack` the leaves of equal shape, dtype and sharding travel as one stacked buffer
-  (unstacked and restacked inside the step's program). The loop holds the buffers and
-  builds the tree only where it needs one (checkpoints, epoch ends).
-
-  `stack=None` stacks off the CPU only: a CPU step takes seconds, so its host time does
-  not count, while XLA:CPU compiles the unstacking slices and restacking concatenations
-  as extra kernels (compile time up by half in a microbenchmark: BUILD_NOTES.md, "Host
-  time per step call").
-  `shardings` (a tree like the state, optional): where the leaves live; a stack of
-  leaves sharded as P(a, b) is sharded as P(None, a, b).
-  """
-
-  def __init__(self, tree, shardings=None, stack: bool | None = None):
-    leaves, self.treedef = jax.tree.flatten(tree)
-    if stack is None:
-      stack = jax.default_backend() != "cpu"
-    self.shardings = (None if shardings is None else self.treedef.flatten_up_to(shardings))
-    groups: dict = {}
-    for i, x in enumerate(leaves):
-      key = ((tuple(x.shape), x.dtype, getattr(x, "weak_type", False),
-              None if shardings is None else self.shardings[i]) if stack else i)
-      groups.setdefault(key, []).append(i)
-    self.groups = list(groups.values())
-    self.stacked = len(self.groups) < len(leaves)
-    self._pack = self._unpack = None
-
-  def __len__(self) -> int:
-    """Buffers carried."""
-    return len(self.groups)
-
-  def _stack(self, leaves: list) -> list:
-    return [leaves[g[0]] if len(g) == 1 else jnp.stack([leaves[i] for i in g])
-            for g in self.groups]
-
-  def _unstack(self, buffers: list) -> list:
-    leaves = [None] * sum(map(len, self.groups))
-    for g, b in zip(self.groups, buffers):
-      if len(g) == 1:
-        leaves[g[0]] = b
-      else:
-        for j, i in enumerate(g):
-          leaves[i] = b[j]
-    return leaves
-
-  def buffer_shardings(self, shardings) -> list | None:
-    """Shardings of the carried buffers, from a tree of shardings like the state's."""
-    if shardings is None:
-      return None
-    flat = self.treedef.flatten_up_to(shardings)
-    return [flat[g[0]] if len(g) == 1 else _stacked_sharding(flat[g[0]]) for g in self.groups]
-
-  def leaves(self, tree) -> list:
-    """The tree as the carried buffers (one program call when stacking)."""
-    leaves = self.treedef.flatten_up_to(tree)
-    if not self.stacked:
-      return leaves
-    if self._pack is None:
-      out = None if self.shardings is None else self.buffer_shardings(
-          self.treedef.unflatten(self.shardings))
-      self._pack = jax.jit(self._stack, out_shardings=out)
-    return self._pack(leaves)
-
-  def tree(self, buffers):
-    """The carried buffers as the tree (new arrays when stacking; `buffers` stay valid)."""
-    if not self.stacked:
-      return self.treedef.unflatten(buffers)
-    if self._unpack is None:
-      self._unpack = jax.jit(self._unstack, out_shardings=self.shardings)
-    return self.treedef.unflatten(self._unpack(buffers))
-
-  def jit(self, fn, *, in_shardings=None, out_shardings=None):
-    """fn(state, *args) -> (state, out), pure, as a jitted f(buffers, *args) -> (buffers,
-    out) that donates the buffers. Shardings as `jax.jit`'s, with the state's (the first
-    argument's and output's) given as a tree like the state."""
-    def flat_fn(buffers, *args):
-      state, out = fn(self.treedef.unflatten(self._unstack(buffers)), *args)
-      return self._stack(self.treedef.flatten_up_to(state)), out
-    kwargs = {}
-    if in_shardings is not None:
-      kwargs = dict(in_shardings=(self.buffer_shardings(in_shardings[0]),)
-                    + tuple(in_shardings[1:]),
-                    out_shardings=(self.buffer_shardings(out_shardings[0]), out_shardings[1]))
-    return jax.jit(flat_fn, donate_argnums=0, **kwargs)
-
-  def wrap(self, step):
-    """A step that is not one program (`bilevel`'s split steps take trees): the same
-    interface over the buffers, converting at each call."""
-    def flat_step(buffers, *args):
-      state, out = step(self.tree(buffers), *args)
-      return self.leaves(state), out
-    return flat_step
-
-
-def _stacked_sharding(sharding):
-  """The sharding of a stack of leaves that each have `sharding` (a new leading axis)."""
-  if isinstance(sharding, jax.sharding.NamedSharding):
-    return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(
-        None, *sharding.spec))
-  if sharding.is_fully_replicated:
-    return sharding
-  raise ValueError(f"cannot stack leaves with sharding {sharding}; pass stack=False")
+from dnas.configs import base
+from dnas.errors import ConfigError, flatten
+from dnas.execution import Flat  # noqa: F401  (re-exported)
+from dnas.summaries import Summaries
 
 
 class Preempted(Exception):
@@ -148,7 +43,6 @@ def prepare_workdir(workdir: str, config, *, resume: bool, has_checkpoint: bool,
       new = flatten(json.loads(config.to_json()))
       # A key the run's saved config lacks was added to dnas after the run: it counts as
       # unchanged while it holds the base config's default (the behaviour the run had).
-      from dnas.configs import base  # pylint: disable=g-import-not-at-top
       default = flatten(json.loads(base.get_config().to_json()))
       diff = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k)
                     and not (k not in old and k in default and new.get(k) == default[k]))
@@ -160,6 +54,52 @@ def prepare_workdir(workdir: str, config, *, resume: bool, has_checkpoint: bool,
                           f"choose another --workdir")
   if jax.process_index() == 0:
     write_atomic(path, config.to_json(indent=1))
+
+
+def epoch_steps(examples: int, batch_size: int, *, devices: int, max_steps: int, key: str,
+                split: str) -> int:
+  """Steps per epoch of batches of `batch_size` (config field `key`) over `examples` of
+  `split`, capped at `max_steps` (0: no cap); ConfigError when the batch does not divide
+  among the mesh's `devices` or exceeds the split."""
+  if batch_size % devices:
+    raise ConfigError(f"{key} {batch_size} must be divisible by the {devices} devices of "
+                      f"the mesh")
+  steps = examples // batch_size
+  if steps == 0:
+    raise ConfigError(f"{key} {batch_size} is larger than {split} ({examples} examples)")
+  return min(steps, max_steps) if max_steps else steps
+
+
+def fresh_meta() -> dict:
+  """The meta of a run before its first step (`EpochLoop`)."""
+  return dict(epoch=0, batch=0, sums={}, records=[], elapsed=0.0)
+
+
+def restore(ckpt, state, *, resume: bool, workdir: str, fresh: dict | None = None):
+  """(found, state, meta): the latest readable checkpoint of `ckpt` (`found`, None when
+  there is none or `resume` is off) restored into the structure of `state`, or `state`
+  itself with `fresh` (default `fresh_meta()`) as its meta."""
+  found = ckpt.restore_latest(state) if resume else None
+  if found is None:
+    return None, state, fresh or fresh_meta()
+  _, state, meta = found
+  print(f"dnas: resuming {workdir} at epoch {meta['epoch']}, batch {meta['batch']}",
+        file=sys.stderr)
+  return found, state, meta
+
+
+class Pipeline:
+  """`batches(epoch, start)` for `EpochLoop.run`: the iterator that `make(epoch, start)`
+  builds on the first call, for the rest of the run (Grain's worker pools then live
+  across epochs; the loop takes steps_per_epoch batches per epoch)."""
+
+  def __init__(self, make):
+    self._make, self._it = make, None
+
+  def __call__(self, epoch: int, start: int):
+    if self._it is None:
+      self._it = self._make(epoch, start)
+    return self._it
 
 
 def write_atomic(path: str, text: str) -> None:
@@ -233,7 +173,6 @@ class EpochLoop:
                metrics_file: str, progress: bool = True, resumed: bool = False,
                phases: dict[str, str] | None = None, postfix_keys: tuple[str, ...] = (),
                to_tree=None):
-    from dnas.summaries import Summaries  # pylint: disable=g-import-not-at-top
     self.name, self.ckpt, self.meta = name, ckpt, meta
     self.to_tree = to_tree or (lambda state: state)
     self.epochs, self.steps_per_epoch, self.every = epochs, steps_per_epoch, every_steps
@@ -279,7 +218,6 @@ class EpochLoop:
       written(record): called on the primary process after the epoch's checkpoint and
         metric line are written (e.g. to write the derived architecture).
     """
-    import tqdm  # pylint: disable=g-import-not-at-top
     meta = self.meta
     bar = tqdm.tqdm(total=self.epochs * self.steps_per_epoch, initial=self.done,
                     disable=not self.progress, unit="step", dynamic_ncols=True)

@@ -14,6 +14,15 @@ import jax.numpy as jnp
 from dnas.arch import RELAXATIONS  # noqa: F401  (re-exported)
 
 
+# Methods whose relaxation is part of their definition; the others take search.relaxation.
+METHOD_RELAXATION = {"drnas": "dirichlet", "fair_darts": "sigmoid", "spos": "uniform"}
+
+
+def relaxation_kind(config) -> str:
+  """The relaxation (one of RELAXATIONS) that `config.method` searches with."""
+  return METHOD_RELAXATION.get(config.method, config.search.relaxation)
+
+
 class Relaxation(NamedTuple):
   """`kind` one of RELAXATIONS; `tau(step) -> f32[]` the Gumbel temperature."""
   kind: str = "softmax"

@@ -1,7 +1,13 @@
-"""The search behind `python -m dnas.search`: data -> the space's supernet -> bilevel
-steps -> the derived architecture, metrics.jsonl and alphas.png in the work directory.
-Nothing here knows the space: it goes through the search-space protocol
-(`dnas.spaces.base`)."""
+"""The search behind `python -m dnas.search`: set up, run the epoch loop, select, write.
+
+Data -> the space's supernet -> bilevel steps (`dnas.bilevel`, built from the method's
+parts, `dnas.methods.build`) -> each epoch's derived architecture -> the selection
+(`dnas.selection`) -> genotype.json, metrics.jsonl, alphas.png in the work directory.
+Nothing here knows the space (the search-space protocol, `dnas.spaces.base`) or the
+method: a method that changes the course of the search does it through its hooks
+(`dnas.methods.hooks`), which may ask for another run from a rewritten checkpoint
+(DARTS-ADA's rollback, DrNAS's next stage).
+"""
 
 import functools
 import itertools
@@ -15,31 +21,61 @@ import numpy as np
 import tqdm
 from flax import nnx
 
-from dnas import (bilevel, config as config_lib, cpu, hessian, hypergrad, latency as latency_lib,
-                  loop, methods, parallel, plotting, selection, spaces, utils)
+from dnas import (bilevel, config as config_lib, cpu, execution, hypergrad, latency as latency_lib,
+                  loop, methods, optim, parallel, plotting, selection, spaces, utils)
 from dnas.arch import op_weights
 from dnas.checkpoint import Checkpointer
-from dnas.data.pipeline import (auto_workers, get_dataset, make_augment, make_batches,
-                                search_splits)
-from dnas.utils import evaluate
+from dnas.data.pipeline import (DatasetInfo, auto_workers, get_dataset, make_augment,
+                                make_batches, search_splits)
+from dnas.evaluation import evaluate, make_eval_step
+from dnas.relaxation import relaxation_kind
 
 
-def _softmax(a):
-  e = np.exp(a - a.max(-1, keepdims=True))
-  return e / e.sum(-1, keepdims=True)
+def run_search(config, workdir: str, progress: bool = True, resume: bool = True):
+  """Runs the search of `config` and writes its results into `workdir`.
+
+  Checkpoints (everything a step reads, the data position and the metric history) go to
+  `workdir/checkpoints` every `config.checkpoint.every_steps` steps and at each epoch
+  end; with `resume`, a run found there is continued exactly where it stopped. SIGTERM
+  saves a checkpoint and raises `loop.Preempted`.
+
+  Returns the final architecture (the space's type, e.g. `darts.Genotype`).
+  """
+  # SIGTERM from the start: one arriving while data load or compilation runs is answered
+  # after the first step, with a checkpoint.
+  with loop.Preemption() as preemption:
+    config_lib.validate(config, "search")
+    hooks = methods.hooks(config)
+    while True:
+      search = Search(config, workdir, hooks, resume=resume)
+      state, meta = search.run_epochs(preemption, progress)
+      # A hook may rewrite the checkpoints and ask for another run from the latest.
+      if not any(h.after_run(search.run, state, meta) for h in hooks):
+        return search.select_and_write(state, meta)
+      resume = True
 
 
 def alpha_entropy(alphas: np.ndarray) -> float:
   """Mean over rows of the entropy (nats) of softmax(alpha), f32[E, K] -> float."""
-  p = _softmax(alphas)
+  e = np.exp(alphas - alphas.max(-1, keepdims=True))
+  p = e / e.sum(-1, keepdims=True)
   return float(np.mean(-np.sum(p * np.log(p + 1e-12), -1)))
 
 
 def make_supernet(config, num_classes: int, in_channels: int) -> nnx.Module:
   """The supernet of `config.space` for images of `in_channels` and `num_classes`."""
-  from dnas.data.pipeline import DatasetInfo  # pylint: disable=g-import-not-at-top
   info = DatasetInfo("", (1, 1, in_channels), num_classes, (), ())
   return spaces.get(config.space).supernet(config, info, nnx.Rngs(config.seed))
+
+
+def optimizers(config, steps_per_epoch: int, parts: methods.Parts | None = None):
+  """(weight lr schedule, weight optimiser, architecture optimiser) of the search."""
+  s = config.search
+  schedule = optim.per_epoch_cosine(s.w_lr, s.w_lr_min, s.epochs, steps_per_epoch)
+  w_tx = optim.make_w_tx(schedule, s.momentum, s.weight_decay, s.grad_clip, s.nesterov)
+  a_wd = s.a_weight_decay if parts is None or parts.a_weight_decay is None else (
+      parts.a_weight_decay)
+  return schedule, w_tx, optim.make_a_tx(s.a_lr, s.a_b1, s.a_b2, a_wd)
 
 
 def latency_setup(config, info, workdir: str | None = None):
@@ -92,34 +128,18 @@ def make_arch_objective(config, latency_model):
   return objective and latency_lib.arch_objective(objective, latency_model.expected)
 
 
-def _fresh_meta() -> dict:
-  return dict(epoch=0, batch=0, sums={}, records=[], alphas={}, elapsed=0.0)
-
-
-def _optimizers(config, steps_per_epoch: int, parts: methods.Parts | None = None,
-                weight_decay: float | None = None):
-  """(weight lr schedule, weight optimiser, architecture optimiser) of the search;
-  `weight_decay` replaces `search.weight_decay` (DARTS-ADA's increased one)."""
-  s = config.search
-  wd = s.weight_decay if weight_decay is None else weight_decay
-  schedule = bilevel.per_epoch_cosine(s.w_lr, s.w_lr_min, s.epochs, steps_per_epoch)
-  w_tx = bilevel.make_w_tx(schedule, s.momentum, wd, s.grad_clip, s.nesterov)
-  a_wd = s.a_weight_decay if parts is None or parts.a_weight_decay is None else (
-      parts.a_weight_decay)
-  return schedule, w_tx, bilevel.make_a_tx(s.a_lr, s.a_b1, s.a_b2, a_wd)
-
-
 def compiled_steps(graphdef, state, w_tx, a_tx, *, order: str, hypergrad, arch_loss,
-                   parts: methods.Parts, execution: bilevel.Execution,
+                   parts: methods.Parts, execution: execution.Execution,
                    weight_first: bool = False):
-  """(flat, search_step, warmup_step) as the search loop calls them, on the `loop.Flat`
-  leaves of `state` (laid out by `execution.shardings`): each compiled on its first call.
+  """(flat, search_step, warmup_step) as the search loop calls them, on the
+  `execution.Flat` leaves of `state` (laid out by `execution.shardings`): each compiled
+  on its first call.
 
   One program (the default off the CPU): a pure step that `flat.jit` compiles, the state
   stacked off the CPU. Split (`execution.split(order)`): a few programs jitted inside
-  (`bilevel.split_piece`), the state as a tree at each call. (A split step built with
-  jit=False ran eagerly, op by op: sessions 8-9, 23 s per NAS-Bench-201 digits step;
-  tests/test_search_lib.py checks that no step traces again once compiled.)
+  (`execution.split_piece`), the state as a tree at each call (a split step built
+  unjitted would run eagerly, op by op; tests/test_search_lib.py checks that no step
+  traces again once compiled).
   """
   split = execution.split(order)
   steps = bilevel.make_search_steps(
@@ -134,83 +154,11 @@ def compiled_steps(graphdef, state, w_tx, a_tx, *, order: str, hypergrad, arch_l
       execution.shardings, 2))) for f in steps))
 
 
-def _ada_rollback(directory: str, state, record: dict, steps_per_epoch: int, config) -> None:
-  """Makes the checkpoint of epoch `record["ada_rollback"]` the latest, its meta noting
-  the rollback and the new weight decay, so that a resumed search goes on from there.
-  A kill in between leaves an earlier checkpoint the latest: the resumed run repeats the
-  epochs to the rollback exactly and decides it again."""
-  ckpt = Checkpointer(directory, keep=config.checkpoint.keep,
-                      keep_period=config.search.hessian_every * steps_per_epoch)
-  back = (record["ada_rollback"] + 1) * steps_per_epoch  # its epoch-end checkpoint
-  kept, meta = ckpt.restore(back, state)
-  meta = dict(meta, ada=meta.get("ada", []) + [dict(
-      epoch=record["epoch"], rollback=record["ada_rollback"],
-      weight_decay=record["ada_weight_decay"])])
-  ckpt.delete_from(back)
-  ckpt.save(back, kept, meta)
-  ckpt.close()
-
-
-def _stage_config(config, meta: dict | None):
-  """`config` as DrNAS's progressive stage of a run whose checkpoint meta is `meta` (None:
-  a fresh run) sees it: that stage's partial channels and op mask; `config` itself
-  without stages."""
-  d = config.get("drnas")
-  if d is None or not d.stage_epochs or not meta or "drnas_stage" not in meta:
-    return config
-  stage = meta["drnas_stage"]
-  c = config.copy_and_resolve_references()
-  c.model.pc_k = int(d.stage_k[stage["stage"]])
-  c.model.op_mask = stage["op_mask"]
-  return c
-
-
-def _stage(config, meta: dict | None) -> int:
-  return meta["drnas_stage"]["stage"] if meta and "drnas_stage" in meta else 0
-
-
-def _drnas_next_stage(directory: str, state, meta: dict, config, info,
-                      steps_per_epoch: int) -> None:
-  """DrNAS's step between two stages (the official train_search.py): each edge pruned to
-  its `stage_keep` strongest ops, the partial channels widened to 1/`stage_k`
-  (`drnas.widen`: weights, BatchNorm statistics and momentum), the architecture
-  optimiser and the learning-rate schedule going on. The stage's last checkpoint is
-  replaced by the widened state, its meta naming the new stage and mask; a kill in
-  between leaves an earlier checkpoint the latest, and the resumed run redoes the
-  stage's end the same way."""
-  from dnas.methods import drnas  # pylint: disable=g-import-not-at-top
-  d, stage = config.drnas, _stage(config, meta) + 1
-  host = parallel.gather(state)
-  old_mask = config.model.op_mask or {}
-  pruned, mask = {}, {}
-  for kind in ("normal", "reduce"):
-    logits = np.asarray(host.alphas[f"alphas_{kind}"].get_value())
-    old = old_mask.get(kind)
-    pruned[kind], mask[kind] = drnas.prune(logits, int(d.stage_keep[stage]),
-                                           None if old is None else np.asarray(old, bool))
-  meta = dict(meta, drnas_stage=dict(stage=stage, op_mask={k: v.tolist()
-                                                           for k, v in mask.items()}))
-  c = _stage_config(config, meta)
-  net = spaces.get(c.space).supernet(c, info, nnx.Rngs(config.seed))
-  _, w_tx, a_tx = _optimizers(c, steps_per_epoch)  # the state's structure
-  _, fresh = bilevel.init_search_state(net, w_tx, a_tx, jax.random.key(config.seed))
-  seed = config.seed * 1000 + stage
-  alphas = jax.tree_util.tree_map_with_path(
-      lambda p, x: next((pruned[k] for k in pruned if f"alphas_{k}" in jax.tree_util.keystr(p)),
-                        x), host.alphas)
-  widened = host._replace(
-      params=drnas.widen(host.params, fresh.params, seed),
-      batch_stats=drnas.widen(host.batch_stats, fresh.batch_stats, seed, host.params),
-      w_opt_state=drnas.widen(host.w_opt_state, fresh.w_opt_state, seed), alphas=alphas)
-  step = int(host.step)
-  widened = parallel.put_state(widened, parallel.state_shardings(
-      fresh, parallel.make_mesh(config.mesh.devices, config.mesh.fsdp)))
-  ckpt = Checkpointer(directory, keep=config.checkpoint.keep)
-  ckpt.delete_from(step)
-  ckpt.save(step, widened, meta)
-  ckpt.close()
-  tqdm.tqdm.write(f"DrNAS: stage {stage}: {d.stage_keep[stage]} ops left per edge, partial "
-                  f"channels 1/{d.stage_k[stage]}")
+def _run_config(config, hooks, meta):
+  """The config one run searches with: each hook's view of the latest checkpoint."""
+  for h in hooks:
+    config = h.run_config(config, meta)
+  return config
 
 
 def load_supernet(config, workdir: str) -> nnx.Module:
@@ -220,9 +168,9 @@ def load_supernet(config, workdir: str) -> nnx.Module:
   info, _ = get_dataset(config.data.name, config.data.data_dir, config.data.image_size)
   ckpt = Checkpointer(os.path.join(os.path.abspath(workdir), "checkpoints"),
                       keep=config.checkpoint.keep)
-  config = _stage_config(config, ckpt.latest_meta())
+  config = _run_config(config, methods.hooks(config), ckpt.latest_meta())
   net = space.supernet(config, info, nnx.Rngs(config.seed))
-  _, w_tx, a_tx = _optimizers(config, 1)  # the state's structure, not its schedule
+  _, w_tx, a_tx = optimizers(config, 1)  # the state's structure, not its schedule
   graphdef, state = bilevel.init_search_state(net, w_tx, a_tx, jax.random.key(config.seed))
   found = ckpt.restore_latest(state)
   if found is None:
@@ -233,304 +181,247 @@ def load_supernet(config, workdir: str) -> nnx.Module:
   return net
 
 
-def _score(graphdef_eval, batches, state, weights) -> np.ndarray:
-  """`selection.Context.score`: on `batches()`, the whole validation split on every host
-  (not its process slice), with the state gathered from all hosts, so that every host
-  scores and selects alike; BatchNorm on each candidate's batch statistics."""
-  net = nnx.merge(graphdef_eval, *parallel.gather((state.params, state.alphas,
-                                                    state.batch_stats)))
-  net.train()  # batch statistics, each candidate its own (SPOS's recalibration)
-  return selection.one_hot_accuracies(net, weights, batches())
+class Search:
+  """One run of the search (all epochs, or the part of them that a hook assigns it):
+  built from the config and the latest checkpoint, it runs the epoch loop
+  (`run_epochs`), and after the last run selects and writes (`select_and_write`)."""
 
+  def __init__(self, user_config, workdir: str, hooks, *, resume: bool):
+    self.workdir, self.hooks = workdir, hooks
+    space = self.space = spaces.get(user_config.space)
+    info, splits = get_dataset(user_config.data.name, user_config.data.data_dir,
+                               user_config.data.image_size)
+    self.w_src, self.a_src = search_splits(splits["train"], user_config.data.train_portion)
+    self.mesh = mesh = parallel.make_mesh(user_config.mesh.devices, user_config.mesh.fsdp)
+    self.steps_per_epoch = loop.epoch_steps(
+        min(len(self.w_src), len(self.a_src)), user_config.search.batch_size, devices=mesh.size,
+        max_steps=user_config.max_steps_per_epoch, key="search.batch_size",
+        split="a search split")
+    self.ckpt = Checkpointer(
+        os.path.join(os.path.abspath(workdir), "checkpoints"), keep=user_config.checkpoint.keep,
+        keep_period=next((p for h in hooks if (p := h.keep_period(user_config,
+                                                                  self.steps_per_epoch))),
+                         None))
+    loop.prepare_workdir(workdir, user_config, resume=resume,
+                         has_checkpoint=bool(self.ckpt.steps()), what="search")
+    # The supernet of the latest checkpoint (a hook's stage), then the config of the
+    # checkpoint restored (a hook's settings, such as DARTS-ADA's decay after rollbacks).
+    latest = self.ckpt.latest_meta() if resume else None
+    config = _run_config(user_config, hooks, latest)
+    net = space.supernet(config, info, nnx.Rngs(config.seed))
+    _, w_tx, a_tx = optimizers(config, self.steps_per_epoch)  # the state's structure
+    net.eval()
+    self.graphdef_eval = bilevel.split_supernet(net)[0]
+    graphdef, state = bilevel.init_search_state(net, w_tx, a_tx, jax.random.key(config.seed))
+    shardings = (parallel.state_shardings(state, mesh), parallel.batch_sharding(mesh))
+    state = parallel.put_state(state, shardings[0])
+    found, state, meta = loop.restore(self.ckpt, state, resume=resume, workdir=workdir,
+                                      fresh=dict(loop.fresh_meta(), alphas={}))
+    config = self.config = _run_config(user_config, hooks, meta if found else None)
+    s = config.search
+    self.resumed, self.meta, self.state, self.info = bool(found), meta, state, info
+    parts = self.parts = methods.build(config, self.steps_per_epoch)
+    self.schedule, w_tx, a_tx = optimizers(config, self.steps_per_epoch, parts)
+    self.dtype = dtype = utils.compute_dtype(config)
+    self.augment = make_augment(info, crop_padding=config.data.crop_padding,
+                                flip=config.data.flip)
+    self.make = functools.partial(make_batches, batch_size=s.batch_size, augment=self.augment,
+                                  workers=auto_workers(config.data.workers),
+                                  process=parallel.process_slice(s.batch_size))
+    self.run = methods.SearchRun(
+        config=config, user_config=user_config, space=space, info=info,
+        ckpt_dir=self.ckpt.directory, steps_per_epoch=self.steps_per_epoch, mesh=mesh,
+        loss_fn=bilevel.make_loss_fn(graphdef, dtype), arch_batch=self._arch_batch,
+        fresh_state=self._fresh_state, meta=meta)
+    for h in hooks:
+      h.check_restored(self.run, latest, found and found[2])
+    self.latency = latency_setup(config, info, workdir)
+    # What the steps compute: DARTS's hypergradient with the reference's virtual step (the
+    # weight optimiser without its clipping), the latency objective, the relaxation.
+    # Its virtual step is heavy-ball SGD even when the weights train with Nesterov momentum:
+    # the references write Eq. 6 as w - lr (mu buf + g + wd w) (NAS-Bench-201's DARTS-V2 too).
+    self.hypergrad = hypergrad.from_order(s.order, optim.make_w_tx(
+        self.schedule, s.momentum, s.weight_decay, grad_clip=None, nesterov=False),
+        fd_r=s.fd_r, remat=s.hvp_remat)
+    objective = self.latency and make_arch_objective(config, self.latency[1])
+    # Each step is compiled on its first use (split steps share their programs). The loop
+    # carries the state as a short list of buffers (`execution.Flat`).
+    self.execution = execution.Execution(programs=s.programs, shardings=shardings, dtype=dtype)
+    self.graphdef, self.w_tx, self.a_tx = graphdef, w_tx, a_tx
+    self.flat, self.search_step, self.warmup_step = compiled_steps(
+        graphdef, state, w_tx, a_tx, order=s.order, hypergrad=self.hypergrad,
+        arch_loss=(bilevel.arch_loss(objective, *parts.terms) if objective or parts.terms
+                   else None), parts=parts, execution=self.execution,
+        weight_first=s.step_order == "weight_first")
+    self.eval_step = cpu.compile_then_trim(make_eval_step(
+        self.graphdef_eval, shardings=((shardings[0].params, shardings[0].alphas,
+                                        shardings[0].batch_stats), shardings[1]),
+        dtype=dtype))
+    self.within_limit = (selection.candidates(space, config, self.latency[1])
+                         if config.latency.limit_ms > 0 else None)
 
-def run_search(config, workdir: str, progress: bool = True, resume: bool = True):
-  """Runs the search of `config` and writes its results into `workdir`.
+  def _arch_batch(self):
+    return parallel.put_batch(next(iter(self.make(self.a_src, seed=0, epoch=0, train=False))),
+                              self.mesh)
 
-  Checkpoints (everything a step reads, the data position and the metric history) go to
-  `workdir/checkpoints` every `config.checkpoint.every_steps` steps and at each epoch
-  end; with `resume`, a run found there is continued exactly where it stopped. SIGTERM
-  saves a checkpoint and raises `loop.Preempted`.
+  def _fresh_state(self, config):
+    net = self.space.supernet(config, self.info, nnx.Rngs(config.seed))
+    _, w_tx, a_tx = optimizers(config, self.steps_per_epoch)  # the state's structure
+    return bilevel.init_search_state(net, w_tx, a_tx, jax.random.key(config.seed))[1]
 
-  Returns the final architecture (the space's type, e.g. `darts.Genotype`).
-  """
-  # SIGTERM from the start: one arriving while data load or compilation runs is answered
-  # after the first step, with a checkpoint.
-  with loop.Preemption() as preemption:
-    return _search(config, workdir, progress, resume, preemption)
+  def run_epochs(self, preemption, progress: bool):
+    """Runs this run's epochs from where the checkpoint left off; -> (state, meta)."""
+    config, s = self.config, self.config.search
+    # This run's epochs start..end - 1 (a hook's stage, or all of them); the
+    # architecture warm-up (PC-DARTS's weight-only epochs) counts from `start`.
+    start, end = next((r for h in self.hooks if (r := h.epochs(config, self.meta))),
+                      (0, s.epochs))
 
+    def step(state, inputs, epoch, i):
+      del i
+      arch = self.parts.arch_steps and epoch - start >= s.arch_start_epoch
+      fn = self.search_step if arch else self.warmup_step
+      return fn(state, *(parallel.put_batch(b, self.mesh) for b in inputs))
 
-def _search(config, workdir, progress, resume, preemption):
-  config_lib.validate(config, "search")
-  space = spaces.get(config.space)
-  info, splits = get_dataset(config.data.name, config.data.data_dir, config.data.image_size)
-  w_src, a_src = search_splits(splits["train"], config.data.train_portion)
-  s = config.search
-  mesh = parallel.make_mesh(config.mesh.devices, config.mesh.fsdp)
-  if s.batch_size % mesh.size:
-    raise config_lib.ConfigError(f"search.batch_size {s.batch_size} must be divisible by the "
-                                 f"{mesh.size} devices of the mesh")
-  process = parallel.process_slice(s.batch_size)
-  steps_per_epoch = min(len(w_src), len(a_src)) // s.batch_size
-  if steps_per_epoch == 0:
-    raise config_lib.ConfigError(f"search.batch_size {s.batch_size} is larger than a search "
-                                 f"split ({min(len(w_src), len(a_src))} examples)")
-  if config.max_steps_per_epoch:
-    steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
-  # DARTS-ADA goes back to an epoch whose eigenvalue was measured: those checkpoints stay.
-  ckpt = Checkpointer(os.path.join(os.path.abspath(workdir), "checkpoints"),
-                      keep=config.checkpoint.keep,
-                      keep_period=s.hessian_every * steps_per_epoch if s.ada else None)
-  loop.prepare_workdir(workdir, config, resume=resume, has_checkpoint=bool(ckpt.steps()),
-                       what="search")
-  # DrNAS's progressive stages: the latest checkpoint says which stage (its supernet).
-  user_config = config
-  latest_meta = ckpt.latest_meta() if resume else None
-  config = _stage_config(config, latest_meta)
-  stages = tuple(config.drnas.stage_epochs) if "drnas" in config else ()
+    def pipeline(epoch, start_batch):
+      run = dict(epoch=epoch, start=start_batch, epochs=s.epochs,
+                 batches_per_epoch=self.steps_per_epoch)
+      return zip(self.make(self.w_src, seed=config.seed, **run),
+                 self.make(self.a_src, seed=config.seed + 1, **run))
 
-  net = space.supernet(config, info, nnx.Rngs(config.seed))
-  parts = methods.build(config, steps_per_epoch)  # relaxation, loss terms, perturbation
-  schedule, w_tx, a_tx = _optimizers(config, steps_per_epoch, parts)
-  net.eval()
-  graphdef_eval = bilevel.split_supernet(net)[0]
-  graphdef, state = bilevel.init_search_state(net, w_tx, a_tx, jax.random.key(config.seed))
-  shardings = (parallel.state_shardings(state, mesh), parallel.batch_sharding(mesh))
-  state = parallel.put_state(state, shardings[0])
-  found = ckpt.restore_latest(state) if resume else None
-  meta = _fresh_meta()
-  newest = _stage(config, latest_meta)
-  if stages and newest and (found is None or _stage(config, found[2]) != newest):
-    # The stage's supernet came from the newest meta; an older checkpoint of another stage
-    # does not fit it (and starting afresh with it would be wrong).
-    raise config_lib.ConfigError(
-        f"{ckpt.directory}: the newest checkpoint (DrNAS stage {newest}) is unreadable and "
-        f"the ones before are of another stage; delete the unreadable ones to go on from "
-        f"an earlier one")
-  if found:
-    _, state, meta = found
-    print(f"dnas: resuming {workdir} at epoch {meta['epoch']}, step {int(state.step)}",
-          file=sys.stderr)
-  # DARTS-ADA's decay after its rollbacks so far (the checkpoint's meta says how many).
-  weight_decay = meta["ada"][-1]["weight_decay"] if meta.get("ada") else s.weight_decay
-  if weight_decay != s.weight_decay:  # same optimiser state structure, larger decay
-    schedule, w_tx, a_tx = _optimizers(config, steps_per_epoch, parts, weight_decay)
-  dtype = utils.compute_dtype(config)
-  latency = latency_setup(config, info, workdir)
-  # What the steps compute: DARTS's hypergradient with the reference's virtual step (the
-  # weight optimiser without its clipping), the latency objective, the relaxation.
-  # Its virtual step is heavy-ball SGD even when the weights train with Nesterov momentum:
-  # the references write Eq. 6 as w - lr (mu buf + g + wd w) (NAS-Bench-201's DARTS-V2 too).
-  hg = hypergrad.from_order(s.order, bilevel.make_w_tx(schedule, s.momentum, weight_decay,
-                                                       grad_clip=None, nesterov=False),
-                            fd_r=s.fd_r, remat=s.hvp_remat)
-  objective = latency and make_arch_objective(config, latency[1])
-  # Epochs before `arch_start_epoch` train the weights only (PC-DARTS's warm-up); each
-  # step is compiled on its first use (split steps share their programs). The loop
-  # carries the state as a short list of buffers (`loop.Flat`).
-  execution = bilevel.Execution(programs=s.programs, shardings=shardings, dtype=dtype)
-  flat, search_step, warmup_step = compiled_steps(
-      graphdef, state, w_tx, a_tx, order=s.order, hypergrad=hg,
-      arch_loss=(bilevel.arch_loss(objective, *parts.terms) if objective or parts.terms
-                 else None), parts=parts, execution=execution,
-      weight_first=s.step_order == "weight_first")
-  eval_step = cpu.compile_then_trim(bilevel.make_eval_step(
-      graphdef_eval, shardings=shardings, dtype=dtype))
-  augment = make_augment(info, crop_padding=config.data.crop_padding, flip=config.data.flip)
-  make = functools.partial(make_batches, batch_size=s.batch_size, augment=augment,
-                           workers=auto_workers(config.data.workers), process=process)
-  pipelines = []
+    self.loop = loop.EpochLoop(
+        name="search", workdir=self.workdir, ckpt=self.ckpt, meta=self.meta, epochs=end,
+        steps_per_epoch=self.steps_per_epoch, every_steps=config.checkpoint.every_steps,
+        preemption=preemption, metrics_file="metrics.jsonl", progress=progress,
+        resumed=self.resumed, phases={"a_": "architecture", "w_": "weight"},
+        postfix_keys=("w_loss", "w_acc", "a_loss", "a_acc"), to_tree=self.flat.tree)
+    leaves = self.loop.run(self.flat.leaves(self.state), loop.Pipeline(pipeline), step,
+                           self.end_epoch, self.written)
+    return self.flat.tree(leaves), dict(self.meta, elapsed=self.loop.elapsed())
 
-  def batches(epoch, start):
-    # One pipeline per split for the rest of the run, so Grain's worker pools live across
-    # epochs; the loop asks at each epoch's start and takes steps_per_epoch batches.
-    if not pipelines:
-      run = dict(epoch=epoch, start=start, epochs=s.epochs, batches_per_epoch=steps_per_epoch)
-      pipelines.append(zip(make(w_src, seed=config.seed, **run),
-                           make(a_src, seed=config.seed + 1, **run)))
-    return pipelines[0]
+  def evaluate(self, state, inputs=None) -> tuple[float, float]:
+    """(loss, accuracy) of the supernet of `state` on the architecture split."""
+    return evaluate(lambda b: parallel.to_host(self.eval_step(
+        (state.params, state.alphas, state.batch_stats), parallel.put_batch(b, self.mesh),
+        inputs or {})), self.make(self.a_src, seed=0, epoch=0, train=False))
 
-  # This run covers one DrNAS stage (all epochs without stages): epochs start..end - 1,
-  # the architecture warm-up counted from its start.
-  stage = _stage(config, meta)
-  start = int(sum(stages[:stage]))
-  end = int(sum(stages[:stage + 1])) if stages else s.epochs
-
-  def step(state, inputs, epoch, i):
-    del i
-    arch = parts.arch_steps and epoch - start >= s.arch_start_epoch
-    fn = search_step if arch else warmup_step
-    return fn(state, *(parallel.put_batch(b, mesh) for b in inputs))
-  run = loop.EpochLoop(name="search", workdir=workdir, ckpt=ckpt, meta=meta, epochs=end,
-                       steps_per_epoch=steps_per_epoch, every_steps=config.checkpoint.every_steps,
-                       preemption=preemption, metrics_file="metrics.jsonl", progress=progress,
-                       resumed=bool(found), phases={"a_": "architecture", "w_": "weight"},
-                       postfix_keys=("w_loss", "w_acc", "a_loss", "a_acc"), to_tree=flat.tree)
-
-  def evaluate_state(state, inputs=None):
-    return evaluate(lambda b: parallel.to_host(eval_step(
-        state.params, state.alphas, state.batch_stats, parallel.put_batch(b, mesh),
-        inputs or {})), make(a_src, seed=0, epoch=0, train=False))
-
-  # RobustDARTS's signal: the Hessian's largest eigenvalue in alpha of the loss on one
-  # fixed batch of the architecture split (the same batch every time: a trajectory).
-  eigenvalue = s.hessian_every and hessian.make_eigenvalue_fn(
-      bilevel.make_loss_fn(graphdef, dtype), s.hessian_iters)
-  eigen_batch = []
-
-  def hessian_facts(state, epoch, record):
-    if not eigenvalue or (epoch + 1) % s.hessian_every:
-      return
-    if not eigen_batch:
-      eigen_batch.append(parallel.put_batch(next(iter(make(a_src, seed=0, epoch=0,
-                                                             train=False))), mesh))
-    record["hessian_max_eig"] = float(eigenvalue(state, eigen_batch[0],
-                                                 jax.random.key(epoch)))
-    if not (s.early_stop or s.ada):
-      return
-    rd = config.robust_darts  # DARTS-ES's rule: the epoch before the eigenvalue took off
-    past = [r for r in meta["records"] if "hessian_max_eig" in r] + [record]
-    stop = hessian.early_stop_epoch([r["epoch"] for r in past],
-                                    [r["hessian_max_eig"] for r in past], window=rd.window,
-                                    delta=rd.delta, factor=rd.factor,
-                                    min_epoch=rd.es_start_epoch)
-    if stop is None:
-      return
-    if s.early_stop:
-      record.update(early_stop_epoch=stop, stop=True)
-      tqdm.tqdm.write(f"DARTS-ES: the Hessian's eigenvalue grew by more than {rd.factor}x; "
-                      f"stopping, with the architecture of epoch {stop}")
-      return
-    new = hessian.ada_weight_decay(weight_decay, mul_factor=rd.mul_factor,
-                                   max_weight_decay=rd.max_weight_decay)
-    if new is not None:  # DARTS-ADA: back to `stop`, on with more decay
-      record.update(ada_rollback=stop, ada_weight_decay=new, stop=True)
-      tqdm.tqdm.write(f"DARTS-ADA: the Hessian's eigenvalue grew by more than {rd.factor}x; "
-                      f"going back to epoch {stop} with weight decay {new:.4g} "
-                      f"(was {weight_decay:.4g})")
-
-  within_limit = []
-
-  def derive(alphas):
+  def derive(self, alphas):
     # With latency.limit_ms, each epoch's architecture is the most probable one within
     # the limit, as `selection.argmax` derives the final one.
-    if config.latency.limit_ms <= 0:
-      return space.derive(alphas, config)
-    if not within_limit:
-      within_limit.append(selection.candidates(space, config, latency[1]))
-    return selection.most_probable(space, alphas, config, within_limit[0])
+    if self.within_limit is None:
+      return self.space.derive(alphas, self.config)
+    return selection.most_probable(self.space, alphas, self.config, self.within_limit)
 
-  def end_epoch(leaves, epoch, means):
-    state = flat.tree(leaves)
-    if (config.search.relaxation == "gumbel" and config.search.order == "first"
-        and "a_acc" in means):
-      # GDAS reports the architecture steps' sampled networks on the validation split
-      # (its search_func's arch_top1); the softmax mixture, which it never trains, is
-      # evaluated only in epochs without architecture steps (and for the second order,
-      # whose architecture steps see virtual weights).
-      valid_loss, valid_acc = means["a_loss"], means["a_acc"]
-    elif not parts.arch_steps:
+  def end_epoch(self, leaves, epoch: int, means: dict) -> dict:
+    """The epoch's record: validation, the derived architecture, what the hooks add."""
+    state, config, space = self.flat.tree(leaves), self.config, self.space
+    lr = float(self.schedule(epoch * self.steps_per_epoch))
+    if not self.parts.arch_steps:
       # SPOS: one uniformly drawn path of the supernet (a new one each epoch); its
       # untrained alphas derive nothing, and the selection chooses after the search.
-      valid_loss, valid_acc = evaluate_state(state, parts.relaxation.model_inputs(
+      valid_loss, valid_acc = self.evaluate(state, self.parts.relaxation.model_inputs(
           jax.random.fold_in(jax.random.key(config.seed), epoch), state.step))
-      record = dict(means, epoch=epoch, lr=float(schedule(epoch * steps_per_epoch)),
-                    valid_loss=valid_loss, valid_acc=valid_acc)
-      tqdm.tqdm.write(f"epoch {epoch}: w_acc {record['w_acc']:.3f} valid_acc {valid_acc:.3f} "
+      tqdm.tqdm.write(f"epoch {epoch}: w_acc {means['w_acc']:.3f} valid_acc {valid_acc:.3f} "
                       f"(a random path)")
-      return record
+      return dict(means, epoch=epoch, lr=lr, valid_loss=valid_loss, valid_acc=valid_acc)
+    if self.parts.reports_arch_steps and "a_acc" in means:
+      valid_loss, valid_acc = means["a_loss"], means["a_acc"]
     else:
-      valid_loss, valid_acc = evaluate_state(state)
+      valid_loss, valid_acc = self.evaluate(state)
     alphas = parallel.to_host(state.alphas)
-    arch = derive(alphas)
-    record = dict(means, epoch=epoch, lr=float(schedule(epoch * steps_per_epoch)),
-                  valid_loss=valid_loss, valid_acc=valid_acc)
-    if s.ada:
-      record["weight_decay"] = weight_decay
+    arch = self.derive(alphas)
+    record = dict(means, epoch=epoch, lr=lr, valid_loss=valid_loss, valid_acc=valid_acc)
     for group, (logits, ops) in space.alpha_groups(alphas, config).items():
       record[f"alpha_entropy_{group}"] = alpha_entropy(logits)
       # The weights the method mixes with (sigmoid for FairDARTS, the Dirichlet mean
       # for DrNAS), not always softmax; the entropy above stays softmax's.
-      weights = np.asarray(op_weights(np.asarray(logits), methods.relaxation_kind(config)))
-      meta["alphas"].setdefault(group, []).append(weights.tolist())
-      run.summaries.op_weights(run.done, group, weights, ops)
+      weights = np.asarray(op_weights(np.asarray(logits), relaxation_kind(config)))
+      self.meta["alphas"].setdefault(group, []).append(weights.tolist())
+      self.loop.summaries.op_weights(self.loop.done, group, weights, ops)
     record["genotype"] = space.to_dict(arch)
-    hessian_facts(state, epoch, record)
+    for h in self.hooks:
+      h.end_epoch(self.run, state, epoch, record)
     facts = (space.arch_metrics(arch, config, alphas) if hasattr(space, "arch_metrics")
              else {})
     record.update(facts)
-    if latency:  # the derived network's latency on the table's device
-      record["predicted_latency_ms"] = latency[1].predict(arch)
-      run.postfix["lat_ms"] = f"{record['predicted_latency_ms']:.3f}"
-    lat = (f" predicted latency {record['predicted_latency_ms']:.3f} ms" if latency else "")
     shown = "".join(f" {k} {v:.2f}" for k, v in facts.items() if isinstance(v, float))
     if "hessian_max_eig" in record:
       shown += f" hessian_max_eig {record['hessian_max_eig']:.4g}"
+    if self.latency:  # the derived network's latency on the table's device
+      record["predicted_latency_ms"] = self.latency[1].predict(arch)
+      self.loop.postfix["lat_ms"] = f"{record['predicted_latency_ms']:.3f}"
+      shown = f" predicted latency {record['predicted_latency_ms']:.3f} ms" + shown
     tqdm.tqdm.write(f"epoch {epoch}: w_acc {record['w_acc']:.3f} valid_acc {valid_acc:.3f}"
-                    f"{lat}{shown} architecture {arch}")
+                    f"{shown} architecture {arch}")
     return record
 
-  def written(record):
+  def written(self, record: dict) -> None:
     if "genotype" in record:  # not for SPOS, whose selection writes it at the end
-      spaces.save(space, space.from_dict(record["genotype"]),
-                  os.path.join(workdir, "genotype.json"))
+      spaces.save(self.space, self.space.from_dict(record["genotype"]),
+                  os.path.join(self.workdir, "genotype.json"))
 
-  state = flat.tree(run.run(flat.leaves(state), batches, step, end_epoch, written))
-  last = meta["records"][-1] if meta["records"] else {}
-  if "ada_rollback" in last:  # DARTS-ADA: the run goes on from the earlier epoch
-    _ada_rollback(ckpt.directory, state, last, steps_per_epoch, config)
-    return _search(config, workdir, progress, True, preemption)
-  if end < s.epochs and meta["epoch"] == end and not meta.get("stopped"):
-    _drnas_next_stage(ckpt.directory, state, dict(meta, elapsed=run.elapsed()), config, info,
-                      steps_per_epoch)
-    return _search(user_config, workdir, progress, True, preemption)
+  @functools.cached_property
+  def _tune_step(self):
+    _, weight_step = bilevel.make_phase_steps(
+        self.graphdef, self.w_tx, self.a_tx, hypergrad=self.hypergrad,
+        relaxation=self.parts.relaxation, dtype=self.dtype)
+    return jax.jit(weight_step, donate_argnums=0)
 
-  tune_steps = []
-
-  def train(state, weight_batches, inputs=None):
+  def train(self, state, weight_batches, inputs=None):
+    """`selection.Context.train`: weight steps over `weight_batches` (donates `state`)."""
     if inputs is not None:  # weight steps with given supernet inputs (DARTS-PT)
-      if not tune_steps:
-        _, weight_step = bilevel.make_phase_steps(graphdef, w_tx, a_tx, hypergrad=hg,
-                                                  relaxation=parts.relaxation, dtype=dtype)
-        tune_steps.append(jax.jit(weight_step, donate_argnums=0))
       for b in weight_batches:
-        state, _ = tune_steps[0](state, parallel.put_batch(b, mesh), inputs)
+        state, _ = self._tune_step(state, parallel.put_batch(b, self.mesh), inputs)
       return state
-    leaves = flat.leaves(state)
+    leaves = self.flat.leaves(state)
     for b in weight_batches:  # the warm-up step is the weight step (no batch_val read)
-      b = parallel.put_batch(b, mesh)
-      leaves, _ = warmup_step(leaves, b, b)
-    return flat.tree(leaves)
+      b = parallel.put_batch(b, self.mesh)
+      leaves, _ = self.warmup_step(leaves, b, b)
+    return self.flat.tree(leaves)
 
-  # After the search: the selection rule (argmax of alpha: the last epoch's architecture).
-  # It may train the state on, which donates it: the alphas to plot are read first.
-  final_alphas = parallel.to_host(state.alphas)
-  started = time.perf_counter()
-  stopped_at = meta["records"][-1].get("early_stop_epoch") if meta["records"] else None
-  if stopped_at is not None:  # DARTS-ES: the architecture of the epoch it went back to
-    arch = space.from_dict(meta["records"][stopped_at]["genotype"])
-  else:
-    arch = selection.SELECTIONS[s.selection](selection.Context(
-        space=space, config=config, state=state, evaluate=evaluate_state, train=train,
-        # A fine-tuning epoch is a search epoch's steps (max_steps_per_epoch caps both).
-        weight_batches=lambda epoch=0: itertools.islice(
-            make(w_src, seed=config.seed, epoch=s.epochs + epoch), steps_per_epoch),
-        score=functools.partial(_score, graphdef_eval, lambda: list(make_batches(
-            a_src, batch_size=s.batch_size, seed=0, epoch=0, augment=augment,
-            train=False))),
-        latency=latency and latency[1]))
-  if run.primary:
-    # What the selection cost (DARTS-PT's fine-tuning, the supernet's scoring), beside
-    # the epochs' wall time in metrics.jsonl; a resumed finished run selects again.
-    loop.write_atomic(os.path.join(workdir, "selection.json"), json.dumps(dict(
-        selection=s.selection, seconds=time.perf_counter() - started,
-        **space.to_dict(arch))))
-    spaces.save(space, arch, os.path.join(workdir, "genotype.json"))
-    groups = space.alpha_groups(final_alphas, config)
-    if meta["alphas"]:  # none for SPOS, which trains no architecture weights
-      history = {g: [np.asarray(a) for a in meta["alphas"][g]] for g in groups}
-      np.savez(os.path.join(workdir, "alphas.npz"),
-               **{g: np.stack(h) for g, h in history.items()})
-      plotting.plot_alphas(history, {g: ops for g, (_, ops) in groups.items()},
-                           os.path.join(workdir, "alphas.png"))
-    space.draw(arch, os.path.join(workdir, "genotype"))
-  return arch
+  def score(self, state, weights) -> np.ndarray:
+    """`selection.Context.score`: on the whole validation split on every host (not its
+    process slice), with the state gathered from all hosts, so that every host scores
+    and selects alike; BatchNorm on each candidate's batch statistics."""
+    batches = list(make_batches(self.a_src, batch_size=self.config.search.batch_size,
+                                seed=0, epoch=0, augment=self.augment, train=False))
+    net = nnx.merge(self.graphdef_eval, *parallel.gather((state.params, state.alphas,
+                                                          state.batch_stats)))
+    net.train()  # batch statistics, each candidate its own (SPOS's recalibration)
+    return selection.one_hot_accuracies(net, weights, batches)
+
+  def select_and_write(self, state, meta: dict):
+    """The selection rule's architecture (a hook's, if one gives it: DARTS-ES's), written
+    with the selection's cost, the op-weight history and the cells' drawings."""
+    config, space, s = self.config, self.space, self.config.search
+    # The selection may train the state on, which donates it: the alphas to plot first.
+    final_alphas = parallel.to_host(state.alphas)
+    started = time.perf_counter()
+    chosen = next((a for h in self.hooks if (a := h.final_arch(self.run, meta)) is not None),
+                  None)
+    if chosen is not None:
+      arch = space.from_dict(chosen)
+    else:
+      arch = selection.SELECTIONS[s.selection](selection.Context(
+          space=space, config=config, state=state, evaluate=self.evaluate, train=self.train,
+          # A fine-tuning epoch is a search epoch's steps (max_steps_per_epoch caps both).
+          weight_batches=lambda epoch=0: itertools.islice(
+              self.make(self.w_src, seed=config.seed, epoch=s.epochs + epoch),
+              self.steps_per_epoch),
+          score=self.score, latency=self.latency and self.latency[1]))
+    if self.loop.primary:
+      # What the selection cost (DARTS-PT's fine-tuning, the supernet's scoring), beside
+      # the epochs' wall time in metrics.jsonl; a resumed finished run selects again.
+      loop.write_atomic(os.path.join(self.workdir, "selection.json"), json.dumps(dict(
+          selection=s.selection, seconds=time.perf_counter() - started,
+          **space.to_dict(arch))))
+      spaces.save(space, arch, os.path.join(self.workdir, "genotype.json"))
+      groups = space.alpha_groups(final_alphas, config)
+      if meta["alphas"]:  # none for SPOS, which trains no architecture weights
+        history = {g: [np.asarray(a) for a in meta["alphas"][g]] for g in groups}
+        np.savez(os.path.join(self.workdir, "alphas.npz"),
+                 **{g: np.stack(h) for g, h in history.items()})
+        plotting.plot_alphas(history, {g: ops for g, (_, ops) in groups.items()},
+                             os.path.join(self.workdir, "alphas.png"))
+      space.draw(arch, os.path.join(self.workdir, "genotype"))
+    return arch

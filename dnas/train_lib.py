@@ -5,18 +5,17 @@ epochs, auxiliary loss, optional label smoothing. Reports test accuracy."""
 import functools
 import json
 import os
-import sys
 
 import jax
-import jax.numpy as jnp
 import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from dnas import bilevel, config as config_lib, cpu, loop, parallel, spaces, utils
+from dnas import bilevel, config as config_lib, cpu, loop, optim, parallel, spaces, utils
 from dnas.checkpoint import Checkpointer, save_model
 from dnas.data.pipeline import auto_workers, get_dataset, make_augment, make_batches
-from dnas.utils import count_params, evaluate
+from dnas.evaluation import evaluate, make_eval_step
+from dnas.utils import count_params
 
 
 def build_network(config, arch, info, rngs: nnx.Rngs) -> nnx.Module:
@@ -77,27 +76,6 @@ def _apply(net, x, *, key=None, drop_path_prob=None):
   return net(x, key=key, drop_path_prob=drop_path_prob)
 
 
-def make_eval_step(graphdef_eval, shardings=None, dtype=None, apply=None):
-  """eval(params, stats, batch) -> (sum of losses, number correct, number of examples),
-  running BN statistics; examples whose batch["mask"] is 0 are padding. `apply` as in
-  `make_train_step`."""
-  apply = apply or _apply
-
-  def step(params, stats, batch):
-    net = nnx.merge(graphdef_eval, utils.cast_floating(params, dtype), stats, copy=True)
-    logits, _ = apply(net, utils.cast_floating(batch["image"], dtype))
-    logits = utils.at_least_float32(logits)
-    mask = batch.get("mask", jnp.ones(logits.shape[:1], jnp.float32))
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
-    return ((losses * mask).sum(), jnp.sum((jnp.argmax(logits, -1) == batch["label"]) * mask),
-            mask.sum())
-  if shardings is None:
-    return jax.jit(step)
-  (params_sh, stats_sh, _), batch_sh = shardings
-  return jax.jit(step, in_shardings=(params_sh, stats_sh, batch_sh),
-                 out_shardings=NamedSharding(batch_sh.mesh, P()))
-
-
 def run_train(config, arch_source: str, workdir: str | None = None,
               progress: bool = True, resume: bool = True) -> dict:
   """Trains the final network of the architecture in `arch_source` (a file written by
@@ -121,16 +99,10 @@ def _train(config, arch_source, workdir, progress, resume, preemption):
                else os.path.dirname(os.path.abspath(arch_source)))
   info, splits = get_dataset(config.data.name, config.data.data_dir, config.data.image_size)
   t = config.train
-  steps_per_epoch = len(splits["train"]) // t.batch_size
-  if steps_per_epoch == 0:
-    raise config_lib.ConfigError(f"train.batch_size {t.batch_size} is larger than the train "
-                                 f"split ({len(splits['train'])} examples)")
-  if config.max_steps_per_epoch:
-    steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
   mesh = parallel.make_mesh(config.mesh.devices, config.mesh.fsdp)
-  if t.batch_size % mesh.size:
-    raise config_lib.ConfigError(f"train.batch_size {t.batch_size} must be divisible by the "
-                                 f"{mesh.size} devices of the mesh")
+  steps_per_epoch = loop.epoch_steps(len(splits["train"]), t.batch_size, devices=mesh.size,
+                                     max_steps=config.max_steps_per_epoch,
+                                     key="train.batch_size", split="the train split")
   ckpt = Checkpointer(os.path.join(os.path.abspath(workdir), "train_checkpoints"),
                       keep=config.checkpoint.keep)
   loop.prepare_workdir(workdir, config, resume=resume, has_checkpoint=bool(ckpt.steps()),
@@ -138,8 +110,8 @@ def _train(config, arch_source, workdir, progress, resume, preemption):
 
   net = space.final(arch, config, info, nnx.Rngs(config.seed))
   # Reference train.py: CosineAnnealingLR(epochs) stepped per epoch, SGD, clipping.
-  schedule = bilevel.per_epoch_cosine(t.lr, t.lr_min, t.epochs, steps_per_epoch)
-  tx = bilevel.make_w_tx(schedule, t.momentum, t.weight_decay, t.grad_clip, t.nesterov)
+  schedule = optim.per_epoch_cosine(t.lr, t.lr_min, t.epochs, steps_per_epoch)
+  tx = optim.make_w_tx(schedule, t.momentum, t.weight_decay, t.grad_clip, t.nesterov)
   net.eval()
   graphdef_eval = nnx.split(net, nnx.Param, nnx.BatchStat)[0]
   net.train()
@@ -147,12 +119,7 @@ def _train(config, arch_source, workdir, progress, resume, preemption):
   state = (params, stats, tx.init(params))
   shardings = (parallel.state_shardings(state, mesh), parallel.batch_sharding(mesh))
   state = parallel.put_state(state, shardings[0])
-  meta = dict(epoch=0, batch=0, sums={}, records=[], elapsed=0.0)
-  found = ckpt.restore_latest(state) if resume else None
-  if found:
-    _, state, meta = found
-    print(f"dnas: resuming {workdir} at epoch {meta['epoch']}, batch {meta['batch']}",
-          file=sys.stderr)
+  found, state, meta = loop.restore(ckpt, state, resume=resume, workdir=workdir)
   dtype = utils.compute_dtype(config)
   pure_step = make_train_step(graphdef, tx, auxiliary_weight=t.auxiliary_weight,
                               label_smoothing=t.label_smoothing, dtype=dtype,
@@ -168,27 +135,23 @@ def _train(config, arch_source, workdir, progress, resume, preemption):
   train_step = cpu.compile_then_trim(flat.jit(
       tree_step, in_shardings=(shardings[0], shardings[1], rep, rep),
       out_shardings=(shardings[0], rep)))
-  eval_step = cpu.compile_then_trim(make_eval_step(graphdef_eval, shardings, dtype=dtype,
-                                                     apply=space.final_apply))
+  eval_step = cpu.compile_then_trim(make_eval_step(
+      graphdef_eval, shardings=(shardings[0][:2], shardings[1]), dtype=dtype,
+      apply=lambda net, x: space.final_apply(net, x)))
   augment = make_augment(info, crop_padding=config.data.crop_padding, flip=config.data.flip,
                          cutout=t.cutout)
   make = functools.partial(make_batches, batch_size=t.batch_size, augment=augment,
                            workers=auto_workers(config.data.workers),
                            process=parallel.process_slice(t.batch_size))
-  pipelines = []
-
-  def batches(epoch, start):
-    # One pipeline for the rest of the run (Grain's worker pool lives across epochs).
-    if not pipelines:
-      pipelines.append(make(splits["train"], seed=config.seed, epoch=epoch, start=start,
-                            epochs=t.epochs, batches_per_epoch=steps_per_epoch))
-    return pipelines[0]
+  batches = loop.Pipeline(lambda epoch, start: make(
+      splits["train"], seed=config.seed, epoch=epoch, start=start, epochs=t.epochs,
+      batches_per_epoch=steps_per_epoch))
   key = jax.random.key(config.seed)
 
   def evaluate_on(state, split):
     params, stats, _ = state
-    return evaluate(lambda b: parallel.to_host(eval_step(params, stats,
-                                                         parallel.put_batch(b, mesh))),
+    return evaluate(lambda b: parallel.to_host(eval_step((params, stats),
+                                                         parallel.put_batch(b, mesh), {})),
                     make(splits[split], seed=0, epoch=0, train=False))
 
   def drop_prob(epoch):

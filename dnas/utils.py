@@ -59,21 +59,3 @@ def count_params(module: nnx.Module, exclude: str | None = "auxiliary_head") -> 
       continue
     total += math.prod(v.get_value().shape)
   return total
-
-
-def evaluate(eval_fn, batches) -> tuple[float, float]:
-  """Mean loss and accuracy over batches.
-
-  Args:
-    eval_fn: batch -> (sum of per-example losses, number correct, number of examples)
-      over the global batch (padding excluded).
-    batches: iterable of batches for eval_fn.
-
-  Returns:
-    (mean loss, accuracy) over all examples.
-  """
-  loss, correct, n = 0.0, 0.0, 0.0
-  for batch in batches:
-    l, c, k = eval_fn(batch)
-    loss, correct, n = loss + float(l), correct + float(c), n + float(k)
-  return loss / n, correct / n

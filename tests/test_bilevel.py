@@ -17,7 +17,7 @@ import optax
 import pytest
 from flax import nnx
 
-from dnas import bilevel, cpu, hypergrad
+from dnas import bilevel, cpu, execution, hypergrad
 from dnas.spaces import darts
 
 N, H = 4, 6
@@ -379,19 +379,19 @@ def test_execution_splits_second_order_on_cpu_only():
 
 
 def test_flat_stacked_state_steps_as_the_tree(parts, setup):
-  # loop.Flat(stack=True) (the default off the CPU) carries equal-shaped leaves as one
+  # execution.Flat(stack=True) (the default off the CPU) carries equal-shaped leaves as one
   # buffer each; the step computes what it computes on the tree (to rounding: XLA fuses
   # the two programs differently), the buffers round-trip to the same tree, and their
   # shardings follow the leaves' (one stacked axis).
-  from dnas import loop, parallel
+  from dnas import parallel
   graphdef, state, w_tx, a_tx, _ = parts
   step = bilevel.make_search_step(graphdef, w_tx, a_tx, execution=bilevel.Execution(jit=False))
   mesh = parallel.make_mesh(1, 1)
   shardings = (parallel.state_shardings(state, mesh), parallel.batch_sharding(mesh))
-  flat = loop.Flat(state, shardings[0], stack=True)
+  flat = execution.Flat(state, shardings[0], stack=True)
   n = len(jax.tree.leaves(state))
   assert flat.stacked and len(flat) < n // 3
-  assert len(loop.Flat(state, shardings[0], stack=False)) == n
+  assert len(execution.Flat(state, shardings[0], stack=False)) == n
   chex.assert_trees_all_equal(flat.tree(flat.leaves(state)), state)
   rng = np.random.default_rng(0)
   fn = flat.jit(step, **bilevel.jit_shardings(shardings, 2))
@@ -409,7 +409,7 @@ def test_flat_stacked_state_steps_as_the_tree(parts, setup):
   assert jax.tree.leaves(jax.tree.map(lambda x: x.sharding, got)) == jax.tree.leaves(
       shardings[0])
   sharded = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("fsdp"))
-  assert loop._stacked_sharding(sharded).spec == jax.sharding.PartitionSpec(None, "fsdp")
+  assert execution._stacked_sharding(sharded).spec == jax.sharding.PartitionSpec(None, "fsdp")
 
 
 def test_nesterov_sgd_is_pytorchs():

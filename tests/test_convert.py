@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from dnas import convert
-from dnas.spaces import nb201
+from dnas.spaces import darts, nb201
 
 ARCH = "|nor_conv_3x3~0|+|nor_conv_1x1~0|avg_pool_3x3~1|+|skip_connect~0|none~1|nor_conv_3x3~2|"
 _BN = {"scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
@@ -17,7 +17,7 @@ _BN = {"scale": "weight", "bias": "bias", "mean": "running_mean", "var": "runnin
 
 def torch_state_dict(net) -> dict:
   """The reference's (xautodl) keys and layouts for a dnas TinyNetwork: the inverse of
-  convert.nb201_name, written out by hand from the reference's module names."""
+  nb201.torch_name, written out by hand from the reference's module names."""
   out = {}
   for path, v in nnx.to_flat_state(nnx.state(net)):
     p, x = ".".join(map(str, path)), np.asarray(v.get_value())
@@ -47,7 +47,7 @@ def test_state_dict_loads_into_a_differently_initialised_network():
   for _, v in nnx.to_flat_state(nnx.state(src, nnx.BatchStat)):  # non-default statistics
     v.set_value(v.get_value() + 0.3)
   dst = nb201.TinyNetwork(ARCH, 4, 1, 10, rngs=nnx.Rngs(1))
-  convert.load_torch_state_dict(dst, torch_state_dict(src), convert.nb201_name)
+  convert.load_torch_state_dict(dst, torch_state_dict(src), nb201.torch_name)
   x = jax.random.normal(jax.random.key(0), (4, 8, 8, 3))
   src.eval()
   dst.eval()
@@ -59,13 +59,13 @@ def test_mismatches_are_errors_naming_the_key():
   sd = torch_state_dict(net)
   with pytest.raises(KeyError, match="not a key of NAS-Bench-201's TinyNetwork"):
     convert.load_torch_state_dict(net, dict(sd, **{"head.weight": np.zeros(3)}),
-                                  convert.nb201_name)
+                                  nb201.torch_name)
   bad = dict(sd, **{"classifier.weight": np.zeros((10, 17), np.float32)})
   with pytest.raises(ValueError, match="classifier.weight -> classifier.kernel: shape"):
-    convert.load_torch_state_dict(net, bad, convert.nb201_name)
+    convert.load_torch_state_dict(net, bad, nb201.torch_name)
   del sd["stem.0.weight"]
   with pytest.raises(KeyError, match="got no value, e.g. stem.layers.0.kernel"):
-    convert.load_torch_state_dict(net, sd, convert.nb201_name)
+    convert.load_torch_state_dict(net, sd, nb201.torch_name)
 
 
 def test_darts_reference_keys_fill_network_cifar():
@@ -74,14 +74,13 @@ def test_darts_reference_keys_fill_network_cifar():
   # variable of the same network, and every variable gets one; conv kernels OIHW -> HWIO.
   import json  # pylint: disable=g-import-not-at-top
   import os  # pylint: disable=g-import-not-at-top
-  from dnas.spaces import darts  # pylint: disable=g-import-not-at-top
   with open(os.path.join(os.path.dirname(__file__), "data",
                          "darts_networkcifar_keys.json")) as f:
     keys = json.load(f)["keys"]
   rng = np.random.default_rng(0)
   sd = {k: rng.standard_normal(shape).astype(np.float32) for k, shape in keys.items()}
   net = darts.NetworkCIFAR(darts.DARTS_V2, 8, 10, 5, auxiliary=True, rngs=nnx.Rngs(0))
-  convert.load_torch_state_dict(net, sd, convert.darts_names(net))
+  convert.load_torch_state_dict(net, sd, darts.torch_names(net))
   got = nnx.state(net)
   np.testing.assert_array_equal(got["stem"]["layers"][0]["kernel"][...],
                                 sd["stem.0.weight"].transpose(2, 3, 1, 0))

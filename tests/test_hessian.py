@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from dnas import hessian
+from dnas.methods import robust_darts
 
 
 def test_lanczos_matches_a_dense_eigendecomposition():
@@ -43,27 +44,27 @@ def test_max_eigenvalue_of_a_loss_hessian_in_a_pytree():
 def test_darts_es_stops_when_the_local_average_grows_by_the_factor():
   epochs = list(range(0, 40, 2))
   flat = [1.0] * 20
-  assert hessian.early_stop_epoch(epochs, flat) is None
+  assert robust_darts.early_stop_epoch(epochs, flat) is None
   # Constant, then doubling from the 14th measurement (epoch 26): as the search calls it
   # after each measurement, it first fires at the 15th (epoch 28), whose window (1, 1, 1,
   # 2, 4: 1.8) is > 1.3x the window 4 measurements earlier (1.0); it goes back to epoch 20.
   rising = [1.0] * 13 + [2.0, 4.0, 8.0]
-  fired = [(n, hessian.early_stop_epoch(epochs[:n], rising[:n])) for n in range(1, 17)]
+  fired = [(n, robust_darts.early_stop_epoch(epochs[:n], rising[:n])) for n in range(1, 17)]
   first = next((n, e) for n, e in fired if e is not None)
   assert first == (15, 20)
   # Not before min_epoch: the same rise early in the search goes on.
-  assert hessian.early_stop_epoch(epochs[:10], [1.0] * 6 + [2.0, 4.0, 8.0, 16.0],
+  assert robust_darts.early_stop_epoch(epochs[:10], [1.0] * 6 + [2.0, 4.0, 8.0, 16.0],
                                   min_epoch=30) is None
 
 
 def test_darts_ada_multiplies_the_decay_up_to_its_maximum():
   # The official schedule: 3e-4 times 3 per rollback, four rollbacks up to 243e-4.
   wd, seen = 3e-4, []
-  while (wd := hessian.ada_weight_decay(wd)) is not None:
+  while (wd := robust_darts.ada_weight_decay(wd)) is not None:
     seen.append(wd)
   np.testing.assert_allclose(seen, [9e-4, 27e-4, 81e-4, 243e-4], rtol=1e-12)
-  assert hessian.ada_weight_decay(5e-4, mul_factor=2.0, max_weight_decay=1e-3) == 1e-3
-  assert hessian.ada_weight_decay(5e-4, mul_factor=2.0, max_weight_decay=9e-4) is None
+  assert robust_darts.ada_weight_decay(5e-4, mul_factor=2.0, max_weight_decay=1e-3) == 1e-3
+  assert robust_darts.ada_weight_decay(5e-4, mul_factor=2.0, max_weight_decay=9e-4) is None
 
 
 def test_epoch_loop_stops_on_a_stop_record_and_stays_stopped(tmp_path):

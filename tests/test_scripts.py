@@ -26,7 +26,8 @@ from dnas.spaces.nb201.structure import Structure
 from tests import cli_helpers
 
 TOOLS = ("bench_step", "bench_input", "bench_latency", "hlo_stats", "profile_cell",
-         "device_check", "compare_reference", "eagle_latency", "latency_pareto")
+         "device_check", "compare_reference", "eagle_latency", "latency_pareto",
+         "check_unchanged")
 TINY = "--config=dnas/configs/tiny.py"
 # Two kinds of op (one parametric, one not): the tiny config at its cheapest compile.
 TWO_OPS = "--config.model.primitives=('skip_connect','sep_conv_3x3')"
@@ -180,3 +181,18 @@ def test_compare_reference_usage_and_diff():
   assert out.returncode == 0 and "--torch_python" in out.stdout and "--cases" in out.stdout
   d = _load("compare_reference")._diff([1.0, 2.0, 4.0], [1.0, 2.5, 4.0])  # pylint: disable=protected-access
   assert d == pytest.approx(dict(max_abs=0.5, max_rel=0.2, scale=4.0), rel=1e-5)
+
+
+def test_check_unchanged_fingerprint_ignores_only_the_clock(tmp_path):
+  """Its real run is two full searches (minutes): its fingerprint of a work directory is
+  checked on a hand-made one; any other field, to the last bit, counts."""
+  tool = _load("check_unchanged")
+  (tmp_path / "genotype.json").write_text(json.dumps({"arch": "|skip_connect~0|"}))
+  record = dict(epoch=0, valid_acc=0.5, wall_time=3.2)
+  (tmp_path / "metrics.jsonl").write_text(json.dumps(record) + "\n")
+  a = tool.fingerprint(str(tmp_path))
+  assert a == dict(genotype={"arch": "|skip_connect~0|"}, metrics=[dict(epoch=0, valid_acc=0.5)])
+  (tmp_path / "metrics.jsonl").write_text(json.dumps(dict(record, wall_time=9.9)) + "\n")
+  assert tool.fingerprint(str(tmp_path)) == a
+  (tmp_path / "metrics.jsonl").write_text(json.dumps(dict(record, valid_acc=0.5 + 2**-52)) + "\n")
+  assert tool.fingerprint(str(tmp_path)) != a

@@ -30,14 +30,16 @@ Each method's own settings live in the config section of its name (`config.drnas
 from collections.abc import Callable
 from typing import NamedTuple
 
-from dnas import bilevel, relaxation as relaxation_lib
-from dnas.methods import beta_darts, darts_minus, drnas, fair_darts, sdarts
+from dnas import optim, relaxation as relaxation_lib
+from dnas.errors import ConfigError, flatten, non_negative, positive
+from dnas.methods import beta_darts, darts_minus, drnas, fair_darts, robust_darts, sdarts
+from dnas.methods.hooks import SearchHooks, SearchRun  # noqa: F401
+from dnas.relaxation import relaxation_kind
 
 METHODS = ("darts", "pc_darts", "drnas", "beta_darts", "sdarts_rs", "sdarts_adv",
            "darts_minus", "fair_darts", "spos")
 
-# Methods whose relaxation is part of their definition; the others take search.relaxation.
-_RELAXATION = {"drnas": "dirichlet", "fair_darts": "sigmoid", "spos": "uniform"}
+_RELAXATION = relaxation_lib.METHOD_RELAXATION
 # Methods without architecture steps: the weights train alone, the selection decides.
 _NO_ARCH_STEPS = ("spos",)
 # Methods defined on softmax op weights only.
@@ -54,6 +56,8 @@ class Parts(NamedTuple):
   extra_inputs: step -> more keyword inputs of the supernet in every pass, or None.
   arch_steps: False for methods that never step the architecture (every step is the
     weight step, `make_search_steps`'s warm-up step).
+  reports_arch_steps: the epoch's validation numbers are its architecture steps' on
+    their sampled networks (GDAS's arch_top1), not the mixture's evaluation.
   """
   relaxation: relaxation_lib.Relaxation
   terms: tuple[Callable, ...] = ()
@@ -61,15 +65,11 @@ class Parts(NamedTuple):
   a_weight_decay: float | None = None
   extra_inputs: Callable | None = None
   arch_steps: bool = True
-
-
-def relaxation_kind(config) -> str:
-  return _RELAXATION.get(config.method, config.search.relaxation)
+  reports_arch_steps: bool = False
 
 
 def validate(config) -> None:
   """One ConfigError line per mistake in `method` or its settings."""
-  from dnas.config import ConfigError, flatten, non_negative, positive  # pylint: disable=g-import-not-at-top
   method = config.method
   if method not in METHODS:
     raise ConfigError(f"method {method!r} is unknown; valid: {', '.join(METHODS)}")
@@ -124,7 +124,6 @@ def validate(config) -> None:
 
 
 def _validate_stages(config) -> None:
-  from dnas.config import ConfigError  # pylint: disable=g-import-not-at-top
   d, m, s = config.drnas, config.model, config.search
   epochs, ks, keeps = (tuple(d.stage_epochs), tuple(d.stage_k), tuple(d.stage_keep))
   if not epochs:
@@ -163,10 +162,30 @@ def _validate_stages(config) -> None:
 
 def build(config, steps_per_epoch: int) -> Parts:
   """The parts of `config.method` for a search of `steps_per_epoch` steps per epoch."""
+  parts = _build(config, steps_per_epoch)
+  # GDAS reports the architecture steps' sampled networks on the validation split (its
+  # search_func's arch_top1): the softmax mixture, which it never trains, is evaluated
+  # only in epochs without architecture steps (and for the second order, whose
+  # architecture steps see virtual weights).
+  return parts._replace(reports_arch_steps=relaxation_kind(config) == "gumbel"
+                        and config.search.order == "first")
+
+
+def hooks(config) -> list[SearchHooks]:
+  """The search hooks of `config`'s method and settings (`dnas.methods.hooks`)."""
+  out = []
+  if config.search.hessian_every:
+    out.append(robust_darts.RobustDartsHooks())
+  if config.method == "drnas" and config.drnas.stage_epochs:
+    out.append(drnas.StageHooks())
+  return out
+
+
+def _build(config, steps_per_epoch: int) -> Parts:
   s = config.search
   kind = relaxation_kind(config)
   if kind == "gumbel":
-    relax = relaxation_lib.gumbel(bilevel.per_epoch_anneal(
+    relax = relaxation_lib.gumbel(optim.per_epoch_anneal(
         s.tau_start, s.tau_end, s.epochs, steps_per_epoch, s.tau_anneal))
   else:
     relax = relaxation_lib.Relaxation(kind)

@@ -16,7 +16,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import digamma, gammaln
 
+import tqdm
+
+from dnas import parallel
+from dnas.checkpoint import Checkpointer
 from dnas.arch import dirichlet_concentration, op_logits
+from dnas.errors import ConfigError
+from dnas.methods.hooks import SearchHooks, SearchRun
 
 REGULARISERS = ("l2", "kl")
 
@@ -56,22 +62,6 @@ def prune(logits: np.ndarray, num_keep: int, mask: np.ndarray | None = None):
   new_mask = np.zeros(x.shape, bool)
   np.put_along_axis(new_mask, keep, True, axis=-1)
   return np.where(new_mask, logits, 0.0).astype(np.asarray(logits).dtype), new_mask
-
-
-def masked(weights, mask):
-  """Op weights renormalised over the unpruned ops (the official `process_step_vector`
-  with a mask: a Dirichlet sample so restricted is a Dirichlet sample of the kept
-  concentrations). f32[E, K], bool[E, K] -> f32[E, K]."""
-  w = weights * jnp.asarray(mask, weights.dtype)
-  return w / jnp.sum(w, axis=-1, keepdims=True)
-
-
-def masked_logits(logits, mask):
-  """Logits with pruned entries -inf: softmax, sigmoid and the Dirichlet mean give them
-  0 (what derivation and logging read). f32[E, K], bool[E, K] | None -> f32[E, K]."""
-  if mask is None:
-    return logits
-  return np.where(np.asarray(mask, bool), np.asarray(logits), -np.inf)
 
 
 _ROOT = re.compile(r"(\['cells'\]\[\d+\]\['ops'\]\[\d+\]\['ops'\]\[\d+\])(.*)")
@@ -118,3 +108,84 @@ def widen(old, new, seed: int, params=None):
            jax.tree_util.tree_flatten_with_path(old if params is None else params)[0]]
   fr_roots = {m.group(1) for m in map(_ROOT.search, paths) if m and "['conv_1']" in m.group(2)}
   return jax.tree_util.tree_map_with_path(one, old, new)
+
+
+def stage_config(config, meta: dict | None):
+  """`config` as the progressive stage of a run whose latest checkpoint meta is `meta`
+  (None: a fresh run) sees it: that stage's partial channels and op mask; `config`
+  itself without stages."""
+  d = config.get("drnas")
+  if d is None or not d.stage_epochs or not meta or "drnas_stage" not in meta:
+    return config
+  stage = meta["drnas_stage"]
+  c = config.copy_and_resolve_references()
+  c.model.pc_k = int(d.stage_k[stage["stage"]])
+  c.model.op_mask = stage["op_mask"]
+  return c
+
+
+def _stage(meta: dict | None) -> int:
+  return meta["drnas_stage"]["stage"] if meta and "drnas_stage" in meta else 0
+
+
+class StageHooks(SearchHooks):
+  """DrNAS's progressive learning (the official DARTS-space train_search.py): the search
+  runs once per stage (`drnas.stage_epochs`); between two stages each edge is pruned to
+  its `stage_keep` strongest ops and the partial channels widen to 1/`stage_k` (`widen`:
+  weights, BatchNorm statistics and momentum), the architecture optimiser and the
+  learning-rate schedule going on."""
+
+  def run_config(self, config, meta):
+    return stage_config(config, meta)
+
+  def epochs(self, config, meta):
+    stages, stage = tuple(config.drnas.stage_epochs), _stage(meta)
+    return int(sum(stages[:stage])), int(sum(stages[:stage + 1]))
+
+  def check_restored(self, run, latest, found):
+    newest = _stage(latest)
+    if newest and (found is None or _stage(found) != newest):
+      # The stage's supernet came from the newest meta; an older checkpoint of another
+      # stage does not fit it (and starting afresh with it would be wrong).
+      raise ConfigError(
+          f"{run.ckpt_dir}: the newest checkpoint (DrNAS stage {newest}) is unreadable and "
+          f"the ones before are of another stage; delete the unreadable ones to go on from "
+          f"an earlier one")
+
+  def after_run(self, run: SearchRun, state, meta):
+    """The step to the next stage when this run ended its stage: the stage's last
+    checkpoint is replaced by the pruned and widened state, its meta naming the new
+    stage and mask. A kill in between leaves an earlier checkpoint the latest, and the
+    resumed run redoes the stage's end the same way."""
+    config = run.user_config
+    d, stage = config.drnas, _stage(meta) + 1
+    _, end = self.epochs(config, meta)
+    if end >= config.search.epochs or meta["epoch"] != end or meta.get("stopped"):
+      return False
+    host = parallel.gather(state)
+    old_mask = run.config.model.op_mask or {}
+    groups = run.space.alpha_groups(host.alphas, run.config)
+    pruned, mask = {}, {}
+    for group, (logits, _) in groups.items():
+      old = old_mask.get(group)
+      pruned[group], mask[group] = prune(logits, int(d.stage_keep[stage]),
+                                         None if old is None else np.asarray(old, bool))
+    meta = dict(meta, drnas_stage=dict(stage=stage, op_mask={k: v.tolist()
+                                                             for k, v in mask.items()}))
+    c = stage_config(config, meta)
+    fresh = run.fresh_state(c)
+    seed = config.seed * 1000 + stage
+    widened = host._replace(
+        params=widen(host.params, fresh.params, seed),
+        batch_stats=widen(host.batch_stats, fresh.batch_stats, seed, host.params),
+        w_opt_state=widen(host.w_opt_state, fresh.w_opt_state, seed),
+        alphas=run.space.with_op_logits(host.alphas, pruned, c))
+    step = int(host.step)
+    widened = parallel.put_state(widened, parallel.state_shardings(fresh, run.mesh))
+    ckpt = Checkpointer(run.ckpt_dir, keep=config.checkpoint.keep)
+    ckpt.delete_from(step)
+    ckpt.save(step, widened, meta)
+    ckpt.close()
+    tqdm.tqdm.write(f"DrNAS: stage {stage}: {d.stage_keep[stage]} ops left per edge, "
+                    f"partial channels 1/{d.stage_k[stage]}")
+    return True

@@ -2,6 +2,8 @@
 (`dnas.spaces.base.SearchSpace`); `config.space` names the space a run uses."""
 
 from dnas.spaces.base import ArchError, SearchSpace, load, save
+from dnas.spaces.darts import space as darts_space
+from dnas.spaces.nb201 import space as nb201_space
 
 _SPACES: dict[str, SearchSpace] = {}
 
@@ -24,11 +26,5 @@ def names() -> tuple[str, ...]:
   return tuple(_SPACES)
 
 
-def _register_builtin():
-  from dnas.spaces.darts import space as darts_space  # pylint: disable=g-import-not-at-top
-  from dnas.spaces.nb201 import space as nb201_space  # pylint: disable=g-import-not-at-top
-  register(darts_space.SPACE)
-  register(nb201_space.SPACE)
-
-
-_register_builtin()
+register(darts_space.SPACE)
+register(nb201_space.SPACE)

@@ -19,6 +19,7 @@ from flax import nnx
 
 from dnas import arch as arch_lib
 from dnas import latency
+from dnas.data.pipeline import dataset_info
 from dnas.latency import mixed as mixed_latency
 from dnas.spaces.base import ArchError
 
@@ -102,7 +103,6 @@ class MixedOpSpace:
 
   def random_arch(self, rng: np.random.Generator, config, info=None) -> dict[str, int]:
     """A uniformly drawn choice per MixedOp."""
-    from dnas.data.pipeline import dataset_info  # pylint: disable=g-import-not-at-top
     info = info or dataset_info(config.data.name, config.data.image_size)
     net = nnx.eval_shape(lambda: self.build(config, info, nnx.Rngs(0)))
     return {p: int(rng.integers(len(m.ops))) for p, m in arch_lib.mixed_ops(net).items()}

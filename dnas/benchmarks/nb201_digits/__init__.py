@@ -14,9 +14,11 @@ import sys
 import time
 
 import numpy as np
+from scipy import stats
 
 from dnas import search_lib
 from dnas.config import ConfigError
+from dnas.configs import nb201 as nb201_config
 from dnas.data.pipeline import get_dataset, make_augment, make_batches, search_splits
 from dnas.selection import one_hot_accuracies
 from dnas.spaces.nb201 import ground_truth as gt
@@ -37,7 +39,6 @@ def expected_best_of(accuracies, k: int) -> float:
 
 def kendall_tau(x, y) -> float:
   """Kendall's tau-b of two rankings (ties handled as scipy does)."""
-  from scipy import stats  # pylint: disable=g-import-not-at-top
   return float(stats.kendalltau(x, y).statistic)
 
 
@@ -70,7 +71,6 @@ def supernet_ranking(workdir: str, archs) -> np.ndarray:
   own saved `search_config.json`) scores each architecture string by its accuracy on the
   search's architecture split with one-hot op weights: the weight-sharing proxy that
   `evaluate_method` ranks by."""
-  from dnas.configs import nb201 as nb201_config  # pylint: disable=g-import-not-at-top
   config = nb201_config.get_config()
   with open(os.path.join(workdir, "search_config.json")) as f:
     _update(config, json.load(f))

@@ -14,9 +14,8 @@ from flax import nnx
 
 from dnas import autodiff
 from dnas.arch import (RELAXATIONS, ArchParam, EdgeParam, MixedOp, PartialMixedOp,
-                       batched_mixed_ops, checkpointed_call, init_alphas, node_softmax,
-                       op_weights, runs_one_op)
-from dnas.methods.drnas import masked, masked_logits
+                       batched_mixed_ops, checkpointed_call, init_alphas, masked,
+                       masked_logits, node_softmax, op_weights, runs_one_op)
 from dnas.spaces.darts import genotypes as genotypes_lib
 from dnas.kernels import fusion_barrier
 from dnas.spaces.darts.ops import (PRIMITIVES, FactorizedReduce, ReLUConvBN, batch_norm, conv2d,

@@ -3,13 +3,15 @@
 `config.method = "pc_darts"`), Genotypes, NetworkCIFAR / NetworkImageNet of `config.train`,
 cell drawings, and latency over the final network's ops."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from dnas import methods, parallel
-from dnas.arch import op_weights
-from dnas.methods.drnas import masked_logits
+from dnas.errors import ConfigError, flatten, positive
+from dnas import parallel
+from dnas.arch import masked_logits, op_weights
+from dnas.relaxation import relaxation_kind
 from dnas.spaces.darts import draw, genotypes, latency
 from dnas.spaces.darts.final import NETWORKS
 from dnas.spaces.darts.ops import PRIMITIVES
@@ -37,14 +39,13 @@ class DartsSpace:
 
   name = "darts"
   published = genotypes.GENOTYPES
+  partial_channels = True  # PC-DARTS, DrNAS's partial channels
 
   def validate(self, config) -> None:
-    from dnas import config as config_lib  # pylint: disable=g-import-not-at-top
-    ConfigError = config_lib.ConfigError  # pylint: disable=invalid-name
-    flat = config_lib.flatten(config)
+    flat = flatten(config)
     for k in ("model.C", "model.layers", "model.steps", "model.multiplier",
               "model.stem_multiplier", "train.C", "train.layers"):
-      config_lib.positive(flat, k, int)
+      positive(flat, k, int)
     m = config.model
     bad = [p for p in m.primitives if p not in PRIMITIVES]
     if bad:
@@ -54,7 +55,7 @@ class DartsSpace:
       raise ConfigError(f"model.multiplier ({m.multiplier}) must be <= model.steps "
                         f"({m.steps})")
     if _partial(config):
-      config_lib.positive(flat, "model.pc_k", int)
+      positive(flat, "model.pc_k", int)
     if _partial(config) and m.C % m.pc_k:
       raise ConfigError(f"model.pc_k={m.pc_k} must divide model.C={m.C}: each edge mixes "
                         f"C / pc_k channels")
@@ -78,7 +79,7 @@ class DartsSpace:
     return Network(m.C, info.num_classes, m.layers, m.steps, m.multiplier, m.stem_multiplier,
                    in_channels=info.image_shape[-1], primitives=tuple(m.primitives),
                    partial_channels=m.pc_k if _partial(config) else 1, edge_normalization=pc,
-                   relaxation=methods.relaxation_kind(config), gumbel_hard=s.gumbel_hard,
+                   relaxation=relaxation_kind(config), gumbel_hard=s.gumbel_hard,
                    auxiliary_skip=config.method == "darts_minus", remat=m.remat,
                    op_mask=_op_mask(config), rngs=rngs)
 
@@ -90,12 +91,20 @@ class DartsSpace:
         masked_logits(_get(alphas, "alphas_reduce"), mask.get("reduce")), steps=m.steps,
         multiplier=m.multiplier, primitives=tuple(m.primitives),
         betas_normal=_get(alphas, "betas_normal"), betas_reduce=_get(alphas, "betas_reduce"),
-        weights="sigmoid" if methods.relaxation_kind(config) == "sigmoid" else "softmax")
+        weights="sigmoid" if relaxation_kind(config) == "sigmoid" else "softmax")
 
   def alpha_groups(self, alphas, config):
     ops, mask = tuple(config.model.primitives), _op_mask(config) or {}
     return {kind: (masked_logits(_get(alphas, f"alphas_{kind}"), mask.get(kind)), ops)
             for kind in ("normal", "reduce")}
+
+  def with_op_logits(self, alphas, groups: dict, config):
+    """`alphas` with the op logits of the groups in `groups` ({"normal": f32[E, K], ...},
+    as `alpha_groups` names them) replaced."""
+    del config
+    return jax.tree_util.tree_map_with_path(
+        lambda p, x: next((groups[k] for k in groups
+                           if f"alphas_{k}" in jax.tree_util.keystr(p)), x), alphas)
 
   def arch_metrics(self, arch: genotypes.Genotype, config, alphas=None) -> dict:
     """The derived cells' parameter-free ops (skip connections, pooling; of 2 * steps
@@ -131,7 +140,7 @@ class DartsSpace:
     config, state, m = ctx.config, ctx.state, ctx.config.model
     ops = tuple(m.primitives)
     alphas = parallel.to_host(state.alphas)
-    kind = methods.relaxation_kind(config)
+    kind = relaxation_kind(config)
     base = {c: np.asarray(op_weights(jnp.asarray(_get(alphas, f"alphas_{c}")), kind),
                           np.float32) for c in _CELLS}
     starts = np.cumsum([0] + [i + 2 for i in range(m.steps)])

@@ -7,6 +7,7 @@ string format, the final `TinyNetwork` and the supernet `Network`; `config.space
   net = nb201.TinyNetwork(arch, C=16, N=5, num_classes=10, rngs=nnx.Rngs(0))
 """
 
+from dnas.spaces.nb201.convert import torch_name
 from dnas.spaces.nb201.network import InferCell, Network, SearchCell, TinyNetwork
 from dnas.spaces.nb201.ops import NAS_BENCH_201, PRIMITIVES, ResNetBasicblock, make_op
 from dnas.spaces.nb201.structure import EDGES, Structure, derive, random_structure

@@ -10,7 +10,7 @@ runs only each edge's op were both slower on XLA:CPU: BUILD_NOTES.md, "Design
 decisions".)
 
 The protocol is `PROTOCOL`; `GroundTruth` is the table
-(`experiments/nb201_digits/ground_truth.json`, made by `experiments/nb201_digits/run.py`)
+(`dnas/benchmarks/nb201_digits/ground_truth.json`, made by `experiments/nb201_digits/run.py`)
 that records it, and a table under another protocol is refused.
 """
 
@@ -26,7 +26,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from dnas import bilevel
+from dnas import optim
 from dnas.data import digits
 from dnas.spaces.nb201.network import Network
 from dnas.spaces.nb201.ops import NAS_BENCH_201
@@ -90,8 +90,8 @@ def make_train_fn(protocol=None):
   b = p["batch_size"]
   steps_per_epoch = n // b  # the last partial batch is dropped: one shape
   total = steps_per_epoch * p["epochs"]
-  schedule = bilevel.per_epoch_cosine(p["lr"], p["lr_min"], p["epochs"], steps_per_epoch)
-  tx = bilevel.make_w_tx(schedule, p["momentum"], p["weight_decay"], None, p["nesterov"])
+  schedule = optim.per_epoch_cosine(p["lr"], p["lr_min"], p["epochs"], steps_per_epoch)
+  tx = optim.make_w_tx(schedule, p["momentum"], p["weight_decay"], None, p["nesterov"])
   in_channels, num_classes = x_train.shape[-1], 10
 
   def build(key):

@@ -12,8 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from dnas import methods
+from dnas.errors import ConfigError, flatten, positive
 from dnas.arch import op_weights
+from dnas.relaxation import relaxation_kind
 from dnas.latency.table import jit_eval
 from dnas.spaces.nb201 import ground_truth as gt
 from dnas.spaces.nb201.benchmark import Benchmark
@@ -29,21 +30,16 @@ class NB201Space:
 
   name = "nb201"
   published: dict = {}
+  partial_channels = False  # PC-DARTS's partial channels and edge weights: DARTS's supernet
 
   def validate(self, config) -> None:
-    from dnas import config as config_lib  # pylint: disable=g-import-not-at-top
-    ConfigError = config_lib.ConfigError  # pylint: disable=invalid-name
-    flat = config_lib.flatten(config)
+    flat = flatten(config)
     for k in ("model.C", "model.N", "train.C", "train.N"):
-      config_lib.positive(flat, k, int)
+      positive(flat, k, int)
     bad = [p for p in config.model.primitives if p not in NAS_BENCH_201]
     if bad:
       raise ConfigError(f"model.primitives: unknown op {bad[0]!r}; valid ops: "
                         f"{', '.join(NAS_BENCH_201)}")
-    if config.method == "pc_darts":
-      raise ConfigError("method 'pc_darts' is not available for space nb201 (its partial "
-                        "channels and edge weights are the DARTS supernet's); valid: " +
-                        ", ".join(m for m in methods.METHODS if m != "pc_darts"))
     path = _benchmark_path(config)
     if path and not os.path.exists(path):
       raise ConfigError(f"nb201.benchmark: {path} does not exist (the NATS-Bench topology "
@@ -58,13 +54,13 @@ class NB201Space:
                         "nb201.py` measures this machine's, scripts/eagle_latency.py fits "
                         "one from measured networks")
     if "nb201" in config:
-      config_lib.positive(flat, "nb201.latency_networks", int)
+      positive(flat, "nb201.latency_networks", int)
 
   def supernet(self, config, info, rngs: nnx.Rngs) -> Network:
     m, s = config.model, config.search
     return Network(m.C, m.N, info.num_classes, in_channels=info.image_shape[-1],
                    primitives=tuple(m.primitives), affine=m.affine,
-                   track_running_stats=m.track_running_stats, relaxation=methods.relaxation_kind(config),
+                   track_running_stats=m.track_running_stats, relaxation=relaxation_kind(config),
                    gumbel_hard=s.gumbel_hard, remat=m.remat, rngs=rngs)
 
   def derive(self, alphas, config) -> Structure:
@@ -96,7 +92,7 @@ class NB201Space:
     official code keeps stepping them, which moves only the undecided edges)."""
     config, state = ctx.config, ctx.state
     weights = np.asarray(op_weights(jnp.asarray(ctx.state.alphas["alphas"][...]),
-                                    methods.relaxation_kind(config)))
+                                    relaxation_kind(config)))
     decided: dict[int, int] = {}
 
     def projected():
@@ -140,7 +136,7 @@ class NB201Space:
     weights the method mixes with (softmax, sigmoid, the Dirichlet mean): the largest is
     the argmax derivation's architecture."""
     w = np.asarray(op_weights(jnp.asarray(alphas["alphas"].get_value()),
-                              methods.relaxation_kind(config)), np.float64)
+                              relaxation_kind(config)), np.float64)
     hot = gt.one_hot(archs, tuple(config.model.primitives))
     return np.einsum("aek,ek->a", hot, np.log(np.maximum(w, 1e-30)))
 

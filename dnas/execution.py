@@ -1,0 +1,187 @@
+"""How a search step runs, apart from what it computes (`dnas.bilevel`): one jitted
+program or a few (`Execution`, `split_piece`), their shardings over the device mesh
+(`jit_shardings`), and the state carried between steps as a short list of buffers
+(`Flat`)."""
+
+import logging
+import threading
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from dnas import cpu
+
+# How a jitted search step is compiled (`Execution.programs`): "one" program, or "split"
+# into a few programs that share one gradient program; "auto": split the second-order
+# methods on CPU only (XLA:CPU compiles one second-order program for 10+ minutes and
+# holds its three gradient passes at once), one program elsewhere.
+PROGRAMS = ("auto", "one", "split")
+
+
+class Execution(NamedTuple):
+  """How the steps run, apart from what they compute: `jit`; `programs` (PROGRAMS);
+  `shardings`, a pair (state shardings, batch sharding) from `dnas.parallel` (SPMD over
+  their mesh; inputs must be placed accordingly); `dtype`, the activations' dtype (None:
+  the weights' own; `make_loss_fn`)."""
+  jit: bool = True
+  programs: str = "auto"
+  shardings: tuple | None = None
+  dtype: object = None
+
+  def split(self, order: str) -> bool:
+    if self.programs not in PROGRAMS:
+      raise ValueError(f"programs {self.programs!r} is unknown; valid: {', '.join(PROGRAMS)}")
+    if not self.jit or self.programs == "one":
+      return False
+    return self.programs == "split" or (order != "first" and jax.default_backend() == "cpu")
+
+
+
+def split_piece(shardings=None, donate: bool = True):
+  """`piece` for `make_phase_steps`: each piece its own program, compiled ahead of its
+  first call per argument signature; state updates keep the state's shardings and
+  donate it (unless `donate=False`, for benchmarks that rerun a step)."""
+  def piece(fn, state_update=False):
+    kwargs = {}
+    if state_update:
+      if donate:
+        kwargs["donate_argnums"] = 0
+      if shardings is not None:
+        replicated = jax.sharding.NamedSharding(shardings[1].mesh, jax.sharding.PartitionSpec())
+        kwargs["out_shardings"] = (shardings[0], replicated)
+    return cpu.compile_then_trim(jax.jit(fn, **kwargs))
+  return piece
+
+
+def jit_shardings(shardings, num_batches):
+  """in/out shardings of f(state, *batches) -> (state, replicated metrics)."""
+  if shardings is None:
+    return {}
+  state_sh, batch_sh = shardings
+  replicated = jax.sharding.NamedSharding(batch_sh.mesh, jax.sharding.PartitionSpec())
+  return dict(in_shardings=(state_sh,) + (batch_sh,) * num_batches,
+              out_shardings=(state_sh, replicated))
+
+
+def precompile_in_background(calls, name: str = "dnas-compile-ahead") -> None:
+  """Compiles each `(program, args)` of `calls` (`cpu.compile_then_trim` programs and
+  their `jax.ShapeDtypeStruct` arguments) in a daemon thread, while the caller compiles
+  another program: XLA:CPU compiles one program on about 1.4 of 2 cores here. A failure
+  is logged and the program compiles on its first call instead."""
+  def work():
+    try:
+      for program, args in calls:
+        program.precompile(*args)
+    except Exception as e:  # pylint: disable=broad-except
+      logging.warning("compiling ahead failed: %s", e)
+  threading.Thread(target=work, name=name, daemon=True).start()
+
+
+class Flat:
+  """A state pytree carried between steps as a short list of buffers.
+
+  Each jit call pays host time per argument and result buffer: the DARTS search state at
+  CIFAR shapes has 4,666 leaves, which cost tens of milliseconds to flatten as `nnx.State`s
+  and as many again to pass as a plain list. The leaves have only 26 distinct shapes, so
+  with `stack` the leaves of equal shape, dtype and sharding travel as one stacked buffer
+  (unstacked and restacked inside the step's program). The loop holds the buffers and
+  builds the tree only where it needs one (checkpoints, epoch ends).
+
+  `stack=None` stacks off the CPU only: a CPU step takes seconds, so its host time does
+  not count, while XLA:CPU compiles the unstacking slices and restacking concatenations
+  as extra kernels (compile time up by half in a microbenchmark: BUILD_NOTES.md, "Host
+  time per step call").
+  `shardings` (a tree like the state, optional): where the leaves live; a stack of
+  leaves sharded as P(a, b) is sharded as P(None, a, b).
+  """
+
+  def __init__(self, tree, shardings=None, stack: bool | None = None):
+    leaves, self.treedef = jax.tree.flatten(tree)
+    if stack is None:
+      stack = jax.default_backend() != "cpu"
+    self.shardings = (None if shardings is None else self.treedef.flatten_up_to(shardings))
+    groups: dict = {}
+    for i, x in enumerate(leaves):
+      key = ((tuple(x.shape), x.dtype, getattr(x, "weak_type", False),
+              None if shardings is None else self.shardings[i]) if stack else i)
+      groups.setdefault(key, []).append(i)
+    self.groups = list(groups.values())
+    self.stacked = len(self.groups) < len(leaves)
+    self._pack = self._unpack = None
+
+  def __len__(self) -> int:
+    """Buffers carried."""
+    return len(self.groups)
+
+  def _stack(self, leaves: list) -> list:
+    return [leaves[g[0]] if len(g) == 1 else jnp.stack([leaves[i] for i in g])
+            for g in self.groups]
+
+  def _unstack(self, buffers: list) -> list:
+    leaves = [None] * sum(map(len, self.groups))
+    for g, b in zip(self.groups, buffers):
+      if len(g) == 1:
+        leaves[g[0]] = b
+      else:
+        for j, i in enumerate(g):
+          leaves[i] = b[j]
+    return leaves
+
+  def buffer_shardings(self, shardings) -> list | None:
+    """Shardings of the carried buffers, from a tree of shardings like the state's."""
+    if shardings is None:
+      return None
+    flat = self.treedef.flatten_up_to(shardings)
+    return [flat[g[0]] if len(g) == 1 else _stacked_sharding(flat[g[0]]) for g in self.groups]
+
+  def leaves(self, tree) -> list:
+    """The tree as the carried buffers (one program call when stacking)."""
+    leaves = self.treedef.flatten_up_to(tree)
+    if not self.stacked:
+      return leaves
+    if self._pack is None:
+      out = None if self.shardings is None else self.buffer_shardings(
+          self.treedef.unflatten(self.shardings))
+      self._pack = jax.jit(self._stack, out_shardings=out)
+    return self._pack(leaves)
+
+  def tree(self, buffers):
+    """The carried buffers as the tree (new arrays when stacking; `buffers` stay valid)."""
+    if not self.stacked:
+      return self.treedef.unflatten(buffers)
+    if self._unpack is None:
+      self._unpack = jax.jit(self._unstack, out_shardings=self.shardings)
+    return self.treedef.unflatten(self._unpack(buffers))
+
+  def jit(self, fn, *, in_shardings=None, out_shardings=None):
+    """fn(state, *args) -> (state, out), pure, as a jitted f(buffers, *args) -> (buffers,
+    out) that donates the buffers. Shardings as `jax.jit`'s, with the state's (the first
+    argument's and output's) given as a tree like the state."""
+    def flat_fn(buffers, *args):
+      state, out = fn(self.treedef.unflatten(self._unstack(buffers)), *args)
+      return self._stack(self.treedef.flatten_up_to(state)), out
+    kwargs = {}
+    if in_shardings is not None:
+      kwargs = dict(in_shardings=(self.buffer_shardings(in_shardings[0]),)
+                    + tuple(in_shardings[1:]),
+                    out_shardings=(self.buffer_shardings(out_shardings[0]), out_shardings[1]))
+    return jax.jit(flat_fn, donate_argnums=0, **kwargs)
+
+  def wrap(self, step):
+    """A step that is not one program (`bilevel`'s split steps take trees): the same
+    interface over the buffers, converting at each call."""
+    def flat_step(buffers, *args):
+      state, out = step(self.tree(buffers), *args)
+      return self.leaves(state), out
+    return flat_step
+
+
+def _stacked_sharding(sharding):
+  """The sharding of a stack of leaves that each have `sharding` (a new leading axis)."""
+  if isinstance(sharding, jax.sharding.NamedSharding):
+    return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(
+        None, *sharding.spec))
+  if sharding.is_fully_replicated:
+    return sharding
+  raise ValueError(f"cannot stack leaves with sharding {sharding}; pass stack=False")

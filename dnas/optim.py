@@ -1,0 +1,61 @@
+"""Optimisers and schedules of the search and of retraining, as the reference code runs
+them (PyTorch SGD and Adam with coupled weight decay, schedules stepped per epoch):
+Optax `GradientTransformation`s and schedules `count -> f32[]`."""
+
+import jax.numpy as jnp
+import optax
+
+
+def per_epoch_cosine(base_lr: float, min_lr: float, epochs: int,
+                     steps_per_epoch: int) -> optax.Schedule:
+  """Cosine annealing stepped once per epoch, as the reference runs it (PyTorch 0.3.1
+  `CosineAnnealingLR`): epoch e uses min + (base - min) (1 + cos(pi e / epochs)) / 2."""
+  def schedule(count):
+    epoch = jnp.minimum(count // steps_per_epoch, epochs)
+    return min_lr + (base_lr - min_lr) * 0.5 * (1 + jnp.cos(jnp.pi * epoch / epochs))
+  return schedule
+
+
+def per_epoch_anneal(start: float, end: float, epochs: int, steps_per_epoch: int,
+                     kind: str = "linear") -> optax.Schedule:
+  """A temperature annealed once per epoch from `start` (epoch 0) to `end` (last epoch):
+  "linear" as GDAS, "exponential" (geometric) as FBNet's tau_0 * 0.956^epoch."""
+  if kind not in ("linear", "exponential"):
+    raise ValueError(f"anneal kind {kind!r} is unknown; valid: linear, exponential")
+
+  def schedule(count):
+    frac = jnp.minimum(count // steps_per_epoch, epochs - 1) / max(epochs - 1, 1)
+    if kind == "linear":
+      return start + (end - start) * frac
+    return start * (end / start) ** frac
+  return schedule
+
+
+def make_w_tx(lr: optax.ScalarOrSchedule, momentum: float = 0.9, weight_decay: float = 3e-4,
+              grad_clip: float | None = 5.0, nesterov: bool = False
+              ) -> optax.GradientTransformation:
+  """The reference weight optimiser: clip the gradient's global norm, then PyTorch SGD
+  (coupled L2 weight decay, heavy-ball momentum buf = mu buf + g, step -lr buf; with
+  `nesterov`, PyTorch's Nesterov step -lr (g + mu buf), as NAS-Bench-201's scripts use).
+
+  The clipping is stateless and wraps the SGD part, so the optimiser with and without
+  `grad_clip` has one state structure: the unclipped one is DARTS's virtual step
+  (`hypergrad.unrolled`) on the clipped one's state."""
+  sgd = optax.chain(optax.add_decayed_weights(weight_decay),
+                    optax.trace(decay=momentum, nesterov=nesterov),
+                    optax.scale_by_learning_rate(lr))
+  if not grad_clip:
+    return sgd
+  clip = optax.clip_by_global_norm(grad_clip)
+
+  def update(grads, state, params=None):
+    return sgd.update(clip.update(grads, optax.EmptyState())[0], state, params)
+  return optax.GradientTransformation(sgd.init, update)
+
+
+def make_a_tx(lr: float = 3e-4, b1: float = 0.5, b2: float = 0.999,
+              weight_decay: float = 1e-3) -> optax.GradientTransformation:
+  """The reference architecture optimiser: PyTorch Adam with coupled L2 weight decay."""
+  return optax.chain(optax.add_decayed_weights(weight_decay),
+                     optax.scale_by_adam(b1=b1, b2=b2, eps=1e-8),
+                     optax.scale_by_learning_rate(lr))
