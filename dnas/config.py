@@ -1,10 +1,28 @@
-"""Config validation: every user mistake becomes one ConfigError line, before compiling."""
+"""Config validation (every user mistake becomes one ConfigError line, before compiling)
+and the search space's section of a config (`space_section`)."""
+
+import ml_collections
 
 from dnas import execution, hypergrad, latency, methods, selection, spaces, utils
 from dnas.arch import RELAXATIONS
 from dnas.data.pipeline import DATASETS
 from dnas.errors import ConfigError, flatten, non_negative, positive  # noqa: F401  (re-exported)
 
+
+
+def space_section(config) -> ml_collections.ConfigDict:
+  """The part of `config` that its search space reads: `config.model`, the space's own
+  section if the config has one (`config.<space name>`, e.g. `nb201.benchmark`), and what
+  the method decides about the supernet (`methods.supernet_options`: relaxation,
+  gumbel_hard, partial_channels, edge_normalization, auxiliary_skip, fair_threshold).
+  The final network's settings are `config.train`."""
+  model = ml_collections.ConfigDict(config.model.to_dict())
+  own = config.get(config.space)
+  with model.ignore_type():
+    if own is not None and hasattr(own, "items"):
+      model.update(own.to_dict())
+    model.update(methods.supernet_options(config))
+  return model
 
 
 def validate(config, mode: str) -> None:
@@ -133,4 +151,8 @@ def validate(config, mode: str) -> None:
     raise ConfigError(f"method 'pc_darts' is not available for space {space.name} (its "
                       f"partial channels and edge weights are the DARTS supernet's); valid: "
                       + ", ".join(m for m in methods.METHODS if m != "pc_darts"))
-  space.validate(config)
+  L = config.latency
+  hint = getattr(space, "latency_table_hint", None)
+  if hint and (L.objective != "none" or L.limit_ms > 0) and not L.table:
+    raise ConfigError(f"space {space.name} takes its latency from latency.table, {hint}")
+  space.validate(space_section(config), config.train)

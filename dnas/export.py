@@ -28,7 +28,7 @@ import numpy as np
 from absl import flags
 from flax import nnx
 
-from dnas import checkpoint, cli, latency, spaces, utils
+from dnas import checkpoint, cli, config as config_lib, latency, spaces, utils
 from dnas.data.pipeline import dataset_info
 
 _TRAINED = flags.DEFINE_string("trained", None, "The `trained/` checkpoint of dnas.train.")
@@ -73,7 +73,9 @@ def load_trained(directory: str):
                       f"--config=<the config file that registers it>") from None
   genotype = space.from_dict(genotype)
   info = dataset_info(config.data.name, config.data.image_size)
-  abstract = nnx.eval_shape(lambda: space.final(genotype, config, info, nnx.Rngs(0)))
+  model = config_lib.space_section(config)
+  abstract = nnx.eval_shape(lambda: space.final(genotype, model, config.train, info,
+                                                nnx.Rngs(0)))
   graphdef, target = nnx.split(abstract)
   want = {"/".join(map(str, p)): tuple(v.get_value().shape)
           for p, v in nnx.to_flat_state(target)}
@@ -167,7 +169,8 @@ def main(argv):
           f"{measured['median']:.4f} ms (median of {_REPEATS.value}, batch {batch}, "
           f"{jax.devices()[0].device_kind})")
   if table:
-    predicted = space.latency_model(table, config, info).predict(genotype)
+    predicted = space.latency_model(table, config_lib.space_section(config), config.train,
+                                    info).predict(genotype)
     line += f"; table prediction {predicted:.4f} ms"
   print(line)
 

@@ -28,7 +28,6 @@ from dnas.checkpoint import Checkpointer
 from dnas.data.pipeline import (DatasetInfo, auto_workers, get_dataset, make_augment,
                                 make_batches, search_splits)
 from dnas.evaluation import evaluate, make_eval_step
-from dnas.relaxation import relaxation_kind
 
 
 def run_search(config, workdir: str, progress: bool = True, resume: bool = True):
@@ -65,7 +64,8 @@ def alpha_entropy(alphas: np.ndarray) -> float:
 def make_supernet(config, num_classes: int, in_channels: int) -> nnx.Module:
   """The supernet of `config.space` for images of `in_channels` and `num_classes`."""
   info = DatasetInfo("", (1, 1, in_channels), num_classes, (), ())
-  return spaces.get(config.space).supernet(config, info, nnx.Rngs(config.seed))
+  return spaces.get(config.space).supernet(config_lib.space_section(config), info,
+                                           nnx.Rngs(config.seed))
 
 
 def optimizers(config, steps_per_epoch: int, parts: methods.Parts | None = None):
@@ -100,11 +100,12 @@ def latency_setup(config, info, workdir: str | None = None):
     print(f"dnas: measuring a latency table for the final network on "
           f"{jax.devices()[0].device_kind} (batch {L.batch_size}, {config.dtype})",
           file=sys.stderr)
-    table = space.latency_profile(config, info, batch_size=L.batch_size, dtype=config.dtype,
-                                  repeats=L.repeats)
+    table = space.latency_profile(config_lib.space_section(config), config.train, info,
+                                  batch_size=L.batch_size, dtype=config.dtype,
+                                  repeats=L.repeats, seed=config.seed)
     if path and jax.process_index() == 0:
       table.save(path)
-  model = space.latency_model(table, config, info)
+  model = space.latency_model(table, config_lib.space_section(config), config.train, info)
   latency_lib.validate_settings(L.objective, L.weight, L.fbnet_alpha, L.fbnet_beta,
                                 L.target_ms, min_latency_ms=model.minimum())
   if 0 < L.limit_ms < model.minimum():
@@ -169,7 +170,7 @@ def load_supernet(config, workdir: str) -> nnx.Module:
   ckpt = Checkpointer(os.path.join(os.path.abspath(workdir), "checkpoints"),
                       keep=config.checkpoint.keep)
   config = _run_config(config, methods.hooks(config), ckpt.latest_meta())
-  net = space.supernet(config, info, nnx.Rngs(config.seed))
+  net = space.supernet(config_lib.space_section(config), info, nnx.Rngs(config.seed))
   _, w_tx, a_tx = optimizers(config, 1)  # the state's structure, not its schedule
   graphdef, state = bilevel.init_search_state(net, w_tx, a_tx, jax.random.key(config.seed))
   found = ckpt.restore_latest(state)
@@ -208,7 +209,7 @@ class Search:
     # checkpoint restored (a hook's settings, such as DARTS-ADA's decay after rollbacks).
     latest = self.ckpt.latest_meta() if resume else None
     config = _run_config(user_config, hooks, latest)
-    net = space.supernet(config, info, nnx.Rngs(config.seed))
+    net = space.supernet(config_lib.space_section(config), info, nnx.Rngs(config.seed))
     _, w_tx, a_tx = optimizers(config, self.steps_per_epoch)  # the state's structure
     net.eval()
     self.graphdef_eval = bilevel.split_supernet(net)[0]
@@ -218,6 +219,7 @@ class Search:
     found, state, meta = loop.restore(self.ckpt, state, resume=resume, workdir=workdir,
                                       fresh=dict(loop.fresh_meta(), alphas={}))
     config = self.config = _run_config(user_config, hooks, meta if found else None)
+    model = self.model = config_lib.space_section(config)
     s = config.search
     self.resumed, self.meta, self.state, self.info = bool(found), meta, state, info
     parts = self.parts = methods.build(config, self.steps_per_epoch)
@@ -229,7 +231,7 @@ class Search:
                                   workers=auto_workers(config.data.workers),
                                   process=parallel.process_slice(s.batch_size))
     self.run = methods.SearchRun(
-        config=config, user_config=user_config, space=space, info=info,
+        config=config, user_config=user_config, model=model, space=space, info=info,
         ckpt_dir=self.ckpt.directory, steps_per_epoch=self.steps_per_epoch, mesh=mesh,
         loss_fn=bilevel.make_loss_fn(graphdef, dtype), arch_batch=self._arch_batch,
         fresh_state=self._fresh_state, meta=meta)
@@ -257,7 +259,8 @@ class Search:
         self.graphdef_eval, shardings=((shardings[0].params, shardings[0].alphas,
                                         shardings[0].batch_stats), shardings[1]),
         dtype=dtype))
-    self.within_limit = (selection.candidates(space, config, self.latency[1])
+    self.within_limit = (selection.candidates(space, model, config.latency.limit_ms,
+                                              self.latency[1])
                          if config.latency.limit_ms > 0 else None)
 
   def _arch_batch(self):
@@ -265,7 +268,8 @@ class Search:
                               self.mesh)
 
   def _fresh_state(self, config):
-    net = self.space.supernet(config, self.info, nnx.Rngs(config.seed))
+    net = self.space.supernet(config_lib.space_section(config), self.info,
+                              nnx.Rngs(config.seed))
     _, w_tx, a_tx = optimizers(config, self.steps_per_epoch)  # the state's structure
     return bilevel.init_search_state(net, w_tx, a_tx, jax.random.key(config.seed))[1]
 
@@ -309,12 +313,12 @@ class Search:
     # With latency.limit_ms, each epoch's architecture is the most probable one within
     # the limit, as `selection.argmax` derives the final one.
     if self.within_limit is None:
-      return self.space.derive(alphas, self.config)
-    return selection.most_probable(self.space, alphas, self.config, self.within_limit)
+      return self.space.derive(alphas, self.model)
+    return selection.most_probable(self.space, alphas, self.model, self.within_limit)
 
   def end_epoch(self, leaves, epoch: int, means: dict) -> dict:
     """The epoch's record: validation, the derived architecture, what the hooks add."""
-    state, config, space = self.flat.tree(leaves), self.config, self.space
+    state, config, space, model = self.flat.tree(leaves), self.config, self.space, self.model
     lr = float(self.schedule(epoch * self.steps_per_epoch))
     if not self.parts.arch_steps:
       # SPOS: one uniformly drawn path of the supernet (a new one each epoch); its
@@ -331,17 +335,17 @@ class Search:
     alphas = parallel.to_host(state.alphas)
     arch = self.derive(alphas)
     record = dict(means, epoch=epoch, lr=lr, valid_loss=valid_loss, valid_acc=valid_acc)
-    for group, (logits, ops) in space.alpha_groups(alphas, config).items():
+    for group, (logits, ops) in space.alpha_groups(alphas, model).items():
       record[f"alpha_entropy_{group}"] = alpha_entropy(logits)
       # The weights the method mixes with (sigmoid for FairDARTS, the Dirichlet mean
       # for DrNAS), not always softmax; the entropy above stays softmax's.
-      weights = np.asarray(op_weights(np.asarray(logits), relaxation_kind(config)))
+      weights = np.asarray(op_weights(np.asarray(logits), model.relaxation))
       self.meta["alphas"].setdefault(group, []).append(weights.tolist())
       self.loop.summaries.op_weights(self.loop.done, group, weights, ops)
     record["genotype"] = space.to_dict(arch)
     for h in self.hooks:
       h.end_epoch(self.run, state, epoch, record)
-    facts = (space.arch_metrics(arch, config, alphas) if hasattr(space, "arch_metrics")
+    facts = (space.arch_metrics(arch, model, alphas) if hasattr(space, "arch_metrics")
              else {})
     record.update(facts)
     shown = "".join(f" {k} {v:.2f}" for k, v in facts.items() if isinstance(v, float))
@@ -403,7 +407,8 @@ class Search:
       arch = space.from_dict(chosen)
     else:
       arch = selection.SELECTIONS[s.selection](selection.Context(
-          space=space, config=config, state=state, evaluate=self.evaluate, train=self.train,
+          space=space, config=config, model=self.model, state=state, evaluate=self.evaluate,
+          train=self.train,
           # A fine-tuning epoch is a search epoch's steps (max_steps_per_epoch caps both).
           weight_batches=lambda epoch=0: itertools.islice(
               self.make(self.w_src, seed=config.seed, epoch=s.epochs + epoch),
@@ -416,7 +421,7 @@ class Search:
           selection=s.selection, seconds=time.perf_counter() - started,
           **space.to_dict(arch))))
       spaces.save(space, arch, os.path.join(self.workdir, "genotype.json"))
-      groups = space.alpha_groups(final_alphas, config)
+      groups = space.alpha_groups(final_alphas, self.model)
       if meta["alphas"]:  # none for SPOS, which trains no architecture weights
         history = {g: [np.asarray(a) for a in meta["alphas"][g]] for g in groups}
         np.savez(os.path.join(self.workdir, "alphas.npz"),

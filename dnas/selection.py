@@ -25,7 +25,9 @@ from dnas import parallel
 class Context(NamedTuple):
   """What a selection rule may use.
 
-  space: the search space (`dnas.spaces.SearchSpace`); config: the search config.
+  space: the search space (`dnas.spaces.SearchSpace`); config: the search config (the
+    selection's own settings: seed, `search.*`, `darts_pt.*`, `latency.limit_ms`);
+    model: the space's section (`dnas.config.space_section`).
   state: the final `bilevel.SearchState` (device arrays).
   evaluate(state, inputs=None) -> (loss, accuracy): the supernet of `state` on the
     validation split, called with the keyword `inputs` (e.g. {"weights": f32[E, K]}).
@@ -40,6 +42,7 @@ class Context(NamedTuple):
   """
   space: Any
   config: Any
+  model: Any
   state: Any
   evaluate: Callable[[Any], tuple[float, float]]
   train: Callable[[Any, Iterator], Any]
@@ -48,11 +51,11 @@ class Context(NamedTuple):
   latency: Any = None
 
 
-def candidates(space, config, latency=None) -> list:
-  """The space's architectures (over `config.model.primitives`), only those that the
-  latency model predicts within `latency.limit_ms` when it is set."""
-  limit = config.latency.limit_ms
-  archs = space.candidates(config)
+def candidates(space, model, limit_ms: float = 0.0, latency=None) -> list:
+  """The space's architectures (over `model.primitives`), only those that the latency
+  model predicts within `limit_ms` (`latency.limit_ms`) when it is > 0."""
+  limit = limit_ms
+  archs = space.candidates(model)
   if limit > 0:
     archs = [a for a in archs if latency.predict(a) <= limit]
   if not archs:  # the latency setup checks the limit against the fastest architecture
@@ -60,20 +63,21 @@ def candidates(space, config, latency=None) -> list:
   return archs
 
 
-def most_probable(space, alphas, config, archs):
+def most_probable(space, alphas, model, archs):
   """The architecture of `archs` with the largest sum over edges of the log of the
   method's op weights (`space.log_prob`): the argmax derivation restricted to `archs`."""
-  return archs[int(np.argmax(space.log_prob(alphas, archs, config)))]
+  return archs[int(np.argmax(space.log_prob(alphas, archs, model)))]
 
 
 def argmax(ctx: Context):
   """DARTS: the space's own derivation from the final architecture weights; with
   `latency.limit_ms`, the most probable architecture within the limit."""
   alphas = parallel.to_host(ctx.state.alphas)
-  if ctx.config.latency.limit_ms <= 0:
-    return ctx.space.derive(alphas, ctx.config)
-  return most_probable(ctx.space, alphas, ctx.config,
-                       candidates(ctx.space, ctx.config, ctx.latency))
+  limit = ctx.config.latency.limit_ms
+  if limit <= 0:
+    return ctx.space.derive(alphas, ctx.model)
+  return most_probable(ctx.space, alphas, ctx.model,
+                       candidates(ctx.space, ctx.model, limit, ctx.latency))
 
 
 def perturbation(ctx: Context):
@@ -91,12 +95,12 @@ def supernet(ctx: Context):
   on each candidate's batch statistics (SPOS recalibrates it per candidate; RANDOM-NAS
   keeps the running statistics of all paths). Exhaustive where SPOS runs an
   evolutionary search: NAS-Bench-201's space is enumerable."""
-  archs = candidates(ctx.space, ctx.config, ctx.latency)
+  archs = candidates(ctx.space, ctx.model, ctx.config.latency.limit_ms, ctx.latency)
   n = ctx.config.search.select_num
   if 0 < n < len(archs):
     pick = np.random.default_rng(ctx.config.seed).choice(len(archs), n, replace=False)
     archs = [archs[i] for i in np.sort(pick)]
-  acc = ctx.score(ctx.state, np.stack([ctx.space.one_hot(a, ctx.config) for a in archs]))
+  acc = ctx.score(ctx.state, np.stack([ctx.space.one_hot(a, ctx.model) for a in archs]))
   order = np.argsort(-acc, kind="stable")
   print(f"selection: the supernet's best of {len(archs)} candidates: "
         + ", ".join(f"{archs[i]} ({acc[i]:.4f})" for i in order[:3]), flush=True)

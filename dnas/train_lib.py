@@ -21,7 +21,8 @@ from dnas.utils import count_params
 def build_network(config, arch, info, rngs: nnx.Rngs) -> nnx.Module:
   """The final network of `arch` that `config.train` retrains, for data `info`
   (`DatasetInfo`), as `config.space` builds it."""
-  return spaces.get(config.space).final(arch, config, info, rngs)
+  return spaces.get(config.space).final(arch, config_lib.space_section(config), config.train,
+                                        info, rngs)
 
 
 def smoothed_cross_entropy(logits: jax.Array, labels: jax.Array, smoothing: float) -> jax.Array:
@@ -108,7 +109,7 @@ def _train(config, arch_source, workdir, progress, resume, preemption):
   loop.prepare_workdir(workdir, config, resume=resume, has_checkpoint=bool(ckpt.steps()),
                        what="train")
 
-  net = space.final(arch, config, info, nnx.Rngs(config.seed))
+  net = build_network(config, arch, info, nnx.Rngs(config.seed))
   # Reference train.py: CosineAnnealingLR(epochs) stepped per epoch, SGD, clipping.
   schedule = optim.per_epoch_cosine(t.lr, t.lr_min, t.epochs, steps_per_epoch)
   tx = optim.make_w_tx(schedule, t.momentum, t.weight_decay, t.grad_clip, t.nesterov)

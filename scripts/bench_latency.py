@@ -50,7 +50,7 @@ def main(argv):
   m, L = config.model, config.latency
   dtype = config.get("dtype", "float32")
   info = dataset_info(config.data.name, config.data.image_size)
-  layout = darts_latency.layout_for(config, info)
+  layout = darts_latency.layout_for(config.model, config.train, info)
   primitives = tuple(m.primitives)
   if _TABLE.value:
     table = latency_lib.LatencyTable.load(_TABLE.value)

@@ -48,7 +48,7 @@ def main(argv):
   os.makedirs(_OUT.value, exist_ok=True)
   base = _CONFIG.value
   info = dataset_info(base.data.name, base.data.image_size)
-  layout = darts_latency.layout_for(base, info)
+  layout = darts_latency.layout_for(base.model, base.train, info)
   table_path = _TABLE.value or os.path.join(_OUT.value, "latency_table.json")
   if not os.path.exists(table_path):
     darts_latency.profile(layout, tuple(base.model.primitives),

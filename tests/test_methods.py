@@ -291,19 +291,21 @@ def test_supernet_selection_takes_the_best_scored_candidate_within_the_limit():
     return np.einsum("aek,ek->a", w, value)
   c = _spos_config()
   c.latency.limit_ms, c.search.select_num = 2.0, 0
-  ctx = selection.Context(space=nb201_space.SPACE, config=c, state=None, evaluate=None,
-                          train=None, weight_batches=None, score=score, latency=_Convs())
+  model = config_lib.space_section(c)
+  ctx = selection.Context(space=nb201_space.SPACE, config=c, model=model, state=None,
+                          evaluate=None, train=None, weight_batches=None, score=score,
+                          latency=_Convs())
   got = selection.SELECTIONS["supernet"](ctx)
-  every = nb201_space.SPACE.candidates(c)
+  every = nb201_space.SPACE.candidates(model)
   assert len(every) == 3 ** 6
   within = [a for a in every if _Convs().predict(a) <= 2.0]
-  want = max(within, key=lambda a: np.sum(nb201_space.SPACE.one_hot(a, c) * value))
+  want = max(within, key=lambda a: np.sum(nb201_space.SPACE.one_hot(a, model) * value))
   assert got == want and len(scored[0]) == len(within) == 496  # 64 + 6*32 + 15*16
   c.search.select_num = 10  # RANDOM-NAS: the best of a seeded uniform draw of candidates
   first = selection.SELECTIONS["supernet"](ctx)
   assert len(scored[-1]) == 10 and selection.SELECTIONS["supernet"](ctx) == first
   assert np.all(np.einsum("aek,ek->a", scored[-1], value) <= np.sum(
-      nb201_space.SPACE.one_hot(first, c) * value) + 1e-12)
+      nb201_space.SPACE.one_hot(first, model) * value) + 1e-12)
 
 
 def test_argmax_within_the_limit_is_the_most_probable_architecture_within_it():
@@ -319,7 +321,8 @@ def test_argmax_within_the_limit_is_the_most_probable_architecture_within_it():
   c = nb201_config.get_config()
   c.model.primitives = ("none", "skip_connect", "nor_conv_3x3")
   state = State({"alphas": nnx.Param(jnp.asarray(alphas))})
-  ctx = selection.Context(space=nb201_space.SPACE, config=c, state=state, evaluate=None,
+  ctx = selection.Context(space=nb201_space.SPACE, config=c,
+                          model=config_lib.space_section(c), state=state, evaluate=None,
                           train=None, weight_batches=None, latency=_Convs())
   assert selection.SELECTIONS["argmax"](ctx) == Structure(("nor_conv_3x3",) * 6)
   c.latency.limit_ms = 5.0  # one convolution must go: where it costs least probability
@@ -549,6 +552,7 @@ def test_darts_pt_keeps_the_op_whose_removal_hurts_most():
   c = nb201_config.get_config()
   c.darts_pt.interval = 2
   ctx = selection.Context(space=nb201_space.SPACE, config=c,
+                          model=config_lib.space_section(c),
                           state=State({"alphas": jnp.asarray(alphas, jnp.float32)}),
                           evaluate=evaluate, train=train, weight_batches=lambda epoch=0: None)
   got = selection.SELECTIONS["pt"](ctx)
@@ -615,7 +619,8 @@ def test_darts_pt_on_the_darts_space_projects_ops_then_inputs():
   c.darts_pt.interval = 2
   state = State(nnx.State({f"alphas_{k}": ArchParam(jnp.asarray(a, jnp.float32))
                            for k, a in alphas.items()}))
-  ctx = selection.Context(space=darts_space.SPACE, config=c, state=state, evaluate=evaluate,
+  ctx = selection.Context(space=darts_space.SPACE, config=c,
+                          model=config_lib.space_section(c), state=state, evaluate=evaluate,
                           train=train, weight_batches=lambda epoch=0: None)
   got = selection.SELECTIONS["pt"](ctx)
 

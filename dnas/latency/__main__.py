@@ -48,8 +48,8 @@ def profile(config):
     raise LatencyError(f"space {config.space} cannot measure a latency table (its space "
                        f"has no latency_profile); give the search a table made elsewhere")
   table = space.latency_profile(
-      config, _info(config), batch_size=L.batch_size, dtype=dtype, repeats=L.repeats,
-      progress=report)
+      config_lib.space_section(config), config.train, _info(config), batch_size=L.batch_size,
+      dtype=dtype, repeats=L.repeats, seed=config.seed, progress=report)
   table.save(_OUT.value)
   print(f"wrote {_OUT.value}: {len(table.entries)} entries, {table.meta['device_kind']}, "
         f"batch {L.batch_size}, {dtype}, dispatch {table.dispatch_ms:.4f} ms")
@@ -60,10 +60,11 @@ def calibrate(config):
     raise LatencyError("calibrate needs --table")
   table = LatencyTable.load(_TABLE.value)
   table.check()  # the networks are timed here: the table must be from this device kind
-  space, info = spaces.get(config.space), _info(config)
+  space, info, model = spaces.get(config.space), _info(config), config_lib.space_section(config)
   rng = np.random.default_rng(_SEED.value)
-  genotypes = [space.random_arch(rng, config) for _ in range(_NETWORKS.value)]
-  compiled = [space.compile_final(g, config, info, batch_size=table.meta["batch_size"],
+  genotypes = [space.random_arch(rng, model, info) for _ in range(_NETWORKS.value)]
+  compiled = [space.compile_final(g, model, config.train, info,
+                                  batch_size=table.meta["batch_size"],
                                   dtype=table.meta["dtype"]) for g in genotypes]
   # Rounds over all networks, interleaved; the median of each network's round medians.
   times = [[] for _ in genotypes]
@@ -72,7 +73,7 @@ def calibrate(config):
       times[i].append(time_call(forward, *args,
                                             repeats=table.meta.get("repeats", 50))["median"])
   measured = [float(np.median(t)) for t in times]
-  raw = space.latency_model(table.without_correction(), config, info)
+  raw = space.latency_model(table.without_correction(), model, config.train, info)
   sums = [raw.predict(g) for g in genotypes]
   for i, (ms, s) in enumerate(zip(measured, sums)):
     print(f"[{i + 1}/{len(measured)}] measured {ms:.4f} ms, table sum {s:.4f} ms", flush=True)
@@ -89,11 +90,12 @@ def predict(config):
     raise LatencyError("predict needs --table and --genotype")
   table = LatencyTable.load(_TABLE.value)
   table.check(allow_foreign=_ALLOW_FOREIGN.value or not _MEASURE.value)
-  space, info = spaces.get(config.space), _info(config)
+  space, info, model = spaces.get(config.space), _info(config), config_lib.space_section(config)
   genotype = spaces.load(space, _GENOTYPE.value)
-  out = dict(predicted_ms=round(space.latency_model(table, config, info).predict(genotype), 5))
+  out = dict(predicted_ms=round(space.latency_model(table, model, config.train,
+                                                    info).predict(genotype), 5))
   if _MEASURE.value:
-    forward, args = space.compile_final(genotype, config, info,
+    forward, args = space.compile_final(genotype, model, config.train, info,
                                         batch_size=table.meta["batch_size"],
                                         dtype=table.meta["dtype"])
     measured = time_call(forward, *args)

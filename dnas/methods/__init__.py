@@ -171,6 +171,22 @@ def build(config, steps_per_epoch: int) -> Parts:
                         and config.search.order == "first")
 
 
+def supernet_options(config) -> dict:
+  """What `config.method` decides about the supernet, as entries of the space's section
+  (`dnas.config.space_section`): the relaxation its forward passes mix with, Gumbel's
+  straight-through `gumbel_hard`, PC-DARTS's partial channels and edge normalisation
+  (partial channels alone: `model.partial_channels`, DrNAS's), DARTS-'s auxiliary skip,
+  and FairDARTS's threshold on a chosen op's sigmoid weight (None for other methods)."""
+  method = config.method
+  return dict(relaxation=relaxation_kind(config), gumbel_hard=bool(config.search.gumbel_hard),
+              partial_channels=method == "pc_darts" or bool(
+                  config.model.get("partial_channels", False)),
+              edge_normalization=method == "pc_darts",
+              auxiliary_skip=method == "darts_minus",
+              fair_threshold=(float(config.fair_darts.threshold) if method == "fair_darts"
+                              else None))
+
+
 def hooks(config) -> list[SearchHooks]:
   """The search hooks of `config`'s method and settings (`dnas.methods.hooks`)."""
   out = []

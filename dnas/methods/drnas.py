@@ -163,8 +163,8 @@ class StageHooks(SearchHooks):
     if end >= config.search.epochs or meta["epoch"] != end or meta.get("stopped"):
       return False
     host = parallel.gather(state)
-    old_mask = run.config.model.op_mask or {}
-    groups = run.space.alpha_groups(host.alphas, run.config)
+    old_mask = run.model.op_mask or {}
+    groups = run.space.alpha_groups(host.alphas, run.model)
     pruned, mask = {}, {}
     for group, (logits, _) in groups.items():
       old = old_mask.get(group)
@@ -179,7 +179,7 @@ class StageHooks(SearchHooks):
         params=widen(host.params, fresh.params, seed),
         batch_stats=widen(host.batch_stats, fresh.batch_stats, seed, host.params),
         w_opt_state=widen(host.w_opt_state, fresh.w_opt_state, seed),
-        alphas=run.space.with_op_logits(host.alphas, pruned, c))
+        alphas=run.space.with_op_logits(host.alphas, pruned, run.model))
     step = int(host.step)
     widened = parallel.put_state(widened, parallel.state_shardings(fresh, run.mesh))
     ckpt = Checkpointer(run.ckpt_dir, keep=config.checkpoint.keep)

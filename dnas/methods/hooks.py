@@ -21,7 +21,8 @@ from typing import Any, Callable, NamedTuple
 class SearchRun(NamedTuple):
   """What the hooks may read of one run of the search.
 
-  config: the run's config (after `run_config`); user_config: the config as given.
+  config: the run's config (after `run_config`); user_config: the config as given;
+  model: the space's section of `config` (`dnas.config.space_section`).
   space: the search space; info: the data set's `DatasetInfo`.
   ckpt_dir: the checkpoint directory; steps_per_epoch: steps per epoch; mesh: the
     device mesh.
@@ -33,6 +34,7 @@ class SearchRun(NamedTuple):
   """
   config: Any
   user_config: Any
+  model: Any
   space: Any
   info: Any
   ckpt_dir: str

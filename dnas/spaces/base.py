@@ -5,11 +5,17 @@ architecture from the supernet's architecture parameters (`ArchParam` state), wr
 as JSON, and builds and calls the final network from it; nothing in the loop knows which
 space it runs. `config.space` names it (`dnas.spaces.get`).
 
+A space reads its own section of the config, never the whole config: `model`, which is
+`config.model` with the space's own section (`config.<space name>`) and what the method
+decides about the supernet (relaxation, partial channels, ...: `dnas.config.space_section`),
+and `train`, the final network's settings (`config.train`).
+
   space = spaces.get(config.space)
-  net = space.supernet(config, info, nnx.Rngs(0))          # ArchParam variables inside
-  arch = space.derive(host_alphas, config)                  # e.g. darts.Genotype
+  model = dnas.config.space_section(config)
+  net = space.supernet(model, info, nnx.Rngs(0))            # ArchParam variables inside
+  arch = space.derive(host_alphas, model)                   # e.g. darts.Genotype
   space.save(arch, "genotype.json"); arch = space.load("genotype.json" or "DARTS_V2")
-  final = space.final(arch, config, info, nnx.Rngs(0))
+  final = space.final(arch, model, config.train, info, nnx.Rngs(0))
   logits, logits_aux = space.final_apply(final, images, key=key, drop_path_prob=0.1)
 """
 
@@ -33,17 +39,22 @@ class SearchSpace(Protocol):
   # Published architectures by name (DARTS_V2, ...), accepted wherever a file is.
   published: Mapping[str, Any]
 
-  def validate(self, config) -> None:
-    """Raises `dnas.config.ConfigError` for a bad space-specific config field."""
+  def validate(self, model, train) -> None:
+    """Raises `dnas.errors.ConfigError` for a bad field of the space's sections."""
 
-  def supernet(self, config, info, rngs: nnx.Rngs) -> nnx.Module:
+  def supernet(self, model, info, rngs: nnx.Rngs) -> nnx.Module:
     """The supernet for data `info` (`DatasetInfo`); called f32[N, H, W, C] -> logits."""
 
-  def derive(self, alphas: nnx.State, config) -> Any:
+  def derive(self, alphas: nnx.State, model) -> Any:
     """The discrete architecture of the supernet's architecture parameters (host values)."""
 
-  def alpha_groups(self, alphas: nnx.State, config) -> dict[str, tuple[np.ndarray, tuple]]:
-    """{group: (f32[rows, K] logits, K op names)}: what the loop logs and plots per epoch."""
+  def alpha_groups(self, alphas: nnx.State, model) -> dict[str, tuple[np.ndarray, tuple]]:
+    """{group: (f32[rows, K] logits, K op names)}: what the loop logs and plots per epoch
+    (a DARTS space: "normal" and "reduce")."""
+
+  def with_op_logits(self, alphas: nnx.State, groups: dict, model) -> nnx.State:
+    """`alphas` with the op logits of `groups` ({group: f32[rows, K]}, as `alpha_groups`
+    names them) replaced (DrNAS's pruning between stages)."""
 
   def to_dict(self, arch) -> dict:
     """The architecture as JSON data."""
@@ -51,8 +62,8 @@ class SearchSpace(Protocol):
   def from_dict(self, d) -> Any:
     """Parses and validates JSON data; raises ArchError."""
 
-  def final(self, arch, config, info, rngs: nnx.Rngs) -> nnx.Module:
-    """The final network of `arch` that `config.train` retrains."""
+  def final(self, arch, model, train, info, rngs: nnx.Rngs) -> nnx.Module:
+    """The final network of `arch` that `train` retrains."""
 
   def final_apply(self, net: nnx.Module, x, *, key, drop_path_prob):
     """(logits f32[N, classes], auxiliary logits or None) of the final network."""
@@ -60,25 +71,25 @@ class SearchSpace(Protocol):
   def draw(self, arch, path_prefix: str) -> list[str]:
     """Writes drawings of the architecture; returns their paths ([] when it has none)."""
 
-  # Optional: `arch_metrics(arch, config, alphas) -> dict` of numbers logged with each
+  # Optional: `arch_metrics(arch, model, alphas) -> dict` of numbers logged with each
   # epoch's derived architecture (its parameter-free ops; NAS-Bench-201's benchmark
   # accuracies).
 
   # Latency-aware search (optional; `dnas.latency`):
 
-  def latency_profile(self, config, info, *, batch_size: int, dtype: str, repeats: int,
-                      progress=None):
+  def latency_profile(self, model, train, info, *, batch_size: int, dtype: str,
+                      repeats: int, seed: int = 0, progress=None):
     """A `dnas.latency.LatencyTable` of every part of the final network, measured here
-    at the shapes traced from that network."""
+    at the shapes traced from that network (`seed`: any random draws)."""
 
-  def latency_model(self, table, config, info):
+  def latency_model(self, table, model, train, info):
     """The table's view of the final network: `expected(alphas)` (f32[] ms,
     differentiable), `predict(arch)` and `minimum()` (ms), as `dnas.latency.ExpectedLatency`."""
 
-  def random_arch(self, rng: np.random.Generator, config) -> Any:
+  def random_arch(self, rng: np.random.Generator, model, info) -> Any:
     """A uniformly drawn architecture (for calibrating a table)."""
 
-  def compile_final(self, arch, config, info, *, batch_size: int, dtype: str):
+  def compile_final(self, arch, model, train, info, *, batch_size: int, dtype: str):
     """(forward, args): the compiled final network in eval mode and random inputs."""
 
 

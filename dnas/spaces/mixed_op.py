@@ -5,7 +5,7 @@ A researcher's config file registers one for its model and names it in `config.s
 
   from dnas import spaces
   from dnas.spaces.mixed_op import MixedOpSpace
-  spaces.register(MixedOpSpace("my_net", lambda config, info, rngs: MyNet(rngs=rngs)))
+  spaces.register(MixedOpSpace("my_net", lambda model, info, rngs: MyNet(rngs=rngs)))
 
 The architecture's JSON is {"choices": {"<MixedOp path>": op index, ...}}.
 """
@@ -19,20 +19,20 @@ from flax import nnx
 
 from dnas import arch as arch_lib
 from dnas import latency
-from dnas.data.pipeline import dataset_info
 from dnas.latency import mixed as mixed_latency
 from dnas.spaces.base import ArchError
 
 
 class MixedOpSpace:
-  """A space over the MixedOps of the model that `build(config, info, rngs)` returns.
+  """A space over the MixedOps of the model that `build(model, info, rngs)` returns.
 
   Args:
     name: the `config.space` name.
-    build: builds the model (with its MixedOps) for a config and `DatasetInfo`; the
-      supernet and, discretised, the final network (the model's `__call__(x)` returns
-      logits f32[N, classes]).
-    op_names: optional, (config, MixedOp path) -> its K op names, for logs and plots
+    build: builds the model (with its MixedOps) for the space's section `model`
+      (`config.model`, see `dnas.spaces.base`) and a `DatasetInfo`; the supernet and,
+      discretised, the final network (the model's `__call__(x)` returns logits
+      f32[N, classes]).
+    op_names: optional, (model, MixedOp path) -> its K op names, for logs and plots
       (default: the op indices).
   """
 
@@ -41,25 +41,25 @@ class MixedOpSpace:
   def __init__(self, name: str, build: Callable, op_names: Callable | None = None):
     self.name, self.build, self.op_names = name, build, op_names
 
-  def validate(self, config) -> None:
-    del config
+  def validate(self, model, train) -> None:
+    del model, train
 
-  def supernet(self, config, info, rngs: nnx.Rngs) -> nnx.Module:
-    return self.build(config, info, rngs)
+  def supernet(self, model, info, rngs: nnx.Rngs) -> nnx.Module:
+    return self.build(model, info, rngs)
 
   def _logits(self, alphas) -> dict[str, np.ndarray]:
     return {arch_lib.path_str(path[:-1]): np.asarray(v.get_value() if hasattr(v, "get_value")
                                                      else v)
             for path, v in nnx.to_flat_state(alphas) if path[-1] == "alpha"}
 
-  def derive(self, alphas, config) -> dict[str, int]:
+  def derive(self, alphas, model) -> dict[str, int]:
     """{MixedOp path: argmax alpha} (ties: the lowest index)."""
-    del config
+    del model
     return {path: int(np.argmax(a)) for path, a in sorted(self._logits(alphas).items())}
 
-  def alpha_groups(self, alphas, config):
+  def alpha_groups(self, alphas, model):
     def names(path, k):
-      return tuple(self.op_names(config, path)) if self.op_names else tuple(map(str, range(k)))
+      return tuple(self.op_names(model, path)) if self.op_names else tuple(map(str, range(k)))
     return {path: (a[None], names(path, a.shape[-1]))
             for path, a in sorted(self._logits(alphas).items())}
 
@@ -76,9 +76,10 @@ class MixedOpSpace:
         raise ArchError(f"choice of {path!r} must be an op index >= 0, got {k!r}")
     return dict(choices)
 
-  def final(self, arch, config, info, rngs: nnx.Rngs) -> nnx.Module:
+  def final(self, arch, model, train, info, rngs: nnx.Rngs) -> nnx.Module:
+    del train  # the discretised supernet
     try:
-      return arch_lib.discretize(self.build(config, info, rngs), arch)
+      return arch_lib.discretize(self.build(model, info, rngs), arch)
     except ValueError as e:
       raise ArchError(str(e)) from None
 
@@ -92,32 +93,33 @@ class MixedOpSpace:
 
   # Latency: each candidate timed alone at its MixedOp's input shape, and the rest.
 
-  def _example(self, config, info, batch_size: int, dtype: str):
+  def _example(self, info, batch_size: int, dtype: str):
     return jax.ShapeDtypeStruct((batch_size,) + tuple(info.image_shape), jnp.dtype(dtype))
 
-  def latency_profile(self, config, info, *, batch_size: int, dtype: str, repeats: int,
-                      progress=None):
-    net = self.build(config, info, nnx.Rngs(0))
+  def latency_profile(self, model, train, info, *, batch_size: int, dtype: str,
+                      repeats: int, seed: int = 0, progress=None):
+    del train, seed  # each candidate op of the supernet is timed
+    net = self.build(model, info, nnx.Rngs(0))
     example = jnp.zeros((batch_size,) + tuple(info.image_shape), jnp.dtype(dtype))
     return mixed_latency.profile(net, example, repeats=repeats, progress=progress)
 
-  def random_arch(self, rng: np.random.Generator, config, info=None) -> dict[str, int]:
+  def random_arch(self, rng: np.random.Generator, model, info) -> dict[str, int]:
     """A uniformly drawn choice per MixedOp."""
-    info = info or dataset_info(config.data.name, config.data.image_size)
-    net = nnx.eval_shape(lambda: self.build(config, info, nnx.Rngs(0)))
+    net = nnx.eval_shape(lambda: self.build(model, info, nnx.Rngs(0)))
     return {p: int(rng.integers(len(m.ops))) for p, m in arch_lib.mixed_ops(net).items()}
 
-  def compile_final(self, arch, config, info, *, batch_size: int, dtype: str):
+  def compile_final(self, arch, model, train, info, *, batch_size: int, dtype: str):
     """(forward, args): the compiled final network in eval mode and random inputs."""
-    forward, state = latency.jit_eval(self.final(arch, config, info, nnx.Rngs(0)),
+    forward, state = latency.jit_eval(self.final(arch, model, train, info, nnx.Rngs(0)),
                                           jnp.dtype(dtype))
     x = jnp.asarray(np.random.default_rng(0).standard_normal(
         (batch_size,) + tuple(info.image_shape)), jnp.dtype(dtype))
     return forward.lower(state, x).compile(), (state, x)
 
-  def latency_model(self, table, config, info) -> latency.ExpectedLatency:
+  def latency_model(self, table, model, train, info) -> latency.ExpectedLatency:
     """E[LAT] over the MixedOps, differentiable in their alphas; `predict(arch)` of
     {path: op index}."""
-    net = nnx.eval_shape(lambda: self.build(config, info, nnx.Rngs(0)))
-    example = self._example(config, info, table.meta["batch_size"], table.meta["dtype"])
+    del train
+    net = nnx.eval_shape(lambda: self.build(model, info, nnx.Rngs(0)))
+    example = self._example(info, table.meta["batch_size"], table.meta["dtype"])
     return mixed_latency.expected_latency(table, net, example)

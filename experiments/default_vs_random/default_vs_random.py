@@ -104,19 +104,19 @@ def retrain(genotype: str, directory: str, seed: int, overrides, wait: bool = Tr
     return float(json.load(f)["test_acc"])
 
 
-def _metrics(space, arch, config) -> dict:
-  return space.arch_metrics(arch, config) if hasattr(space, "arch_metrics") else {}
+def _metrics(space, arch, model) -> dict:
+  return space.arch_metrics(arch, model) if hasattr(space, "arch_metrics") else {}
 
 
 def main(argv):
   overrides = argv[1:]
   import importlib.util  # pylint: disable=g-import-not-at-top
-  from dnas import spaces  # pylint: disable=g-import-not-at-top
+  from dnas import config as config_lib, spaces  # pylint: disable=g-import-not-at-top
   spec = importlib.util.spec_from_file_location("cfg", FLAGS.config)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   config = module.get_config()
-  space = spaces.get(config.space)
+  space, model = spaces.get(config.space), config_lib.space_section(config)
   os.makedirs(FLAGS.workdir, exist_ok=True)
   finds, found_cells = [], []
   searches = [os.path.join(FLAGS.workdir, f"search_{s}") for s in range(FLAGS.search_seeds)]
@@ -129,16 +129,17 @@ def main(argv):
     finds += accs
     arch = spaces.load(space, path)
     found_cells.append(dict(seed=s, test_acc=accs, search_s=seconds,
-                            arch=space.to_dict(arch), **_metrics(space, arch, config)))
+                            arch=space.to_dict(arch), **_metrics(space, arch, model)))
     print(f"search {s} ({seconds:.0f} s): retrained {', '.join(f'{100 * a:.2f}' for a in accs)} %"
-          f" {_metrics(space, arch, config)}", flush=True)
+          f" {_metrics(space, arch, model)}", flush=True)
   rng = np.random.default_rng(1000)
   randoms, random_cells, cells = [], [], []
   for i in range(FLAGS.random_cells):
     d = os.path.join(FLAGS.random_dir or FLAGS.workdir, f"random_{i}")
     os.makedirs(d, exist_ok=True)
     path = os.path.join(d, "genotype.json")
-    arch = space.random_arch(rng, config)  # drawn every time: the sequence stays seeded
+    # Drawn every time: the sequence stays seeded.
+    arch = space.random_arch(rng, model, None)
     if not os.path.exists(path):
       spaces.save(space, arch, path)
     cells.append((i, d, path, arch))
@@ -149,9 +150,9 @@ def main(argv):
     accs = [retrain(path, d, r, overrides) for r in range(FLAGS.retrain_seeds)]
     randoms.append(accs)
     random_cells.append(dict(test_acc=accs, arch=space.to_dict(arch),
-                             **_metrics(space, arch, config)))
+                             **_metrics(space, arch, model)))
     print(f"random {i}: retrained {', '.join(f'{100 * a:.2f}' for a in accs)} %"
-          f" {_metrics(space, arch, config)}", flush=True)
+          f" {_metrics(space, arch, model)}", flush=True)
   if not randoms:  # searches only (--random_cells=0; a rerun with them adds the comparison)
     print(f"finds {100 * np.mean(finds):.2f} +- {100 * np.std(finds):.2f} % "
           f"({len(finds)} retrainings)")

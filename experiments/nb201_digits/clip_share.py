@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from dnas import search_lib, spaces
+from dnas import config as config_lib, search_lib, spaces
 from dnas.bilevel import MODEL_STATE, ArchParam
 from dnas.configs import nb201 as nb201_config
 from dnas.data.pipeline import get_dataset, make_augment, make_batches, search_splits
@@ -52,7 +52,8 @@ def main(workdirs):
   augment = make_augment(info)
   batches = [list(make_batches(src, batch_size=config.search.batch_size, seed=0, epoch=0,
                                augment=augment, train=True))[:8] for src in (w_src, a_src)]
-  nets = [("initialisation", spaces.get("nb201").supernet(config, info, nnx.Rngs(0)))]
+  nets = [("initialisation", spaces.get("nb201").supernet(config_lib.space_section(config),
+                                                          info, nnx.Rngs(0)))]
   nets += [(d, search_lib.load_supernet(config, d)) for d in workdirs]
   for name, net in nets:
     r = clip_facts(net, *batches, clip=config.search.grad_clip)

@@ -13,15 +13,16 @@ from dnas.spaces.mixed_op import MixedOpSpace
 from experiments.own_model.model import CANDIDATES, OwnNet
 
 
-def build(config, info, rngs):
-  """The searched network for a config and `DatasetInfo`: OwnNet at `model.width`."""
-  m = config.model
+def build(model, info, rngs):
+  """The searched network for the space's section `model` (`config.model`) and a
+  `DatasetInfo`: OwnNet at `model.width`."""
+  m = model
   return OwnNet(width=m.width, blocks=m.blocks, classes=info.num_classes,
                 in_channels=info.image_shape[-1], ops=tuple(m.ops), rngs=rngs)
 
 
 SPACE = spaces.register(MixedOpSpace("own_model", build,
-                                     op_names=lambda config, path: tuple(config.model.ops)))
+                                     op_names=lambda model, path: tuple(model.ops)))
 
 
 def get_config():

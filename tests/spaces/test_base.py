@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from dnas import arch, parallel, spaces
+from dnas import arch, config as config_lib, parallel, spaces
 from dnas.configs import digits
 from dnas.spaces import darts
 from dnas.spaces.mixed_op import MixedOpSpace
@@ -33,14 +33,15 @@ def test_darts_space_derives_what_the_supernet_does():
   config.model.update(C=4, layers=2, steps=2, multiplier=2)
   space = spaces.get("darts")
   from dnas.data.pipeline import dataset_info
-  net = nnx.eval_shape(lambda: space.supernet(config, dataset_info("digits"), nnx.Rngs(0)))
+  model = config_lib.space_section(config)
+  net = nnx.eval_shape(lambda: space.supernet(model, dataset_info("digits"), nnx.Rngs(0)))
   rng = np.random.default_rng()
   for a in (net.alphas_normal, net.alphas_reduce):
     a.set_value(rng.standard_normal(a.get_value().shape).astype(np.float32))
   alphas = nnx.state(net, arch.ArchParam)
-  assert space.derive(alphas, config) == darts.derive_genotype(
+  assert space.derive(alphas, model) == darts.derive_genotype(
       net.alphas_normal.get_value(), net.alphas_reduce.get_value(), steps=2, multiplier=2)
-  groups = space.alpha_groups(alphas, config)
+  groups = space.alpha_groups(alphas, model)
   assert set(groups) == {"normal", "reduce"} and groups["normal"][1] == darts.PRIMITIVES
 
 
@@ -55,7 +56,7 @@ class _Net(nnx.Module):
 
 
 def test_mixed_op_space_argmax_and_json():
-  space = MixedOpSpace("test_net", lambda config, info, rngs: _Net(rngs))
+  space = MixedOpSpace("test_net", lambda model, info, rngs: _Net(rngs))
   net = _Net(nnx.Rngs(0))
   net.a.alpha.set_value(np.array([0.0, 2.0, 1.0], np.float32))
   net.b.alpha.set_value(np.array([1.0, -1.0], np.float32))
@@ -63,14 +64,14 @@ def test_mixed_op_space_argmax_and_json():
   assert choices == {"a": 1, "b": 0} == arch.choices(net)
   d = json.loads(json.dumps(space.to_dict(choices)))
   assert space.from_dict(d) == choices
-  final = space.final(choices, None, None, nnx.Rngs(1))
+  final = space.final(choices, None, None, None, nnx.Rngs(1))
   assert not arch.mixed_ops(final)
   for bad, message in (({"a": 1}, "choices"), ({"choices": {"a": -1}}, "op index >= 0"),
                        ({"choices": {"a": True}}, "op index >= 0")):
     with pytest.raises(spaces.ArchError, match=message):
       space.from_dict(bad)
   with pytest.raises(spaces.ArchError, match="has 3 ops, got choice 7"):
-    space.final({"a": 7}, None, None, nnx.Rngs(1))
+    space.final({"a": 7}, None, None, None, nnx.Rngs(1))
 
 
 @pytest.mark.parametrize("env,several", [

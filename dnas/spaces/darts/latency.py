@@ -351,11 +351,11 @@ class DartsLatency:
     return self._expected.minimum()
 
 
-def layout_for(config, info) -> Layout:
-  """The layout of the final network that `config` retrains (`train.*`) on data `info`,
-  traced from that network built abstractly (any genotype: shapes do not depend on its
-  ops)."""
-  t, m = config.train, config.model
+def layout_for(model, train, info) -> Layout:
+  """The layout of the final network that `train` (a config's `train` section) retrains
+  on data `info`, traced from that network built abstractly over the ops of `model` (any
+  genotype: shapes do not depend on its ops)."""
+  t, m = train, model
   genotype = random_genotype(np.random.default_rng(0), tuple(m.primitives), m.steps,
                              m.multiplier)
   net = nnx.eval_shape(lambda: final.NETWORKS[t.network](

@@ -1,7 +1,8 @@
 """The DARTS space behind `config.space = "darts"` (the search-space protocol,
-`dnas.spaces.base`): the supernet of `config.model` (DARTS, or PC-DARTS with
-`config.method = "pc_darts"`), Genotypes, NetworkCIFAR / NetworkImageNet of `config.train`,
-cell drawings, and latency over the final network's ops."""
+`dnas.spaces.base`): the supernet of its section `model` (DARTS; PC-DARTS with
+`model.partial_channels` and `model.edge_normalization`), Genotypes, NetworkCIFAR /
+NetworkImageNet of `config.train`, cell drawings, and latency over the final network's
+ops."""
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +12,6 @@ from flax import nnx
 from dnas.errors import ConfigError, flatten, positive
 from dnas import parallel
 from dnas.arch import masked_logits, op_weights
-from dnas.relaxation import relaxation_kind
 from dnas.spaces.darts import draw, genotypes, latency
 from dnas.spaces.darts.final import NETWORKS
 from dnas.spaces.darts.ops import PRIMITIVES
@@ -20,13 +20,9 @@ from dnas.spaces.darts.search import Network
 _CELLS = ("normal", "reduce")
 
 
-def _partial(config) -> bool:
-  return config.method == "pc_darts" or bool(config.model.get("partial_channels", False))
-
-
-def _op_mask(config) -> dict | None:
+def _op_mask(model) -> dict | None:
   """{"normal": bool[E, K], "reduce": bool[E, K]} of `model.op_mask` (DrNAS's stages)."""
-  mask = config.model.get("op_mask")
+  mask = model.get("op_mask")
   return None if mask is None else {k: np.asarray(mask[k], bool) for k in _CELLS}
 
 
@@ -41,12 +37,12 @@ class DartsSpace:
   published = genotypes.GENOTYPES
   partial_channels = True  # PC-DARTS, DrNAS's partial channels
 
-  def validate(self, config) -> None:
-    flat = flatten(config)
+  def validate(self, model, train) -> None:
+    flat = flatten({"model": model, "train": train})
     for k in ("model.C", "model.layers", "model.steps", "model.multiplier",
               "model.stem_multiplier", "train.C", "train.layers"):
       positive(flat, k, int)
-    m = config.model
+    m = model
     bad = [p for p in m.primitives if p not in PRIMITIVES]
     if bad:
       raise ConfigError(f"model.primitives: unknown op {bad[0]!r}; valid ops: "
@@ -54,12 +50,12 @@ class DartsSpace:
     if m.multiplier > m.steps:
       raise ConfigError(f"model.multiplier ({m.multiplier}) must be <= model.steps "
                         f"({m.steps})")
-    if _partial(config):
+    if m.partial_channels:
       positive(flat, "model.pc_k", int)
-    if _partial(config) and m.C % m.pc_k:
+    if m.partial_channels and m.C % m.pc_k:
       raise ConfigError(f"model.pc_k={m.pc_k} must divide model.C={m.C}: each edge mixes "
                         f"C / pc_k channels")
-    mask = _op_mask(config)
+    mask = _op_mask(model)
     if mask is not None:
       shape = (sum(i + 2 for i in range(m.steps)), len(m.primitives))
       for k, v in mask.items():
@@ -67,60 +63,59 @@ class DartsSpace:
           raise ConfigError(f"model.op_mask[{k!r}] must be {shape[0]} x {shape[1]} booleans "
                             f"(edges x model.primitives) with an op left on every edge, got "
                             f"shape {v.shape}")
-    if config.train.network not in NETWORKS:
-      raise ConfigError(f"train.network {config.train.network!r} is unknown; valid: "
+    if train.network not in NETWORKS:
+      raise ConfigError(f"train.network {train.network!r} is unknown; valid: "
                         f"{', '.join(NETWORKS)}")
 
-  def supernet(self, config, info, rngs: nnx.Rngs) -> Network:
+  def supernet(self, model, info, rngs: nnx.Rngs) -> Network:
     """DARTS, or PC-DARTS (partial channels K = `model.pc_k`, edge normalisation), or any
     method with partial channels only (`model.partial_channels`)."""
-    m, s = config.model, config.search
-    pc = config.method == "pc_darts"
+    m = model
     return Network(m.C, info.num_classes, m.layers, m.steps, m.multiplier, m.stem_multiplier,
                    in_channels=info.image_shape[-1], primitives=tuple(m.primitives),
-                   partial_channels=m.pc_k if _partial(config) else 1, edge_normalization=pc,
-                   relaxation=relaxation_kind(config), gumbel_hard=s.gumbel_hard,
-                   auxiliary_skip=config.method == "darts_minus", remat=m.remat,
-                   op_mask=_op_mask(config), rngs=rngs)
+                   partial_channels=m.pc_k if m.partial_channels else 1,
+                   edge_normalization=m.edge_normalization, relaxation=m.relaxation,
+                   gumbel_hard=m.gumbel_hard, auxiliary_skip=m.auxiliary_skip, remat=m.remat,
+                   op_mask=_op_mask(m), rngs=rngs)
 
-  def derive(self, alphas, config) -> genotypes.Genotype:
+  def derive(self, alphas, model) -> genotypes.Genotype:
     """DARTS Sec. 2.4 (PC-DARTS's edge logits take part when present)."""
-    m, mask = config.model, _op_mask(config) or {}
+    m, mask = model, _op_mask(model) or {}
     return genotypes.derive_genotype(
         masked_logits(_get(alphas, "alphas_normal"), mask.get("normal")),
         masked_logits(_get(alphas, "alphas_reduce"), mask.get("reduce")), steps=m.steps,
         multiplier=m.multiplier, primitives=tuple(m.primitives),
         betas_normal=_get(alphas, "betas_normal"), betas_reduce=_get(alphas, "betas_reduce"),
-        weights="sigmoid" if relaxation_kind(config) == "sigmoid" else "softmax")
+        weights="sigmoid" if m.relaxation == "sigmoid" else "softmax")
 
-  def alpha_groups(self, alphas, config):
-    ops, mask = tuple(config.model.primitives), _op_mask(config) or {}
+  def alpha_groups(self, alphas, model):
+    ops, mask = tuple(model.primitives), _op_mask(model) or {}
     return {kind: (masked_logits(_get(alphas, f"alphas_{kind}"), mask.get(kind)), ops)
             for kind in ("normal", "reduce")}
 
-  def with_op_logits(self, alphas, groups: dict, config):
+  def with_op_logits(self, alphas, groups: dict, model):
     """`alphas` with the op logits of the groups in `groups` ({"normal": f32[E, K], ...},
     as `alpha_groups` names them) replaced."""
-    del config
+    del model
     return jax.tree_util.tree_map_with_path(
         lambda p, x: next((groups[k] for k in groups
                            if f"alphas_{k}" in jax.tree_util.keystr(p)), x), alphas)
 
-  def arch_metrics(self, arch: genotypes.Genotype, config, alphas=None) -> dict:
+  def arch_metrics(self, arch: genotypes.Genotype, model, alphas=None) -> dict:
     """The derived cells' parameter-free ops (skip connections, pooling; of 2 * steps
     each): what DARTS's collapse piles up. FairDARTS (with `alphas`): how many chosen ops
     have a sigmoid weight below `fair_darts.threshold` (its rule would drop them)."""
     free = ("none", "skip_connect", "max_pool_3x3", "avg_pool_3x3")
     out = {f"param_free_ops_{cell}": sum(op in free for op, _ in getattr(arch, cell))
            for cell in ("normal", "reduce")}
-    if config is not None and config.method == "fair_darts" and alphas is not None:
-      ops = tuple(config.model.primitives)
-      starts = np.cumsum([0] + [i + 2 for i in range(config.model.steps)])
+    if model is not None and model.get("fair_threshold") is not None and alphas is not None:
+      ops = tuple(model.primitives)
+      starts = np.cumsum([0] + [i + 2 for i in range(model.steps)])
       below = 0
       for cell in ("normal", "reduce"):
         sig = 1 / (1 + np.exp(-np.asarray(_get(alphas, f"alphas_{cell}"), np.float64)))
         for k, (op, j) in enumerate(getattr(arch, cell)):
-          below += sig[starts[k // 2] + j, ops.index(op)] < config.fair_darts.threshold
+          below += sig[starts[k // 2] + j, ops.index(op)] < model.fair_threshold
       out["fair_below_threshold"] = int(below)
     return out
 
@@ -137,10 +132,10 @@ class DartsSpace:
     epochs of weight fine-tuning with the projected weights between two decisions (the
     official: 5). Deviation as on NAS-Bench-201: the alphas stay fixed while fine-tuning.
     The Genotype is DARTS's parse of the projected weights (the official `genotype()`)."""
-    config, state, m = ctx.config, ctx.state, ctx.config.model
+    config, state, m = ctx.config, ctx.state, ctx.model
     ops = tuple(m.primitives)
     alphas = parallel.to_host(state.alphas)
-    kind = relaxation_kind(config)
+    kind = m.relaxation
     base = {c: np.asarray(op_weights(jnp.asarray(_get(alphas, f"alphas_{c}")), kind),
                           np.float32) for c in _CELLS}
     starts = np.cumsum([0] + [i + 2 for i in range(m.steps)])
@@ -210,8 +205,9 @@ class DartsSpace:
   def from_dict(self, d) -> genotypes.Genotype:
     return genotypes.Genotype.from_dict(d)
 
-  def final(self, arch, config, info, rngs: nnx.Rngs):
-    t = config.train
+  def final(self, arch, model, train, info, rngs: nnx.Rngs):
+    del model  # the final network is the genotype's, at `train`'s size
+    t = train
     return NETWORKS[t.network](arch, t.C, info.num_classes, t.layers, t.auxiliary,
                                t.drop_path_prob, in_channels=info.image_shape[-1], rngs=rngs)
 
@@ -223,25 +219,27 @@ class DartsSpace:
 
   # Latency over the final network's ops (`dnas.spaces.darts.latency`, on `dnas.latency`).
 
-  def latency_profile(self, config, info, *, batch_size: int, dtype: str, repeats: int,
-                      progress=None):
+  def latency_profile(self, model, train, info, *, batch_size: int, dtype: str,
+                      repeats: int, seed: int = 0, progress=None):
     """A latency table of every op and fixed part of the final network, measured here."""
-    return latency.profile(latency.layout_for(config, info), tuple(config.model.primitives),
+    del seed  # every op is timed: nothing is drawn
+    return latency.profile(latency.layout_for(model, train, info), tuple(model.primitives),
                            batch_size=batch_size, dtype=dtype, repeats=repeats,
                            progress=progress)
 
-  def latency_model(self, table, config, info) -> latency.DartsLatency:
-    return latency.DartsLatency(table, latency.layout_for(config, info),
-                                tuple(config.model.primitives))
+  def latency_model(self, table, model, train, info) -> latency.DartsLatency:
+    return latency.DartsLatency(table, latency.layout_for(model, train, info),
+                                tuple(model.primitives))
 
-  def random_arch(self, rng: np.random.Generator, config) -> genotypes.Genotype:
-    """A uniformly drawn cell pair of the config's space (no `none` ops)."""
-    m = config.model
+  def random_arch(self, rng: np.random.Generator, model, info=None) -> genotypes.Genotype:
+    """A uniformly drawn cell pair of the section's space (no `none` ops)."""
+    del info  # the cells' choices do not depend on the data
+    m = model
     return latency.random_genotype(rng, tuple(m.primitives), m.steps, m.multiplier)
 
-  def compile_final(self, arch, config, info, *, batch_size: int, dtype: str):
+  def compile_final(self, arch, model, train, info, *, batch_size: int, dtype: str):
     """(forward, args): the compiled final network in eval mode and random inputs."""
-    return latency.compile_network(latency.layout_for(config, info), arch,
+    return latency.compile_network(latency.layout_for(model, train, info), arch,
                                    batch_size=batch_size, dtype=dtype)
 
 
