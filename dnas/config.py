@@ -7,6 +7,7 @@ from dnas import execution, hypergrad, latency, methods, selection, spaces, util
 from dnas.arch import RELAXATIONS
 from dnas.data.pipeline import DATASETS
 from dnas.errors import ConfigError, flatten, non_negative, positive  # noqa: F401  (re-exported)
+from dnas.methods import robust_darts
 
 
 
@@ -87,25 +88,7 @@ def validate(config, mode: str) -> None:
     if c["latency.limit_ms"] > 0 and (c["search.selection"] == "pt" or c["search.early_stop"]):
       raise ConfigError("latency.limit_ms binds the argmax and supernet selections; "
                         "search.selection pt and search.early_stop choose without it")
-    non_negative(c, "search.hessian_every")
-    positive(c, "search.hessian_iters", int)
-    if c["search.early_stop"] and not c["search.hessian_every"]:
-      raise ConfigError("search.early_stop (DARTS-ES) needs search.hessian_every > 0: it "
-                        "stops on the Hessian's eigenvalue")
-    if c["search.ada"] and not c["search.hessian_every"]:
-      raise ConfigError("search.ada (DARTS-ADA) needs search.hessian_every > 0: it goes "
-                        "back on the Hessian's eigenvalue")
-    if c["search.ada"] and c["search.early_stop"]:
-      raise ConfigError("search.ada and search.early_stop exclude each other: DARTS-ES "
-                        "stops where DARTS-ADA goes back and on; set one")
-    for k in ("window", "delta"):
-      positive(c, f"robust_darts.{k}", int)
-    non_negative(c, "robust_darts.es_start_epoch")
-    non_negative(c, "robust_darts.factor")
-    if c["robust_darts.mul_factor"] <= 1:
-      raise ConfigError(f"robust_darts.mul_factor {c['robust_darts.mul_factor']} must be > 1 "
-                        f"(DARTS-ADA increases the weight decay)")
-    non_negative(c, "robust_darts.max_weight_decay")
+    robust_darts.validate(c)
     non_negative(c, "search.arch_start_epoch")
     if c["search.arch_start_epoch"] >= c["search.epochs"]:
       raise ConfigError(f"search.arch_start_epoch ({c['search.arch_start_epoch']}) must be < "

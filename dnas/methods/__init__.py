@@ -101,7 +101,7 @@ def validate(config) -> None:
       raise ConfigError(f"drnas.reg {config.drnas.reg!r} is unknown; valid: "
                         f"{', '.join(drnas.REGULARISERS)}")
     non_negative(c, "drnas.kl_scale")
-    _validate_stages(config)
+    drnas.validate_stages(config)
   elif config.drnas.stage_epochs:
     raise ConfigError(f"drnas.stage_epochs is DrNAS's progressive learning; it needs "
                       f"method drnas, got method {method}")
@@ -121,43 +121,6 @@ def validate(config) -> None:
     for k in ("sdarts.epsilon", "sdarts.epsilon_min"):
       non_negative(c, k)
     positive(c, "sdarts.steps", int)
-
-
-def _validate_stages(config) -> None:
-  d, m, s = config.drnas, config.model, config.search
-  epochs, ks, keeps = (tuple(d.stage_epochs), tuple(d.stage_k), tuple(d.stage_keep))
-  if not epochs:
-    return
-  if config.space != "darts" or not m.get("partial_channels"):
-    raise ConfigError(f"drnas.stage_epochs (progressive learning) needs space darts with "
-                      f"model.partial_channels=True, got space {config.space!r}")
-  if not len(epochs) == len(ks) == len(keeps):
-    raise ConfigError(f"drnas.stage_epochs, stage_k and stage_keep need one entry per stage, "
-                      f"got {len(epochs)}, {len(ks)} and {len(keeps)}")
-  if any(e <= s.arch_start_epoch for e in epochs) or sum(epochs) != s.epochs:
-    raise ConfigError(f"drnas.stage_epochs {list(epochs)} must each exceed "
-                      f"search.arch_start_epoch ({s.arch_start_epoch}: each stage warms up "
-                      f"first) and sum to search.epochs ({s.epochs})")
-  n = len(m.primitives)
-  if ks[0] != m.pc_k or keeps[0] != n:
-    raise ConfigError(f"the first stage is the supernet of the config: drnas.stage_k[0] must "
-                      f"be model.pc_k ({m.pc_k}) and stage_keep[0] all {n} ops, got "
-                      f"{ks[0]} and {keeps[0]}")
-  for name, v in (("stage_k", ks), ("stage_keep", keeps)):
-    if any(b < 1 or b > a for a, b in zip(v, v[1:])):
-      raise ConfigError(f"drnas.{name} {list(v)} must not grow from stage to stage (>= 1)")
-  if any(k < 2 or m.C % k for k in ks):
-    raise ConfigError(f"drnas.stage_k {list(ks)}: each must be >= 2 (partial channels) and "
-                      f"divide model.C={m.C}")
-  if s.selection != "argmax" or s.ada or s.early_stop:
-    raise ConfigError("drnas.stage_epochs (progressive learning) takes the argmax selection, "
-                      "without search.ada or search.early_stop")
-  if config.latency.objective != "none":
-    raise ConfigError("drnas.stage_epochs (progressive learning) does not take a latency "
-                      "objective: the expected latency does not see the pruned ops")
-  if config.checkpoint.keep < 2:
-    raise ConfigError(f"drnas.stage_epochs (progressive learning) needs checkpoint.keep >= 2 "
-                      f"(the stage's end is rewritten), got {config.checkpoint.keep}")
 
 
 def build(config, steps_per_epoch: int) -> Parts:

@@ -110,6 +110,44 @@ def widen(old, new, seed: int, params=None):
   return jax.tree_util.tree_map_with_path(one, old, new)
 
 
+def validate_stages(config) -> None:
+  """One ConfigError line per mistake in the progressive stages (`drnas.stage_*`)."""
+  d, m, s = config.drnas, config.model, config.search
+  epochs, ks, keeps = (tuple(d.stage_epochs), tuple(d.stage_k), tuple(d.stage_keep))
+  if not epochs:
+    return
+  if config.space != "darts" or not m.get("partial_channels"):
+    raise ConfigError(f"drnas.stage_epochs (progressive learning) needs space darts with "
+                      f"model.partial_channels=True, got space {config.space!r}")
+  if not len(epochs) == len(ks) == len(keeps):
+    raise ConfigError(f"drnas.stage_epochs, stage_k and stage_keep need one entry per stage, "
+                      f"got {len(epochs)}, {len(ks)} and {len(keeps)}")
+  if any(e <= s.arch_start_epoch for e in epochs) or sum(epochs) != s.epochs:
+    raise ConfigError(f"drnas.stage_epochs {list(epochs)} must each exceed "
+                      f"search.arch_start_epoch ({s.arch_start_epoch}: each stage warms up "
+                      f"first) and sum to search.epochs ({s.epochs})")
+  n = len(m.primitives)
+  if ks[0] != m.pc_k or keeps[0] != n:
+    raise ConfigError(f"the first stage is the supernet of the config: drnas.stage_k[0] must "
+                      f"be model.pc_k ({m.pc_k}) and stage_keep[0] all {n} ops, got "
+                      f"{ks[0]} and {keeps[0]}")
+  for name, v in (("stage_k", ks), ("stage_keep", keeps)):
+    if any(b < 1 or b > a for a, b in zip(v, v[1:])):
+      raise ConfigError(f"drnas.{name} {list(v)} must not grow from stage to stage (>= 1)")
+  if any(k < 2 or m.C % k for k in ks):
+    raise ConfigError(f"drnas.stage_k {list(ks)}: each must be >= 2 (partial channels) and "
+                      f"divide model.C={m.C}")
+  if s.selection != "argmax" or s.ada or s.early_stop:
+    raise ConfigError("drnas.stage_epochs (progressive learning) takes the argmax selection, "
+                      "without search.ada or search.early_stop")
+  if config.latency.objective != "none":
+    raise ConfigError("drnas.stage_epochs (progressive learning) does not take a latency "
+                      "objective: the expected latency does not see the pruned ops")
+  if config.checkpoint.keep < 2:
+    raise ConfigError(f"drnas.stage_epochs (progressive learning) needs checkpoint.keep >= 2 "
+                      f"(the stage's end is rewritten), got {config.checkpoint.keep}")
+
+
 def stage_config(config, meta: dict | None):
   """`config` as the progressive stage of a run whose latest checkpoint meta is `meta`
   (None: a fresh run) sees it: that stage's partial channels and op mask; `config`

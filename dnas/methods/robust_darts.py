@@ -11,6 +11,7 @@ import tqdm
 
 from dnas import hessian
 from dnas.checkpoint import Checkpointer
+from dnas.errors import ConfigError, non_negative, positive
 from dnas.methods.hooks import SearchHooks, SearchRun
 
 
@@ -40,6 +41,30 @@ def ada_weight_decay(weight_decay: float, *, mul_factor: float = 3.0,
   has reached it: 3e-4 -> 9e-4 -> ... -> 243e-4, four rollbacks)."""
   new = weight_decay * mul_factor
   return new if new <= max_weight_decay * (1 + 1e-9) else None
+
+
+def validate(c: dict) -> None:
+  """One ConfigError line per mistake in the settings of the eigenvalue, DARTS-ES and
+  DARTS-ADA (`c`: the flattened config, `dnas.errors.flatten`)."""
+  non_negative(c, "search.hessian_every")
+  positive(c, "search.hessian_iters", int)
+  if c["search.early_stop"] and not c["search.hessian_every"]:
+    raise ConfigError("search.early_stop (DARTS-ES) needs search.hessian_every > 0: it "
+                      "stops on the Hessian's eigenvalue")
+  if c["search.ada"] and not c["search.hessian_every"]:
+    raise ConfigError("search.ada (DARTS-ADA) needs search.hessian_every > 0: it goes "
+                      "back on the Hessian's eigenvalue")
+  if c["search.ada"] and c["search.early_stop"]:
+    raise ConfigError("search.ada and search.early_stop exclude each other: DARTS-ES "
+                      "stops where DARTS-ADA goes back and on; set one")
+  for k in ("window", "delta"):
+    positive(c, f"robust_darts.{k}", int)
+  non_negative(c, "robust_darts.es_start_epoch")
+  non_negative(c, "robust_darts.factor")
+  if c["robust_darts.mul_factor"] <= 1:
+    raise ConfigError(f"robust_darts.mul_factor {c['robust_darts.mul_factor']} must be > 1 "
+                      f"(DARTS-ADA increases the weight decay)")
+  non_negative(c, "robust_darts.max_weight_decay")
 
 
 class RobustDartsHooks(SearchHooks):
