@@ -49,13 +49,21 @@ def define_config_flag(default: str | None = DEFAULT_CONFIG, help: str = "Config
     fail(_config_error(e))
 
 
+def compilation_cache_dir() -> str:
+  """Where every entry point keeps compiled programs: $DNAS_JAX_CACHE, by default
+  ~/.cache/dnas/jax; "" when $DNAS_JAX_CACHE is set empty (no cache)."""
+  return os.environ.get("DNAS_JAX_CACHE", os.path.expanduser("~/.cache/dnas/jax"))
+
+
 def enable_compilation_cache() -> None:
-  """Persistent XLA cache: a rerun skips most of the (long, on CPU) compilation.
-  $DNAS_JAX_CACHE overrides the directory; an empty value disables it."""
-  path = os.environ.get("DNAS_JAX_CACHE", os.path.expanduser("~/.cache/dnas/jax"))
+  """JAX's persistent compilation cache in `compilation_cache_dir()`: a resumed run, or a
+  rerun of a config in another work directory, loads its programs instead of compiling
+  them (entries are keyed by the program, jax/jaxlib version and device). JAX caches
+  programs that took at least $JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS (1 s) to
+  compile."""
+  path = compilation_cache_dir()
   if path:
     jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
 def run(main, commands: tuple[str, ...] = (), positional: bool = False,

@@ -5,6 +5,7 @@ program or a few (`Execution`, `split_piece`), their shardings over the device m
 
 import logging
 import threading
+import time
 from typing import NamedTuple
 
 import jax
@@ -62,6 +63,74 @@ def jit_shardings(shardings, num_batches):
   replicated = jax.sharding.NamedSharding(batch_sh.mesh, jax.sharding.PartitionSpec())
   return dict(in_shardings=(state_sh,) + (batch_sh,) * num_batches,
               out_shardings=(state_sh, replicated))
+
+
+class CompileWatch:
+  """Counts, while active (`with CompileWatch() as w:`), the programs JAX compiles or
+  loads from its persistent compilation cache, from `jax.monitoring`'s events: `programs`
+  (each backend compile request), `cached` (of those, loaded from the cache), and the
+  seconds spent tracing (`trace_s`), lowering to StableHLO (`lower_s`) and compiling or
+  loading (`compile_s`). Events from every thread count (the compile-ahead thread too)."""
+
+  _active: list["CompileWatch"] = []
+  _listening = False
+
+  def __init__(self):
+    self.programs = self.cached = 0
+    self.trace_s = self.lower_s = self.compile_s = 0.0
+    self.started = self.seconds = 0.0
+
+  @classmethod
+  def _listen(cls):
+    if cls._listening:
+      return
+    cls._listening = True
+
+    def event(name, **kwargs):
+      del kwargs
+      if name == "/jax/compilation_cache/cache_hits":
+        for w in cls._active:
+          w.cached += 1
+
+    def duration(name, seconds, **kwargs):
+      del kwargs
+      for w in cls._active:
+        if name == "/jax/core/compile/backend_compile_duration":
+          w.programs += 1
+          w.compile_s += seconds
+        elif name == "/jax/core/compile/jaxpr_trace_duration":
+          w.trace_s += seconds
+        elif name == "/jax/core/compile/jaxpr_to_mlir_module_duration":
+          w.lower_s += seconds
+    jax.monitoring.register_event_listener(event)
+    jax.monitoring.register_event_duration_secs_listener(duration)
+
+  def __enter__(self):
+    self._listen()
+    self._active.append(self)
+    self.started = time.perf_counter()
+    return self
+
+  def __exit__(self, *exc):
+    self.seconds = time.perf_counter() - self.started
+    self._active.remove(self)
+    return False
+
+  def summary(self, what: str) -> str | None:
+    """One line on what happened to `what` ("the search step"), or None when nothing
+    was compiled or loaded."""
+    if not self.programs:
+      return None
+    def n(k):
+      return f"{k} program{'s' if k != 1 else ''}"
+    compiled = self.programs - self.cached
+    times = f"trace {self.trace_s:.1f} s, lower {self.lower_s:.1f} s"
+    if not compiled:
+      return (f"loaded {what} from the compile cache in {self.seconds:.1f} s "
+              f"({n(self.programs)}; {times}, load {self.compile_s:.1f} s)")
+    from_cache = f", {self.cached} loaded from the compile cache" if self.cached else ""
+    return (f"compiled {what} in {self.seconds:.1f} s ({n(compiled)}{from_cache}; {times}, "
+            f"compile {self.compile_s:.1f} s)")
 
 
 def precompile_in_background(calls, name: str = "dnas-compile-ahead") -> None:

@@ -15,7 +15,7 @@ import tqdm
 
 from dnas.configs import base
 from dnas.errors import ConfigError, flatten
-from dnas.execution import Flat  # noqa: F401  (re-exported)
+from dnas.execution import CompileWatch, Flat  # noqa: F401  (Flat re-exported)
 from dnas.summaries import Summaries
 
 
@@ -186,6 +186,7 @@ class EpochLoop:
                                purge_step=self.done + 1 if resumed else None)
     self.progress = progress
     self.postfix: dict = {}
+    self._compiled: dict[str, bool] = {}
     self._start = time.time() - meta["elapsed"]
 
   @property
@@ -198,6 +199,26 @@ class EpochLoop:
 
   def save(self, state) -> None:
     self.ckpt.save(self.done, self.to_tree(state), dict(self.meta, elapsed=self.elapsed()))
+
+  def _watched(self, bar, what: str, fn, *args):
+    """fn(*args), reporting what it compiles (`execution.CompileWatch`): while a first
+    call compiles, the progress bar says so with the seconds so far (the step's count
+    would not move for minutes); afterwards one line says what was compiled or loaded
+    from the persistent compile cache, and how long it took."""
+    ticker = None
+    if not self._compiled.get(what) and not bar.disable:
+      ticker = _Ticker(bar, f"compiling {what} (first time only)")
+    with CompileWatch() as watch:
+      try:
+        out = fn(*args)
+      finally:
+        if ticker is not None:
+          ticker.stop()
+    self._compiled[what] = True
+    line = watch.summary(what)
+    if line and self.primary:
+      tqdm.tqdm.write(f"dnas: {line}", file=sys.stderr)
+    return out
 
   def _preempted(self) -> Preempted:
     return Preempted(f"SIGTERM: saved checkpoint {self.done} in {self.ckpt.directory}; rerun "
@@ -238,19 +259,13 @@ class EpochLoop:
                                               self.postfix_keys if k in metrics},
                       **self.postfix)
 
-    first = True
+    compiled_eval = False
     try:
       for epoch in range(meta["epoch"], self.epochs if not meta.get("stopped") else 0):
         inputs = batches(epoch, meta["batch"])
         for i in range(meta["batch"], self.steps_per_epoch):
-          if first:
-            bar.set_description_str("compiling (the next run with this config reuses the "
-                                    "compile cache)")
-            bar.refresh()
-          state, metrics = step(state, next(inputs), epoch, i)
-          if first:
-            bar.set_description_str("")
-            first = False
+          state, metrics = self._watched(bar, f"the {self.name} step", step, state,
+                                         next(inputs), epoch, i)
           settle()
           pending = (self.done + 1, metrics)
           meta["batch"] += 1
@@ -264,7 +279,11 @@ class EpochLoop:
               raise self._preempted()
         settle()
         means = {k: v / self.steps_per_epoch for k, v in meta["sums"].items()}
-        record = end_epoch(state, epoch, means)
+        if compiled_eval:
+          record = end_epoch(state, epoch, means)
+        else:  # the first epoch's end compiles the evaluation
+          record = self._watched(bar, "the evaluation", end_epoch, state, epoch, means)
+          compiled_eval = True
         record.setdefault("wall_time", self.elapsed())
         meta["records"].append(record)
         meta.update(epoch=epoch + 1, batch=0, sums={})
@@ -286,6 +305,31 @@ class EpochLoop:
       self.ckpt.close()
       self.summaries.close()
     return state
+
+
+class _Ticker:
+  """Updates a progress bar's description with `text` and the seconds since it started,
+  once a second from a daemon thread, until `stop()`."""
+
+  def __init__(self, bar, text: str):
+    self._bar, self._text, self._done = bar, text, threading.Event()
+    self._started = time.perf_counter()
+    self._show()
+    self._thread = threading.Thread(target=self._run, name="dnas-compile-ticker", daemon=True)
+    self._thread.start()
+
+  def _show(self):
+    self._bar.set_description_str(f"{self._text}: {time.perf_counter() - self._started:.0f} s")
+    self._bar.refresh()
+
+  def _run(self):
+    while not self._done.wait(1.0):
+      self._show()
+
+  def stop(self):
+    self._done.set()
+    self._thread.join()
+    self._bar.set_description_str("")
 
 
 def _host(x):

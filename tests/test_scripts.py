@@ -27,7 +27,7 @@ from tests import cli_helpers
 
 TOOLS = ("bench_step", "bench_input", "bench_latency", "hlo_stats", "profile_cell",
          "device_check", "compare_reference", "eagle_latency", "latency_pareto",
-         "check_unchanged")
+         "check_unchanged", "bench_compile")
 TINY = "--config=dnas/configs/tiny.py"
 # Two kinds of op (one parametric, one not): the tiny config at its cheapest compile.
 TWO_OPS = "--config.model.primitives=('skip_connect','sep_conv_3x3')"
@@ -181,6 +181,19 @@ def test_compare_reference_usage_and_diff():
   assert out.returncode == 0 and "--torch_python" in out.stdout and "--cases" in out.stdout
   d = _load("compare_reference")._diff([1.0, 2.0, 4.0], [1.0, 2.5, 4.0])  # pylint: disable=protected-access
   assert d == pytest.approx(dict(max_abs=0.5, max_rel=0.2, scale=4.0), rel=1e-5)
+
+
+def test_bench_compile_times_a_tiny_search_and_retraining_step():
+  out = _run("bench_compile", "--cases=digits,cifar_retrain", TINY, TWO_OPS, "--repeats=1",
+             "--platforms=cpu,cuda")
+  lines = {d["case"]: d for d in _json_lines(out)}
+  assert set(lines) == {"digits", "cifar_retrain"}, out.stdout
+  for d in lines.values():
+    _finite_positive(d, "trace_s", "lower_s", "compile_s", "first_call_s", "step_ms", "programs")
+    ops = d["stablehlo_ops"]
+    assert set(ops) == {"cpu", "cuda"} and all(n > 0 for n in ops.values())
+  # The CPU fast path's shift loops exist only in the program lowered for the CPU.
+  assert lines["digits"]["stablehlo_ops"]["cpu"] != lines["digits"]["stablehlo_ops"]["cuda"]
 
 
 def test_check_unchanged_fingerprint_ignores_only_the_clock(tmp_path):
