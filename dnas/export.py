@@ -72,7 +72,7 @@ def load_trained(directory: str):
     raise ExportError(f"--trained {directory}: {e}; for a space of your own, pass "
                       f"--config=<the config file that registers it>") from None
   genotype = space.from_dict(genotype)
-  info = dataset_info(config.data.name, config.data.image_size)
+  info = dataset_info(config.data.name, config.data.image_size, config.data.data_dir)
   model = config_lib.space_section(config)
   abstract = nnx.eval_shape(lambda: space.final(genotype, model, config.train, info,
                                                 nnx.Rngs(0)))

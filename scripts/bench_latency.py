@@ -49,7 +49,7 @@ def main(argv):
   config = _CONFIG.value
   m, L = config.model, config.latency
   dtype = config.get("dtype", "float32")
-  info = dataset_info(config.data.name, config.data.image_size)
+  info = dataset_info(config.data.name, config.data.image_size, config.data.data_dir)
   layout = darts_latency.layout_for(config.model, config.train, info)
   primitives = tuple(m.primitives)
   if _TABLE.value:

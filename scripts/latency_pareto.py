@@ -47,7 +47,7 @@ def main(argv):
   utils.configure_xla()
   os.makedirs(_OUT.value, exist_ok=True)
   base = _CONFIG.value
-  info = dataset_info(base.data.name, base.data.image_size)
+  info = dataset_info(base.data.name, base.data.image_size, base.data.data_dir)
   layout = darts_latency.layout_for(base.model, base.train, info)
   table_path = _TABLE.value or os.path.join(_OUT.value, "latency_table.json")
   if not os.path.exists(table_path):

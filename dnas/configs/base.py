@@ -30,6 +30,11 @@ def get_config():
   # zero-one loss).
   c.method = "darts"
   c.max_steps_per_epoch = 0  # 0: whole epochs; >0 caps steps per epoch (tests, smoke runs)
+  # data.name: "digits" (embedded), a TFDS set prepared in data_dir ("cifar10", "cifar100",
+  # "imagenet2012", "imagenette"), or your own images: "folder" (data_dir/train/<class>/
+  # images, optionally data_dir/test/<class>/) or "npz" (data_dir: a file with x_train,
+  # y_train[, x_test, y_test]); `dnas.data.own`. image_size: the side of ImageNet crops,
+  # and of own images when a folder tree holds several sizes.
   # data.workers: Grain worker processes reading and augmenting (0: in the main process;
   # -1: none on a CPU backend, half the cores (at most 8) on a GPU/TPU host).
   c.data = dict(name="digits", data_dir="", train_portion=0.5, image_size=224, workers=-1,

@@ -19,7 +19,7 @@ import numpy as np
 from absl import logging as absl_logging
 
 from dnas.data import augment as augment_lib
-from dnas.data import digits
+from dnas.data import digits, own
 from dnas.data.augment import Augment, ImageNetAugment  # noqa: F401  (re-exported)
 
 
@@ -99,13 +99,26 @@ TFDS_DATASETS = {
     "imagenette": ("imagenette/320px-v2", {"train": "train", "validation": "validation",
                                            "test": "validation"}, 10, _IMAGENET, "imagenet"),
 }
-DATASETS = ("digits",) + tuple(TFDS_DATASETS)
+# Your own images (`dnas.data.own`), at `data.data_dir`.
+OWN_DATASETS = ("folder", "npz")
+DATASETS = ("digits",) + tuple(TFDS_DATASETS) + OWN_DATASETS
 
 
-def dataset_info(name: str, image_size: int = 224) -> DatasetInfo:
-  """What a data set's batches look like, without reading it (`get_dataset` reads)."""
+def _own(name: str, data_dir: str, image_size: int):
+  try:
+    return own.load(name, data_dir, image_size)
+  except own.OwnDataError as e:
+    raise DataError(str(e)) from None
+
+
+def dataset_info(name: str, image_size: int = 224, data_dir: str = "") -> DatasetInfo:
+  """What a data set's batches look like, without reading it (`get_dataset` reads; own
+  data, `folder` and `npz` at `data_dir`, is read once to see its shape and classes)."""
   if name == "digits":
     return DatasetInfo("digits", (8, 8, 1), 10, digits.MEAN, digits.STD)
+  if name in OWN_DATASETS:
+    shape, num_classes, mean, std, _ = _own(name, data_dir, image_size)
+    return DatasetInfo(name, shape, num_classes, mean, std)
   if name not in TFDS_DATASETS:
     raise DataError(f"unknown data set {name!r}; available: {', '.join(DATASETS)}")
   _, _, num_classes, (mean, std), kind = TFDS_DATASETS[name]
@@ -117,12 +130,15 @@ def get_dataset(name: str, data_dir: str = "", image_size: int = 224
                 ) -> tuple[DatasetInfo, dict[str, object]]:
   """(info, {"train", "validation", "test": source}) for a data set name.
 
-  `data_dir` holds TFDS-prepared data (default: TFDS's, ~/tensorflow_datasets);
-  `image_size` is the side of ImageNet-style crops.
+  `data_dir` holds TFDS-prepared data (default: TFDS's, ~/tensorflow_datasets), or own
+  data (`folder`: an image-folder tree, `npz`: a file; `dnas.data.own`); `image_size` is
+  the side of ImageNet-style crops, and of own images of several sizes.
   """
-  info = dataset_info(name, image_size)
+  info = dataset_info(name, image_size, data_dir)
   if name == "digits":
     return info, {k: ArraySource(*v) for k, v in digits.load_splits().items()}
+  if name in OWN_DATASETS:
+    return info, {k: ArraySource(*v) for k, v in _own(name, data_dir, image_size)[4].items()}
   tfds_name, split_names = TFDS_DATASETS[name][:2]
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   verbosity = absl_logging.get_verbosity()

@@ -35,7 +35,7 @@ _ALLOW_FOREIGN = flags.DEFINE_bool("allow_foreign_table", False, "predict: accep
 
 
 def _info(config):
-  return dataset_info(config.data.name, config.data.image_size)
+  return dataset_info(config.data.name, config.data.image_size, config.data.data_dir)
 
 
 def profile(config):
