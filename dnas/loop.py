@@ -75,16 +75,17 @@ def fresh_meta() -> dict:
   return dict(epoch=0, batch=0, sums={}, records=[], elapsed=0.0)
 
 
-def restore(ckpt, state, *, resume: bool, workdir: str, fresh: dict | None = None):
+def restore(ckpt, state, *, resume: bool, workdir: str, steps_per_epoch: int,
+            fresh: dict | None = None):
   """(found, state, meta): the latest readable checkpoint of `ckpt` (`found`, None when
   there is none or `resume` is off) restored into the structure of `state`, or `state`
   itself with `fresh` (default `fresh_meta()`) as its meta."""
   found = ckpt.restore_latest(state) if resume else None
   if found is None:
     return None, state, fresh or fresh_meta()
-  _, state, meta = found
-  print(f"dnas: resuming {workdir} at epoch {meta['epoch']}, batch {meta['batch']}",
-        file=sys.stderr)
+  step, state, meta = found
+  print(f"dnas: resuming {workdir} at epoch {meta['epoch']}, step {step} (batch "
+        f"{meta['batch']} of {steps_per_epoch})", file=sys.stderr)
   return found, state, meta
 
 

@@ -44,8 +44,8 @@ def run_search(config, workdir: str, progress: bool = True, resume: bool = True)
   # after the first step, with a checkpoint.
   with loop.Preemption() as preemption:
     config_lib.validate(config, "search")
-    hooks = methods.hooks(config)
     while True:
+      hooks = methods.hooks(config)  # fresh for each run: they may hold its programs
       search = Search(config, workdir, hooks, resume=resume)
       state, meta = search.run_epochs(preemption, progress)
       # A hook may rewrite the checkpoints and ask for another run from the latest.
@@ -217,6 +217,7 @@ class Search:
     shardings = (parallel.state_shardings(state, mesh), parallel.batch_sharding(mesh))
     state = parallel.put_state(state, shardings[0])
     found, state, meta = loop.restore(self.ckpt, state, resume=resume, workdir=workdir,
+                                      steps_per_epoch=self.steps_per_epoch,
                                       fresh=dict(loop.fresh_meta(), alphas={}))
     config = self.config = _run_config(user_config, hooks, meta if found else None)
     model = self.model = config_lib.space_section(config)
@@ -259,9 +260,6 @@ class Search:
         self.graphdef_eval, shardings=((shardings[0].params, shardings[0].alphas,
                                         shardings[0].batch_stats), shardings[1]),
         dtype=dtype))
-    self.within_limit = (selection.candidates(space, model, config.latency.limit_ms,
-                                              self.latency[1])
-                         if config.latency.limit_ms > 0 else None)
 
   def _arch_batch(self):
     return parallel.put_batch(next(iter(self.make(self.a_src, seed=0, epoch=0, train=False))),
@@ -309,10 +307,16 @@ class Search:
         (state.params, state.alphas, state.batch_stats), parallel.put_batch(b, self.mesh),
         inputs or {})), self.make(self.a_src, seed=0, epoch=0, train=False))
 
+  @functools.cached_property
+  def within_limit(self) -> list:
+    """The space's architectures within `latency.limit_ms` (on first use)."""
+    return selection.candidates(self.space, self.model, self.config.latency.limit_ms,
+                                self.latency[1])
+
   def derive(self, alphas):
     # With latency.limit_ms, each epoch's architecture is the most probable one within
     # the limit, as `selection.argmax` derives the final one.
-    if self.within_limit is None:
+    if self.config.latency.limit_ms <= 0:
       return self.space.derive(alphas, self.model)
     return selection.most_probable(self.space, alphas, self.model, self.within_limit)
 

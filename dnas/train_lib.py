@@ -120,7 +120,8 @@ def _train(config, arch_source, workdir, progress, resume, preemption):
   state = (params, stats, tx.init(params))
   shardings = (parallel.state_shardings(state, mesh), parallel.batch_sharding(mesh))
   state = parallel.put_state(state, shardings[0])
-  found, state, meta = loop.restore(ckpt, state, resume=resume, workdir=workdir)
+  found, state, meta = loop.restore(ckpt, state, resume=resume, workdir=workdir,
+                                    steps_per_epoch=steps_per_epoch)
   dtype = utils.compute_dtype(config)
   pure_step = make_train_step(graphdef, tx, auxiliary_weight=t.auxiliary_weight,
                               label_smoothing=t.label_smoothing, dtype=dtype,

@@ -739,7 +739,8 @@ def test_drnas_progressive_search_prunes_widens_and_resumes_across_stages(tmp_pa
   # Two stages of two epochs (2 steps each), each warming up for one epoch: after the
   # first, every edge keeps 2 of its 3 ops and the partial channels widen from 1/4 to 1/2.
   # Then the run is resumed from the boundary's checkpoint (the widened state, its meta
-  # naming stage 1): same end, bitwise.
+  # naming stage 1): same end, bitwise. The Hessian's eigenvalue is measured every epoch,
+  # in each stage on that stage's supernet.
   import shutil  # pylint: disable=g-import-not-at-top
   from tests import cli_helpers  # pylint: disable=g-import-not-at-top
   # Split programs: the warm-up and search steps share one gradient program per stage.
@@ -749,7 +750,8 @@ def test_drnas_progressive_search_prunes_widens_and_resumes_across_stages(tmp_pa
           "--config.search.epochs=4", "--config.max_steps_per_epoch=2",
           "--config.search.programs=split", "--config.search.arch_start_epoch=1",
           "--config.drnas.stage_epochs=(2,2)", "--config.drnas.stage_k=(4,2)",
-          "--config.drnas.stage_keep=(3,2)", "--progress=false"]
+          "--config.drnas.stage_keep=(3,2)", "--config.search.hessian_every=1",
+          "--config.search.hessian_iters=2", "--progress=false"]
   first = tmp_path / "a"
   out = cli_helpers.run("dnas.search", *args, f"--workdir={first}")
   assert out.returncode == 0, out.stderr[-3000:]
@@ -776,6 +778,8 @@ def test_drnas_progressive_search_prunes_widens_and_resumes_across_stages(tmp_pa
     kept = w[1] * mask[k]
     np.testing.assert_allclose(w[2], kept / kept.sum(-1, keepdims=True), rtol=1e-5, atol=1e-7)
     assert np.abs(w[3] - w[2]).max() > 1e-4 and np.all(w[3][~mask[k]] == 0)
+  records = [json.loads(l) for l in (first / "metrics.jsonl").read_text().splitlines()]
+  assert [np.isfinite(r["hessian_max_eig"]) for r in records] == [True] * 4
   # The widened checkpoint holds 1/2 of the channels: a run resumed from it ends the same.
   second = tmp_path / "b"
   shutil.copytree(first, second)

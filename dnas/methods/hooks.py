@@ -1,9 +1,12 @@
 """Where a method changes the course of a search, beyond the parts of its step: small
-hooks that the search driver (`dnas.search_lib`) calls at fixed points. A method that
-needs none has none; the defaults do nothing.
+hooks that the search driver (`dnas.search_lib`) calls at fixed points, one set built
+afresh for each run of the loop. A method that needs none has none; the defaults do
+nothing.
 
   run_config(config, meta)      the config this run searches with (a stage's supernet,
-                                a decay after rollbacks), from the latest checkpoint's meta
+                                a decay after rollbacks): called with the latest
+                                checkpoint's meta to build the supernet, then with the
+                                restored checkpoint's meta for the run's settings
   epochs(config, meta)          the epochs [start, end) this run covers
   keep_period(config, steps)    checkpoints to keep every N steps (None: only the last K)
   check_restored(run, latest, found)   refuse a restored checkpoint that does not fit
@@ -29,7 +32,7 @@ class SearchRun(NamedTuple):
   loss_fn: `bilevel.make_loss_fn` of the supernet (params, alphas, stats, batch, inputs).
   arch_batch(): the first batch of the architecture split, unaugmented, on the mesh.
   fresh_state(config) -> SearchState: a new search state of `config`'s supernet and
-    optimisers (the structure that a checkpoint of that config has), on the mesh.
+    optimisers on the host (the structure and shapes a checkpoint of that config has).
   meta: the loop's meta (records of the finished epochs, ...), updated as it runs.
   """
   config: Any

@@ -8,7 +8,9 @@ space it runs. `config.space` names it (`dnas.spaces.get`).
 A space reads its own section of the config, never the whole config: `model`, which is
 `config.model` with the space's own section (`config.<space name>`) and what the method
 decides about the supernet (relaxation, partial channels, ...: `dnas.config.space_section`),
-and `train`, the final network's settings (`config.train`).
+and `train`, the final network's settings (`config.train`). A selection rule a space
+provides (`pt_select`, DARTS-PT) gets the selection's `Context`, whose config holds the
+selection's own settings (seed, `darts_pt.interval`).
 
   space = spaces.get(config.space)
   model = dnas.config.space_section(config)
