@@ -45,3 +45,4 @@ def test_search_on_own_npz_data_learns(tmp_path):
   with open(tmp_path / "run" / "metrics.jsonl") as f:
     records = [json.loads(line) for line in f]
   assert len(records) == 5 and records[-1]["valid_acc"] >= 0.6, records[-1]
+  assert (tmp_path / "run" / "genotype.json").exists()

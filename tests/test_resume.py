@@ -65,18 +65,36 @@ def _wait_for_step(workdir, proc, step, timeout=300):
 CACHE_ALL = {"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
 
 
-def test_search_sigkill_then_resume_is_bitwise_equal_and_loads_its_programs(
+def test_search_sigterm_then_sigkill_each_resume_bitwise_and_load_their_programs(
     tmp_path, uninterrupted):
-  # SIGKILL after a random one of the 6 steps' checkpoints (while the next step and its
-  # checkpoint run); the resumed run ends as the uninterrupted one, and loads the search
-  # step it compiled before the kill from the persistent compile cache, as does a rerun
-  # of the same config in another work directory.
+  # SIGTERM once the search has started (its config written, before the first step
+  # compiled): the run answers it after that step with a checkpoint and exit code 143.
+  # The resumed run is SIGKILLed after a random one of the remaining steps' checkpoints
+  # (while the next step and its checkpoint run). Resumed again, it ends as the
+  # uninterrupted run does, bitwise; each resumed run loads the search step the first
+  # compiled from the persistent compile cache, as does a rerun of the same config in
+  # another work directory.
   cache, workdir = tmp_path / "cache", tmp_path / "run"
-  proc = start("dnas.search", *FAST, f"--workdir={workdir}", cache=cache, extra_env=CACHE_ALL)
-  _wait_for_step(workdir, proc, random.randint(1, 5))
+
+  def search(directory=workdir):
+    return start("dnas.search", *FAST, f"--workdir={directory}", cache=cache,
+                 extra_env=CACHE_ALL)
+  proc, t = search(), time.time()
+  while not (workdir / "search_config.json").exists():
+    assert proc.poll() is None and time.time() - t < 300, proc.communicate()[1][-3000:]
+    time.sleep(0.02)
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=600)
+  assert proc.returncode == 143, err[-3000:]
+  assert "SIGTERM: saved checkpoint" in err
+  ckpts = [int(d) for d in os.listdir(workdir / "checkpoints") if d.isdigit()]
+  assert ckpts and max(ckpts) < 6
+  proc = search()
+  _wait_for_step(workdir, proc, random.randint(min(max(ckpts) + 1, 5), 5))
   assert proc.poll() is None
   proc.send_signal(signal.SIGKILL)
-  proc.communicate()
+  _, err = proc.communicate()
+  assert "dnas: loaded the search step from the compile cache" in err, err[-3000:]
   out = run("dnas.search", *FAST, f"--workdir={workdir}", cache=cache, extra_env=CACHE_ALL)
   assert out.returncode == 0, out.stderr[-3000:]
   assert "dnas: resuming" in out.stderr
@@ -87,27 +105,6 @@ def test_search_sigkill_then_resume_is_bitwise_equal_and_loads_its_programs(
   assert out.returncode == 0, out.stderr[-3000:]
   assert "dnas: loaded the search step from the compile cache" in out.stderr, out.stderr
   assert "dnas: compiled the search step" not in out.stderr
-
-
-def test_search_sigterm_saves_and_exits_143_then_resumes_bitwise(tmp_path, uninterrupted):
-  # SIGTERM once the search has started (its config written, before the first step
-  # compiled): the run answers it after that step with a checkpoint and exit code 143;
-  # the resumed run takes the rest.
-  workdir = tmp_path / "run"
-  proc = start("dnas.search", *FAST, f"--workdir={workdir}")
-  t = time.time()
-  while not (workdir / "search_config.json").exists():
-    assert proc.poll() is None and time.time() - t < 300, proc.communicate()[1][-3000:]
-    time.sleep(0.02)
-  proc.send_signal(signal.SIGTERM)
-  _, err = proc.communicate(timeout=600)
-  assert proc.returncode == 143, err[-3000:]
-  assert "SIGTERM: saved checkpoint" in err
-  ckpts = [int(d) for d in os.listdir(workdir / "checkpoints") if d.isdigit()]
-  assert ckpts and max(ckpts) < 6
-  out = run("dnas.search", *FAST, f"--workdir={workdir}")
-  assert out.returncode == 0, out.stderr[-3000:]
-  assert_same_run(final(workdir), uninterrupted)
 
 
 def test_non_finite_loss_stops_naming_step_and_phase(tmp_path):

@@ -96,16 +96,9 @@ def test_malformed_npz_is_one_line(tmp_path, arrays, message):
     get_dataset("npz", str(tmp_path / "missing.npz"))
 
 
-def test_own_data_search_from_the_cli_and_bad_data_exits_2(tmp_path):
-  rng = np.random.default_rng(2)
-  x = rng.integers(0, 256, (64, 8, 8, 3), dtype=np.uint8)
-  np.savez(tmp_path / "mine.npz", x_train=x, y_train=np.arange(64) % 3)
-  out = cli_helpers.run("dnas.search", *cli_helpers.FAST, "--config.search.epochs=1",
-                        "--config.data.name=npz", f"--config.data.data_dir={tmp_path / 'mine.npz'}",
-                        f"--workdir={tmp_path / 'run'}")
-  assert out.returncode == 0, out.stderr[-3000:]
-  assert (tmp_path / "run" / "genotype.json").exists()
-  np.savez(tmp_path / "bad.npz", x_train=x)
+def test_bad_own_data_from_the_cli_exits_2_with_one_line(tmp_path):
+  # A search on good own data runs in tests/test_learning.py (and learns).
+  np.savez(tmp_path / "bad.npz", x_train=np.zeros((8, 8, 8, 3), np.uint8))
   out = cli_helpers.run("dnas.search", *cli_helpers.FAST, "--config.data.name=npz",
                         f"--config.data.data_dir={tmp_path / 'bad.npz'}",
                         f"--workdir={tmp_path / 'bad'}")
