@@ -176,8 +176,10 @@ def _hold_out(images, labels, seed: int = 0):
 def load(name: str, data_dir: str, image_size: int):
   """(image shape, classes, mean, std, {"train", "validation", "test": (images, labels)})
   of own data `name` ("folder" or "npz") at `data_dir`."""
-  splits, _ = (load_folder if name == "folder" else
-               lambda d, _: load_npz(d))(data_dir, image_size)
+  if name == "folder":
+    splits, _ = load_folder(data_dir, image_size)
+  else:
+    splits, _ = load_npz(data_dir)
   train = splits["train"]
   num_classes = int(train[1].max()) + 1
   if "test" in splits:
