@@ -389,9 +389,9 @@ def checkpointed_call(module: nnx.Module, *args, **static):
 
 def batched_mixed_ops(ops: Sequence[MixedOp], xs: Sequence[jax.Array],
                       weights: jax.Array, edge_weights: jax.Array | None = None) -> jax.Array:
-  """sum_e ops[e](xs[e], weights[e]) for structurally identical mixed ops, run as one
+  """`sum_e ops[e](xs[e], weights[e])` for structurally identical mixed ops, run as one
   `jax.vmap`-ed body over their stacked variables; with `edge_weights` (f32[E]) the sum
-  is weighted, sum_e edge_weights[e] ops[e](...) (PC-DARTS edge normalisation).
+  is weighted, `sum_e edge_weights[e] ops[e](...)` (PC-DARTS edge normalisation).
 
   Same result as the plain sum, but XLA compiles each candidate op once per group
   instead of once per edge: on CPU, compile time grows with the number of kernels.

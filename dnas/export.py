@@ -1,8 +1,8 @@
 """Exports a retrained network as a serialized inference function (`jax.export`,
 StableHLO) for a fixed input shape and dtype.
 
-python -m dnas.export --trained=runs/x/trained [--out=runs/x/model.jax_export] [--batch=1]
-                      [--table=latency_table.json] [--platforms=cpu,cuda,tpu]
+    python -m dnas.export --trained=runs/x/trained [--out=runs/x/model.jax_export] [--batch=1]
+                          [--table=latency_table.json] [--platforms=cpu,cuda,tpu]
 
 `--trained` is what `python -m dnas.train` saved (an Orbax checkpoint holding the
 variables, the genotype and the config). A checkpoint of a space outside dnas (an own

@@ -27,6 +27,14 @@ class NonFiniteError(FloatingPointError):
   """A loss or gradient norm became inf or NaN."""
 
 
+def check_workdir(workdir: str) -> None:
+  """Refuses a URL (`gs://...`): the loops write their work directory with the local file
+  API, so a URL would become a local directory named `gs:`."""
+  if "://" in str(workdir):
+    raise ConfigError(f"--workdir {workdir}: a URL is not supported; give a local or mounted "
+                      f"path (a Google Drive or a bucket mounted with gcsfuse, NFS)")
+
+
 def prepare_workdir(workdir: str, config, *, resume: bool, has_checkpoint: bool,
                     what: str) -> None:
   """Creates `workdir` and writes `config.json`, or checks that an existing run in it

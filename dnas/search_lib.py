@@ -44,6 +44,7 @@ def run_search(config, workdir: str, progress: bool = True, resume: bool = True)
   # after the first step, with a checkpoint.
   with loop.Preemption() as preemption:
     config_lib.validate(config, "search")
+    loop.check_workdir(workdir)
     while True:
       hooks = methods.hooks(config)  # fresh for each run: they may hold its programs
       search = Search(config, workdir, hooks, resume=resume)

@@ -98,6 +98,7 @@ def _train(config, arch_source, workdir, progress, resume, preemption):
   if workdir is None:
     workdir = (os.path.join("runs", f"train-{arch_source}") if arch_source in space.published
                else os.path.dirname(os.path.abspath(arch_source)))
+  loop.check_workdir(workdir)
   info, splits = get_dataset(config.data.name, config.data.data_dir, config.data.image_size)
   t = config.train
   mesh = parallel.make_mesh(config.mesh.devices, config.mesh.fsdp)

@@ -148,6 +148,10 @@ USER_ERRORS = [
     ("dnas.train", ["--config.train.epochs=-3", "--genotype=x.json"],
      "train.epochs must be a positive integer, got -3"),
     ("dnas.train", [], "--genotype is required"),
+    ("dnas.search", ["--workdir=gs://bucket/run"],
+     "--workdir gs://bucket/run: a URL is not supported; give a local or mounted path"),
+    ("dnas.train", ["--genotype=DARTS_V2", "--workdir=gs://bucket/train"],
+     "--workdir gs://bucket/train: a URL is not supported"),
 ]
 
 

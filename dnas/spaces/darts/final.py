@@ -137,7 +137,8 @@ class NetworkCIFAR(_Network):
   Args:
     genotype: the cells.
     C: channels of the first stage (36 in the paper).
-    num_classes, layers: as the reference; reductions at layers // 3 and 2 * layers // 3.
+    num_classes: classes of the classifier.
+    layers: cells, as the reference; reductions at layers // 3 and 2 * layers // 3.
     auxiliary: add the auxiliary head after the second reduction (needs >= 5x5 there).
     drop_path_prob: default drop path probability (a call may override it).
     in_channels: image channels.

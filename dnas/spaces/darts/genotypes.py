@@ -141,10 +141,13 @@ def derive_genotype(alphas_normal, alphas_reduce, *, steps: int = 4, multiplier:
   """Discretises the supernet (reference `Network.genotype()`).
 
   Args:
-    alphas_normal, alphas_reduce: f32[E, K] logits, E = sum_{i<steps} (i + 2), K = len(primitives).
-    betas_normal, betas_reduce: optional f32[E] PC-DARTS edge logits; the rule then
+    alphas_normal: f32[E, K] logits of the normal cell, E = sum_{i<steps} (i + 2),
+      K = len(primitives).
+    alphas_reduce: f32[E, K] logits of the reduction cell.
+    betas_normal: optional f32[E] PC-DARTS edge logits of the normal cell; the rule then
       ranks edges by softmax(alpha) times each node's softmax of beta (reference
       PC-DARTS `genotype()`). The op on a kept edge is unchanged by the edge weight.
+    betas_reduce: the same for the reduction cell.
     weights: how the logits become the op weights that rank edges and ops: "softmax"
       (DARTS) or "sigmoid" (FairDARTS, whose ops do not share one unit of weight).
 

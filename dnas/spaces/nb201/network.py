@@ -114,10 +114,14 @@ class Network(nnx.Module):
   cells.
 
   Args:
-    C, N, num_classes, in_channels: as `TinyNetwork`.
+    C: channels of the first stage, as `TinyNetwork`.
+    N: cells per stage, as `TinyNetwork`.
+    num_classes: classes of the classifier.
+    in_channels: image channels.
     primitives: candidate op names (the alpha columns), NAS_BENCH_201 by default.
-    affine, track_running_stats: of the cells' BatchNorms (the reference searches with
-      affine=False; its scripts choose track_running_stats with BN=0/1).
+    affine: of the cells' BatchNorms (the reference searches with affine=False).
+    track_running_stats: of the cells' BatchNorms (the reference's scripts choose it
+      with BN=0/1).
     relaxation: `dnas.arch.op_weights`: "softmax" (DARTS), "gumbel" (GDAS with
       `gumbel_hard`: a straight-through one-hot sample per call, shared by all cells; each
       edge runs only its sampled op), "dirichlet" (DrNAS: a sample per call, shared by

@@ -65,7 +65,7 @@ class Identity(nnx.Module):
 
 def make_op(name: str, C_in: int, C_out: int, stride: int, affine: bool = True,
             track_running_stats: bool = True, *, rngs: nnx.Rngs) -> nnx.Module:
-  """The reference's OPS[name](C_in, C_out, stride, affine, track_running_stats)."""
+  """The reference's `OPS[name](C_in, C_out, stride, affine, track_running_stats)`."""
   if name == "none":
     return Zero(C_out, stride)
   if name == "skip_connect":
