@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from dnas import utils
+from dnas import kernels, utils
 
 
 def _call(net, x, **inputs):
@@ -46,6 +46,7 @@ def make_eval_step(graphdef_eval, *, shardings=None, dtype=None, apply=None,
             mask.sum())
   if not jit:
     return eval_step
+  eval_step = kernels.for_local_devices(eval_step)
   if shardings is None:
     return jax.jit(eval_step)
   variables_sh, batch_sh = shardings

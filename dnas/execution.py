@@ -11,7 +11,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from dnas import cpu
+from dnas import cpu, kernels
 
 # How a jitted search step is compiled (`Execution.programs`): "one" program, or "split"
 # into a few programs that share one gradient program; "auto": split the second-order
@@ -51,7 +51,7 @@ def split_piece(shardings=None, donate: bool = True):
       if shardings is not None:
         replicated = jax.sharding.NamedSharding(shardings[1].mesh, jax.sharding.PartitionSpec())
         kwargs["out_shardings"] = (shardings[0], replicated)
-    return cpu.compile_then_trim(jax.jit(fn, **kwargs))
+    return cpu.compile_then_trim(jax.jit(kernels.for_local_devices(fn), **kwargs))
   return piece
 
 

@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
+from dnas import kernels
+
 
 def lanczos_max_eigenvalue(matvec, n: int, key: jax.Array, iters: int) -> jax.Array:
   """Largest eigenvalue of the symmetric linear map `matvec` on f32[n] (Lanczos, `iters`
@@ -64,4 +66,4 @@ def make_eigenvalue_fn(loss_fn, iters: int = 20):
     def loss_in_alpha(alphas):
       return loss_fn(state.params, alphas, state.batch_stats, batch, {})[0]
     return max_eigenvalue(loss_in_alpha, state.alphas, key, iters)
-  return jax.jit(eig)
+  return jax.jit(kernels.for_local_devices(eig))

@@ -14,6 +14,8 @@ and whose gradient goes to the first maximum in row-major window order, `AvgPool
 `count_include_pad=False`.
 """
 
+import contextlib
+import contextvars
 import functools
 
 import jax
@@ -59,8 +61,40 @@ def _sum_pool_xla(x, k, stride, padding):
 # (BUILD_NOTES.md, "Portable kernels"). Under `dnas.autodiff.forward_mode_autodiff()`
 # (forward mode, which custom VJPs refuse) both paths are plain JAX functions.
 
+# The platform a program is traced for, when it is known to run on this process's devices
+# (`local_platform`); None: `lax.platform_dependent`, which traces both paths (and, inside
+# `vmap`, batches both): two thirds of the time to trace the default search step
+# (BUILD_NOTES.md, "Compile time").
+_PLATFORM = contextvars.ContextVar("dnas_kernels_platform", default=None)
+
+
+@contextlib.contextmanager
+def local_platform(platform: str | None = None):
+  """Within: the kernels take `platform`'s path (default: this process's backend) as they
+  are traced, instead of a `lax.platform_dependent` of both. Only for programs compiled
+  for this process's own devices; a program exported for other platforms (`jax.export`)
+  must be traced outside, so that it carries no CPU path to a GPU or TPU."""
+  token = _PLATFORM.set(platform or jax.default_backend())
+  try:
+    yield
+  finally:
+    _PLATFORM.reset(token)
+
+
+def for_local_devices(fn):
+  """`fn` traced under `local_platform()`: for `jax.jit` of a step that runs here."""
+  @functools.wraps(fn)
+  def traced(*args, **kwargs):
+    with local_platform():
+      return fn(*args, **kwargs)
+  return traced
+
+
 def _dispatch(args, cpu_fn, xla_fn):
-  return lax.platform_dependent(*args, cpu=cpu_fn, default=xla_fn)
+  platform = _PLATFORM.get()
+  if platform is None:
+    return lax.platform_dependent(*args, cpu=cpu_fn, default=xla_fn)
+  return (cpu_fn if platform == "cpu" else xla_fn)(*args)
 
 
 def _xla_vjp(fn, *primals):
@@ -172,4 +206,4 @@ def fusion_barrier(x: jax.Array) -> jax.Array:
   """The identity, with a buffer of its own on CPU (`dnas.cpu.fusion_barrier`) and
   nothing at all elsewhere: other backends' fusion does not recompute a producer per
   consumer the way XLA:CPU's does."""
-  return lax.platform_dependent(x, cpu=cpu.fusion_barrier, default=lambda x: x)
+  return _dispatch((x,), cpu.fusion_barrier, lambda x: x)

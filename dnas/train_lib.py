@@ -11,7 +11,8 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from dnas import bilevel, config as config_lib, cpu, loop, optim, parallel, spaces, utils
+from dnas import (bilevel, config as config_lib, cpu, kernels, loop, optim, parallel, spaces,
+                  utils)
 from dnas.checkpoint import Checkpointer, save_model
 from dnas.data.pipeline import auto_workers, get_dataset, make_augment, make_batches
 from dnas.evaluation import evaluate, make_eval_step
@@ -63,6 +64,7 @@ def make_train_step(graphdef, tx, *, auxiliary_weight: float, label_smoothing: f
 
   if not jit:
     return step
+  step = kernels.for_local_devices(step)
   if shardings is None:
     return jax.jit(step, donate_argnums=(0, 1, 2))
   (params_sh, stats_sh, opt_sh), batch_sh = shardings
@@ -136,7 +138,7 @@ def _train(config, arch_source, workdir, progress, resume, preemption):
   flat = loop.Flat(state, shardings[0])
   rep = NamedSharding(mesh, P())
   train_step = cpu.compile_then_trim(flat.jit(
-      tree_step, in_shardings=(shardings[0], shardings[1], rep, rep),
+      kernels.for_local_devices(tree_step), in_shardings=(shardings[0], shardings[1], rep, rep),
       out_shardings=(shardings[0], rep)))
   eval_step = cpu.compile_then_trim(make_eval_step(
       graphdef_eval, shardings=(shardings[0][:2], shardings[1]), dtype=dtype,

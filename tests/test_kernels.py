@@ -155,3 +155,22 @@ def test_jax_export_for_accelerators_from_cpu_host():
   exported = jax.export.export(fn, platforms=("cuda", "tpu"))(state, _x((2, 8, 8, 3), 9))
   text = exported.mlir_module()
   assert _identity_matmuls(text) == 0 and _grouped_convs(text) > 0
+
+
+def test_local_platform_traces_one_path_and_computes_the_same():
+  # The loops trace their steps under `local_platform` (one path, no `platform_dependent`
+  # to trace and batch): the same values, bitwise, and the same kernels in the program.
+  model = search.Network(C=4, num_classes=3, layers=1, steps=2, multiplier=2, rngs=nnx.Rngs(0))
+  graphdef, state = nnx.split(model)
+  x = _x((2, 8, 8, 3), 8)
+  grad = jax.grad(lambda state: jnp.sum(nnx.merge(graphdef, state)(x)))
+  both, local = jax.jit(grad), jax.jit(kernels.for_local_devices(grad))
+  assert "platform_index" in str(both.trace(state).jaxpr)
+  assert "platform_index" not in str(local.trace(state).jaxpr)
+  chex.assert_trees_all_equal(local(state), both(state))
+  text = local.trace(state).lower(lowering_platforms=("cpu",)).as_text()
+  assert _identity_matmuls(text) > 0 and _grouped_convs(text) == 0
+  # The platform named, not the host's: a trace for a GPU takes XLA's own ops.
+  with kernels.local_platform("cuda"):
+    cuda = jax.jit(grad).trace(state).lower(lowering_platforms=("cuda",)).as_text()
+  assert _identity_matmuls(cuda) == 0 and _grouped_convs(cuda) > 0
