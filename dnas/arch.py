@@ -22,8 +22,9 @@ from flax import nnx
 
 # How op weights come from alphas (`op_weights`): softmax (DARTS), Gumbel-softmax samples
 # (FBNet, GDAS), Dirichlet samples (DrNAS), independent sigmoids (FairDARTS), uniformly
-# drawn single paths that ignore the alphas (SPOS, RANDOM-NAS).
-RELAXATIONS = ("softmax", "gumbel", "dirichlet", "sigmoid", "uniform")
+# drawn single paths that ignore the alphas (SPOS, RANDOM-NAS), binary gates on sampled
+# paths (ProxylessNAS: `binary_gates`, which the space's supernet runs itself).
+RELAXATIONS = ("softmax", "gumbel", "dirichlet", "sigmoid", "uniform", "binary")
 
 
 
@@ -153,21 +154,30 @@ class MixedOp(nnx.Module):
     GDAS does: y = h_k op_k(x) + sum_{j != k} h_j, k = argmax h. The other terms are 0
     in value but pass the gradient to every h_j; the other ops are not computed
     (`lax.switch`)."""
-    index = jnp.argmax(hard)
+    k = jnp.argmax(hard)
+    rest = jnp.sum(hard) - hard[k]
+    y = self.run_op(k, x, **kwargs)
+    return hard[k].astype(y.dtype) * y + rest.astype(y.dtype)
+
+  def run_op(self, index: jax.Array, x, **kwargs):
+    """op_index(x) for a traced int32[] `index`, running only that op (`lax.switch`)."""
     graphdef, state = nnx.split(self.ops)
 
     def branch(k):
-      def run(state, x, hard):
+      def run(state, x):
         ops = nnx.merge(graphdef, state)
-        y = ops[k](x, **kwargs)
-        rest = jnp.sum(hard) - hard[k]
-        return hard[k].astype(y.dtype) * y + rest.astype(y.dtype), nnx.state(ops)
+        return ops[k](x, **kwargs), nnx.state(ops)
       return run
 
-    y, new_state = jax.lax.switch(index, [branch(k) for k in range(len(self.ops))],
-                                  state, x, hard)
+    y, new_state = jax.lax.switch(index, [branch(k) for k in range(len(self.ops))], state, x)
     nnx.update(self.ops, new_state)
     return y
+
+  def run_paths(self, x, indices: jax.Array, gates: jax.Array, **kwargs):
+    """sum_i gates[i] * op_{indices[i]}(x), computing only those ops: ProxylessNAS's
+    binary-gate paths (`binary_gates`). indices int32[P], gates f32[P]."""
+    return sum(gates[i].astype(x.dtype) * self.run_op(indices[i], x, **kwargs)
+               for i in range(indices.shape[0]))
 
   def weights(self) -> jax.Array:
     """f32[K] softmax(alpha)."""
@@ -268,6 +278,25 @@ def uniform_path(key: jax.Array, logits: jax.Array) -> jax.Array:
   return jax.nn.one_hot(k, logits.shape[-1], dtype=jnp.float32)
 
 
+def binary_gates(key: jax.Array, logits: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """ProxylessNAS's binary gates in its two-path mode (Cai et al., ICLR 2019, Sec. 3.2.1;
+  mit-han-lab/proxylessnas `MixedEdge.binarize`, mode "two"): two ops drawn from
+  softmax(alpha) without replacement, the active one from the softmax over those two.
+
+  Returns (int32[2] the two ops, f32[2] their gates): in value one-hot on the active op,
+  in gradient the softmax over the pair, so that dL/dalpha_i = sum_j g_j p_j (delta_ij -
+  p_i) over the pair, g_j = dL/dgate_j (Eq. 4 on the two paths; the other ops' alphas get
+  none). logits: f32[K], K >= 2.
+  """
+  k_pair, k_active = jax.random.split(key)
+  logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
+  pair = jax.random.choice(k_pair, logits.shape[-1], (2,), replace=False,
+                           p=jax.nn.softmax(logits))
+  p = jax.nn.softmax(logits[pair])
+  active = jax.random.bernoulli(k_active, p[1]).astype(jnp.int32)
+  return pair, jax.nn.one_hot(active, 2, dtype=p.dtype) + p - jax.lax.stop_gradient(p)
+
+
 def runs_one_op(relaxation: str, key, gumbel_hard: bool) -> bool:
   """Whether `op_weights(...)` of this call are one-hot rows, so that each edge may run
   only its chosen op (`MixedOp(sampled=True)`): hard Gumbel (GDAS) and uniform paths
@@ -292,7 +321,8 @@ def op_weights(logits: jax.Array, relaxation: str = "softmax", key: jax.Array | 
   dirichlet` differentiates its gamma draws implicitly: the pathwise gradient);
   without, the distribution's mean. sigmoid: sigmoid(alpha) per op, no competition
   between ops (FairDARTS). uniform: with `key`, one op per row drawn uniformly (one-hot,
-  `uniform_path`); without, softmax.
+  `uniform_path`); without, softmax. binary: softmax (the probabilities ProxylessNAS
+  samples its paths from; the gates themselves are `binary_gates`).
   """
   # At least float32 (bfloat16 logits would round the weights); float64 stays float64.
   logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
@@ -309,6 +339,8 @@ def op_weights(logits: jax.Array, relaxation: str = "softmax", key: jax.Array | 
     return jax.nn.sigmoid(logits)
   if relaxation == "uniform":
     return uniform_path(key, logits)
+  if relaxation == "binary":  # the mixture's weights; the sampled gates: `binary_gates`
+    return jax.nn.softmax(logits, axis=-1)
   raise ValueError(f"relaxation {relaxation!r} is unknown; valid: {', '.join(RELAXATIONS)}")
 
 

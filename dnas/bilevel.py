@@ -318,7 +318,7 @@ def make_phase_steps(graphdef, w_tx: optax.GradientTransformation,
     return jax.random.fold_in(jax.random.fold_in(state.rng, state.step), phase)
 
   def inputs_of(state, phase):
-    inputs = (relaxation.model_inputs(phase_key(state, phase), state.step)
+    inputs = (relaxation.model_inputs(phase_key(state, phase), state.step, phase)
               if relaxation.stochastic else {})
     return {**inputs, **extra_inputs(state.step)} if extra_inputs else inputs
 

@@ -2,6 +2,7 @@
 them (PyTorch SGD and Adam with coupled weight decay, schedules stepped per epoch):
 Optax `GradientTransformation`s and schedules `count -> f32[]`."""
 
+import jax
 import jax.numpy as jnp
 import optax
 
@@ -51,6 +52,42 @@ def make_w_tx(lr: optax.ScalarOrSchedule, momentum: float = 0.9, weight_decay: f
   def update(grads, state, params=None):
     return sgd.update(clip.update(grads, optax.EmptyState())[0], state, params)
   return optax.GradientTransformation(sgd.init, update)
+
+
+def then(tx: optax.GradientTransformation, stateless: optax.GradientTransformation
+         ) -> optax.GradientTransformation:
+  """`tx`, its updates then passed through the stateless `stateless`, with `tx`'s own
+  state structure (so a checkpoint or state built without `stateless` fits)."""
+  def update(updates, state, params=None):
+    updates, state = tx.update(updates, state, params)
+    return stateless.update(updates, optax.EmptyState(), params)[0], state
+  return optax.GradientTransformation(tx.init, update)
+
+
+def rescale_sampled_logits() -> optax.GradientTransformation:
+  """ProxylessNAS's rescaling after an architecture update in its two-path mode
+  (mit-han-lab/proxylessnas `MixedEdge.rescale_updated_arch_param`): the logits the
+  update changed (each row's two sampled paths) shift together so that their
+  log-sum-exp stays, and with it the probabilities of the paths not sampled. Rows are the
+  last axis of each leaf. For an optimiser whose update is 0 where the gradient is
+  (ProxylessNAS's Adam with b1 = 0); with momentum every logit changes and the shift only
+  normalises the row, which softmax ignores."""
+  def rescale(u, p):
+    changed = u != 0
+
+    def logsumexp(x):
+      m = jnp.max(jnp.where(changed, x, -jnp.inf), -1, keepdims=True)
+      m = jnp.where(jnp.isfinite(m), m, 0.0)
+      return m + jnp.log(jnp.sum(jnp.where(changed, jnp.exp(x - m), 0.0), -1, keepdims=True))
+
+    offset = jnp.where(jnp.any(changed, -1, keepdims=True),
+                       logsumexp(p + u) - logsumexp(p), 0.0)
+    return u - jnp.where(changed, offset, 0.0).astype(u.dtype)
+
+  def update(updates, state, params):
+    return jax.tree.map(rescale, updates, params), state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
 def make_a_tx(lr: float = 3e-4, b1: float = 0.5, b2: float = 0.999,

@@ -15,7 +15,8 @@ from dnas.arch import RELAXATIONS  # noqa: F401  (re-exported)
 
 
 # Methods whose relaxation is part of their definition; the others take search.relaxation.
-METHOD_RELAXATION = {"drnas": "dirichlet", "fair_darts": "sigmoid", "spos": "uniform"}
+METHOD_RELAXATION = {"drnas": "dirichlet", "fair_darts": "sigmoid", "spos": "uniform",
+                     "proxyless": "binary"}
 
 
 def relaxation_kind(config) -> str:
@@ -30,16 +31,20 @@ class Relaxation(NamedTuple):
 
   @property
   def stochastic(self) -> bool:
-    return self.kind in ("gumbel", "dirichlet", "uniform")
+    return self.kind in ("gumbel", "dirichlet", "uniform", "binary")
 
-  def model_inputs(self, key: jax.Array, step: jax.Array) -> dict:
+  def model_inputs(self, key: jax.Array, step: jax.Array, phase: int = 0) -> dict:
     """Keyword inputs of the supernet's call for one forward pass: {} for softmax and
     sigmoid, {"arch_key": key} for Dirichlet and uniform, {"arch_key": key, "tau": f32[]} for
-    Gumbel (`Network(relaxation=...)` of either space)."""
+    Gumbel (`Network(relaxation=...)` of either space), {"arch_key": key, "arch_phase":
+    phase} for binary gates (0: an architecture step's two paths, 1: a weight step's
+    one; `dnas.spaces.mobile`)."""
     if not self.stochastic:
       return {}
     if self.kind in ("dirichlet", "uniform"):
       return {"arch_key": key}
+    if self.kind == "binary":
+      return {"arch_key": key, "arch_phase": phase}
     return {"arch_key": key, "tau": jnp.asarray(self.tau(step), jnp.float32)}
 
 
@@ -61,6 +66,12 @@ def uniform() -> Relaxation:
   """SPOS / RANDOM-NAS: one op per edge drawn uniformly per forward pass, shared by all
   cells; the architecture logits are not used."""
   return Relaxation("uniform")
+
+
+def binary() -> Relaxation:
+  """ProxylessNAS: binary gates on paths drawn from softmax(alpha), two per
+  architecture step and one per weight step (`dnas.arch.binary_gates`)."""
+  return Relaxation("binary")
 
 
 def sigmoid() -> Relaxation:

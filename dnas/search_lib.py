@@ -21,8 +21,9 @@ import numpy as np
 import tqdm
 from flax import nnx
 
-from dnas import (bilevel, config as config_lib, cpu, execution, hypergrad, latency as latency_lib,
-                  loop, methods, optim, parallel, plotting, selection, spaces, utils)
+from dnas import (bilevel, config as config_lib, cpu, execution, hypergrad, kernels,
+                  latency as latency_lib, loop, methods, optim, parallel, plotting, selection,
+                  spaces, utils)
 from dnas.arch import op_weights
 from dnas.checkpoint import Checkpointer
 from dnas.data.pipeline import (DatasetInfo, auto_workers, get_dataset, make_augment,
@@ -76,7 +77,10 @@ def optimizers(config, steps_per_epoch: int, parts: methods.Parts | None = None)
   w_tx = optim.make_w_tx(schedule, s.momentum, s.weight_decay, s.grad_clip, s.nesterov)
   a_wd = s.a_weight_decay if parts is None or parts.a_weight_decay is None else (
       parts.a_weight_decay)
-  return schedule, w_tx, optim.make_a_tx(s.a_lr, s.a_b1, s.a_b2, a_wd)
+  a_tx = optim.make_a_tx(s.a_lr, s.a_b1, s.a_b2, a_wd)
+  if parts is not None and parts.a_transform is not None:
+    a_tx = optim.then(a_tx, parts.a_transform)
+  return schedule, w_tx, a_tx
 
 
 def latency_setup(config, info, workdir: str | None = None):
@@ -152,8 +156,10 @@ def compiled_steps(graphdef, state, w_tx, a_tx, *, order: str, hypergrad, arch_l
   flat = loop.Flat(state, execution.shardings[0], stack=False if split else None)
   if split:
     return (flat, *map(flat.wrap, steps))
-  return (flat, *(cpu.compile_then_trim(flat.jit(f, **bilevel.jit_shardings(
-      execution.shardings, 2))) for f in steps))
+  # Traced for this process's devices: the kernels take the backend's own path.
+  return (flat, *(cpu.compile_then_trim(flat.jit(kernels.for_local_devices(f),
+                                                 **bilevel.jit_shardings(execution.shardings, 2)))
+                   for f in steps))
 
 
 def _run_config(config, hooks, meta):
@@ -374,7 +380,7 @@ class Search:
     _, weight_step = bilevel.make_phase_steps(
         self.graphdef, self.w_tx, self.a_tx, hypergrad=self.hypergrad,
         relaxation=self.parts.relaxation, dtype=self.dtype)
-    return jax.jit(weight_step, donate_argnums=0)
+    return jax.jit(kernels.for_local_devices(weight_step), donate_argnums=0)
 
   def train(self, state, weight_batches, inputs=None):
     """`selection.Context.train`: weight steps over `weight_batches` (donates `state`)."""

@@ -148,6 +148,12 @@ USER_ERRORS = [
     ("dnas.train", ["--config.train.epochs=-3", "--genotype=x.json"],
      "train.epochs must be a positive integer, got -3"),
     ("dnas.train", [], "--genotype is required"),
+    ("dnas.search", ["--config.method=proxyless"],
+     "method proxyless's binary gates run in the mobile space only"),
+    ("dnas.train", ["--config=dnas/configs/mobile_digits.py", "--genotype=FBNet_Z"],
+     "cannot read architecture file FBNet_Z"),
+    ("dnas.search", ["--config=dnas/configs/mobile_digits.py", "--config.mobile.family=mnas"],
+     "mobile.family 'mnas' is unknown; valid: proxyless, fbnet"),
     ("dnas.search", ["--workdir=gs://bucket/run"],
      "--workdir gs://bucket/run: a URL is not supported; give a local or mounted path"),
     ("dnas.train", ["--genotype=DARTS_V2", "--workdir=gs://bucket/train"],
@@ -315,3 +321,23 @@ def test_nb201_search_then_train(tmp_path):
   result = json.loads((tmp_path / "train_result.json").read_text())
   assert result["space"] == "nb201" and result["genotype"] == {"arch": str(parsed)}
   assert 0.0 <= result["test_acc"] <= 1.0
+
+
+def test_mobile_search_with_binary_gates_then_train(tmp_path):
+  # ProxylessNAS's space and binary gates through the CLI, tiny: one layer per stage, one
+  # warm-up epoch then one with architecture steps; dnas.train retrains the find.
+  config = os.path.join(cli_helpers.ROOT, "dnas", "configs", "mobile_digits.py")
+  tiny = [f"--config={config}", "--config.mobile.depths=(1,2)", "--config.mobile.widths=(8,16)",
+          "--config.mobile.strides=(1,2)", "--config.mobile.head=16",
+          "--config.max_steps_per_epoch=2"]
+  out = _run("dnas.search", *tiny, f"--workdir={tmp_path}", "--config.search.epochs=2",
+             "--config.search.arch_start_epoch=1", "--config.search.batch_size=8")
+  assert out.returncode == 0, out.stderr[-3000:]
+  found = json.loads((tmp_path / "genotype.json").read_text())
+  assert found["family"] == "proxyless" and len(found["layers"]) == 3
+  records = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert "a_loss" in records[-1] and "alpha_entropy_residual" in records[-1]
+  out = _run("dnas.train", *tiny, f"--genotype={tmp_path / 'genotype.json'}",
+             f"--workdir={tmp_path}", "--config.train.epochs=1", "--config.train.batch_size=16")
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert json.loads((tmp_path / "train_result.json").read_text())["params"] > 0

@@ -18,6 +18,9 @@ with every method.
                decays over the search (`dnas.methods.darts_minus`)
   fair_darts   FairDARTS (Chu et al. 2020): sigmoid op weights and the zero-one loss
                (`dnas.methods.fair_darts`)
+  proxyless    ProxylessNAS (Cai et al., ICLR 2019): binary gates on two sampled paths per
+               architecture step, one per weight step (`dnas.arch.binary_gates`), the
+               sampled logits rescaled after each update; the mobile space only
   spos         single-path one-shot (Guo et al., ECCV 2020; RANDOM-NAS, Li & Talwalkar,
                UAI 2019): weight steps only, each on one uniformly drawn path; the
                architecture is chosen afterwards by `search.selection=supernet`
@@ -37,7 +40,7 @@ from dnas.methods.hooks import SearchHooks, SearchRun  # noqa: F401
 from dnas.relaxation import relaxation_kind
 
 METHODS = ("darts", "pc_darts", "drnas", "beta_darts", "sdarts_rs", "sdarts_adv",
-           "darts_minus", "fair_darts", "spos")
+           "darts_minus", "fair_darts", "spos", "proxyless")
 
 _RELAXATION = relaxation_lib.METHOD_RELAXATION
 # Methods without architecture steps: the weights train alone, the selection decides.
@@ -53,6 +56,8 @@ class Parts(NamedTuple):
   terms: additive architecture-loss terms `(alphas, step) -> (f32[], metrics)`.
   perturb: the weight step's architecture weights (`bilevel.make_phase_steps`), or None.
   a_weight_decay: the architecture optimiser's weight decay (None: search.a_weight_decay).
+  a_transform: applied after the architecture optimiser's update, or None (ProxylessNAS's
+    rescaling of the sampled logits, `optim.rescale_sampled_logits`).
   extra_inputs: step -> more keyword inputs of the supernet in every pass, or None.
   arch_steps: False for methods that never step the architecture (every step is the
     weight step, `make_search_steps`'s warm-up step).
@@ -63,6 +68,7 @@ class Parts(NamedTuple):
   terms: tuple[Callable, ...] = ()
   perturb: Callable | None = None
   a_weight_decay: float | None = None
+  a_transform: object = None
   extra_inputs: Callable | None = None
   arch_steps: bool = True
   reports_arch_steps: bool = False
@@ -81,6 +87,13 @@ def validate(config) -> None:
   if method in _SOFTMAX_ONLY and config.search.relaxation != "softmax":
     raise ConfigError(f"method {method} perturbs softmax op weights; search.relaxation "
                       f"must be softmax, got {config.search.relaxation!r}")
+  if config.search.relaxation == "binary" and method != "proxyless":
+    raise ConfigError(f"search.relaxation binary is method proxyless's binary gates, got "
+                      f"method {method}")
+  if method == "proxyless" and config.search.order != "first":
+    raise ConfigError(f"method proxyless estimates the architecture gradient at the current "
+                      f"weights (first order); search.order must be first, got "
+                      f"{config.search.order!r}")
   if config.search.relaxation == "uniform" and method not in _NO_ARCH_STEPS:
     raise ConfigError(f"search.relaxation uniform draws paths that ignore the architecture "
                       f"weights: it is method spos's, got method {method}")
@@ -179,6 +192,8 @@ def _build(config, steps_per_epoch: int) -> Parts:
         "random" if config.method == "sdarts_rs" else "adversarial", epsilon=d.epsilon,
         epsilon_min=d.epsilon_min, epochs=s.epochs, steps_per_epoch=steps_per_epoch,
         steps=d.steps))
+  if config.method == "proxyless":
+    return Parts(relax, a_transform=optim.rescale_sampled_logits())
   if config.method == "fair_darts":
     return Parts(relax, (fair_darts.zero_one_term(config.fair_darts.zero_one_weight),))
   if config.method == "darts_minus":

@@ -3,6 +3,7 @@
 
 from dnas.spaces.base import ArchError, SearchSpace, load, save
 from dnas.spaces.darts import space as darts_space
+from dnas.spaces.mobile import space as mobile_space
 from dnas.spaces.nb201 import space as nb201_space
 
 _SPACES: dict[str, SearchSpace] = {}
@@ -28,3 +29,4 @@ def names() -> tuple[str, ...]:
 
 register(darts_space.SPACE)
 register(nb201_space.SPACE)
+register(mobile_space.SPACE)

@@ -43,6 +43,9 @@ class DartsSpace:
               "model.stem_multiplier", "train.C", "train.layers"):
       positive(flat, k, int)
     m = model
+    if m.relaxation == "binary":
+      raise ConfigError("method proxyless's binary gates run in the mobile space only "
+                        "(config.space = 'mobile'), not the darts space")
     bad = [p for p in m.primitives if p not in PRIMITIVES]
     if bad:
       raise ConfigError(f"model.primitives: unknown op {bad[0]!r}; valid ops: "

@@ -42,6 +42,9 @@ class NB201Space:
     flat = flatten({"model": model, "train": train})
     for k in ("model.C", "model.N", "train.C", "train.N"):
       positive(flat, k, int)
+    if model.relaxation == "binary":
+      raise ConfigError("method proxyless's binary gates run in the mobile space only "
+                        "(config.space = 'mobile'), not the nb201 space")
     bad = [p for p in model.primitives if p not in NAS_BENCH_201]
     if bad:
       raise ConfigError(f"model.primitives: unknown op {bad[0]!r}; valid ops: "
