@@ -232,6 +232,17 @@ def dispatch_ms(shape, dtype, repeats: int = 200) -> float:
   return time_call(fn, x, repeats=repeats, warmup=20)["median"]
 
 
+def compile_eval(module: nnx.Module, image_shape, *, batch_size: int, dtype: str, seed: int = 0):
+  """(compiled f(state, x), (state, x)): `module` in eval mode compiled for
+  f32[batch_size, *image_shape] inputs of `dtype`, and seeded random inputs: what a
+  space's `compile_final` returns."""
+  jdtype = jnp.dtype(dtype)
+  forward, state = jit_eval(module, jdtype)
+  x = jnp.asarray(np.random.default_rng(seed).standard_normal(
+      (batch_size,) + tuple(image_shape)), jdtype)
+  return forward.lower(state, x).compile(), (state, x)
+
+
 def jit_eval(module: nnx.Module, dtype=None):
   """(jitted f(state, *xs), state): a copy of `module` in eval mode, as timed, with its
   floating-point variables cast to `dtype` (None: kept)."""

@@ -184,11 +184,8 @@ class MobileSpace:
 
   def compile_final(self, arch, model, train, info, *, batch_size: int, dtype: str):
     """(forward, args): the compiled final network in eval mode and random inputs."""
-    forward, state = latency.jit_eval(self.final(arch, model, train, info, nnx.Rngs(0)),
-                                      jnp.dtype(dtype))
-    x = jnp.asarray(np.random.default_rng(0).standard_normal(
-        (batch_size,) + tuple(info.image_shape)), jnp.dtype(dtype))
-    return forward.lower(state, x).compile(), (state, x)
+    return latency.compile_eval(self.final(arch, model, train, info, nnx.Rngs(0)),
+                                info.image_shape, batch_size=batch_size, dtype=dtype)
 
 
 def _checked_layers(layers):

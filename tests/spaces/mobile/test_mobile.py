@@ -207,3 +207,21 @@ def test_sampling_relaxations_give_alpha_gradients(relaxation):
   grads = jax.jit(jax.grad(loss))(alphas)  # jitted: eager op-by-op takes a minute
   norms = [float(jnp.abs(g).sum()) for g in jax.tree.leaves(grads)]
   assert len(norms) == 3 and all(n > 0 for n in norms)
+
+
+def test_latency_table_and_expected_latency_of_the_space():
+  # Each candidate block timed at its layer's shape; the expected latency is
+  # differentiable in the alphas and predicts a discrete architecture of the layout.
+  model = _model(family="fbnet", widths=(16, 24), depths=(1, 1), strides=(1, 2), head=32)
+  table = SPACE.latency_profile(model, None, _info(), batch_size=4, dtype="float32",
+                                repeats=2)
+  assert len(table.entries) == 2 * len(mobile_ops.FBNET_OPS) + 1  # + the rest
+  lm = SPACE.latency_model(table, model, None, _info())
+  net = SPACE.supernet(model, _info(), nnx.Rngs(0))
+  alphas = nnx.state(net, arch.ArchParam)
+  grads = jax.grad(lm.expected)(alphas)
+  assert all(float(jnp.abs(g).sum()) > 0 for g in jax.tree.leaves(grads))
+  found = SPACE.random_arch(np.random.default_rng(0), model, _info())
+  assert lm.predict(found) >= lm.minimum() > 0
+  with pytest.raises(ArchError, match="another"):
+    lm.predict(PUBLISHED["FBNet_A"])
