@@ -146,15 +146,15 @@ def test_searched_network_used_from_linen():
   np.testing.assert_allclose(model.apply(variables, x), want, rtol=1e-5, atol=1e-5)
 
 
-def test_readme_own_model_example_runs(tmp_path):
-  # README.md's "Search inside your own model" block, as written (second order, latency
-  # objective, checkpoint, discretisation), with the checkpoint in tmp_path.
-  readme = open(os.path.join(cli_helpers.ROOT, "README.md")).read()
-  start = readme.index("```python", readme.index("### Search inside your own model")) + 9
+def test_docs_own_model_example_runs(tmp_path):
+  # docs/own_model.md's "Search inside your own model" block, as written (second order,
+  # latency objective, checkpoint, discretisation), with the checkpoint in tmp_path.
+  readme = open(os.path.join(cli_helpers.ROOT, "docs", "own_model.md")).read()
+  start = readme.index("```python", readme.index("## Search inside your own model")) + 9
   code = readme[start:readme.index("```", start)]
   assert len(code.strip().splitlines()) < 30
   scope = {}
-  exec(compile(code.replace("/tmp/dnas_mine/ckpt", str(tmp_path / "ckpt")), "README", "exec"),
+  exec(compile(code.replace("/tmp/dnas_mine/ckpt", str(tmp_path / "ckpt")), "own_model.md", "exec"),
        scope)
   assert set(scope["picks"]) == {"op"} and not arch.mixed_ops(scope["final"])
   assert np.isfinite(float(scope["metrics"]["a_objective"]))
