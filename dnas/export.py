@@ -1,7 +1,7 @@
-"""Exports a retrained network as a serialized inference function (`jax.export`,
-StableHLO) for a fixed input shape and dtype.
+"""Exports a retrained network for a fixed input shape: a serialized JAX function
+(`jax.export`, StableHLO) or an ONNX model.
 
-    python -m dnas.export --trained=runs/x/trained [--out=runs/x/model.jax_export] [--batch=1]
+    python -m dnas.export --trained=runs/x/trained [--format=jax|onnx] [--out=...] [--batch=1]
                           [--table=latency_table.json] [--platforms=cpu,cuda,tpu]
 
 `--trained` is what `python -m dnas.train` saved (an Orbax checkpoint holding the
@@ -14,8 +14,16 @@ classes] logits; the weights are constants inside it. Loading needs only JAX:
   exported = jax.export.deserialize(open("model.jax_export", "rb").read())
   logits = exported.call(images)
 
+`--format=onnx` (extra `dnas[onnx]`) writes `model.onnx` (opset 18, input "images"
+f32[batch, H, W, C], output "logits"; `dnas.deploy.onnx`), for ONNX Runtime and whatever
+reads ONNX:
+
+  session = onnxruntime.InferenceSession("model.onnx")
+  logits = session.run(None, {"images": images})[0]
+
 The command reloads the file, checks it against the model, and reports its measured
-latency here (median of `--repeats` calls) beside the latency table's prediction.
+latency here in the file's runtime (JAX or ONNX Runtime; median of `--repeats` calls)
+beside the latency table's prediction.
 """
 
 import json
@@ -30,10 +38,14 @@ from flax import nnx
 
 from dnas import checkpoint, cli, config as config_lib, latency, spaces, utils
 from dnas.data.pipeline import dataset_info
+from dnas.deploy import onnx as onnx_lib, runtimes
+from dnas.deploy.inference import inference_fn  # noqa: F401  (dnas.export.inference_fn)
 
 _TRAINED = flags.DEFINE_string("trained", None, "The `trained/` checkpoint of dnas.train.")
-_OUT = flags.DEFINE_string("out", None, "Output file (default: model.jax_export beside "
-                           "--trained).")
+_FORMAT = flags.DEFINE_enum("format", "jax", ["jax", "onnx"], "jax: a jax.export "
+                            "StableHLO program; onnx: an ONNX model (extra dnas[onnx]).")
+_OUT = flags.DEFINE_string("out", None, "Output file (default: model.jax_export or "
+                           "model.onnx beside --trained).")
 _BATCH = flags.DEFINE_integer("batch", 0, "Batch size of the export (0: the table's, or 1).")
 _TABLE = flags.DEFINE_string("table", None, "Latency table whose prediction to report.")
 _PLATFORMS = flags.DEFINE_list("platforms", [], "Platforms to lower for (default: this "
@@ -49,6 +61,7 @@ _ALLOW_FOREIGN = flags.DEFINE_bool("allow_foreign_table", False, "Accept a table
 
 
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")  # what jax.export lowers for
+SUFFIX = {"jax": "model.jax_export", "onnx": "model.onnx"}
 
 
 class ExportError(ValueError):
@@ -101,21 +114,6 @@ def load_trained(directory: str):
   return net, config, genotype, info
 
 
-def inference_fn(net: nnx.Module, dtype=None, apply=None):
-  """logits(images): the network in eval mode (running BatchNorm statistics, no drop path
-  or auxiliary head), f32[N, H, W, C] -> f32[N, classes]; variables are closed over.
-  `dtype`: the activations' dtype, as in training; `apply`: the space's `final_apply`
-  (default: call the network, taking the first output of a tuple)."""
-  graphdef, params, rest = nnx.split(net, nnx.Param, ...)
-
-  def logits(images):
-    m = nnx.merge(graphdef, utils.cast_floating(params, dtype), rest, copy=True)
-    x = utils.cast_floating(images, dtype)
-    out = apply(m, x)[0] if apply else m(x)
-    return utils.at_least_float32(out[0] if isinstance(out, tuple) else out)
-  return logits
-
-
 def export(fn, shape, dtype=jnp.float32, platforms=None) -> jax.export.Exported:
   """`jax.export` of fn(x) for x: dtype[shape] (lowered for `platforms`, default here)."""
   return jax.export.export(jax.jit(fn), platforms=platforms or None)(
@@ -140,40 +138,74 @@ def main(argv):
   if table:
     table.check(batch_size=batch, dtype=dtype, allow_foreign=_ALLOW_FOREIGN.value)
   shape = (batch,) + tuple(info.image_shape)
+  if _FORMAT.value == "onnx":
+    dtype = "float32"  # what ONNX Runtime's CPU kernels cover; the weights are cast
   fn = inference_fn(net, utils.DTYPES[dtype], space.final_apply)
-  exported = export(fn, shape, platforms=_PLATFORMS.value)
   out = _OUT.value or os.path.join(os.path.dirname(os.path.abspath(_TRAINED.value)),
-                                   "model.jax_export")
+                                   SUFFIX[_FORMAT.value])
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-  with open(out, "wb") as f:
-    f.write(exported.serialize())
+  meta = dict(input_shape=list(shape), input_dtype="float32", classes=info.num_classes,
+              mean=list(map(float, info.mean)), std=list(map(float, info.std)), dtype=dtype,
+              genotype=space.to_dict(genotype), format=_FORMAT.value)
+  if _FORMAT.value == "onnx":
+    call, where = _write_onnx(fn, shape, out, meta)
+  else:
+    call, where = _write_jax(fn, shape, out, meta)
   with open(out + ".json", "w") as f:
-    json.dump(dict(input_shape=list(shape), input_dtype="float32", classes=info.num_classes,
-                   mean=list(map(float, info.mean)), std=list(map(float, info.std)),
-                   platforms=list(exported.platforms), dtype=dtype,
-                   genotype=space.to_dict(genotype)), f, indent=1)
-  print(f"wrote {out} ({os.path.getsize(out) / 2**20:.2f} MiB, input f32{list(shape)}, "
-        f"platforms {', '.join(exported.platforms)})")
-  # Reload as a user would; check it against the model, then time it.
-  with open(out, "rb") as f:
-    reloaded = jax.export.deserialize(bytearray(f.read()))
-  if jax.default_backend() not in reloaded.platforms:
-    print(f"not checked or timed here: the export is for {', '.join(reloaded.platforms)}, "
-          f"this is {jax.default_backend()}")
+    json.dump(meta, f, indent=1)
+  if call is None:
+    print(f"not checked or timed here: the export is for {where}, this is "
+          f"{jax.default_backend()}")
     return
-  x = jnp.asarray(np.random.default_rng(0).standard_normal(shape), jnp.float32)
-  call = jax.jit(reloaded.call)
-  diff = float(jnp.max(jnp.abs(call(x) - jax.jit(fn)(x))))
+  x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+  want = np.asarray(jax.jit(fn)(x))
+  diff = float(np.max(np.abs(np.asarray(call(x)) - want)))
   measured = latency.time_call(call, x, repeats=_REPEATS.value)
-  line = (f"reloaded: max |difference| to the model {diff:.2e}; measured latency "
-          f"{measured['median']:.4f} ms (median of {_REPEATS.value}, batch {batch}, "
-          f"{jax.devices()[0].device_kind})")
+  line = (f"reloaded: max |difference| to the model {diff:.2e} (largest logit "
+          f"{np.max(np.abs(want)):.2e}); measured latency {measured['median']:.4f} ms in "
+          f"{where} (median of {_REPEATS.value}, batch {batch})")
   if table:
     predicted = space.latency_model(table, config_lib.space_section(config), config.train,
                                     info).predict(genotype)
-    line += f"; table prediction {predicted:.4f} ms"
+    line += (f"; table prediction {predicted:.4f} ms (measured in "
+             f"{table.meta.get('runtime', 'jax')})")
   print(line)
 
 
+def _write_jax(fn, shape, out, meta):
+  """Writes the jax.export; (the reloaded file's call or None where it cannot run here,
+  where it runs)."""
+  exported = export(fn, shape, platforms=_PLATFORMS.value)
+  with open(out, "wb") as f:
+    f.write(exported.serialize())
+  meta["platforms"] = list(exported.platforms)
+  print(f"wrote {out} ({os.path.getsize(out) / 2**20:.2f} MiB, input f32{list(shape)}, "
+        f"platforms {', '.join(exported.platforms)})")
+  with open(out, "rb") as f:  # reloaded as a user would
+    reloaded = jax.export.deserialize(bytearray(f.read()))
+  if jax.default_backend() not in reloaded.platforms:
+    return None, ", ".join(reloaded.platforms)
+  return jax.jit(reloaded.call), f"JAX {jax.__version__} on {jax.devices()[0].device_kind}"
+
+
+def _write_onnx(fn, shape, out, meta):
+  """Writes the ONNX model; (the reloaded file's ONNX Runtime call, where it runs)."""
+  if _PLATFORMS.value:
+    raise ExportError("--platforms is for --format=jax; an ONNX model runs wherever its "
+                      "runtime does")
+  runtimes.check("onnxruntime")
+  onnx = onnx_lib.require_onnx()
+  model = onnx_lib.to_onnx(fn, shape, doc=json.dumps(meta["genotype"]))
+  onnx.save(model, out)
+  meta.update(opset=onnx_lib.OPSET, input_name="images", output_name="logits")
+  print(f"wrote {out} ({os.path.getsize(out) / 2**20:.2f} MiB, input f32{list(shape)}, "
+        f"{len(model.graph.node)} nodes, opset {onnx_lib.OPSET})")
+  session = runtimes.ort_session(onnx.load(out))  # reloaded as a user would
+  stamp = runtimes.stamp("onnxruntime")
+  return (lambda x: session.run(None, {"images": x})[0],
+          f"ONNX Runtime {stamp['runtime_version']} on {latency.cpu_model()} "
+          f"({stamp['runtime_threads']} threads)")
+
+
 if __name__ == "__main__":
-  cli.run(main, user_errors=(ExportError,))
+  cli.run(main, user_errors=(ExportError, onnx_lib.ConversionError, runtimes.RuntimeError_))

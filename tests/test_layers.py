@@ -14,7 +14,7 @@ LAYERS = (
     ("leaves", ("errors", "autodiff", "cpu", "utils", "parallel", "checkpoint", "summaries",
                 "plotting", "data", "kernels", "layers", "convert")),
     ("parts", ("arch", "relaxation", "hypergrad", "optim", "execution", "evaluation",
-               "hessian", "latency.table", "latency.trace", "latency.expected",
+               "hessian", "deploy", "latency.table", "latency.trace", "latency.expected",
                "latency.objectives", "latency.mixed", "latency")),
     ("spaces", ("spaces",)),
     ("step", ("bilevel",)),

@@ -2,6 +2,7 @@
 trained network's Orbax checkpoint and `jax.export` file."""
 
 import glob
+import importlib.util
 import json
 import struct
 
@@ -130,6 +131,19 @@ def test_export_cli_round_trip(trained, tmp_path):
   exported = jax.export.deserialize(bytearray(out.read_bytes()))
   x = jnp.asarray(np.random.default_rng(3).standard_normal((4, 8, 8, 1)), jnp.float32)
   np.testing.assert_allclose(exported.call(x), net(x)[0], rtol=1e-5, atol=1e-5)
+  # The ONNX model (extra dnas[onnx]) of the same network, reloaded in ONNX Runtime.
+  if importlib.util.find_spec("onnxruntime"):
+    import onnxruntime  # pylint: disable=import-outside-toplevel
+    res = cli_helpers.run("dnas.export", f"--trained={directory}", "--format=onnx",
+                          f"--out={tmp_path / 'model.onnx'}", "--batch=4", "--repeats=5")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "in ONNX Runtime" in res.stdout
+    session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"))
+    np.testing.assert_allclose(session.run(None, {"images": np.asarray(x)})[0], net(x)[0],
+                               rtol=1e-4, atol=1e-5)
+    bad = cli_helpers.run("dnas.export", f"--trained={directory}", "--format=onnx",
+                          "--platforms=cuda")
+    assert bad.returncode == 2 and "--platforms is for --format=jax" in bad.stderr
   # Bad input: one line, exit 2. A checkpoint whose config does not fit its variables:
   config = tiny.get_config()
   config.train.C = 8

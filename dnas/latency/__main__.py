@@ -1,14 +1,19 @@
 """The latency CLI: tables for latency-aware search (FBNet, ProxylessNAS).
 
 python -m dnas.latency profile [--config=dnas/configs/digits.py] [--out=latency_table.json]
+                               [--runtime=jax|onnxruntime]
     measures every candidate op and fixed part of the config's final network at each
-    shape it meets (traced from the network) (`train.*`, `latency.batch_size`, `dtype`) on this JAX backend.
+    shape it meets (traced from the network) (`train.*`, `latency.batch_size`, `dtype`),
+    here, in the runtime that will run the network: JAX on this backend, or ONNX Runtime
+    on this CPU (each part converted as `dnas.export --format=onnx` converts the network;
+    the MixedOp spaces: mobile, nb201, your own model).
 python -m dnas.latency calibrate --table=latency_table.json [--networks=30] [--out=...]
     times `--networks` random final networks end to end here and fits the table's
-    correction, measured ~ scale * (table sum) + offset (BUILD_NOTES.md).
+    correction, measured ~ scale * (table sum) + offset (BUILD_NOTES.md), in the table's
+    runtime (`meta.runtime`).
 python -m dnas.latency predict --genotype=g.json --table=latency_table.json [--measure]
     the table's prediction for a genotype's final network, and with --measure the
-    network timed end to end here.
+    network timed end to end here in the table's runtime.
 
 Use a table in a search with --config.latency.table=... and --config.latency.objective=...
 """
@@ -19,14 +24,18 @@ import numpy as np
 from absl import flags
 
 from dnas import cli, config as config_lib, spaces
-from dnas.latency import LatencyError, LatencyTable, time_call
 from dnas.data.pipeline import dataset_info
+from dnas.deploy import onnx as onnx_lib, runtimes
+from dnas.latency import LatencyError, LatencyTable, time_call
+from dnas.latency.table import runtime_of
 
 _CONFIG = cli.define_config_flag()
 _OUT = flags.DEFINE_string("out", "latency_table.json", "profile: where to write the table.")
 _TABLE = flags.DEFINE_string("table", None, "predict: the latency table.")
 _GENOTYPE = flags.DEFINE_string("genotype", None, "predict: the genotype JSON file.")
 _MEASURE = flags.DEFINE_bool("measure", False, "predict: also time the network here.")
+_RUNTIME = flags.DEFINE_string("runtime", "jax", "profile: the runtime to measure in: "
+                               + " or ".join(runtimes.RUNTIMES) + ".")
 _NETWORKS = flags.DEFINE_integer("networks", 30, "calibrate: random networks to time.")
 _SEED = flags.DEFINE_integer("seed", 1000, "calibrate: seed of the random networks.")
 _ROUNDS = flags.DEFINE_integer("rounds", 3, "calibrate: timing rounds over all networks.")
@@ -47,12 +56,14 @@ def profile(config):
   if getattr(space, "latency_profile", None) is None:  # optional in the protocol
     raise LatencyError(f"space {config.space} cannot measure a latency table (its space "
                        f"has no latency_profile); give the search a table made elsewhere")
+  runtime = runtimes.check(_RUNTIME.value)
   table = space.latency_profile(
       config_lib.space_section(config), config.train, _info(config), batch_size=L.batch_size,
-      dtype=dtype, repeats=L.repeats, seed=config.seed, progress=report)
+      dtype=dtype, repeats=L.repeats, seed=config.seed, progress=report, runtime=runtime)
   table.save(_OUT.value)
-  print(f"wrote {_OUT.value}: {len(table.entries)} entries, {table.meta['device_kind']}, "
-        f"batch {L.batch_size}, {dtype}, dispatch {table.dispatch_ms:.4f} ms")
+  print(f"wrote {_OUT.value}: {len(table.entries)} entries, {runtime} on "
+        f"{table.meta.get('cpu_model', table.meta['device_kind'])}, batch {L.batch_size}, "
+        f"{dtype}, dispatch {table.dispatch_ms:.4f} ms")
 
 
 def calibrate(config):
@@ -63,9 +74,11 @@ def calibrate(config):
   space, info, model = spaces.get(config.space), _info(config), config_lib.space_section(config)
   rng = np.random.default_rng(_SEED.value)
   genotypes = [space.random_arch(rng, model, info) for _ in range(_NETWORKS.value)]
+  runtime = runtimes.check(runtime_of(table.meta))
   compiled = [space.compile_final(g, model, config.train, info,
                                   batch_size=table.meta["batch_size"],
-                                  dtype=table.meta["dtype"]) for g in genotypes]
+                                  dtype=table.meta["dtype"], runtime=runtime)
+              for g in genotypes]
   # Rounds over all networks, interleaved; the median of each network's round medians.
   times = [[] for _ in genotypes]
   for _ in range(_ROUNDS.value):
@@ -97,10 +110,11 @@ def predict(config):
   if _MEASURE.value:
     forward, args = space.compile_final(genotype, model, config.train, info,
                                         batch_size=table.meta["batch_size"],
-                                        dtype=table.meta["dtype"])
+                                        dtype=table.meta["dtype"],
+                                        runtime=runtimes.check(runtime_of(table.meta)))
     measured = time_call(forward, *args)
     out.update(measured_ms=measured["median"], measured_q25=measured["q25"],
-               measured_q75=measured["q75"])
+               measured_q75=measured["q75"], runtime=runtime_of(table.meta))
   print(json.dumps(out))
 
 
@@ -110,4 +124,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  cli.run(main, commands=("profile", "calibrate", "predict"))
+  cli.run(main, commands=("profile", "calibrate", "predict"),
+          user_errors=(LatencyError, onnx_lib.ConversionError, runtimes.RuntimeError_))

@@ -12,8 +12,9 @@ from flax import nnx
 from dnas import arch
 from dnas.latency import trace
 from dnas.latency.expected import ExpectedLatency
+from dnas.deploy import runtimes
 from dnas.latency.table import (LatencyError, LatencyTable, device_stamp, dispatch_ms,
-                                jit_eval, op_key, time_call)
+                                module_timer, op_key)
 
 
 def _stride(x, y) -> int:
@@ -55,33 +56,31 @@ def mixed_op_shapes(model: nnx.Module, example):
 
 
 def profile(model: nnx.Module, example: jax.Array, *, repeats: int = 50,
-            progress: Callable | None = None) -> LatencyTable:
+            progress: Callable | None = None, runtime: str = "jax") -> LatencyTable:
   """Measures a latency table of `model` (eval mode) on inputs like `example`
-  (f32[N, ...]; N is the table's batch): each candidate op of each MixedOp compiled
-  alone and timed at its input shape, and the rest of the network, timed as the whole
-  network with every MixedOp at its current choice minus those choices' ops (floored at
-  one dispatch). `progress(i, n, key, ms)` is called per entry."""
+  (f32[N, ...]; N is the table's batch) in `runtime` (`dnas.deploy.RUNTIMES`): each
+  candidate op of each MixedOp compiled alone and timed at its input shape, and the rest
+  of the network, timed as the whole network with every MixedOp at its current choice
+  minus those choices' ops (floored at one dispatch). `progress(i, n, key, ms)` is
+  called per entry."""
   shapes, out, ops = mixed_op_shapes(model, example)
-  dispatch = dispatch_ms(example.shape, example.dtype)
+  dispatch = dispatch_ms(example.shape, example.dtype, runtime=runtime)
   entries, n = {}, sum(len(ops[p].ops) for p in shapes) + 1
-  rng = np.random.default_rng(0)
   for path, (x, y) in shapes.items():
-    xs = jnp.asarray(rng.standard_normal(x.shape), x.dtype)
     for k, op in enumerate(ops[path].ops):
-      fn, state = jit_eval(op)
       key = candidate_key(path, k, x, y)
-      entries[key] = time_call(fn, state, xs, repeats=repeats)
+      entries[key] = module_timer(runtime, op, x)(repeats)
       if progress:
         progress(len(entries), n, key, entries[key]["median"])
-  fn, state = jit_eval(arch.discretize(model))
-  whole = time_call(fn, state, example, repeats=repeats)["median"]
+  whole = module_timer(runtime, arch.discretize(model), example)(repeats)["median"]
   chosen = sum(max(entries[candidate_key(p, ops[p].choice(), x, y)]["median"] - dispatch, 0.0)
                for p, (x, y) in shapes.items())
   rest = rest_key(example, out)
   entries[rest] = dict(median=round(max(whole - chosen, dispatch), 5), whole_ms=whole)
   if progress:
     progress(n, n, rest, entries[rest]["median"])
-  meta = dict(device_stamp(), batch_size=int(example.shape[0]), dtype=str(example.dtype),
+  meta = dict(device_stamp(), **runtimes.stamp(runtime), batch_size=int(example.shape[0]),
+              dtype=str(example.dtype),
               unit="ms", dispatch_ms=dispatch, repeats=repeats, network=type(model).__name__,
               image=list(example.shape[1:]))
   return LatencyTable(meta, entries)

@@ -30,6 +30,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from dnas.deploy import runtimes
+from dnas.deploy.inference import inference_fn
+
 FORMAT = "dnas-latency-table/1"
 META_KEYS = ("backend", "device_kind", "batch_size", "dtype", "unit", "dispatch_ms")
 
@@ -65,6 +68,11 @@ def device_stamp() -> dict:
   if stamp["backend"] == "cpu":
     stamp.update(cpu_model=cpu_model(), cpu_count=os.cpu_count())
   return stamp
+
+
+def runtime_of(meta: dict) -> str:
+  """The runtime a table was measured in (tables before runtimes were recorded: jax)."""
+  return meta.get("runtime", "jax")
 
 
 def _device(meta: dict) -> tuple:
@@ -151,7 +159,9 @@ class LatencyTable:
   def check(self, *, batch_size: int | None = None, dtype: str | None = None,
             allow_foreign: bool = False) -> None:
     """Refuses a table from another device kind, or on CPU another processor model or core
-    count (unless `allow_foreign`), or from another batch size or dtype than asked for."""
+    count (unless `allow_foreign`), or from another batch size or dtype than asked for.
+    Any runtime's table measured here is this device's: a search optimises what it
+    measured (`meta.runtime`)."""
     here = device_stamp()
     if not allow_foreign and _device(self.meta) != _device(here):
       raise LatencyError(
@@ -223,23 +233,51 @@ def time_call(fn: Callable, *args, repeats: int = 50, warmup: int = 5) -> dict:
   return dict(median=round(float(med), 5), q25=round(float(q25), 5), q75=round(float(q75), 5))
 
 
-def dispatch_ms(shape, dtype, repeats: int = 200) -> float:
+def dispatch_ms(shape, dtype, repeats: int = 200, runtime: str = "jax") -> float:
   """Median cost of calling a compiled function that does almost nothing on an input of
-  `shape` (any rank): what each standalone op measurement pays once and a whole network
-  once."""
-  x = jnp.zeros(shape, dtype)
-  fn = jax.jit(lambda x: x[(slice(0, 1),) * x.ndim] + 1)
-  return time_call(fn, x, repeats=repeats, warmup=20)["median"]
+  `shape` (any rank) in `runtime`: what each standalone op measurement pays once and a
+  whole network once."""
+  def tiny(x):
+    return x[(slice(0, 1),) * x.ndim] + 1
+  if runtime == "jax":
+    return time_call(jax.jit(tiny), jnp.zeros(shape, dtype), repeats=repeats,
+                     warmup=20)["median"]
+  call = runtimes.compile_fn(runtime, tiny, shape, np.dtype(dtype)).call
+  return time_call(call, np.zeros(shape, dtype), repeats=repeats, warmup=20)["median"]
 
 
-def compile_eval(module: nnx.Module, image_shape, *, batch_size: int, dtype: str, seed: int = 0):
-  """(compiled f(state, x), (state, x)): `module` in eval mode compiled for
-  f32[batch_size, *image_shape] inputs of `dtype`, and seeded random inputs: what a
-  space's `compile_final` returns."""
+def module_timer(runtime: str, module: nnx.Module, example) -> Callable[..., dict]:
+  """timer(repeats) -> `time_call`'s dict: `module` in eval mode compiled in `runtime`
+  for inputs like `example` (f[N, ...]), timed on seeded random inputs. In JAX the
+  variables are an argument (as `jit_eval`); elsewhere they are inside the file."""
+  x = np.random.default_rng(0).standard_normal(example.shape).astype(example.dtype)
+  if runtime == "jax":
+    fn, state = jit_eval(module)
+    return lambda repeats: time_call(fn, state, jnp.asarray(x), repeats=repeats)
+  module = nnx.clone(module)
+  module.eval()
+  call = runtimes.compile_fn(runtime, inference_fn(module), example.shape,
+                             np.dtype(example.dtype)).call
+  return lambda repeats: time_call(call, x, repeats=repeats)
+
+
+def compile_eval(module: nnx.Module, image_shape, *, batch_size: int, dtype: str, seed: int = 0,
+                 runtime: str = "jax", apply=None):
+  """(compiled f(*args), args): `module` in eval mode compiled for f32[batch_size,
+  *image_shape] inputs of `dtype`, and seeded random inputs: what a space's
+  `compile_final` returns. In JAX f(state, x); in another runtime (`dnas.deploy`) f(x),
+  the variables inside the file, the output the logits (`apply`: the space's
+  `final_apply`)."""
   jdtype = jnp.dtype(dtype)
+  x = np.random.default_rng(seed).standard_normal((batch_size,) + tuple(image_shape))
+  if runtime != "jax":
+    module = nnx.clone(module)
+    module.eval()
+    compiled = runtimes.compile_fn(runtime, inference_fn(module, apply=apply), x.shape,
+                                   np.dtype(dtype))
+    return compiled.call, (x.astype(dtype),)
   forward, state = jit_eval(module, jdtype)
-  x = jnp.asarray(np.random.default_rng(seed).standard_normal(
-      (batch_size,) + tuple(image_shape)), jdtype)
+  x = jnp.asarray(x, jdtype)
   return forward.lower(state, x).compile(), (state, x)
 
 

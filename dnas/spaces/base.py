@@ -80,9 +80,10 @@ class SearchSpace(Protocol):
   # Latency-aware search (optional; `dnas.latency`):
 
   def latency_profile(self, model, train, info, *, batch_size: int, dtype: str,
-                      repeats: int, seed: int = 0, progress=None):
+                      repeats: int, seed: int = 0, progress=None, runtime: str = "jax"):
     """A `dnas.latency.LatencyTable` of every part of the final network, measured here
-    at the shapes traced from that network (`seed`: any random draws)."""
+    in `runtime` (`dnas.deploy.RUNTIMES`) at the shapes traced from that network (`seed`:
+    any random draws)."""
 
   def latency_model(self, table, model, train, info):
     """The table's view of the final network: `expected(alphas)` (f32[] ms,
@@ -91,8 +92,10 @@ class SearchSpace(Protocol):
   def random_arch(self, rng: np.random.Generator, model, info) -> Any:
     """A uniformly drawn architecture (for calibrating a table)."""
 
-  def compile_final(self, arch, model, train, info, *, batch_size: int, dtype: str):
-    """(forward, args): the compiled final network in eval mode and random inputs."""
+  def compile_final(self, arch, model, train, info, *, batch_size: int, dtype: str,
+                    runtime: str = "jax"):
+    """(forward, args): the final network in eval mode compiled in `runtime`, and random
+    inputs (`dnas.latency.compile_eval`)."""
 
 
 def save(space: SearchSpace, arch, path: str | os.PathLike) -> None:

@@ -97,21 +97,24 @@ class MixedOpSpace:
     return jax.ShapeDtypeStruct((batch_size,) + tuple(info.image_shape), jnp.dtype(dtype))
 
   def latency_profile(self, model, train, info, *, batch_size: int, dtype: str,
-                      repeats: int, seed: int = 0, progress=None):
+                      repeats: int, seed: int = 0, progress=None, runtime: str = "jax"):
     del train, seed  # each candidate op of the supernet is timed
     net = self.build(model, info, nnx.Rngs(0))
     example = jnp.zeros((batch_size,) + tuple(info.image_shape), jnp.dtype(dtype))
-    return mixed_latency.profile(net, example, repeats=repeats, progress=progress)
+    return mixed_latency.profile(net, example, repeats=repeats, progress=progress,
+                                 runtime=runtime)
 
   def random_arch(self, rng: np.random.Generator, model, info) -> dict[str, int]:
     """A uniformly drawn choice per MixedOp."""
     net = nnx.eval_shape(lambda: self.build(model, info, nnx.Rngs(0)))
     return {p: int(rng.integers(len(m.ops))) for p, m in arch_lib.mixed_ops(net).items()}
 
-  def compile_final(self, arch, model, train, info, *, batch_size: int, dtype: str):
+  def compile_final(self, arch, model, train, info, *, batch_size: int, dtype: str,
+                    runtime: str = "jax"):
     """(forward, args): the compiled final network in eval mode and random inputs."""
     return latency.compile_eval(self.final(arch, model, train, info, nnx.Rngs(0)),
-                                info.image_shape, batch_size=batch_size, dtype=dtype)
+                                info.image_shape, batch_size=batch_size, dtype=dtype,
+                                runtime=runtime, apply=self.final_apply)
 
   def latency_model(self, table, model, train, info) -> latency.ExpectedLatency:
     """E[LAT] over the MixedOps, differentiable in their alphas; `predict(arch)` of

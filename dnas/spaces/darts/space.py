@@ -223,9 +223,10 @@ class DartsSpace:
   # Latency over the final network's ops (`dnas.spaces.darts.latency`, on `dnas.latency`).
 
   def latency_profile(self, model, train, info, *, batch_size: int, dtype: str,
-                      repeats: int, seed: int = 0, progress=None):
+                      repeats: int, seed: int = 0, progress=None, runtime: str = "jax"):
     """A latency table of every op and fixed part of the final network, measured here."""
     del seed  # every op is timed: nothing is drawn
+    _jax_only(runtime)
     return latency.profile(latency.layout_for(model, train, info), tuple(model.primitives),
                            batch_size=batch_size, dtype=dtype, repeats=repeats,
                            progress=progress)
@@ -240,10 +241,19 @@ class DartsSpace:
     m = model
     return latency.random_genotype(rng, tuple(m.primitives), m.steps, m.multiplier)
 
-  def compile_final(self, arch, model, train, info, *, batch_size: int, dtype: str):
+  def compile_final(self, arch, model, train, info, *, batch_size: int, dtype: str,
+                    runtime: str = "jax"):
     """(forward, args): the compiled final network in eval mode and random inputs."""
+    _jax_only(runtime)
     return latency.compile_network(latency.layout_for(model, train, info), arch,
                                    batch_size=batch_size, dtype=dtype)
+
+
+def _jax_only(runtime: str) -> None:
+  if runtime != "jax":
+    raise latency.LatencyError(
+        f"the darts space's latency table is measured in jax only, not {runtime}; tables in "
+        f"other runtimes are built for MixedOp spaces (mobile, nb201, your own model)")
 
 
 SPACE = DartsSpace()

@@ -156,10 +156,11 @@ class MobileSpace:
     return net, jnp.zeros((batch_size,) + tuple(info.image_shape), jnp.dtype(dtype))
 
   def latency_profile(self, model, train, info, *, batch_size: int, dtype: str,
-                      repeats: int, seed: int = 0, progress=None):
+                      repeats: int, seed: int = 0, progress=None, runtime: str = "jax"):
     del train, seed
     net, example = self._traced(model, info, batch_size, dtype)
-    return mixed_latency.profile(net, example, repeats=repeats, progress=progress)
+    return mixed_latency.profile(net, example, repeats=repeats, progress=progress,
+                                 runtime=runtime)
 
   def latency_model(self, table, model, train, info) -> ExpectedLatency:
     """E[LAT] over the layers' candidates, differentiable in their alphas (ProxylessNAS
@@ -182,10 +183,12 @@ class MobileSpace:
 
     return dataclasses.replace(expected, picks=picks)
 
-  def compile_final(self, arch, model, train, info, *, batch_size: int, dtype: str):
+  def compile_final(self, arch, model, train, info, *, batch_size: int, dtype: str,
+                    runtime: str = "jax"):
     """(forward, args): the compiled final network in eval mode and random inputs."""
     return latency.compile_eval(self.final(arch, model, train, info, nnx.Rngs(0)),
-                                info.image_shape, batch_size=batch_size, dtype=dtype)
+                                info.image_shape, batch_size=batch_size, dtype=dtype,
+                                runtime=runtime, apply=self.final_apply)
 
 
 def _checked_layers(layers):

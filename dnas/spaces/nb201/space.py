@@ -16,7 +16,8 @@ from flax import nnx
 
 from dnas.errors import ConfigError, flatten, positive
 from dnas.arch import op_weights
-from dnas.latency.table import jit_eval
+from dnas.deploy import runtimes
+from dnas.latency.table import compile_eval, jit_eval
 from dnas.spaces.nb201 import ground_truth as gt
 from dnas.spaces.nb201.benchmark import Benchmark
 from dnas.spaces.nb201 import latency
@@ -170,7 +171,7 @@ class NB201Space:
     return []
 
   def latency_profile(self, model, train, info, *, batch_size: int, dtype: str,
-                      repeats: int, seed: int = 0, progress=None):
+                      repeats: int, seed: int = 0, progress=None, runtime: str = "jax"):
     """A cell-model table of this machine (`dnas.spaces.nb201.latency.profile`): the
     TinyNetworks of `train` for `nb201.latency_networks` architectures of
     `model.primitives` drawn uniformly (from `seed`), timed here, and the model fitted
@@ -179,14 +180,19 @@ class NB201Space:
     archs = [self.random_arch(rng, model) for _ in range(model.latency_networks)]
     table = latency.profile(
         lambda a: self.compile_final(a, model, train, info, batch_size=batch_size,
-                                     dtype=dtype),
+                                     dtype=dtype, runtime=runtime),
         archs, batch_size=batch_size, dtype=dtype, repeats=repeats, progress=progress)
-    table.meta.update(network="tiny", C=train.C, N=train.N, image=list(info.image_shape))
+    table.meta.update(runtimes.stamp(runtime), network="tiny", C=train.C, N=train.N, image=list(info.image_shape))
     return table
 
-  def compile_final(self, arch, model, train, info, *, batch_size: int, dtype: str):
+  def compile_final(self, arch, model, train, info, *, batch_size: int, dtype: str,
+                    runtime: str = "jax"):
     """(forward, args): the compiled TinyNetwork of `train` in eval mode and random
     inputs."""
+    if runtime != "jax":
+      return compile_eval(self.final(arch, model, train, info, nnx.Rngs(0)), info.image_shape,
+                          batch_size=batch_size, dtype=dtype, runtime=runtime,
+                          apply=self.final_apply)
     jdtype = jnp.dtype(dtype)
     forward, state = jit_eval(self.final(arch, model, train, info, nnx.Rngs(0)), jdtype)
     x = jnp.asarray(np.random.default_rng(0).standard_normal(

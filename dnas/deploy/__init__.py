@@ -1,0 +1,10 @@
+"""Deployment: a final network in the runtime that ships it.
+
+  inference.py  the network as images -> logits, weights closed over (`inference_fn`)
+  onnx.py       JAX -> ONNX, primitive by primitive (`to_onnx`)
+  runtimes.py   jax | onnxruntime behind one interface (compile for a shape, call, stamp)
+"""
+
+from dnas.deploy.inference import inference_fn
+from dnas.deploy.onnx import ConversionError, to_onnx
+from dnas.deploy.runtimes import RUNTIMES, Compiled, compile_fn, stamp
