@@ -31,13 +31,10 @@ import os
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from absl import flags
-from flax import nnx
 
-from dnas import checkpoint, cli, config as config_lib, latency, spaces, utils
-from dnas.data.pipeline import dataset_info
+from dnas import cli, config as config_lib, latency, spaces, train_lib, utils
 from dnas.deploy import onnx as onnx_lib, runtimes
 from dnas.deploy.inference import inference_fn  # noqa: F401  (dnas.export.inference_fn)
 
@@ -64,54 +61,8 @@ PLATFORMS = ("cpu", "cuda", "rocm", "tpu")  # what jax.export lowers for
 SUFFIX = {"jax": "model.jax_export", "onnx": "model.onnx"}
 
 
-class ExportError(ValueError):
-  """A trained checkpoint or export setting that cannot be used."""
-
-
-def load_trained(directory: str):
-  """(net in eval mode, config, architecture, DatasetInfo) of a `dnas.train` checkpoint."""
-  if not os.path.isdir(directory):
-    raise ExportError(f"--trained {directory}: no such directory (dnas.train writes "
-                      f"<workdir>/trained)")
-  try:
-    genotype, config = checkpoint.load_model_meta(directory)
-  except Exception as e:  # pylint: disable=broad-except
-    raise ExportError(f"--trained {directory} is not a dnas.train checkpoint with genotype "
-                      f"and config ({type(e).__name__})") from None
-  config = ml_collections.ConfigDict(config)
-  try:
-    space = spaces.get(config.space)
-  except ValueError as e:
-    raise ExportError(f"--trained {directory}: {e}; for a space of your own, pass "
-                      f"--config=<the config file that registers it>") from None
-  genotype = space.from_dict(genotype)
-  info = dataset_info(config.data.name, config.data.image_size, config.data.data_dir)
-  model = config_lib.space_section(config)
-  abstract = nnx.eval_shape(lambda: space.final(genotype, model, config.train, info,
-                                                nnx.Rngs(0)))
-  graphdef, target = nnx.split(abstract)
-  want = {"/".join(map(str, p)): tuple(v.get_value().shape)
-          for p, v in nnx.to_flat_state(target)}
-  try:
-    have = checkpoint.model_variable_shapes(directory)
-  except Exception as e:  # pylint: disable=broad-except
-    raise ExportError(f"--trained {directory}: cannot read its variables' metadata "
-                      f"({type(e).__name__})") from None
-  for name in sorted(set(want) | set(have)):
-    if want.get(name) != have.get(name):
-      raise ExportError(
-          f"--trained {directory}: variable {name} is {have.get(name, 'missing')} in the "
-          f"checkpoint but {want.get(name, 'absent')} in the network that its config and "
-          f"genotype describe")
-  try:
-    variables = checkpoint.load_model_variables(directory, target)
-  except Exception as e:  # pylint: disable=broad-except
-    reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-    raise ExportError(f"--trained {directory}: its variables do not fit the network its "
-                      f"config and genotype describe ({type(e).__name__}: {reason})") from None
-  net = nnx.merge(graphdef, variables)
-  net.eval()
-  return net, config, genotype, info
+ExportError = train_lib.TrainedError  # a trained checkpoint or export setting that cannot be used
+load_trained = train_lib.load_trained
 
 
 def export(fn, shape, dtype=jnp.float32, platforms=None) -> jax.export.Exported:

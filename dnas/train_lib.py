@@ -7,14 +7,16 @@ import json
 import os
 
 import jax
+import ml_collections
 import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from dnas import (bilevel, config as config_lib, cpu, kernels, loop, optim, parallel, spaces,
+from dnas import (bilevel, checkpoint, config as config_lib, cpu, kernels, loop, optim, parallel, spaces,
                   utils)
 from dnas.checkpoint import Checkpointer, save_model
-from dnas.data.pipeline import auto_workers, get_dataset, make_augment, make_batches
+from dnas.data.pipeline import (auto_workers, dataset_info, get_dataset, make_augment,
+                                make_batches)
 from dnas.evaluation import evaluate, make_eval_step
 from dnas.utils import count_params
 
@@ -192,3 +194,53 @@ def _train(config, arch_source, workdir, progress, resume, preemption):
     with open(os.path.join(workdir, "train_result.json"), "w") as f:
       json.dump(result, f, indent=1)
   return result
+
+
+class TrainedError(ValueError):
+  """A `dnas.train` checkpoint (or an export setting) that cannot be used."""
+
+
+def load_trained(directory: str):
+  """(net in eval mode, config, architecture, DatasetInfo) of a `dnas.train` checkpoint."""
+  if not os.path.isdir(directory):
+    raise TrainedError(f"--trained {directory}: no such directory (dnas.train writes "
+                      f"<workdir>/trained)")
+  try:
+    genotype, config = checkpoint.load_model_meta(directory)
+  except Exception as e:  # pylint: disable=broad-except
+    raise TrainedError(f"--trained {directory} is not a dnas.train checkpoint with genotype "
+                      f"and config ({type(e).__name__})") from None
+  config = ml_collections.ConfigDict(config)
+  try:
+    space = spaces.get(config.space)
+  except ValueError as e:
+    raise TrainedError(f"--trained {directory}: {e}; for a space of your own, pass "
+                      f"--config=<the config file that registers it>") from None
+  genotype = space.from_dict(genotype)
+  info = dataset_info(config.data.name, config.data.image_size, config.data.data_dir)
+  model = config_lib.space_section(config)
+  abstract = nnx.eval_shape(lambda: space.final(genotype, model, config.train, info,
+                                                nnx.Rngs(0)))
+  graphdef, target = nnx.split(abstract)
+  want = {"/".join(map(str, p)): tuple(v.get_value().shape)
+          for p, v in nnx.to_flat_state(target)}
+  try:
+    have = checkpoint.model_variable_shapes(directory)
+  except Exception as e:  # pylint: disable=broad-except
+    raise TrainedError(f"--trained {directory}: cannot read its variables' metadata "
+                      f"({type(e).__name__})") from None
+  for name in sorted(set(want) | set(have)):
+    if want.get(name) != have.get(name):
+      raise TrainedError(
+          f"--trained {directory}: variable {name} is {have.get(name, 'missing')} in the "
+          f"checkpoint but {want.get(name, 'absent')} in the network that its config and "
+          f"genotype describe")
+  try:
+    variables = checkpoint.load_model_variables(directory, target)
+  except Exception as e:  # pylint: disable=broad-except
+    reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+    raise TrainedError(f"--trained {directory}: its variables do not fit the network its "
+                      f"config and genotype describe ({type(e).__name__}: {reason})") from None
+  net = nnx.merge(graphdef, variables)
+  net.eval()
+  return net, config, genotype, info

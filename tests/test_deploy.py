@@ -182,3 +182,22 @@ def test_latency_cli_in_onnxruntime(tmp_path):
                           *args, f"--out={tmp_path / 'bad.json'}")
     lines = out.stderr.strip().splitlines()
     assert out.returncode == 2 and len(lines) == 1 and message in lines[0], out.stderr[-2000:]
+
+
+def test_profile_writes_the_timed_models_for_a_device(tmp_path):
+  # --models_dir: each candidate and the whole network as ONNX files, named in a manifest
+  # whose rest entry is the whole network less its chosen candidates (docs/latency.md).
+  info = DatasetInfo("", (8, 8, 1), 10, (), ())
+  table = MOBILE.latency_profile(_mobile_model(), None, info, batch_size=2, dtype="float32",
+                                 repeats=2, runtime="onnxruntime", models_dir=str(tmp_path))
+  manifest = __import__("json").loads((tmp_path / "manifest.json").read_text())
+  assert set(manifest["files"]) == set(table.entries) - {manifest["rest"]} | {"whole"}
+  assert len(manifest["whole_minus"]) == 2 and manifest["meta"]["runtime"] == "onnxruntime"
+  import onnxruntime  # pylint: disable=import-outside-toplevel
+  for name in ("whole", manifest["whole_minus"][0]):
+    session = onnxruntime.InferenceSession(str(tmp_path / manifest["files"][name]))
+    assert session.get_inputs()[0].shape[0] == 2
+  rest = table.entries[manifest["rest"]]
+  want = rest["whole_ms"] - sum(table.entries[k]["median"] - table.dispatch_ms
+                                for k in manifest["whole_minus"])
+  assert rest["median"] == pytest.approx(max(want, table.dispatch_ms), abs=1e-4)

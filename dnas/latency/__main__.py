@@ -18,6 +18,7 @@ python -m dnas.latency predict --genotype=g.json --table=latency_table.json [--m
 Use a table in a search with --config.latency.table=... and --config.latency.objective=...
 """
 
+import inspect
 import json
 
 import numpy as np
@@ -36,6 +37,9 @@ _GENOTYPE = flags.DEFINE_string("genotype", None, "predict: the genotype JSON fi
 _MEASURE = flags.DEFINE_bool("measure", False, "predict: also time the network here.")
 _RUNTIME = flags.DEFINE_string("runtime", "jax", "profile: the runtime to measure in: "
                                + " or ".join(runtimes.RUNTIMES) + ".")
+_MODELS_DIR = flags.DEFINE_string("models_dir", None, "profile, a runtime with model files "
+                                  "(onnxruntime; MixedOp spaces): also write each timed "
+                                  "model there, with manifest.json, to time on a device.")
 _NETWORKS = flags.DEFINE_integer("networks", 30, "calibrate: random networks to time.")
 _SEED = flags.DEFINE_integer("seed", 1000, "calibrate: seed of the random networks.")
 _ROUNDS = flags.DEFINE_integer("rounds", 3, "calibrate: timing rounds over all networks.")
@@ -57,9 +61,15 @@ def profile(config):
     raise LatencyError(f"space {config.space} cannot measure a latency table (its space "
                        f"has no latency_profile); give the search a table made elsewhere")
   runtime = runtimes.check(_RUNTIME.value)
+  if _MODELS_DIR.value and (runtime == "jax" or "models_dir" not in
+                            inspect.signature(space.latency_profile).parameters):
+    raise LatencyError(f"--models_dir writes ONNX files: it needs --runtime=onnxruntime and a "
+                       f"MixedOp space (mobile, your own model), not {runtime} in space "
+                       f"{config.space}")
   table = space.latency_profile(
       config_lib.space_section(config), config.train, _info(config), batch_size=L.batch_size,
-      dtype=dtype, repeats=L.repeats, seed=config.seed, progress=report, runtime=runtime)
+      dtype=dtype, repeats=L.repeats, seed=config.seed, progress=report, runtime=runtime,
+      **({"models_dir": _MODELS_DIR.value} if _MODELS_DIR.value else {}))
   table.save(_OUT.value)
   print(f"wrote {_OUT.value}: {len(table.entries)} entries, {runtime} on "
         f"{table.meta.get('cpu_model', table.meta['device_kind'])}, batch {L.batch_size}, "

@@ -2,6 +2,8 @@
 each candidate op timed alone at the input shape its MixedOp meets in the traced model,
 and the rest of the network."""
 
+import json
+import os
 from collections.abc import Callable
 
 import jax
@@ -56,25 +58,37 @@ def mixed_op_shapes(model: nnx.Module, example):
 
 
 def profile(model: nnx.Module, example: jax.Array, *, repeats: int = 50,
-            progress: Callable | None = None, runtime: str = "jax") -> LatencyTable:
+            progress: Callable | None = None, runtime: str = "jax",
+            models_dir: str | None = None) -> LatencyTable:
   """Measures a latency table of `model` (eval mode) on inputs like `example`
   (f32[N, ...]; N is the table's batch) in `runtime` (`dnas.deploy.RUNTIMES`): each
   candidate op of each MixedOp compiled alone and timed at its input shape, and the rest
   of the network, timed as the whole network with every MixedOp at its current choice
   minus those choices' ops (floored at one dispatch). `progress(i, n, key, ms)` is
-  called per entry."""
+  called per entry. `models_dir` (a runtime with files, e.g. onnxruntime): each timed
+  model is also written there, with manifest.json naming the file of each key, to time
+  them on a device with the runtime's own benchmark tool (docs/latency.md)."""
   shapes, out, ops = mixed_op_shapes(model, example)
   dispatch = dispatch_ms(example.shape, example.dtype, runtime=runtime)
   entries, n = {}, sum(len(ops[p].ops) for p in shapes) + 1
+  files = {}
+
+  def save(name):
+    if not models_dir:
+      return None
+    os.makedirs(models_dir, exist_ok=True)
+    files[name] = f"{len(files):03d}.onnx"
+    return os.path.join(models_dir, files[name])
+
   for path, (x, y) in shapes.items():
     for k, op in enumerate(ops[path].ops):
       key = candidate_key(path, k, x, y)
-      entries[key] = module_timer(runtime, op, x)(repeats)
+      entries[key] = module_timer(runtime, op, x, save(key))(repeats)
       if progress:
         progress(len(entries), n, key, entries[key]["median"])
-  whole = module_timer(runtime, arch.discretize(model), example)(repeats)["median"]
-  chosen = sum(max(entries[candidate_key(p, ops[p].choice(), x, y)]["median"] - dispatch, 0.0)
-               for p, (x, y) in shapes.items())
+  whole = module_timer(runtime, arch.discretize(model), example, save("whole"))(repeats)["median"]
+  chosen_keys = [candidate_key(p, ops[p].choice(), x, y) for p, (x, y) in shapes.items()]
+  chosen = sum(max(entries[k]["median"] - dispatch, 0.0) for k in chosen_keys)
   rest = rest_key(example, out)
   entries[rest] = dict(median=round(max(whole - chosen, dispatch), 5), whole_ms=whole)
   if progress:
@@ -83,6 +97,10 @@ def profile(model: nnx.Module, example: jax.Array, *, repeats: int = 50,
               dtype=str(example.dtype),
               unit="ms", dispatch_ms=dispatch, repeats=repeats, network=type(model).__name__,
               image=list(example.shape[1:]))
+  if models_dir:
+    # rest = whole - sum over `whole_minus` of (entry - dispatch), floored at dispatch.
+    with open(os.path.join(models_dir, "manifest.json"), "w") as f:
+      json.dump(dict(meta=meta, files=files, rest=rest, whole_minus=chosen_keys), f, indent=1)
   return LatencyTable(meta, entries)
 
 

@@ -246,19 +246,24 @@ def dispatch_ms(shape, dtype, repeats: int = 200, runtime: str = "jax") -> float
   return time_call(call, np.zeros(shape, dtype), repeats=repeats, warmup=20)["median"]
 
 
-def module_timer(runtime: str, module: nnx.Module, example) -> Callable[..., dict]:
+def module_timer(runtime: str, module: nnx.Module, example,
+                 save: str | None = None) -> Callable[..., dict]:
   """timer(repeats) -> `time_call`'s dict: `module` in eval mode compiled in `runtime`
   for inputs like `example` (f[N, ...]), timed on seeded random inputs. In JAX the
-  variables are an argument (as `jit_eval`); elsewhere they are inside the file."""
+  variables are an argument (as `jit_eval`); elsewhere they are inside the file, which
+  `save` (a path) keeps."""
   x = np.random.default_rng(0).standard_normal(example.shape).astype(example.dtype)
   if runtime == "jax":
     fn, state = jit_eval(module)
     return lambda repeats: time_call(fn, state, jnp.asarray(x), repeats=repeats)
   module = nnx.clone(module)
   module.eval()
-  call = runtimes.compile_fn(runtime, inference_fn(module), example.shape,
-                             np.dtype(example.dtype)).call
-  return lambda repeats: time_call(call, x, repeats=repeats)
+  compiled = runtimes.compile_fn(runtime, inference_fn(module), example.shape,
+                                 np.dtype(example.dtype))
+  if save and compiled.model is not None:
+    with open(save, "wb") as f:
+      f.write(compiled.model.SerializeToString())
+  return lambda repeats: time_call(compiled.call, x, repeats=repeats)
 
 
 def compile_eval(module: nnx.Module, image_shape, *, batch_size: int, dtype: str, seed: int = 0,

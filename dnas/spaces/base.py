@@ -83,7 +83,7 @@ class SearchSpace(Protocol):
                       repeats: int, seed: int = 0, progress=None, runtime: str = "jax"):
     """A `dnas.latency.LatencyTable` of every part of the final network, measured here
     in `runtime` (`dnas.deploy.RUNTIMES`) at the shapes traced from that network (`seed`:
-    any random draws)."""
+    any random draws). A space may also take `models_dir` (`dnas.latency.mixed.profile`)."""
 
   def latency_model(self, table, model, train, info):
     """The table's view of the final network: `expected(alphas)` (f32[] ms,

@@ -97,12 +97,13 @@ class MixedOpSpace:
     return jax.ShapeDtypeStruct((batch_size,) + tuple(info.image_shape), jnp.dtype(dtype))
 
   def latency_profile(self, model, train, info, *, batch_size: int, dtype: str,
-                      repeats: int, seed: int = 0, progress=None, runtime: str = "jax"):
+                      repeats: int, seed: int = 0, progress=None, runtime: str = "jax",
+                      models_dir: str | None = None):
     del train, seed  # each candidate op of the supernet is timed
     net = self.build(model, info, nnx.Rngs(0))
     example = jnp.zeros((batch_size,) + tuple(info.image_shape), jnp.dtype(dtype))
     return mixed_latency.profile(net, example, repeats=repeats, progress=progress,
-                                 runtime=runtime)
+                                 runtime=runtime, models_dir=models_dir)
 
   def random_arch(self, rng: np.random.Generator, model, info) -> dict[str, int]:
     """A uniformly drawn choice per MixedOp."""

@@ -156,11 +156,12 @@ class MobileSpace:
     return net, jnp.zeros((batch_size,) + tuple(info.image_shape), jnp.dtype(dtype))
 
   def latency_profile(self, model, train, info, *, batch_size: int, dtype: str,
-                      repeats: int, seed: int = 0, progress=None, runtime: str = "jax"):
+                      repeats: int, seed: int = 0, progress=None, runtime: str = "jax",
+                      models_dir: str | None = None):
     del train, seed
     net, example = self._traced(model, info, batch_size, dtype)
     return mixed_latency.profile(net, example, repeats=repeats, progress=progress,
-                                 runtime=runtime)
+                                 runtime=runtime, models_dir=models_dir)
 
   def latency_model(self, table, model, train, info) -> ExpectedLatency:
     """E[LAT] over the layers' candidates, differentiable in their alphas (ProxylessNAS
