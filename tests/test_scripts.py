@@ -27,7 +27,7 @@ from tests import cli_helpers
 
 TOOLS = ("bench_step", "bench_input", "bench_latency", "hlo_stats", "profile_cell",
          "device_check", "compare_reference", "eagle_latency", "latency_pareto",
-         "check_unchanged", "bench_compile")
+         "check_unchanged", "bench_compile", "bench_runtimes", "mobile_pareto")
 TINY = "--config=dnas/configs/tiny.py"
 # Two kinds of op (one parametric, one not): the tiny config at its cheapest compile.
 TWO_OPS = "--config.model.primitives=('skip_connect','sep_conv_3x3')"
@@ -209,3 +209,36 @@ def test_check_unchanged_fingerprint_ignores_only_the_clock(tmp_path):
   assert tool.fingerprint(str(tmp_path)) == a
   (tmp_path / "metrics.jsonl").write_text(json.dumps(dict(record, valid_acc=0.5 + 2**-52)) + "\n")
   assert tool.fingerprint(str(tmp_path)) != a
+
+
+@pytest.mark.skipif(not importlib.util.find_spec("onnxruntime"),
+                    reason="needs the extra dnas[onnx]")
+def test_bench_runtimes_times_a_network_in_both_runtimes():
+  (r,) = _json_lines(_run("bench_runtimes", "--networks=FBNet_A", "--image=16", "--rounds=1",
+                          "--repeats=2"))
+  assert r["network"] == "FBNet_A" and r["shape"] == [1, 16, 16, 3]
+  _finite_positive(r, "jax_ms", "onnxruntime_ms", "jax_over_ort", "onnx_convert_s")
+  assert r["max_abs_diff"] < 1e-4
+
+
+@pytest.mark.skipif(not importlib.util.find_spec("onnxruntime"),
+                    reason="needs the extra dnas[onnx]")
+def test_mobile_pareto_searches_retrains_exports_and_reports(tmp_path):
+  # One latency-weighted search and one random network of a tiny layout, then the report.
+  tiny = ["--config.mobile.depths=(1,1)", "--config.mobile.widths=(8,16)",
+          "--config.mobile.strides=(1,2)", "--config.mobile.head=16"]
+  out = _run("mobile_pareto", f"--out={tmp_path}", "--weights=1", "--seeds=0", "--random=1",
+             *tiny, "--config.search.epochs=2", "--config.search.arch_start_epoch=1",
+             "--config.train.epochs=1", "--config.max_steps_per_epoch=2",
+             "--config.latency.repeats=2", timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert (tmp_path / "w1_s0" / "model.onnx").exists() and (tmp_path / "random00" /
+                                                             "model.onnx").exists()
+  out = _run("mobile_pareto", f"--out={tmp_path}", "--report", "--rounds=1", "--repeats=2",
+             *tiny)
+  assert out.returncode == 0, out.stderr[-3000:]
+  report = json.loads((tmp_path / "report.json").read_text())
+  assert [s["weight"] for s in report["summary"]] == [1.0] and len(report["rows"]) == 2
+  assert all(r["measured_ms"] > 0 and r["predicted_ms"] > 0 for r in report["rows"])
+  assert (tmp_path / "pareto.png").stat().st_size > 0
+  assert "table vs measured (2 networks)" in out.stdout
