@@ -3,8 +3,9 @@
 python scripts/mobile_pareto.py --out=/tmp/mobile_pareto [--shard=0 --num_shards=2]
 python scripts/mobile_pareto.py --out=/tmp/mobile_pareto --report --rounds=5
 
-Runs (each row appended to <out>/rows-<shard>.jsonl as it finishes; a rerun skips rows
-already there, so shards can run side by side and a killed run continues):
+Runs (each row appended to <out>/rows-<shard>.jsonl as it finishes; a rerun splits the
+rows that no shard has finished among the shards, so shards run side by side and a
+killed run continues):
   * `--weights` x `--seeds` searches of `--config` (mobile_digits.py: ProxylessNAS's binary
     gates) with `latency.objective=proxyless` and the table measured in ONNX Runtime
     (profiled once into <out>/table.json; weight 0: no latency term), each find retrained
@@ -53,9 +54,8 @@ def _jobs():
   drawn = [dict(kind="random", weight=None, seed=i, name=f"random{i:02d}")
            for i in range(_RANDOM.value)]
   # Interleaved, so that a partial sweep has some of both.
-  jobs = [j for pair in zip(searched + [None] * len(drawn), drawn + [None] * len(searched))
+  return [j for pair in zip(searched + [None] * len(drawn), drawn + [None] * len(searched))
           for j in pair if j is not None]
-  return jobs[_SHARD.value::_NUM_SHARDS.value]
 
 
 def _table(base, space, info, out):
@@ -101,12 +101,12 @@ def _run(job, base, space, info, table_path, out) -> dict:
 def _sweep(base, space, info, out):
   table_path = _table(base, space, info, out)
   rows_path = os.path.join(out, f"rows-{_SHARD.value}.jsonl")
-  done = set()
-  if os.path.exists(rows_path):
-    done = {json.loads(l)["name"] for l in open(rows_path)}
-  for job in _jobs():
-    if job["name"] in done:
-      continue
+  # What no shard has finished, split among the shards (a search killed midway resumes
+  # from its checkpoint, in whichever shard takes it).
+  done = {json.loads(l)["name"] for p in glob.glob(os.path.join(out, "rows-*.jsonl"))
+          for l in open(p)}
+  todo = [j for j in _jobs() if j["name"] not in done]
+  for job in todo[_SHARD.value::_NUM_SHARDS.value]:
     row = _run(job, base, space, info, table_path, out)
     with open(rows_path, "a") as f:
       f.write(json.dumps(row) + "\n")
