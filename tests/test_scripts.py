@@ -241,4 +241,6 @@ def test_mobile_pareto_searches_retrains_exports_and_reports(tmp_path):
   assert [s["weight"] for s in report["summary"]] == [1.0] and len(report["rows"]) == 2
   assert all(r["measured_ms"] > 0 and r["predicted_ms"] > 0 for r in report["rows"])
   assert (tmp_path / "pareto.png").stat().st_size > 0
-  assert "table vs measured (2 networks)" in out.stdout
+  assert "the search's table vs measured (2 networks)" in out.stdout
+  assert "the table profiled now vs measured (2 networks)" in out.stdout
+  assert report["fresh_table_fit"]["networks"] == 2
