@@ -1,7 +1,7 @@
 """Exports a retrained network for a fixed input shape: a serialized JAX function
-(`jax.export`, StableHLO) or an ONNX model.
+(`jax.export`, StableHLO), an ONNX model or a TFLite (LiteRT) model.
 
-    python -m dnas.export --trained=runs/x/trained [--format=jax|onnx] [--out=...] [--batch=1]
+    python -m dnas.export --trained=runs/x/trained [--format=jax|onnx|tflite] [--out=...] [--batch=1]
                           [--table=latency_table.json] [--platforms=cpu,cuda,tpu]
 
 `--trained` is what `python -m dnas.train` saved (an Orbax checkpoint holding the
@@ -21,6 +21,10 @@ reads ONNX:
   session = onnxruntime.InferenceSession("model.onnx")
   logits = session.run(None, {"images": images})[0]
 
+`--format=tflite` (extra `dnas[tflite]` and `pip install --no-deps litert-converter==0.5.0`)
+writes `model.tflite` (signature "serving_default", input "images", output "logits";
+`dnas.deploy.tflite`), for the LiteRT interpreter on phones and microcontrollers.
+
 The command reloads the file, checks it against the model, and reports its measured
 latency here in the file's runtime (JAX or ONNX Runtime; median of `--repeats` calls)
 beside the latency table's prediction.
@@ -35,14 +39,15 @@ import numpy as np
 from absl import flags
 
 from dnas import cli, config as config_lib, latency, spaces, train_lib, utils
-from dnas.deploy import onnx as onnx_lib, runtimes
+from dnas.deploy import onnx as onnx_lib, runtimes, tflite as tflite_lib
 from dnas.deploy.inference import inference_fn  # noqa: F401  (dnas.export.inference_fn)
 
 _TRAINED = flags.DEFINE_string("trained", None, "The `trained/` checkpoint of dnas.train.")
-_FORMAT = flags.DEFINE_enum("format", "jax", ["jax", "onnx"], "jax: a jax.export "
-                            "StableHLO program; onnx: an ONNX model (extra dnas[onnx]).")
+_FORMAT = flags.DEFINE_enum("format", "jax", ["jax", "onnx", "tflite"], "jax: a jax.export "
+                            "StableHLO program; onnx: an ONNX model (extra dnas[onnx]); "
+                            "tflite: a LiteRT model (extra dnas[tflite]).")
 _OUT = flags.DEFINE_string("out", None, "Output file (default: model.jax_export or "
-                           "model.onnx beside --trained).")
+                           "model.onnx or model.tflite beside --trained).")
 _BATCH = flags.DEFINE_integer("batch", 0, "Batch size of the export (0: the table's, or 1).")
 _TABLE = flags.DEFINE_string("table", None, "Latency table whose prediction to report.")
 _PLATFORMS = flags.DEFINE_list("platforms", [], "Platforms to lower for (default: this "
@@ -58,7 +63,7 @@ _ALLOW_FOREIGN = flags.DEFINE_bool("allow_foreign_table", False, "Accept a table
 
 
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")  # what jax.export lowers for
-SUFFIX = {"jax": "model.jax_export", "onnx": "model.onnx"}
+SUFFIX = {"jax": "model.jax_export", "onnx": "model.onnx", "tflite": "model.tflite"}
 
 
 ExportError = train_lib.TrainedError  # a trained checkpoint or export setting that cannot be used
@@ -89,8 +94,8 @@ def main(argv):
   if table:
     table.check(batch_size=batch, dtype=dtype, allow_foreign=_ALLOW_FOREIGN.value)
   shape = (batch,) + tuple(info.image_shape)
-  if _FORMAT.value == "onnx":
-    dtype = "float32"  # what ONNX Runtime's CPU kernels cover; the weights are cast
+  if _FORMAT.value != "jax":
+    dtype = "float32"  # what the runtimes' CPU kernels cover; the weights are cast
   fn = inference_fn(net, utils.DTYPES[dtype], space.final_apply)
   out = _OUT.value or os.path.join(os.path.dirname(os.path.abspath(_TRAINED.value)),
                                    SUFFIX[_FORMAT.value])
@@ -98,8 +103,13 @@ def main(argv):
   meta = dict(input_shape=list(shape), input_dtype="float32", classes=info.num_classes,
               mean=list(map(float, info.mean)), std=list(map(float, info.std)), dtype=dtype,
               genotype=space.to_dict(genotype), format=_FORMAT.value)
+  if _FORMAT.value != "jax" and _PLATFORMS.value:
+    raise ExportError(f"--platforms is for --format=jax; a {_FORMAT.value} model runs wherever "
+                      f"its runtime does")
   if _FORMAT.value == "onnx":
     call, where = _write_onnx(fn, shape, out, meta)
+  elif _FORMAT.value == "tflite":
+    call, where = _write_tflite(fn, shape, out, meta)
   else:
     call, where = _write_jax(fn, shape, out, meta)
   with open(out + ".json", "w") as f:
@@ -141,9 +151,6 @@ def _write_jax(fn, shape, out, meta):
 
 def _write_onnx(fn, shape, out, meta):
   """Writes the ONNX model; (the reloaded file's ONNX Runtime call, where it runs)."""
-  if _PLATFORMS.value:
-    raise ExportError("--platforms is for --format=jax; an ONNX model runs wherever its "
-                      "runtime does")
   runtimes.check("onnxruntime")
   onnx = onnx_lib.require_onnx()
   model = onnx_lib.to_onnx(fn, shape, doc=json.dumps(meta["genotype"]))
@@ -156,6 +163,20 @@ def _write_onnx(fn, shape, out, meta):
   return (lambda x: session.run(None, {"images": x})[0],
           f"ONNX Runtime {stamp['runtime_version']} on {latency.cpu_model()} "
           f"({stamp['runtime_threads']} threads)")
+
+
+def _write_tflite(fn, shape, out, meta):
+  """Writes the TFLite model; (the reloaded file's LiteRT call, where it runs)."""
+  runtimes.check("litert")
+  with open(out, "wb") as f:
+    f.write(tflite_lib.to_tflite(fn, shape))
+  meta.update(signature="serving_default", input_name="images", output_name="logits")
+  print(f"wrote {out} ({os.path.getsize(out) / 2**20:.2f} MiB, input f32{list(shape)})")
+  with open(out, "rb") as f:  # reloaded as a user would
+    call = runtimes.litert_call(f.read())
+  stamp = runtimes.stamp("litert")
+  return call, (f"LiteRT {stamp['runtime_version']} (XNNPACK) on {latency.cpu_model()} "
+                f"({stamp['runtime_threads']} threads)")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 latency tables measured in ONNX Runtime, and what the converter refuses."""
 
 import functools
+import importlib.util
 
 import jax
 import jax.numpy as jnp
@@ -21,11 +22,17 @@ from dnas.spaces.mobile.space import SPACE as MOBILE  # noqa: E402
 from dnas.spaces.nb201 import network as nb201_network, structure  # noqa: E402
 
 
-def _close(fn, shape, atol=1e-5, seed=0):
-  """fn converted and run in ONNX Runtime equals fn jitted, relative to its scale."""
+LITERT = pytest.mark.skipif(
+    not (importlib.util.find_spec("ai_edge_litert") and importlib.util.find_spec(
+        "litert_converter")),
+    reason="needs the extra dnas[tflite] and pip install --no-deps litert-converter==0.5.0")
+
+
+def _close(fn, shape, atol=1e-5, seed=0, runtime="onnxruntime"):
+  """fn converted and run in `runtime` equals fn jitted, relative to its scale."""
   x = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
   want = np.asarray(jax.jit(fn)(x))
-  got = compile_fn("onnxruntime", fn, shape).call(x)
+  got = compile_fn(runtime, fn, shape).call(x)
   assert got.shape == want.shape and got.dtype == want.dtype
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=atol * max(1.0, np.abs(want).max()))
 
@@ -99,14 +106,16 @@ def _randomize(net):
   return net
 
 
+@pytest.mark.parametrize("runtime", ["onnxruntime", pytest.param("litert", marks=LITERT)])
 @pytest.mark.parametrize("name", ["FBNet_A", "proxyless_gpu"])
-def test_published_mobile_networks_match_jax(name):
+def test_published_mobile_networks_match_jax(name, runtime):
   # FBNet-A has grouped 1x1 convs with a channel shuffle; ProxylessNAS-GPU 7x7 kernels.
   net = _randomize(MobileNet(PUBLISHED[name], 10, 3, rngs=nnx.Rngs(0)))
-  _close(inference_fn(net), (2, 32, 32, 3))
+  _close(inference_fn(net), (2, 32, 32, 3), runtime=runtime)
 
 
-def test_darts_and_nb201_networks_match_jax():
+@pytest.mark.parametrize("runtime", ["onnxruntime", pytest.param("litert", marks=LITERT)])
+def test_darts_and_nb201_networks_match_jax(runtime):
   # DARTS_V2's cells (separable and dilated convs, pools, factorized reduce) and a
   # NAS-Bench-201 cell with every op (average pool through reduce_window).
   space = spaces.get("darts")
@@ -116,12 +125,13 @@ def test_darts_and_nb201_networks_match_jax():
   from dnas import config as config_lib  # pylint: disable=import-outside-toplevel
   net = _randomize(space.final(darts.DARTS_V2, config_lib.space_section(config), config.train,
                                info, nnx.Rngs(0)))
-  _close(inference_fn(net, apply=space.final_apply), (3, 8, 8, 1))
+  _close(inference_fn(net, apply=space.final_apply), (3, 8, 8, 1), runtime=runtime)
   arch = structure.Structure.from_string(
       "|nor_conv_3x3~0|+|avg_pool_3x3~0|skip_connect~1|+|nor_conv_1x1~0|none~1|avg_pool_3x3~2|")
   tiny_net = _randomize(nb201_network.TinyNetwork(arch, 4, 1, 10, in_channels=1,
                                                   rngs=nnx.Rngs(0)))
-  _close(inference_fn(tiny_net, apply=spaces.get("nb201").final_apply), (3, 8, 8, 1))
+  _close(inference_fn(tiny_net, apply=spaces.get("nb201").final_apply), (3, 8, 8, 1),
+         runtime=runtime)
 
 
 @functools.cache
@@ -175,7 +185,7 @@ def test_latency_cli_in_onnxruntime(tmp_path):
   result = __import__("json").loads(out.stdout.strip().splitlines()[-1])
   assert result["runtime"] == "onnxruntime" and result["measured_ms"] > 0
   for args, message in ((["--runtime=tflite"], "unknown runtime 'tflite'; valid: jax, "
-                         "onnxruntime"),
+                         "onnxruntime, litert"),
                         (["--config=dnas/configs/tiny.py", "--runtime=onnxruntime"],
                          "the darts space's latency table is measured in jax only")):
     out = cli_helpers.run("dnas.latency", "profile", *(config if "tiny" not in args[0] else []),
@@ -201,3 +211,17 @@ def test_profile_writes_the_timed_models_for_a_device(tmp_path):
   want = rest["whole_ms"] - sum(table.entries[k]["median"] - table.dispatch_ms
                                 for k in manifest["whole_minus"])
   assert rest["median"] == pytest.approx(max(want, table.dispatch_ms), abs=1e-4)
+
+
+@LITERT
+def test_latency_table_measured_in_litert(tmp_path):
+  info = DatasetInfo("", (8, 8, 1), 10, (), ())
+  table = MOBILE.latency_profile(_mobile_model(), None, info, batch_size=2, dtype="float32",
+                                 repeats=2, runtime="litert", models_dir=str(tmp_path))
+  assert runtime_of(table.meta) == "litert" and len(table.entries) == 2 * 9 + 1
+  manifest = __import__("json").loads((tmp_path / "manifest.json").read_text())
+  assert all(f.endswith(".tflite") for f in manifest["files"].values())
+  arch = MOBILE.random_arch(np.random.default_rng(0), _mobile_model(), info)
+  forward, args = MOBILE.compile_final(arch, _mobile_model(), None, info, batch_size=2,
+                                       dtype="float32", runtime="litert")
+  assert forward(*args).shape == (2, 10)

@@ -144,6 +144,16 @@ def test_export_cli_round_trip(trained, tmp_path):
     bad = cli_helpers.run("dnas.export", f"--trained={directory}", "--format=onnx",
                           "--platforms=cuda")
     assert bad.returncode == 2 and "--platforms is for --format=jax" in bad.stderr
+  # The TFLite model (extra dnas[tflite] and litert-converter), reloaded in LiteRT.
+  if importlib.util.find_spec("litert_converter") and importlib.util.find_spec("ai_edge_litert"):
+    from ai_edge_litert.interpreter import Interpreter  # pylint: disable=import-outside-toplevel
+    res = cli_helpers.run("dnas.export", f"--trained={directory}", "--format=tflite",
+                          f"--out={tmp_path / 'model.tflite'}", "--batch=4", "--repeats=5")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "in LiteRT" in res.stdout
+    runner = Interpreter(model_path=str(tmp_path / "model.tflite")).get_signature_runner()
+    np.testing.assert_allclose(runner(images=np.asarray(x))["logits"], net(x)[0], rtol=1e-4,
+                               atol=1e-5)
   # Bad input: one line, exit 2. A checkpoint whose config does not fit its variables:
   config = tiny.get_config()
   config.train.C = 8

@@ -4,6 +4,8 @@ for one input shape, call it on NumPy arrays, say what and where it runs.
   jax          XLA through `jax.jit` (what the search trains with)
   onnxruntime  the function converted to ONNX (`dnas.deploy.onnx`), run by ONNX Runtime's
                CPU execution provider (extra `dnas[onnx]`)
+  litert       the function converted to TFLite (`dnas.deploy.tflite`), run by the LiteRT
+               interpreter with XNNPACK (extra `dnas[tflite]` and litert-converter)
 
 Latency tables (`python -m dnas.latency profile --runtime=...`) and `dnas.export` time
 networks through these, so that a search can optimise the latency of the shipped file.
@@ -18,9 +20,10 @@ from collections.abc import Callable, Sequence
 import jax
 import numpy as np
 
-from dnas.deploy import onnx as onnx_lib
+from dnas.deploy import onnx as onnx_lib, tflite as tflite_lib
 
-RUNTIMES = ("jax", "onnxruntime")
+RUNTIMES = ("jax", "onnxruntime", "litert")
+SUFFIX = {"onnxruntime": ".onnx", "litert": ".tflite"}  # of a runtime's model file
 
 
 class RuntimeError_(ValueError):  # pylint: disable=invalid-name
@@ -32,7 +35,13 @@ class Compiled:
   """`fn(x)` compiled in a runtime for one input shape: call it with a NumPy array."""
   call: Callable[[np.ndarray], np.ndarray]
   runtime: str
-  model: object = None  # the runtime's file in memory (an onnx.ModelProto), if any
+  model: object = None  # the runtime's file in memory (onnx.ModelProto, TFLite bytes)
+
+  def file_bytes(self) -> bytes | None:
+    """The runtime's model file as written to disk (None for jax)."""
+    if self.model is None:
+      return None
+    return self.model if isinstance(self.model, bytes) else self.model.SerializeToString()
 
 
 def check(name: str) -> str:
@@ -45,6 +54,11 @@ def check(name: str) -> str:
     except ImportError:
       raise RuntimeError_("runtime onnxruntime needs the onnx extra: pip install "
                           "'dnas[onnx]'") from None
+  if name == "litert":
+    try:
+      tflite_lib.require_litert()
+    except onnx_lib.ConversionError as e:
+      raise RuntimeError_(f"runtime litert: {e}") from None
   return name
 
 
@@ -52,13 +66,17 @@ def stamp(name: str) -> dict:
   """What a table measured in runtime `name` records of it (meta.runtime...)."""
   if check(name) == "jax":
     return dict(runtime="jax", runtime_version=jax.__version__)
+  if name == "litert":
+    import ai_edge_litert  # pylint: disable=import-outside-toplevel
+    return dict(runtime="litert", runtime_version=ai_edge_litert.__version__,
+                runtime_threads=ort_threads())
   import onnxruntime as ort  # pylint: disable=import-outside-toplevel
   return dict(runtime="onnxruntime", runtime_version=ort.__version__,
               runtime_threads=ort_threads())
 
 
 def ort_threads() -> int:
-  """ONNX Runtime's intra-op threads: $DNAS_ORT_THREADS, else one per core (its default)."""
+  """The threads ONNX Runtime and LiteRT run on: $DNAS_ORT_THREADS, else one per core."""
   return int(os.environ.get("DNAS_ORT_THREADS", "0") or 0) or os.cpu_count() or 1
 
 
@@ -80,6 +98,9 @@ def compile_fn(name: str, fn: Callable, shape: Sequence[int], dtype=np.float32) 
   if check(name) == "jax":
     compiled = jax.jit(fn).lower(jax.ShapeDtypeStruct(tuple(shape), dtype)).compile()
     return Compiled(compiled, "jax")
+  if name == "litert":
+    model = tflite_lib.to_tflite(fn, shape, dtype=dtype)
+    return Compiled(litert_call(model), "litert", model)
   model = onnx_lib.to_onnx(fn, shape, dtype=dtype)
   session = ort_session(model)
   feed = session.get_inputs()[0].name
@@ -87,3 +108,15 @@ def compile_fn(name: str, fn: Callable, shape: Sequence[int], dtype=np.float32) 
   def call(x):
     return session.run(None, {feed: np.asarray(x, dtype)})[0]
   return Compiled(call, "onnxruntime", model)
+
+
+def litert_call(model: bytes) -> Callable[[np.ndarray], np.ndarray]:
+  """call(x) -> logits of a TFLite flatbuffer in the LiteRT interpreter."""
+  it = tflite_lib.interpreter(model, ort_threads())
+  i, o = it.get_input_details()[0]["index"], it.get_output_details()[0]["index"]
+
+  def call(x):
+    it.set_tensor(i, np.asarray(x, np.float32))
+    it.invoke()
+    return it.get_tensor(o)
+  return call

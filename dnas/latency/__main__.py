@@ -1,12 +1,12 @@
 """The latency CLI: tables for latency-aware search (FBNet, ProxylessNAS).
 
 python -m dnas.latency profile [--config=dnas/configs/digits.py] [--out=latency_table.json]
-                               [--runtime=jax|onnxruntime]
+                               [--runtime=jax|onnxruntime|litert]
     measures every candidate op and fixed part of the config's final network at each
     shape it meets (traced from the network) (`train.*`, `latency.batch_size`, `dtype`),
     here, in the runtime that will run the network: JAX on this backend, or ONNX Runtime
-    on this CPU (each part converted as `dnas.export --format=onnx` converts the network;
-    the MixedOp spaces: mobile, nb201, your own model).
+    or LiteRT on this CPU (each part converted as `dnas.export --format=onnx|tflite`
+    converts the network; the MixedOp spaces: mobile, nb201, your own model).
 python -m dnas.latency calibrate --table=latency_table.json [--networks=30] [--out=...]
     times `--networks` random final networks end to end here and fits the table's
     correction, measured ~ scale * (table sum) + offset (BUILD_NOTES.md), in the table's
@@ -38,7 +38,7 @@ _MEASURE = flags.DEFINE_bool("measure", False, "predict: also time the network h
 _RUNTIME = flags.DEFINE_string("runtime", "jax", "profile: the runtime to measure in: "
                                + " or ".join(runtimes.RUNTIMES) + ".")
 _MODELS_DIR = flags.DEFINE_string("models_dir", None, "profile, a runtime with model files "
-                                  "(onnxruntime; MixedOp spaces): also write each timed "
+                                  "(onnxruntime, litert; MixedOp spaces): also write each timed "
                                   "model there, with manifest.json, to time on a device.")
 _NETWORKS = flags.DEFINE_integer("networks", 30, "calibrate: random networks to time.")
 _SEED = flags.DEFINE_integer("seed", 1000, "calibrate: seed of the random networks.")
@@ -63,7 +63,8 @@ def profile(config):
   runtime = runtimes.check(_RUNTIME.value)
   if _MODELS_DIR.value and (runtime == "jax" or "models_dir" not in
                             inspect.signature(space.latency_profile).parameters):
-    raise LatencyError(f"--models_dir writes ONNX files: it needs --runtime=onnxruntime and a "
+    raise LatencyError(f"--models_dir writes model files: it needs --runtime=onnxruntime or "
+                       f"litert and a "
                        f"MixedOp space (mobile, your own model), not {runtime} in space "
                        f"{config.space}")
   table = space.latency_profile(

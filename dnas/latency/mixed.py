@@ -65,7 +65,7 @@ def profile(model: nnx.Module, example: jax.Array, *, repeats: int = 50,
   candidate op of each MixedOp compiled alone and timed at its input shape, and the rest
   of the network, timed as the whole network with every MixedOp at its current choice
   minus those choices' ops (floored at one dispatch). `progress(i, n, key, ms)` is
-  called per entry. `models_dir` (a runtime with files, e.g. onnxruntime): each timed
+  called per entry. `models_dir` (a runtime with files: onnxruntime, litert): each timed
   model is also written there, with manifest.json naming the file of each key, to time
   them on a device with the runtime's own benchmark tool (docs/latency.md)."""
   shapes, out, ops = mixed_op_shapes(model, example)
@@ -77,7 +77,7 @@ def profile(model: nnx.Module, example: jax.Array, *, repeats: int = 50,
     if not models_dir:
       return None
     os.makedirs(models_dir, exist_ok=True)
-    files[name] = f"{len(files):03d}.onnx"
+    files[name] = f"{len(files):03d}{runtimes.SUFFIX[runtime]}"
     return os.path.join(models_dir, files[name])
 
   for path, (x, y) in shapes.items():

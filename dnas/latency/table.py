@@ -262,7 +262,7 @@ def module_timer(runtime: str, module: nnx.Module, example,
                                  np.dtype(example.dtype))
   if save and compiled.model is not None:
     with open(save, "wb") as f:
-      f.write(compiled.model.SerializeToString())
+      f.write(compiled.file_bytes())
   return lambda repeats: time_call(compiled.call, x, repeats=repeats)
 
 
