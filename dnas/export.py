@@ -89,13 +89,13 @@ def main(argv):
   net, config, genotype, info = load_trained(_TRAINED.value)
   table = latency.LatencyTable.load(_TABLE.value) if _TABLE.value else None
   batch = _BATCH.value or (table.meta["batch_size"] if table else 1)
-  dtype = config.dtype
+  # ONNX and TFLite files are float32 (what the runtimes' CPU kernels cover; the weights
+  # are cast); a jax export computes in the dtype the network trained in.
+  dtype = config.dtype if _FORMAT.value == "jax" else "float32"
   space = spaces.get(config.space)
   if table:
     table.check(batch_size=batch, dtype=dtype, allow_foreign=_ALLOW_FOREIGN.value)
   shape = (batch,) + tuple(info.image_shape)
-  if _FORMAT.value != "jax":
-    dtype = "float32"  # what the runtimes' CPU kernels cover; the weights are cast
   fn = inference_fn(net, utils.DTYPES[dtype], space.final_apply)
   out = _OUT.value or os.path.join(os.path.dirname(os.path.abspath(_TRAINED.value)),
                                    SUFFIX[_FORMAT.value])

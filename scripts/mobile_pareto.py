@@ -46,6 +46,8 @@ _REPORT = flags.DEFINE_bool("report", False, "Time the exported models side by s
                             "report (no searches).")
 _ROUNDS = flags.DEFINE_integer("rounds", 5, "--report: interleaved timing rounds.")
 _REPEATS = flags.DEFINE_integer("repeats", 50, "--report: calls per network and round.")
+_REEXPORT = flags.DEFINE_bool("reexport", False, "--report: convert every trained network "
+                              "to ONNX again first (after a change to the converter).")
 _REPROFILE = flags.DEFINE_bool("reprofile", True, "--report: also profile the table again "
                                "just before the timing rounds and judge its predictions too "
                                "(this VM's speed drifts between a sweep and its report).")
@@ -72,6 +74,15 @@ def _table(base, space, info, out):
   return path
 
 
+def _export(workdir, space, shape):
+  """<workdir>/model.onnx of the network trained in <workdir>/trained."""
+  net, _, _, _ = train_lib.load_trained(os.path.join(workdir, "trained"))
+  model = runtimes.compile_fn("onnxruntime", inference_fn(net, None, space.final_apply),
+                              shape).model
+  with open(os.path.join(workdir, "model.onnx"), "wb") as f:
+    f.write(model.SerializeToString())
+
+
 def _run(job, base, space, info, table_path, out) -> dict:
   workdir = os.path.join(out, job["name"])
   config = base.copy_and_resolve_references()
@@ -88,12 +99,7 @@ def _run(job, base, space, info, table_path, out) -> dict:
     spaces.save(space, arch, os.path.join(workdir, "genotype.json"))
   result = train_lib.run_train(config, os.path.join(workdir, "genotype.json"), workdir,
                                progress=False)
-  net, _, _, _ = train_lib.load_trained(os.path.join(workdir, "trained"))
-  shape = (base.latency.batch_size,) + tuple(info.image_shape)
-  model = runtimes.compile_fn("onnxruntime", inference_fn(net, None, space.final_apply),
-                              shape).model
-  with open(os.path.join(workdir, "model.onnx"), "wb") as f:
-    f.write(model.SerializeToString())
+  _export(workdir, space, (base.latency.batch_size,) + tuple(info.image_shape))
   table = latency.LatencyTable.load(table_path)
   predicted = space.latency_model(table, config_lib.space_section(config), config.train,
                                   info).predict(arch)
@@ -122,6 +128,9 @@ def _report(base, out):
   shape = (base.latency.batch_size,) + tuple(dataset_info(
       base.data.name, base.data.image_size, base.data.data_dir).image_shape)
   x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+  if _REEXPORT.value:
+    for r in rows:
+      _export(os.path.join(out, r["name"]), spaces.get(base.space), shape)
   fresh = None
   if _REPROFILE.value:
     space, info = spaces.get(base.space), dataset_info(base.data.name, base.data.image_size,

@@ -73,6 +73,18 @@ PRIMITIVES = {
     "select_compare_pow": lambda x: jnp.where(x > 0.1, x ** 2, -x ** 3) + (x != 0) * 1.0,
     "unary": lambda x: jnp.exp(-jnp.abs(x)) + jnp.tanh(x) + jax.nn.sigmoid(x)
                        + jnp.sqrt(x * x + 1.0) + jnp.log1p(x * x) + jnp.expm1(-x * x),
+    "conv_nchw_oihw": lambda x: jax.lax.conv_general_dilated(
+        x.transpose(0, 3, 1, 2), DEPTH.transpose(3, 2, 0, 1).repeat(4, 1), (1, 2),
+        ((2, 1), (0, 2)), dimension_numbers=("NCHW", "OIHW", "NCHW")),
+    "asymmetric_pools": lambda x: jax.lax.reduce_window(
+        x, 0.0, jax.lax.add, (1, 2, 3, 1), (1, 2, 1, 1), ((0, 0), (0, 1), (2, 0), (0, 0)))
+                                  + jax.lax.reduce_window(
+        x, -jnp.inf, jax.lax.max, (1, 2, 3, 1), (1, 2, 1, 1), ((0, 0), (0, 1), (2, 0), (0, 0))),
+    "lax_clamp_lazy_broadcast": lambda x: jax.lax.clamp(
+        jnp.broadcast_to(jnp.full((4,), -0.1), x.shape),
+        jnp.broadcast_to(x.mean((1, 2), keepdims=True), x.shape),
+        jnp.broadcast_to(jnp.full((4,), 0.1), x.shape)).transpose(0, 3, 1, 2),
+    "reduce_no_axes": lambda x: jnp.sum(x, axis=()) * 2 + x,
     "split_cast": lambda x: sum(p.astype(jnp.float16).astype(jnp.float32) * (i + 1)
                                 for i, p in enumerate(jnp.split(x, 2, axis=-1))),
 }
@@ -90,6 +102,18 @@ def test_constants_stay_small_and_unknown_primitives_are_named():
   assert max(int(np.prod(t.dims)) for t in model.graph.initializer) <= 4
   with pytest.raises(ConversionError, match="'cumsum'"):
     compile_fn("onnxruntime", lambda x: jnp.cumsum(x, 1), (2, 6, 6, 4))
+  # Primitives with a sub-jaxpr that is not a plain call are refused, not run once.
+  with pytest.raises(ConversionError, match="'scan'"):
+    compile_fn("onnxruntime", lambda x: jax.lax.fori_loop(0, 3, lambda i, c: c * 2.0, x),
+               (2, 6, 6, 4))
+  with pytest.raises(ConversionError, match="'reduce_window'"):
+    compile_fn("onnxruntime", lambda x: jax.lax.reduce_window(
+        x, 0.0, jax.lax.max, (1, 3, 3, 1), (1, 1, 1, 1), "SAME"), (2, 6, 6, 4))
+  # relu6 is one Clip: the Relu it replaced is not left behind to run (and block fusion).
+  model = compile_fn("onnxruntime", lambda x: jax.nn.relu6(_conv(x[..., :2], W, window_strides=(
+      1, 1), padding="SAME")), (2, 6, 6, 4)).model
+  ops = [n.op_type for n in model.graph.node]
+  assert ops.count("Clip") == 1 and "Relu" not in ops
   with pytest.raises(ConversionError, match="returns 2 arrays"):
     compile_fn("onnxruntime", lambda x: (x, x), (2, 6, 6, 4))
 

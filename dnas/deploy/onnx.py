@@ -2,9 +2,11 @@
 
 `to_onnx(fn, shape)` traces `fn` (closed-over weights become initializers), folds what
 depends on constants only, and writes each remaining primitive as ONNX ops (opset 18).
-It covers what dnas's final networks are made of (convolutions of any grouping, matmuls
-and einsums, pooling windows, BatchNorm's arithmetic, pads, slices, concatenation and
-the usual elementwise ops); anything else is a ConversionError naming the primitive.
+It covers what dnas's final networks are made of (convolutions of any grouping and layout,
+matmuls and einsums, max and sum pooling windows, BatchNorm's arithmetic, pads, slices,
+concatenation, and the elementwise ops listed below); anything else, loops included, is a
+ConversionError naming the primitive. BatchNorm stays four elementwise ops (not folded
+into the convolution).
 
 Layout: JAX's convolutions and pools are NHWC, ONNX's NCHW; each one is wrapped in the
 two transposes that ONNX Runtime's layout optimizer cancels between neighbours. A
@@ -66,6 +68,11 @@ _ELEMENTWISE = (set(_BINARY) | set(_UNARY) | _IDENTITY |
 _REDUCE = {"reduce_sum": "ReduceSum", "reduce_max": "ReduceMax", "reduce_min": "ReduceMin",
            "reduce_prod": "ReduceProd"}
 _CALLS = ("jaxpr", "call_jaxpr", "fun_jaxpr")  # the sub-jaxpr of call-like primitives
+# Primitives that call their sub-jaxpr once on their operands (inlined); any other
+# primitive with a jaxpr (scan, while, a generic reduce or reduce_window) is refused
+# unless its operands are all constants.
+_CALL_PRIMITIVES = {"jit", "pjit", "closed_call", "core_call", "custom_jvp_call",
+                    "custom_vjp_call", "custom_vjp_call_jaxpr", "checkpoint", "remat"}
 
 
 class _Graph:
@@ -140,7 +147,7 @@ class _Converter:
   def eqn(self, eqn, ins) -> list:
     prim, params = eqn.primitive.name, eqn.params
     sub = next((params[k] for k in _CALLS if k in params), None)
-    if sub is not None and prim not in ("cond",):
+    if sub is not None and prim in _CALL_PRIMITIVES:
       if isinstance(sub, jcore.ClosedJaxpr):
         return self.run(sub.jaxpr, [_Const(np.asarray(c)) for c in sub.consts], ins)
       return self.run(sub, [], ins)
@@ -171,6 +178,8 @@ class _Converter:
     """Evaluates an equation of constants now (weights cast, BN scales, pooling counts)."""
     if eqn.primitive.name == "broadcast_in_dim":
       return [self.p_broadcast_in_dim(eqn, ins, **eqn.params)]
+    if eqn.primitive.name in _IDENTITY:  # per operand: they need not share a shape
+      return ins[:len(eqn.outvars)]
     if eqn.primitive.name in _ELEMENTWISE:
       shape = np.broadcast_shapes(*(v.value.shape for v in ins))
       args = [np.broadcast_to(v.value, shape) for v in ins]
@@ -251,8 +260,10 @@ class _Converter:
       return self.tensor(self.g.node("Clip", [x.name, self.g.const(lo.value.reshape(())),
                                               self.g.const(hi.value.reshape(()))]),
                          eqn.outvars[0].aval, x.shape)
-    y = self.g.node("Min", [self.g.node("Max", [x.name, self.name(lo)]), self.name(hi)])
-    return self.tensor(y, eqn.outvars[0].aval)
+    shape = np.broadcast_shapes(*(np.shape(v.value) if isinstance(v, _Const) else v.shape
+                                  for v in ins))
+    y = self.g.node("Min", [self.g.node("Max", [self.name(x), self.name(lo)]), self.name(hi)])
+    return self.tensor(y, eqn.outvars[0].aval, shape)
 
   # Shapes.
 
@@ -325,8 +336,10 @@ class _Converter:
     return [self.tensor(y, v.aval) for y, v in zip(ys, eqn.outvars)]
 
   def reduce(self, eqn, ins, op: str) -> _Tensor:
-    x = self.full(ins[0], eqn.invars[0].aval)
     axes = eqn.params["axes"]
+    if not axes:  # ONNX reduces every axis when given none
+      return ins[0]
+    x = self.full(ins[0], eqn.invars[0].aval)
     y = self.g.node(op, [x, self.g.ints(axes)], keepdims=0)
     return self.tensor(y, eqn.outvars[0].aval)
 
@@ -405,6 +418,19 @@ class _Converter:
     return self.pool(eqn, ins, "max", **params)
 
 
+def _prune(graph: _Graph) -> None:
+  """Drops nodes and initializers that nothing downstream of the output reads (e.g. the
+  Relu that a Clip replaced: left in, it runs, and it keeps ONNX Runtime from fusing the
+  Clip into the Conv)."""
+  needed, kept = {"logits"}, []
+  for node in reversed(graph.nodes):
+    if any(o in needed for o in node.output):
+      kept.append(node)
+      needed.update(node.input)
+  graph.nodes = kept[::-1]
+  graph.inits = [t for t in graph.inits if t.name in needed]
+
+
 def to_onnx(fn: Callable, shape: Sequence[int], *, dtype=np.float32, name: str = "dnas",
             doc: str = ""):
   """The ONNX model (opset 18) of `fn(x)` for x: dtype[shape], input "images", output
@@ -422,6 +448,7 @@ def to_onnx(fn: Callable, shape: Sequence[int], *, dtype=np.float32, name: str =
   out, = conv.run(closed.jaxpr, [_Const(np.asarray(c)) for c in closed.consts], [x])
   aval = closed.jaxpr.outvars[0].aval
   graph.nodes.append(onnx.helper.make_node("Identity", [conv.full(out, aval)], ["logits"]))
+  _prune(graph)
   elem = onnx.helper.np_dtype_to_tensor_dtype
   model = onnx.helper.make_model(
       onnx.helper.make_graph(
