@@ -15,6 +15,6 @@ Each space describes its own slots (`dnas.spaces.darts.latency` for DARTS).
 from dnas.latency.expected import ExpectedLatency
 from dnas.latency.objectives import (OBJECTIVES, arch_objective, make_objective,
                                      validate_settings)
-from dnas.latency.table import (FORMAT, LatencyError, LatencyTable, compile_eval, cpu_model, device_stamp,
-                                dispatch_ms, jit_eval, op_key, time_call)
+from dnas.latency.table import (FORMAT, LatencyError, LatencyTable, compile_eval, cpu_model,
+                                device_stamp, dispatch_ms, jit_eval, op_key, time_call)
 from dnas.latency import mixed, trace  # noqa: E402  (after the names they import)

@@ -12,9 +12,9 @@ import numpy as np
 from flax import nnx
 
 from dnas import arch
+from dnas.deploy import runtimes
 from dnas.latency import trace
 from dnas.latency.expected import ExpectedLatency
-from dnas.deploy import runtimes
 from dnas.latency.table import (LatencyError, LatencyTable, device_stamp, dispatch_ms,
                                 module_timer, op_key)
 
@@ -86,7 +86,8 @@ def profile(model: nnx.Module, example: jax.Array, *, repeats: int = 50,
       entries[key] = module_timer(runtime, op, x, save(key))(repeats)
       if progress:
         progress(len(entries), n, key, entries[key]["median"])
-  whole = module_timer(runtime, arch.discretize(model), example, save("whole"))(repeats)["median"]
+  whole = module_timer(runtime, arch.discretize(model), example,
+                       save("whole"))(repeats)["median"]
   chosen_keys = [candidate_key(p, ops[p].choice(), x, y) for p, (x, y) in shapes.items()]
   chosen = sum(max(entries[k]["median"] - dispatch, 0.0) for k in chosen_keys)
   rest = rest_key(example, out)

@@ -246,6 +246,15 @@ def dispatch_ms(shape, dtype, repeats: int = 200, runtime: str = "jax") -> float
   return time_call(call, np.zeros(shape, dtype), repeats=repeats, warmup=20)["median"]
 
 
+def _compile_file(runtime: str, module: nnx.Module, shape, dtype, apply=None):
+  """`module` in eval mode (a copy) as a file of `runtime` (`dnas.deploy`), compiled for
+  dtype[shape] inputs: a `runtimes.Compiled`."""
+  module = nnx.clone(module)
+  module.eval()
+  return runtimes.compile_fn(runtime, inference_fn(module, apply=apply), shape,
+                             np.dtype(dtype))
+
+
 def module_timer(runtime: str, module: nnx.Module, example,
                  save: str | None = None) -> Callable[..., dict]:
   """timer(repeats) -> `time_call`'s dict: `module` in eval mode compiled in `runtime`
@@ -256,11 +265,8 @@ def module_timer(runtime: str, module: nnx.Module, example,
   if runtime == "jax":
     fn, state = jit_eval(module)
     return lambda repeats: time_call(fn, state, jnp.asarray(x), repeats=repeats)
-  module = nnx.clone(module)
-  module.eval()
-  compiled = runtimes.compile_fn(runtime, inference_fn(module), example.shape,
-                                 np.dtype(example.dtype))
-  if save and compiled.model is not None:
+  compiled = _compile_file(runtime, module, example.shape, example.dtype)
+  if save:
     with open(save, "wb") as f:
       f.write(compiled.file_bytes())
   return lambda repeats: time_call(compiled.call, x, repeats=repeats)
@@ -276,10 +282,7 @@ def compile_eval(module: nnx.Module, image_shape, *, batch_size: int, dtype: str
   jdtype = jnp.dtype(dtype)
   x = np.random.default_rng(seed).standard_normal((batch_size,) + tuple(image_shape))
   if runtime != "jax":
-    module = nnx.clone(module)
-    module.eval()
-    compiled = runtimes.compile_fn(runtime, inference_fn(module, apply=apply), x.shape,
-                                   np.dtype(dtype))
+    compiled = _compile_file(runtime, module, x.shape, dtype, apply)
     return compiled.call, (x.astype(dtype),)
   forward, state = jit_eval(module, jdtype)
   x = jnp.asarray(x, jdtype)
