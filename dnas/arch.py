@@ -261,9 +261,11 @@ def discretize(model: nnx.Module, picks: dict[str, int] | None = None) -> nnx.Mo
 def gumbel_softmax(key: jax.Array, logits: jax.Array, tau, hard: bool = False) -> jax.Array:
   """Gumbel-softmax sample over the last axis (Jang et al. 2017, Eq. 2; FBNet Eq. 5):
   softmax((logits + g) / tau), g ~ Gumbel(0, 1). `hard`: the one-hot of its argmax with
-  the soft sample's gradient (straight-through, as GDAS). f32[..., K] -> f32[..., K]."""
-  g = jax.random.gumbel(key, logits.shape, jnp.float32)
-  soft = jax.nn.softmax((logits.astype(jnp.float32) + g) / tau, axis=-1)
+  the soft sample's gradient (straight-through, as GDAS). f32[..., K] -> f32[..., K]
+  (at least float32: float64 logits give a float64 sample)."""
+  dtype = jnp.promote_types(logits.dtype, jnp.float32)
+  g = jax.random.gumbel(key, logits.shape, dtype)
+  soft = jax.nn.softmax((logits.astype(dtype) + g) / tau, axis=-1)
   if not hard:
     return soft
   one_hot = jax.nn.one_hot(jnp.argmax(soft, axis=-1), logits.shape[-1], dtype=soft.dtype)

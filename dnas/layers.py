@@ -5,6 +5,8 @@ statistics, convolutions and linear layers with PyTorch's default initialisation
 parameter counts and training runs are comparable with the reference code.
 """
 
+import contextlib
+import contextvars
 import math
 
 import jax
@@ -128,3 +130,78 @@ def conv2d(C_in: int, C_out: int, kernel_size, stride=1, padding=0, *, bias: boo
   bias_init = lambda key, shape, dtype=jnp.float32: uniform_init(key, shape, fan_in ** -0.5, dtype)
   return nnx.Conv(C_in, C_out, (kh, kw), strides=pair(stride), padding=((ph, ph), (pw, pw)),
                   use_bias=bias, kernel_init=torch_kernel_init, bias_init=bias_init, rngs=rngs)
+
+
+# Stacks of identical layers, run as one `lax.scan`: XLA compiles the layer once, not once
+# per copy (on CPU compile time grows with the number of kernels).
+
+
+def _signature(module: nnx.Module):
+  graphdef, state = nnx.split(module)
+  return graphdef, jax.tree.map(lambda v: (v.shape, v.dtype), state)
+
+
+_UNROLLED = contextvars.ContextVar("dnas_unrolled", default=False)
+
+
+@contextlib.contextmanager
+def unrolled():
+  """Inside it, networks trace their stacks of identical layers as a Python loop: for the
+  converters to formats without loops (ONNX, TFLite), whose runtimes fuse across layers."""
+  token = _UNROLLED.set(True)
+  try:
+    yield
+  finally:
+    _UNROLLED.reset(token)
+
+
+def identical_runs(layers, boundaries=(), scan: bool = True) -> list[range]:
+  """Consecutive runs of `layers` with equal graph definitions and variable shapes, in
+  order, covering all of them; a run ends after each index in `boundaries` (a layer
+  whose output is read elsewhere). Runs of one layer each when `scan` is off or inside
+  `unrolled()`."""
+  if not scan or _UNROLLED.get():
+    return [range(i, i + 1) for i in range(len(layers))]
+  runs, start, prev = [], 0, None
+  for i, layer in enumerate(layers):
+    sig = _signature(layer)
+    if i and (sig != prev or i - 1 in boundaries):
+      runs.append(range(start, i))
+      start = i
+    prev = sig
+  if len(layers):
+    runs.append(range(start, len(layers)))
+  return runs
+
+
+def scan_layers(layers, fn, carry, xs=None, *, remat: bool = False):
+  """`carry = fn(layers[i], carry, xs[i])` for i in order, as one `lax.scan` over the
+  layers' stacked variables (they must be structurally identical: `identical_runs`).
+
+  Same values and derivatives as the Python loop. The layers' non-parameter variables
+  (BatchNorm statistics) are written back to each layer; their parameters and the
+  module tree are unchanged, so checkpoints and parameter counts do not see the scan.
+
+  Args:
+    layers: L modules of one structure.
+    fn: (module, carry, x) -> carry, with the same carry structure and shapes.
+    carry: any pytree of arrays.
+    xs: a pytree of arrays with leading axis L (or None), sliced per layer.
+    remat: recompute each layer's activations in the backward pass (`jax.checkpoint`).
+
+  Returns:
+    The carry after the last layer.
+  """
+  graphdef, _ = nnx.split(layers[0])
+  stacked = jax.tree.map(lambda *v: jnp.stack(v), *[nnx.state(m) for m in layers])
+
+  def body(carry, inputs):
+    state, x = inputs
+    module = nnx.merge(graphdef, state)
+    carry = fn(module, carry, x)
+    return carry, nnx.state(module, nnx.Not(nnx.Param))
+
+  carry, updated = jax.lax.scan(jax.checkpoint(body) if remat else body, carry, (stacked, xs))
+  for i, module in enumerate(layers):
+    nnx.update(module, jax.tree.map(lambda v: v[i], updated))
+  return carry

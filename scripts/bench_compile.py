@@ -1,8 +1,9 @@
 """Time to first step: trace, lower and compile seconds, StableHLO op counts and step time.
 
-python scripts/bench_compile.py [--cases=digits,cifar_first,cifar_second_fd,cifar_second,cifar_pc_darts,cifar_retrain]
+python scripts/bench_compile.py [--cases=digits,cifar_first,cifar_second_fd,cifar_second,cifar_pc_darts,cifar_retrain,nb201_cifar]
 python scripts/bench_compile.py --cases=digits --repeats=5 --platforms=cpu,cuda,tpu
 python scripts/bench_compile.py --cases=digits,cifar_retrain --config=dnas/configs/tiny.py  # smoke
+python scripts/bench_compile.py --cases=cifar_retrain,nb201_cifar --scan_cells=false  # the loop
 
 Each case builds its step as the search (or retraining) runs it on this backend
 (`search_lib.compiled_steps`: one program, or split pieces for the second order on CPU;
@@ -20,8 +21,14 @@ case. The persistent compile cache is off unless DNAS_JAX_CACHE names a director
   cifar_second     the same, the exact second order
   cifar_pc_darts   PC-DARTS (cifar10_pc_darts.py: batch 256, partial channels)
   cifar_retrain    retraining DARTS_V2 as NetworkCIFAR (C=36, 20 cells, batch 96)
+  nb201_cifar      the NAS-Bench-201 supernet at CIFAR-10 shapes, DARTS first order
+                   (nb201_cifar10.py: C=16, 3 stages of 5 cells, batch 64)
+
+`--scan_cells=false` traces every case inside `dnas.layers.unrolled()`: consecutive
+identical cells as a Python loop instead of one `lax.scan` (before/after in one run).
 """
 
+import contextlib
 import json
 import os
 import statistics
@@ -34,9 +41,9 @@ from absl import app, flags
 from flax import nnx
 from ml_collections import config_flags
 
-from dnas import (bilevel, config as config_lib, execution, hypergrad, methods, optim,
-                  parallel, search_lib, spaces, train_lib, utils)
-from dnas.configs import cifar10_darts, cifar10_pc_darts, digits
+from dnas import (bilevel, config as config_lib, execution, hypergrad, layers, methods,
+                  optim, parallel, search_lib, spaces, train_lib, utils)
+from dnas.configs import cifar10_darts, cifar10_pc_darts, digits, nb201_cifar10
 from dnas.data.pipeline import DatasetInfo
 
 CASES = {
@@ -46,6 +53,7 @@ CASES = {
     "cifar_second": (cifar10_darts.get_config, {"order": "second"}, (32, 32, 3)),
     "cifar_pc_darts": (cifar10_pc_darts.get_config, {}, (32, 32, 3)),
     "cifar_retrain": (cifar10_darts.get_config, {"retrain": True}, (32, 32, 3)),
+    "nb201_cifar": (nb201_cifar10.get_config, {"order": "first"}, (32, 32, 3)),
 }
 
 _CASES = flags.DEFINE_list("cases", list(CASES), "Cases to run.")
@@ -53,6 +61,8 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Replaces every case's
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed calls after the first.")
 _PLATFORMS = flags.DEFINE_list("platforms", ["cpu", "cuda", "tpu"],
                                "Platforms to lower the one-program step for (op counts).")
+_SCAN = flags.DEFINE_bool("scan_cells", True, "Scan consecutive identical cells (false: "
+                          "trace them as a loop, dnas.layers.unrolled).")
 
 
 def _batch(shape, batch_size: int, classes: int, seed: int) -> dict:
@@ -164,10 +174,12 @@ def main(argv):
     get_config, opts, shape = CASES[name]
     config = _CONFIG.value.copy_and_resolve_references() if _CONFIG.value else get_config()
     t0 = time.perf_counter()
-    out = (retrain_case(config, shape) if opts.get("retrain")
-           else search_case(config, opts.get("order"), shape))
+    with contextlib.nullcontext() if _SCAN.value else layers.unrolled():
+      out = (retrain_case(config, shape) if opts.get("retrain")
+             else search_case(config, opts.get("order"), shape))
     print(json.dumps(dict(case=name, device=jax.devices()[0].device_kind,
-                          backend=jax.default_backend(), image=list(shape), **out,
+                          backend=jax.default_backend(), image=list(shape),
+                          scan_cells=_SCAN.value, **out,
                           wall_s=round(time.perf_counter() - t0, 1))), flush=True)
 
 

@@ -111,7 +111,7 @@ def bench(name: str, workers: int, step_s: float | None) -> dict:
   ips = _BATCHES.value * batch / elapsed
   out = dict(dataset=name, data=desc, workers=workers, batch=batch,
              image=list(b["image"].shape[1:]), images_per_s=round(ips, 1),
-             min_step_s=round(2 * batch / ips, 4))
+             min_step_s=float(f"{2 * batch / ips:.4g}"))  # 4 significant digits
   if step_s:
     out.update(step_s=step_s, needed_images_per_s=round(2 * batch / step_s, 1),
                keeps_up=bool(ips >= 2 * batch / step_s))

@@ -25,7 +25,8 @@ utils.configure_xla()
 # first keeps both workers busy to the end; files not listed keep collection order.
 _LONGEST_FIRST = ("tests/test_methods.py", "tests/test_parallel.py", "tests/test_cli.py",
                   "tests/test_device_check.py", "tests/test_bilevel.py",
-                  "tests/test_resume.py", "tests/test_evaluate.py", "tests/test_own_model.py",
+                  "tests/test_resume.py", "tests/test_scripts.py", "tests/test_scan.py",
+                  "tests/test_evaluate.py", "tests/test_own_model.py", "tests/test_deploy.py",
                   "tests/spaces/darts/test_networks.py", "tests/spaces/nb201/test_nb201.py",
                   "tests/test_notebook.py", "tests/test_plot_export.py")
 

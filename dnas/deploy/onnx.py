@@ -23,7 +23,7 @@ import jax
 import numpy as np
 from jax.extend import core as jcore
 
-from dnas import kernels
+from dnas import kernels, layers
 
 OPSET = 18
 _EXTRA = "the ONNX export needs the onnx extra: pip install 'dnas[onnx]'"
@@ -435,9 +435,10 @@ def to_onnx(fn: Callable, shape: Sequence[int], *, dtype=np.float32, name: str =
             doc: str = ""):
   """The ONNX model (opset 18) of `fn(x)` for x: dtype[shape], input "images", output
   "logits" (fn's single array output). Closed-over arrays become initializers. The kernels
-  are traced as on an accelerator (`dnas.kernels`: XLA's ops, no CPU loops)."""
+  are traced as on an accelerator (`dnas.kernels`: XLA's ops, no CPU loops), and stacks of
+  identical layers as a loop (`dnas.layers.unrolled`: ONNX Runtime fuses across them)."""
   onnx = require_onnx()
-  with kernels.local_platform("onnx"):
+  with kernels.local_platform("onnx"), layers.unrolled():
     closed = jax.make_jaxpr(fn)(jax.ShapeDtypeStruct(tuple(shape), dtype))
   if len(closed.jaxpr.outvars) != 1:
     raise ConversionError(f"the function returns {len(closed.jaxpr.outvars)} arrays; the "

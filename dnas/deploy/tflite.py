@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 import jax
 import numpy as np
 
-from dnas import kernels
+from dnas import kernels, layers
 from dnas.deploy.onnx import ConversionError
 
 _EXTRA = ("the TFLite export needs LiteRT's converter and interpreter: pip install -e "
@@ -35,10 +35,12 @@ def require_litert():
 def to_tflite(fn: Callable, shape: Sequence[int], *, dtype=np.float32) -> bytes:
   """The TFLite flatbuffer of `fn(x)` for x: dtype[shape], signature "serving_default"
   with input "images" and output "logits" (fn's single array output). Closed-over arrays
-  become constants. The kernels are traced with XLA's ops (`dnas.kernels`)."""
+  become constants. The kernels are traced with XLA's ops (`dnas.kernels`), and stacks of
+  identical layers as a loop (`dnas.layers.unrolled`)."""
   cx, ir, passmanager, _ = require_litert()
-  with kernels.local_platform("tflite"):
-    lowered = jax.jit(fn).lower(jax.ShapeDtypeStruct(tuple(shape), dtype))
+  with kernels.local_platform("tflite"), layers.unrolled():
+    # A new function, so that no trace cached outside `unrolled()` is reused.
+    lowered = jax.jit(lambda x: fn(x)).lower(jax.ShapeDtypeStruct(tuple(shape), dtype))
   if len(jax.tree.leaves(lowered.out_info)) != 1:
     raise ConversionError(f"the function returns {len(jax.tree.leaves(lowered.out_info))} "
                           f"arrays; the export takes one (the logits)")

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from dnas.layers import identical_runs, scan_layers
 from dnas.spaces.darts.genotypes import Genotype
 from dnas.spaces.darts.ops import (AvgPool, FactorizedReduce, Identity, ReLUConvBN, batch_norm,
                                    conv2d, linear, make_op)
@@ -116,16 +117,27 @@ class _Network(nnx.Module):
   """Shared forward of the final networks: stem -> cells (+ aux head) -> pool -> linear.
 
   Subclasses build `cells`, `auxiliary_head`, `classifier` and define `_stem(x) -> (s0, s1)`.
+  Consecutive identical cells (the normal cells of a stage after its first two) run as one
+  `lax.scan` unless `scan_cells` is False; values, gradients and variables are the loop's.
   """
 
   def __call__(self, x, *, key: jax.Array | None = None, drop_path_prob=None):
     p = self.drop_path_prob if drop_path_prob is None else drop_path_prob
     s0, s1 = self._stem(x)
     logits_aux = None
-    for i, cell in enumerate(self.cells):
-      cell_key = None if key is None else jax.random.fold_in(key, i)
-      s0, s1 = s1, cell(s0, s1, p, cell_key)
-      if i == 2 * self.layers // 3 and self.auxiliary_head is not None and not self.deterministic:
+    aux_at = 2 * self.layers // 3
+
+    def step(cell, carry, i):
+      s0, s1 = carry
+      return s1, cell(s0, s1, p, None if key is None else jax.random.fold_in(key, i))
+
+    for run in identical_runs(self.cells, (aux_at,), self.scan_cells):
+      if len(run) == 1:
+        s0, s1 = step(self.cells[run[0]], (s0, s1), run[0])
+      else:
+        s0, s1 = scan_layers([self.cells[i] for i in run], step, (s0, s1),
+                             jnp.arange(run.start, run.stop))
+      if run[-1] == aux_at and self.auxiliary_head is not None and not self.deterministic:
         logits_aux = self.auxiliary_head(s1)
     logits = self.classifier(jnp.mean(s1, axis=(1, 2)))
     return logits, logits_aux
@@ -142,14 +154,16 @@ class NetworkCIFAR(_Network):
     auxiliary: add the auxiliary head after the second reduction (needs >= 5x5 there).
     drop_path_prob: default drop path probability (a call may override it).
     in_channels: image channels.
+    scan_cells: run consecutive identical cells as one `lax.scan` (compiled once).
 
   Call: f32[N, H, W, in_channels] -> (f32[N, num_classes], f32[N, num_classes] | None).
   """
 
   def __init__(self, genotype: Genotype, C: int, num_classes: int, layers: int,
                auxiliary: bool = False, drop_path_prob: float = 0.0, *, in_channels: int = 3,
-               stem_multiplier: int = 3, rngs: nnx.Rngs):
+               stem_multiplier: int = 3, scan_cells: bool = True, rngs: nnx.Rngs):
     self.layers, self.drop_path_prob, self.deterministic = layers, drop_path_prob, False
+    self.scan_cells = scan_cells
     C_curr = stem_multiplier * C
     self.stem = nnx.Sequential(conv2d(in_channels, C_curr, 3, 1, 1, rngs=rngs),
                                batch_norm(C_curr, True, rngs))
@@ -172,8 +186,9 @@ class NetworkImageNet(_Network):
 
   def __init__(self, genotype: Genotype, C: int, num_classes: int, layers: int,
                auxiliary: bool = False, drop_path_prob: float = 0.0, *, in_channels: int = 3,
-               rngs: nnx.Rngs):
+               scan_cells: bool = True, rngs: nnx.Rngs):
     self.layers, self.drop_path_prob, self.deterministic = layers, drop_path_prob, False
+    self.scan_cells = scan_cells
     self.stem0 = nnx.Sequential(
         conv2d(in_channels, C // 2, 3, 2, 1, rngs=rngs), batch_norm(C // 2, True, rngs),
         jax.nn.relu, conv2d(C // 2, C, 3, 2, 1, rngs=rngs), batch_norm(C, True, rngs))

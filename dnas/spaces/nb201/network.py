@@ -16,7 +16,7 @@ from flax import nnx
 from dnas import autodiff
 from dnas.arch import (RELAXATIONS, MixedOp, checkpointed_call, init_alphas, op_weights,
                        runs_one_op)
-from dnas.layers import batch_norm, conv2d, linear
+from dnas.layers import batch_norm, conv2d, identical_runs, linear, scan_layers
 from dnas.spaces.nb201.ops import NAS_BENCH_201, ResNetBasicblock, make_op
 from dnas.spaces.nb201.structure import EDGES, MAX_NODES, Structure, derive
 
@@ -26,6 +26,14 @@ def _stages(C: int, N: int):
   channels = [C] * N + [2 * C] + [2 * C] * N + [4 * C] + [4 * C] * N
   reductions = [False] * N + [True] + [False] * N + [True] + [False] * N
   return list(zip(channels, reductions))
+
+
+def _run_cells(cells, call, x, remat: bool = False):
+  """x through `call(cell, x)` for each cell: a loop for one, a `lax.scan` for several
+  (structurally identical: `dnas.layers.identical_runs`)."""
+  if len(cells) == 1:
+    return call(cells[0], x)
+  return scan_layers(cells, lambda cell, x, _: call(cell, x), x, remat=remat)
 
 
 def _stem(in_channels: int, C: int, rngs: nnx.Rngs) -> nnx.Sequential:
@@ -56,13 +64,16 @@ class TinyNetwork(nnx.Module):
     N: cells per stage (5 in the benchmark).
     num_classes: classifier outputs.
     in_channels: image channels.
+    scan_cells: run each stage's N identical cells as one `lax.scan` (compiled once;
+      values and gradients are the loop's).
 
   Call: f32[B, H, W, in_channels] -> logits f32[B, num_classes].
   """
 
   def __init__(self, arch, C: int = 16, N: int = 5, num_classes: int = 10, *,
-               in_channels: int = 3, rngs: nnx.Rngs):
+               in_channels: int = 3, scan_cells: bool = True, rngs: nnx.Rngs):
     self.arch = arch if isinstance(arch, Structure) else Structure.from_string(arch)
+    self.scan_cells = scan_cells
     self.stem = _stem(in_channels, C, rngs)
     cells, C_prev = [], C
     for C_curr, reduction in _stages(C, N):
@@ -75,8 +86,8 @@ class TinyNetwork(nnx.Module):
 
   def __call__(self, x):
     x = self.stem(x)
-    for cell in self.cells:
-      x = cell(x)
+    for run in identical_runs(self.cells, scan=self.scan_cells):
+      x = _run_cells([self.cells[i] for i in run], lambda cell, x: cell(x), x)
     return self.classifier(jnp.mean(jax.nn.relu(self.lastact_bn(x)), axis=(1, 2)))
 
 
@@ -129,6 +140,9 @@ class Network(nnx.Module):
       uniformly per call, shared by all cells, only that op runs). Called without
       `arch_key` (evaluation), gumbel and uniform mix with softmax(alpha), dirichlet
       with the Dirichlet's mean.
+    remat: recompute each cell's activations in the backward pass (`jax.checkpoint`).
+    scan_cells: run each stage's N identical cells as one `lax.scan` (compiled once;
+      values, gradients and BatchNorm statistics are the loop's).
 
   Call: f32[B, H, W, in_channels] -> logits f32[B, num_classes].
   """
@@ -136,7 +150,8 @@ class Network(nnx.Module):
   def __init__(self, C: int = 16, N: int = 5, num_classes: int = 10, *, in_channels: int = 3,
                primitives=NAS_BENCH_201, affine: bool = False,
                track_running_stats: bool = True, relaxation: str = "softmax",
-               gumbel_hard: bool = False, remat: bool = False, rngs: nnx.Rngs):
+               gumbel_hard: bool = False, remat: bool = False, scan_cells: bool = True,
+               rngs: nnx.Rngs):
     for name, v in dict(C=C, N=N, num_classes=num_classes).items():
       if v < 1:
         raise ValueError(f"nb201.Network: {name} must be >= 1, got {v}")
@@ -148,6 +163,7 @@ class Network(nnx.Module):
                        f"{', '.join(RELAXATIONS)}")
     self.primitives = tuple(primitives)
     self.relaxation, self.gumbel_hard, self.remat = relaxation, gumbel_hard, remat
+    self.scan_cells = scan_cells
     self.stem = _stem(in_channels, C, rngs)
     cells, C_prev = [], C
     for C_curr, reduction in _stages(C, N):
@@ -178,12 +194,14 @@ class Network(nnx.Module):
       hard = runs_one_op(self.relaxation, arch_key, self.gumbel_hard)
     remat = self.remat or autodiff.remat_requested()
     x = self.stem(x)
-    for cell in self.cells:
-      if isinstance(cell, SearchCell):
-        x = (checkpointed_call(cell, x, weights, aux_skip, sampled=hard) if remat
-             else cell(x, weights, aux_skip, hard))
+    for run in identical_runs(self.cells, scan=self.scan_cells):
+      cells = [self.cells[i] for i in run]
+      if not isinstance(cells[0], SearchCell):
+        x = _run_cells(cells, lambda cell, x: cell(x), x)
+      elif len(cells) == 1 and remat:
+        x = checkpointed_call(cells[0], x, weights, aux_skip, sampled=hard)
       else:
-        x = cell(x)
+        x = _run_cells(cells, lambda cell, x: cell(x, weights, aux_skip, hard), x, remat)
     return self.classifier(jnp.mean(jax.nn.relu(self.lastact_bn(x)), axis=(1, 2)))
 
   def genotype(self) -> Structure:
