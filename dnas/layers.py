@@ -147,7 +147,9 @@ _UNROLLED = contextvars.ContextVar("dnas_unrolled", default=False)
 @contextlib.contextmanager
 def unrolled():
   """Inside it, networks trace their stacks of identical layers as a Python loop: for the
-  converters to formats without loops (ONNX, TFLite), whose runtimes fuse across layers."""
+  converters to formats without loops (ONNX, TFLite), whose runtimes fuse across layers,
+  and for latency timing and tracing. JAX's trace caches do not see it: trace a new
+  function inside it (`jax.jit(lambda x: fn(x))`), not one already traced outside."""
   token = _UNROLLED.set(True)
   try:
     yield
@@ -179,8 +181,12 @@ def scan_layers(layers, fn, carry, xs=None, *, remat: bool = False):
   layers' stacked variables (they must be structurally identical: `identical_runs`).
 
   Same values and derivatives as the Python loop. The layers' non-parameter variables
-  (BatchNorm statistics) are written back to each layer; their parameters and the
-  module tree are unchanged, so checkpoints and parameter counts do not see the scan.
+  (BatchNorm statistics, RNG counters) are written back to each layer; their parameters
+  and the module tree are unchanged, so checkpoints and parameter counts do not see the
+  scan. `fn` must return a carry of the shapes and dtypes it got (a layer that changes
+  them cannot be scanned), and calls inside the scan see per-iteration copies of the
+  layers (tools that find a module by identity, such as `dnas.latency.mixed`, need the
+  loop).
 
   Args:
     layers: L modules of one structure.
@@ -201,7 +207,8 @@ def scan_layers(layers, fn, carry, xs=None, *, remat: bool = False):
     carry = fn(module, carry, x)
     return carry, nnx.state(module, nnx.Not(nnx.Param))
 
-  carry, updated = jax.lax.scan(jax.checkpoint(body) if remat else body, carry, (stacked, xs))
+  carry, updated = jax.lax.scan(jax.checkpoint(body) if remat else body, carry, (stacked, xs),
+                                length=len(layers))  # layers without variables too
   for i, module in enumerate(layers):
     nnx.update(module, jax.tree.map(lambda v: v[i], updated))
   return carry

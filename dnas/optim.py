@@ -33,16 +33,22 @@ def per_epoch_anneal(start: float, end: float, epochs: int, steps_per_epoch: int
 
 
 def make_w_tx(lr: optax.ScalarOrSchedule, momentum: float = 0.9, weight_decay: float = 3e-4,
-              grad_clip: float | None = 5.0, nesterov: bool = False
-              ) -> optax.GradientTransformation:
+              grad_clip: float | None = 5.0, nesterov: bool = False, *,
+              weight_decay_in_state: bool = False) -> optax.GradientTransformation:
   """The reference weight optimiser: clip the gradient's global norm, then PyTorch SGD
   (coupled L2 weight decay, heavy-ball momentum buf = mu buf + g, step -lr buf; with
   `nesterov`, PyTorch's Nesterov step -lr (g + mu buf), as NAS-Bench-201's scripts use).
 
   The clipping is stateless and wraps the SGD part, so the optimiser with and without
   `grad_clip` has one state structure: the unclipped one is DARTS's virtual step
-  (`hypergrad.unrolled`) on the clipped one's state."""
-  sgd = optax.chain(optax.add_decayed_weights(weight_decay),
+  (`hypergrad.unrolled`) on the clipped one's state.
+
+  `weight_decay_in_state`: the decay is a hyperparameter in the optimiser's state
+  (`optax.inject_hyperparams`, f32[]) instead of a constant of the program, so that a run
+  changes it (`set_weight_decay`; DARTS-ADA's rollbacks) without compiling again."""
+  decay = (optax.inject_hyperparams(optax.add_decayed_weights)(weight_decay=weight_decay)
+           if weight_decay_in_state else optax.add_decayed_weights(weight_decay))
+  sgd = optax.chain(decay,
                     optax.trace(decay=momentum, nesterov=nesterov),
                     optax.scale_by_learning_rate(lr))
   if not grad_clip:
@@ -52,6 +58,29 @@ def make_w_tx(lr: optax.ScalarOrSchedule, momentum: float = 0.9, weight_decay: f
   def update(grads, state, params=None):
     return sgd.update(clip.update(grads, optax.EmptyState())[0], state, params)
   return optax.GradientTransformation(sgd.init, update)
+
+
+def _is_decay_state(x) -> bool:
+  return "weight_decay" in getattr(x, "hyperparams", {})
+
+
+def set_weight_decay(opt_state, value: float):
+  """`opt_state` of `make_w_tx(..., weight_decay_in_state=True)` with its weight decay set
+  to `value` (same dtype and placement); raises ValueError for a state without one."""
+  found = []
+
+  def replace(x):
+    if not _is_decay_state(x):
+      return x
+    found.append(x)
+    old = x.hyperparams["weight_decay"]
+    new = jax.device_put(jnp.asarray(value, old.dtype), getattr(old, "sharding", None))
+    return x._replace(hyperparams=dict(x.hyperparams, weight_decay=new))
+  out = jax.tree.map(replace, opt_state, is_leaf=_is_decay_state)
+  if not found:
+    raise ValueError("the optimiser state keeps no weight decay (build it with "
+                     "make_w_tx(..., weight_decay_in_state=True))")
+  return out
 
 
 def then(tx: optax.GradientTransformation, stateless: optax.GradientTransformation

@@ -46,12 +46,14 @@ def run_search(config, workdir: str, progress: bool = True, resume: bool = True)
   with loop.Preemption() as preemption:
     config_lib.validate(config, "search")
     loop.check_workdir(workdir)
+    search = None
     while True:
-      hooks = methods.hooks(config)  # fresh for each run: they may hold its programs
-      search = Search(config, workdir, hooks, resume=resume)
+      # Fresh hooks for each run (they may hold its programs); a run that steps the
+      # programs of the one before (`Search(previous=...)`) keeps its hooks.
+      search = Search(config, workdir, methods.hooks(config), resume=resume, previous=search)
       state, meta = search.run_epochs(preemption, progress)
       # A hook may rewrite the checkpoints and ask for another run from the latest.
-      if not any(h.after_run(search.run, state, meta) for h in hooks):
+      if not any(h.after_run(search.run, state, meta) for h in search.hooks):
         return search.select_and_write(state, meta)
       resume = True
 
@@ -74,7 +76,9 @@ def optimizers(config, steps_per_epoch: int, parts: methods.Parts | None = None)
   """(weight lr schedule, weight optimiser, architecture optimiser) of the search."""
   s = config.search
   schedule = optim.per_epoch_cosine(s.w_lr, s.w_lr_min, s.epochs, steps_per_epoch)
-  w_tx = optim.make_w_tx(schedule, s.momentum, s.weight_decay, s.grad_clip, s.nesterov)
+  # DARTS-ADA changes the decay as it runs: it is kept in the state, not in the program.
+  w_tx = optim.make_w_tx(schedule, s.momentum, s.weight_decay, s.grad_clip, s.nesterov,
+                         weight_decay_in_state=s.ada)
   a_wd = s.a_weight_decay if parts is None or parts.a_weight_decay is None else (
       parts.a_weight_decay)
   a_tx = optim.make_a_tx(s.a_lr, s.a_b1, s.a_b2, a_wd)
@@ -169,6 +173,15 @@ def _run_config(config, hooks, meta):
   return config
 
 
+def _program_config(config) -> str:
+  """The config as far as the compiled steps depend on it: all of it, but for a weight
+  decay that the optimiser keeps in its state (`search.ada`)."""
+  c = config.to_dict()
+  if c["search"]["ada"]:
+    c["search"] = {k: v for k, v in c["search"].items() if k != "weight_decay"}
+  return repr(c)
+
+
 def load_supernet(config, workdir: str) -> nnx.Module:
   """The supernet of the search in `workdir` as its last checkpoint left it (weights,
   architecture parameters, BatchNorm state), in eval mode."""
@@ -194,7 +207,11 @@ class Search:
   built from the config and the latest checkpoint, it runs the epoch loop
   (`run_epochs`), and after the last run selects and writes (`select_and_write`)."""
 
-  def __init__(self, user_config, workdir: str, hooks, *, resume: bool):
+  def __init__(self, user_config, workdir: str, hooks, *, resume: bool,
+               previous: "Search | None" = None):
+    """`previous`: the run before, in the same process; its compiled steps and hooks are
+    reused when this run's supernet and config differ from it in nothing that is part of
+    a program (`_program_config`), and `self.reused` says so."""
     self.workdir, self.hooks = workdir, hooks
     space = self.space = spaces.get(user_config.space)
     info, splits = get_dataset(user_config.data.name, user_config.data.data_dir,
@@ -251,13 +268,20 @@ class Search:
     # Its virtual step is heavy-ball SGD even when the weights train with Nesterov momentum:
     # the references write Eq. 6 as w - lr (mu buf + g + wd w) (NAS-Bench-201's DARTS-V2 too).
     self.hypergrad = hypergrad.from_order(s.order, optim.make_w_tx(
-        self.schedule, s.momentum, s.weight_decay, grad_clip=None, nesterov=False),
-        fd_r=s.fd_r, remat=s.hvp_remat)
+        self.schedule, s.momentum, s.weight_decay, grad_clip=None, nesterov=False,
+        weight_decay_in_state=s.ada), fd_r=s.fd_r, remat=s.hvp_remat)
     objective = self.latency and make_arch_objective(config, self.latency[1])
     # Each step is compiled on its first use (split steps share their programs). The loop
     # carries the state as a short list of buffers (`execution.Flat`).
     self.execution = execution.Execution(programs=s.programs, shardings=shardings, dtype=dtype)
     self.graphdef, self.w_tx, self.a_tx = graphdef, w_tx, a_tx
+    self.reused = bool(previous is not None and previous.graphdef == graphdef
+                       and _program_config(previous.config) == _program_config(config))
+    if self.reused:  # traced and compiled once per process, with the hooks' programs
+      self.flat, self.search_step, self.warmup_step = (previous.flat, previous.search_step,
+                                                       previous.warmup_step)
+      self.eval_step, self.hooks = previous.eval_step, previous.hooks
+      return
     self.flat, self.search_step, self.warmup_step = compiled_steps(
         graphdef, state, w_tx, a_tx, order=s.order, hypergrad=self.hypergrad,
         arch_loss=(bilevel.arch_loss(objective, *parts.terms) if objective or parts.terms

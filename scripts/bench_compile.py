@@ -113,8 +113,9 @@ def search_case(config, order: str | None, shape) -> dict:
   shardings = (parallel.state_shardings(state, mesh), parallel.batch_sharding(mesh))
   state = parallel.put_state(state, shardings[0])
   hg = hypergrad.from_order(s.order, optim.make_w_tx(schedule, s.momentum, s.weight_decay,
-                                                     grad_clip=None), fd_r=s.fd_r,
-                            remat=s.hvp_remat)
+                                                     grad_clip=None,
+                                                     weight_decay_in_state=s.ada),
+                            fd_r=s.fd_r, remat=s.hvp_remat)
   arch_loss = bilevel.arch_loss(None, *parts.terms) if parts.terms else None
   dtype = utils.compute_dtype(config)
   flat, step, _ = search_lib.compiled_steps(

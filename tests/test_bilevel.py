@@ -17,7 +17,7 @@ import optax
 import pytest
 from flax import nnx
 
-from dnas import bilevel, cpu, execution, hypergrad
+from dnas import bilevel, cpu, execution, hypergrad, optim
 from dnas.spaces import darts
 
 N, H = 4, 6
@@ -429,6 +429,34 @@ def test_nesterov_sgd_is_pytorchs():
     buf = mu * buf + g2
     want = want - lr * (g2 + mu * buf)
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_weight_decay_in_state_steps_as_the_constant_and_changes_without_a_new_program():
+  # DARTS-ADA's decay as optimiser state: the same updates as the constant, and a new
+  # value set in the state steps like an optimiser built with it, in one compiled program.
+  rng = np.random.default_rng()
+  w = jnp.asarray(rng.standard_normal(5), jnp.float32)
+  grads = [jnp.asarray(rng.standard_normal(5), jnp.float32) for _ in range(3)]
+  traced = bilevel.make_w_tx(0.1, 0.9, 5e-4, grad_clip=1.0, weight_decay_in_state=True)
+  traces = []
+
+  @jax.jit
+  def step(state, w, g):
+    traces.append(1)
+    u, state = traced.update(g, state, w)
+    return state, optax.apply_updates(w, u)
+  for wd in (5e-4, 15e-4):
+    const = bilevel.make_w_tx(0.1, 0.9, wd, grad_clip=1.0)
+    s_const, w_const = const.init(w), w
+    s_traced, w_traced = optim.set_weight_decay(traced.init(w), wd), w
+    for g in grads:
+      u, s_const = const.update(g, s_const, w_const)
+      w_const = optax.apply_updates(w_const, u)
+      s_traced, w_traced = step(s_traced, w_traced, g)
+    np.testing.assert_allclose(w_traced, w_const, rtol=1e-6)
+  assert len(traces) == 1
+  with pytest.raises(ValueError, match="keeps no weight decay"):
+    optim.set_weight_decay(bilevel.make_w_tx(0.1).init(w), 1e-3)
 
 
 def test_weight_first_step_is_the_weight_step_then_the_arch_step(parts, setup):

@@ -152,7 +152,8 @@ def test_darts_and_nb201_networks_match_jax(runtime):
   _close(inference_fn(net, apply=space.final_apply), (3, 8, 8, 1), runtime=runtime)
   arch = structure.Structure.from_string(
       "|nor_conv_3x3~0|+|avg_pool_3x3~0|skip_connect~1|+|nor_conv_1x1~0|none~1|avg_pool_3x3~2|")
-  tiny_net = _randomize(nb201_network.TinyNetwork(arch, 4, 1, 10, in_channels=1,
+  # Two cells per stage: the converters trace the scanned stages as a loop.
+  tiny_net = _randomize(nb201_network.TinyNetwork(arch, 4, 2, 10, in_channels=1,
                                                   rngs=nnx.Rngs(0)))
   _close(inference_fn(tiny_net, apply=spaces.get("nb201").final_apply), (3, 8, 8, 1),
          runtime=runtime)

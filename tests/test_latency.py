@@ -63,6 +63,15 @@ def test_layout_matches_the_final_network():
   assert (LAYOUT.C, LAYOUT.steps, LAYOUT.multiplier) == (4, 2, 2)
 
 
+def test_layout_has_every_cell_of_a_network_with_scanned_cells():
+  # 20 cells, 14 of them in three scans: the trace records each cell's call.
+  net = nnx.eval_shape(lambda: darts.NetworkCIFAR(G2, 4, 10, 20, in_channels=1,
+                                                  rngs=nnx.Rngs(0)))
+  layout = darts_latency.trace_layout(net, (8, 8, 1))
+  assert len(layout.cells) == 20
+  assert [c.reduction for c in layout.cells] == [c.reduction for c in net.cells]
+
+
 def test_profiled_table_round_trip_and_refusals(measured, tmp_path):
   table, path = measured
   loaded = latency_lib.LatencyTable.load(path)

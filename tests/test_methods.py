@@ -4,6 +4,7 @@ config checks (`dnas.methods`)."""
 import json
 import math
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -406,6 +407,9 @@ def test_one_epoch_search_per_method(tmp_path, space, method, extra, logged):
     assert [r["weight_decay"] for r in records] == [5e-4, pytest.approx(15e-4)]
     assert out.stdout.count("DARTS-ADA: ") == 1, out.stdout[-2000:]
     assert "going back to epoch 0 with weight decay 0.0015" in out.stdout
+    # The decay is optimiser state: the run after the rollback steps the same programs.
+    assert len(re.findall(r"dnas: (compiled|loaded) the search step", out.stderr)) == 1, (
+        out.stderr[-3000:])
   if "--config.search.selection=pt" in extra:  # nb201: six edges; darts: 5 + 2 of each cell
     decisions = [l for l in out.stdout.splitlines() if l.startswith("DARTS-PT: ")]
     assert len(decisions) == (6 if space == "nb201" else 14), out.stdout[-2000:]
@@ -413,6 +417,28 @@ def test_one_epoch_search_per_method(tmp_path, space, method, extra, logged):
     if space == "darts":  # the projection's choice is what was written
       kept = [l.split(": ", 2)[2].split(" (")[0] for l in decisions if " edge " in l]
       assert {op for op, _ in found["normal"] + found["reduce"]} <= set(kept)
+
+
+def test_ada_refuses_checkpoints_with_the_decay_in_the_program():
+  # A DARTS-ADA run written before the decay became optimiser state does not restore
+  # into today's state: one line says so instead of a fresh start over its directory.
+  from dnas.methods import robust_darts  # pylint: disable=g-import-not-at-top
+  c = nb201_config.get_config()
+  c.search.ada, c.search.hessian_every = True, 1
+  run = methods.SearchRun(config=c, user_config=c, model=None, space=None, info=None,
+                          ckpt_dir="/runs/ada/checkpoints", steps_per_epoch=7, mesh=None,
+                          loss_fn=None, arch_batch=None, fresh_state=None, meta={})
+  hooks = robust_darts.RobustDartsHooks()
+  old = {"records": [], "epoch": 3, "ada": [dict(epoch=2, rollback=0, weight_decay=9e-4)]}
+  for call in (lambda: hooks.run_config(c, old),  # before any state is built
+               lambda: hooks.check_restored(run, old, None)):
+    with pytest.raises(config_lib.ConfigError, match=r"^the checkpoints of this DARTS-ADA "
+                       r"search were written by a dnas that kept the weight decay in the "
+                       r"program"):
+      call()
+  hooks.check_restored(run, None, None)  # a new run: its checkpoints say where the decay is
+  assert run.meta == {"weight_decay_in_state": True}
+  hooks.check_restored(run, dict(run.meta), dict(run.meta))
 
 
 def test_sdarts_clip_by_hand():

@@ -9,6 +9,7 @@ import textwrap
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from dnas import layers
@@ -46,6 +47,18 @@ def test_tiny_network_traces_one_scan_per_stage_unless_unrolled():
   assert scans(scan_cells=False) == 0
 
 
+def test_cells_without_variables_scan():
+  # Skips, pools and zeros only: nothing to stack, the scan still runs N times.
+  arch = "|skip_connect~0|+|none~0|avg_pool_3x3~1|+|skip_connect~0|none~1|avg_pool_3x3~2|"
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 8, 8, 1)), jnp.float32)
+  outs = []
+  for scan in (True, False):
+    net = TinyNetwork(arch, 4, 2, 10, in_channels=1, scan_cells=scan, rngs=nnx.Rngs(0))
+    graphdef, state = nnx.split(net)
+    outs.append(jax.jit(lambda state, x: nnx.merge(graphdef, state)(x))(state, x))
+  np.testing.assert_allclose(outs[0], outs[1], rtol=1e-6, atol=1e-6)
+
+
 SCRIPT = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np
     from flax import nnx
@@ -63,7 +76,7 @@ SCRIPT = textwrap.dedent("""
 
     def compare(name, make, call, shape):
       x = jnp.asarray(np.random.default_rng(0).standard_normal(shape))
-      out = {}
+      out, loops = {}, {}
       for scan in (True, False):
         net = f64(make(scan))
         graphdef, state = nnx.split(net)
@@ -74,7 +87,9 @@ SCRIPT = textwrap.dedent("""
             net = nnx.merge(graphdef, state)
             return jnp.sum(call(net, x) ** 2), nnx.state(net, nnx.BatchStat)
           return jax.value_and_grad(loss, has_aux=True)(state)
+        loops[scan] = loss_and_grad.lower(state, x).as_text().count("stablehlo.while")
         out[scan] = state, loss_and_grad(state, x)
+      assert loops[True] > loops[False], (name, loops)  # the scan is there, or not
       (s1, ((l1, b1), g1)), (s0, ((l0, b0), g0)) = out[True], out[False]
       # The scan changes neither the variables' tree (checkpoints) nor any number.
       assert jax.tree.structure(s1) == jax.tree.structure(s0), name
@@ -86,14 +101,15 @@ SCRIPT = textwrap.dedent("""
       assert float(jnp.max(jnp.abs(jax.tree.leaves(g1)[0]))) > 0, name
       print(name, "ok")
 
-    # 11 cells: cells 5-6 and 9-10 are identical; drop path keys per cell. A cell of few
-    # kernels (a separable conv, pools, skips) keeps the compile short.
+    # 7 cells, the stem as wide as a cell's output (stem_multiplier=4): cells 0-1 are
+    # identical; drop path keys per cell. A cell of few kernels (a separable conv, pools,
+    # skips) keeps the compile short.
     cell = [("sep_conv_3x3", 0), ("skip_connect", 1), ("max_pool_3x3", 0), ("skip_connect", 2),
             ("avg_pool_3x3", 1), ("skip_connect", 3), ("skip_connect", 0), ("max_pool_3x3", 4)]
     genotype = Genotype(cell, range(2, 6), cell, range(2, 6))
     compare("NetworkCIFAR",
-            lambda scan: NetworkCIFAR(genotype, 2, 3, 11, drop_path_prob=0.3, in_channels=1,
-                                      scan_cells=scan, rngs=nnx.Rngs(0)),
+            lambda scan: NetworkCIFAR(genotype, 2, 3, 7, drop_path_prob=0.3, in_channels=1,
+                                      stem_multiplier=4, scan_cells=scan, rngs=nnx.Rngs(0)),
             lambda net, x: net(x, key=jax.random.key(1))[0], (2, 8, 8, 1))
     compare("TinyNetwork",
             lambda scan: TinyNetwork(ARCH, 3, 2, 3, in_channels=1, scan_cells=scan,

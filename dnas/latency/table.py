@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from dnas import layers
 from dnas.deploy import runtimes
 from dnas.deploy.inference import inference_fn
 
@@ -291,11 +292,15 @@ def compile_eval(module: nnx.Module, image_shape, *, batch_size: int, dtype: str
 
 def jit_eval(module: nnx.Module, dtype=None):
   """(jitted f(state, *xs), state): a copy of `module` in eval mode, as timed, with its
-  floating-point variables cast to `dtype` (None: kept)."""
+  floating-point variables cast to `dtype` (None: kept). Stacks of identical layers are
+  traced as a loop (`dnas.layers.unrolled`), as every latency table was measured."""
   module = nnx.clone(module)
   module.eval()
   graphdef, state = nnx.split(module)
   if dtype is not None:
     state = jax.tree.map(lambda v: v.astype(dtype) if jnp.issubdtype(v.dtype, jnp.floating)
                          else v, state)
-  return jax.jit(lambda state, *xs: nnx.merge(graphdef, state)(*xs)), state
+  def forward(state, *xs):
+    with layers.unrolled():
+      return nnx.merge(graphdef, state)(*xs)
+  return jax.jit(forward), state

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from dnas import arch
+from dnas import arch, layers
 
 
 class Call(NamedTuple):
@@ -74,7 +74,8 @@ def calls(model: nnx.Module, *example, types: tuple[type, ...], **kwargs):
   `model(*example, **kwargs)` is traced abstractly (`example`: arrays or
   `jax.ShapeDtypeStruct`s), in call order, and the model's output shapes. Calls inside
   `nnx.remat`, `scan` or `vmap` are recorded with the module copies those transforms
-  make, whose paths are unknown ('?')."""
+  make, whose paths are unknown ('?'); stacks of identical layers are traced as a loop
+  (`dnas.layers.unrolled`), so that each layer's call is recorded."""
   graphdef, state = nnx.split(model)
   found = []
 
@@ -85,7 +86,7 @@ def calls(model: nnx.Module, *example, types: tuple[type, ...], **kwargs):
 
     def record(module, inputs, output):
       found.append(Call(paths.get(id(module), "?"), module, inputs, output))
-    with _recording(types, record):
+    with _recording(types, record), layers.unrolled():
       return m(*xs, **kwargs)
 
   output = jax.eval_shape(forward, state, *example)

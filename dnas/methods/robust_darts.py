@@ -9,7 +9,7 @@ are here (`RobustDartsHooks`), with their settings in `config.robust_darts`.
 import jax
 import tqdm
 
-from dnas import hessian
+from dnas import hessian, optim
 from dnas.checkpoint import Checkpointer
 from dnas.errors import ConfigError, non_negative, positive
 from dnas.methods.hooks import SearchHooks, SearchRun
@@ -67,6 +67,18 @@ def validate(c: dict) -> None:
   non_negative(c, "robust_darts.max_weight_decay")
 
 
+# The meta key of DARTS-ADA checkpoints whose optimiser state holds the weight decay.
+_DECAY_IN_STATE = "weight_decay_in_state"
+
+
+def _check_decay_in_state(meta: dict | None) -> None:
+  if meta is not None and not meta.get(_DECAY_IN_STATE):
+    raise ConfigError("the checkpoints of this DARTS-ADA search were written by a dnas that "
+                      "kept the weight decay in the program, not in the optimiser state; "
+                      "finish it with that version (dnas 0.1.0) or search again in a new "
+                      "--workdir")
+
+
 class RobustDartsHooks(SearchHooks):
   """The eigenvalue every `search.hessian_every` epochs on one fixed batch of the
   architecture split (the same batch each time: a trajectory), and DARTS-ES or
@@ -77,11 +89,19 @@ class RobustDartsHooks(SearchHooks):
 
   def run_config(self, config, meta):
     # DARTS-ADA's decay after its rollbacks so far (the checkpoint's meta says how many).
+    # Called with the latest checkpoint's meta before any state is restored.
+    if config.search.ada:
+      _check_decay_in_state(meta)
     if not meta or not meta.get("ada"):
       return config
     c = config.copy_and_resolve_references()
     c.search.weight_decay = meta["ada"][-1]["weight_decay"]
     return c
+
+  def check_restored(self, run, latest, found):
+    if run.config.search.ada:
+      _check_decay_in_state(latest)
+      run.meta[_DECAY_IN_STATE] = True  # saved with every checkpoint of this run
 
   def keep_period(self, config, steps_per_epoch):
     # DARTS-ADA goes back to an epoch whose eigenvalue was measured: those checkpoints stay.
@@ -132,6 +152,10 @@ class RobustDartsHooks(SearchHooks):
                         keep_period=self.keep_period(run.config, run.steps_per_epoch))
     back = (last["ada_rollback"] + 1) * run.steps_per_epoch  # its epoch-end checkpoint
     kept, old = ckpt.restore(back, state)
+    # The decay is state (`optim.make_w_tx(weight_decay_in_state=True)`): the next run
+    # steps the same compiled programs with it.
+    kept = kept._replace(w_opt_state=optim.set_weight_decay(kept.w_opt_state,
+                                                            last["ada_weight_decay"]))
     old = dict(old, ada=old.get("ada", []) + [dict(
         epoch=last["epoch"], rollback=last["ada_rollback"],
         weight_decay=last["ada_weight_decay"])])
