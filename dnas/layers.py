@@ -148,13 +148,22 @@ _UNROLLED = contextvars.ContextVar("dnas_unrolled", default=False)
 def unrolled():
   """Inside it, networks trace their stacks of identical layers as a Python loop: for the
   converters to formats without loops (ONNX, TFLite), whose runtimes fuse across layers,
-  and for latency timing and tracing. JAX's trace caches do not see it: trace a new
-  function inside it (`jax.jit(lambda x: fn(x))`), not one already traced outside."""
+  and for latency timing and tracing. JAX's trace caches do not see it: a function
+  already traced outside keeps its scans (`unrolled_fn` makes a new one)."""
   token = _UNROLLED.set(True)
   try:
     yield
   finally:
     _UNROLLED.reset(token)
+
+
+def unrolled_fn(fn):
+  """A new function: `fn` traced inside `unrolled()` wherever it is traced (no trace of
+  `fn` cached outside is reused)."""
+  def call(*args, **kwargs):
+    with unrolled():
+      return fn(*args, **kwargs)
+  return call
 
 
 def identical_runs(layers, boundaries=(), scan: bool = True) -> list[range]:

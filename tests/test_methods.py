@@ -430,15 +430,14 @@ def test_ada_refuses_checkpoints_with_the_decay_in_the_program():
                           loss_fn=None, arch_batch=None, fresh_state=None, meta={})
   hooks = robust_darts.RobustDartsHooks()
   old = {"records": [], "epoch": 3, "ada": [dict(epoch=2, rollback=0, weight_decay=9e-4)]}
-  for call in (lambda: hooks.run_config(c, old),  # before any state is built
-               lambda: hooks.check_restored(run, old, None)):
-    with pytest.raises(config_lib.ConfigError, match=r"^the checkpoints of this DARTS-ADA "
-                       r"search were written by a dnas that kept the weight decay in the "
-                       r"program"):
-      call()
+  with pytest.raises(config_lib.ConfigError, match=r"^the checkpoints of this DARTS-ADA "
+                     r"search were written by a dnas that kept the weight decay in the "
+                     r"program"):
+    hooks.run_config(c, old)  # with the latest meta, before any state is built
   hooks.check_restored(run, None, None)  # a new run: its checkpoints say where the decay is
   assert run.meta == {"weight_decay_in_state": True}
   hooks.check_restored(run, dict(run.meta), dict(run.meta))
+  assert hooks.run_config(c, dict(run.meta, records=[])) is c  # today's layout goes on
 
 
 def test_sdarts_clip_by_hand():

@@ -438,9 +438,8 @@ def to_onnx(fn: Callable, shape: Sequence[int], *, dtype=np.float32, name: str =
   are traced as on an accelerator (`dnas.kernels`: XLA's ops, no CPU loops), and stacks of
   identical layers as a loop (`dnas.layers.unrolled`: ONNX Runtime fuses across them)."""
   onnx = require_onnx()
-  with kernels.local_platform("onnx"), layers.unrolled():
-    # A new function: a trace of `fn` cached outside `unrolled()` would be reused.
-    closed = jax.make_jaxpr(lambda x: fn(x))(jax.ShapeDtypeStruct(tuple(shape), dtype))
+  with kernels.local_platform("onnx"):
+    closed = jax.make_jaxpr(layers.unrolled_fn(fn))(jax.ShapeDtypeStruct(tuple(shape), dtype))
   if len(closed.jaxpr.outvars) != 1:
     raise ConversionError(f"the function returns {len(closed.jaxpr.outvars)} arrays; the "
                           f"export takes one (the logits)")

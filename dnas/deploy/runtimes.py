@@ -98,10 +98,7 @@ def compile_fn(name: str, fn: Callable, shape: Sequence[int], dtype=np.float32) 
   dtype[shape] inputs; stacks of identical layers traced as a loop in every runtime
   (`dnas.layers.unrolled`: what latency tables time)."""
   if check(name) == "jax":
-    def unrolled(x):
-      with layers.unrolled():
-        return fn(x)
-    compiled = jax.jit(unrolled).lower(jax.ShapeDtypeStruct(tuple(shape), dtype)).compile()
+    compiled = jax.jit(layers.unrolled_fn(fn)).lower(jax.ShapeDtypeStruct(tuple(shape), dtype)).compile()
     return Compiled(compiled, "jax")
   if name == "litert":
     model = tflite_lib.to_tflite(fn, shape, dtype=dtype)

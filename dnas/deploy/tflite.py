@@ -38,9 +38,8 @@ def to_tflite(fn: Callable, shape: Sequence[int], *, dtype=np.float32) -> bytes:
   become constants. The kernels are traced with XLA's ops (`dnas.kernels`), and stacks of
   identical layers as a loop (`dnas.layers.unrolled`)."""
   cx, ir, passmanager, _ = require_litert()
-  with kernels.local_platform("tflite"), layers.unrolled():
-    # A new function, so that no trace cached outside `unrolled()` is reused.
-    lowered = jax.jit(lambda x: fn(x)).lower(jax.ShapeDtypeStruct(tuple(shape), dtype))
+  with kernels.local_platform("tflite"):
+    lowered = jax.jit(layers.unrolled_fn(fn)).lower(jax.ShapeDtypeStruct(tuple(shape), dtype))
   if len(jax.tree.leaves(lowered.out_info)) != 1:
     raise ConversionError(f"the function returns {len(jax.tree.leaves(lowered.out_info))} "
                           f"arrays; the export takes one (the logits)")

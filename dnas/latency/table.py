@@ -300,7 +300,4 @@ def jit_eval(module: nnx.Module, dtype=None):
   if dtype is not None:
     state = jax.tree.map(lambda v: v.astype(dtype) if jnp.issubdtype(v.dtype, jnp.floating)
                          else v, state)
-  def forward(state, *xs):
-    with layers.unrolled():
-      return nnx.merge(graphdef, state)(*xs)
-  return jax.jit(forward), state
+  return jax.jit(layers.unrolled_fn(lambda state, *xs: nnx.merge(graphdef, state)(*xs))), state

@@ -99,9 +99,9 @@ class RobustDartsHooks(SearchHooks):
     return c
 
   def check_restored(self, run, latest, found):
+    # `run_config` refused an older layout; this run's checkpoints say where the decay is.
     if run.config.search.ada:
-      _check_decay_in_state(latest)
-      run.meta[_DECAY_IN_STATE] = True  # saved with every checkpoint of this run
+      run.meta[_DECAY_IN_STATE] = True
 
   def keep_period(self, config, steps_per_epoch):
     # DARTS-ADA goes back to an epoch whose eigenvalue was measured: those checkpoints stay.
