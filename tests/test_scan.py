@@ -13,6 +13,7 @@ import numpy as np
 from flax import nnx
 
 from dnas import layers
+from dnas.spaces.darts.search import Network as DartsNetwork
 from dnas.spaces.nb201.network import TinyNetwork
 
 ARCH = "|nor_conv_3x3~0|+|skip_connect~0|avg_pool_3x3~1|+|nor_conv_1x1~0|none~1|skip_connect~2|"
@@ -47,6 +48,28 @@ def test_tiny_network_traces_one_scan_per_stage_unless_unrolled():
   assert scans(scan_cells=False) == 0
 
 
+def test_darts_supernet_scans_its_edges_unless_unrolled_or_sampled():
+  x = jax.ShapeDtypeStruct((2, 8, 8, 1), jnp.float32)
+
+  def scans(scan_edges=True, **kwargs):
+    net = DartsNetwork(4, 3, 3, in_channels=1, primitives=("none", "skip_connect",
+                                                            "max_pool_3x3"),
+                       scan_edges=scan_edges, relaxation="gumbel", gumbel_hard=True,
+                       rngs=nnx.Rngs(0))
+    graphdef, state = nnx.split(net)
+    jaxpr = jax.make_jaxpr(lambda state, x: nnx.merge(graphdef, state)(x, **kwargs))(
+        state, x).jaxpr
+    return sum(e.primitive.name == "scan" for e in jaxpr.eqns)
+  # Cells normal, reduction, reduction: a normal cell's 14 edges are one scan, a
+  # reduction cell's 6 edges between nodes another.
+  assert scans() == 3
+  with layers.unrolled():
+    assert scans() == 0
+  assert scans(scan_edges=False) == 0
+  # A one-hot sample runs each edge's own op (a switch per edge), not a scan.
+  assert scans(arch_key=jax.random.key(0), tau=jnp.asarray(1.0)) == 0
+
+
 def test_cells_without_variables_scan():
   # Skips, pools and zeros only: nothing to stack, the scan still runs N times.
   arch = "|skip_connect~0|+|none~0|avg_pool_3x3~1|+|skip_connect~0|none~1|avg_pool_3x3~2|"
@@ -64,6 +87,7 @@ SCRIPT = textwrap.dedent("""
     from flax import nnx
     from dnas.spaces.darts.final import NetworkCIFAR
     from dnas.spaces.darts.genotypes import Genotype
+    from dnas.spaces.darts.search import Network as DartsNetwork
     from dnas.spaces.nb201.network import Network, TinyNetwork
     assert jax.config.jax_enable_x64
     ARCH = %r
@@ -125,6 +149,14 @@ SCRIPT = textwrap.dedent("""
                                  rngs=nnx.Rngs(0)),
             lambda net, x: net(x, arch_key=jax.random.key(3), tau=jnp.asarray(1.0)),
             (2, 8, 8, 1))
+    # The DARTS supernet's edges between nodes as one scan per cell: normal and reduction
+    # cells, PC-DARTS's partial channels and edge weights, DARTS-'s skips, remat.
+    compare("darts.Network",
+            lambda scan: DartsNetwork(4, 3, 3, in_channels=1, primitives=(
+                "none", "max_pool_3x3", "skip_connect", "sep_conv_3x3"), partial_channels=2,
+                edge_normalization=True, auxiliary_skip=True, remat=True, scan_edges=scan,
+                rngs=nnx.Rngs(0)),
+            lambda net, x: net(x, aux_skip=jnp.asarray(0.3)), (2, 8, 8, 1))
     """ % ARCH)
 
 
@@ -134,4 +166,5 @@ def test_scanned_networks_equal_the_loop_in_float64():
                        env=env, timeout=900, check=False)
   assert out.returncode == 0, out.stderr[-3000:]
   assert out.stdout.split() == ["NetworkCIFAR", "ok", "TinyNetwork", "ok", "nb201.Network",
-                                "ok", "nb201.Network", "remat", "gdas", "ok"]
+                                "ok", "nb201.Network", "remat", "gdas", "ok", "darts.Network",
+                                "ok"]

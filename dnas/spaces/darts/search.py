@@ -18,6 +18,7 @@ from dnas.arch import (RELAXATIONS, ArchParam, EdgeParam, MixedOp, PartialMixedO
                        masked_logits, node_softmax, op_weights, runs_one_op)
 from dnas.spaces.darts import genotypes as genotypes_lib
 from dnas.kernels import fusion_barrier
+from dnas.layers import identical_runs, scan_layers
 from dnas.spaces.darts.ops import (PRIMITIVES, FactorizedReduce, ReLUConvBN, batch_norm, conv2d,
                                    linear, make_op)
 
@@ -44,15 +45,19 @@ class Cell(nnx.Module):
   f32[N, H', W', multiplier * C], H' = H / 2 in a reduction cell.
 
   `partial_channels` K > 1: every edge is a `PartialMixedOp` whose ops see C / K
-  channels (PC-DARTS); C must be divisible by K. `auxiliary_skip`: DARTS-'s auxiliary skip
+  channels (PC-DARTS); C must be divisible by K. `scan_edges`: identical edges run as one
+  `lax.scan` (`_scanned`), except under a one-hot sample (each edge its own switch).
+  `auxiliary_skip`: DARTS-'s auxiliary skip
   connection on every edge (identity; on a reduction cell's stride-2 edges an affine-free
   FactorizedReduce of its own), added with the weight `aux_skip` of the call.
   """
 
   def __init__(self, steps: int, multiplier: int, C_prev_prev: int, C_prev: int, C: int,
                reduction: bool, reduction_prev: bool, primitives=PRIMITIVES, *,
-               partial_channels: int = 1, auxiliary_skip: bool = False, rngs: nnx.Rngs):
+               partial_channels: int = 1, auxiliary_skip: bool = False, scan_edges: bool = True,
+               rngs: nnx.Rngs):
     self.steps, self.multiplier, self.reduction = steps, multiplier, reduction
+    self.scan_edges = scan_edges
     if reduction_prev:
       self.preprocess0 = FactorizedReduce(C_prev_prev, C, affine=False, rngs=rngs)
     else:
@@ -81,6 +86,8 @@ class Cell(nnx.Module):
   def __call__(self, s0, s1, weights, edge_weights=None, aux_skip=None, sampled: bool = False):
     # Each node feeds 8 ops per later edge: keep it (and its gradient) one buffer.
     states = [fusion_barrier(self.preprocess0(s0)), fusion_barrier(self.preprocess1(s1))]
+    if not sampled and self.scan_edges and len(identical_runs(self._scanned_ops())) == 1:
+      return self._scanned(states, weights, edge_weights, aux_skip)
     offset = 0
     for _ in range(self.steps):
       n = len(states)
@@ -103,6 +110,60 @@ class Cell(nnx.Module):
       offset += n
       states.append(fusion_barrier(self._with_aux(s, states, aux_skip)))
     return jnp.concatenate(states[-self.multiplier:], axis=-1)
+
+  def _edges(self) -> list[tuple[int, int, int]]:
+    """(edge index, source state, target node) of every edge, in the edges' order."""
+    return [(num_edges(i) + j, j, i) for i in range(self.steps) for j in range(2 + i)]
+
+  def _scanned_ops(self) -> list[MixedOp]:
+    """The edges that `_scanned` runs as one scan: all of a normal cell's, the stride-1
+    edges between nodes of a reduction cell."""
+    return [self.ops[e] for e, j, _ in self._edges() if not self.reduction or j >= 2]
+
+  def _scanned(self, states, weights, edge_weights, aux_skip):
+    """The cell with its edges in few bodies, for a short compile (XLA compiles a scan's
+    body once): a normal cell's edges as one `lax.scan` over a buffer of its inputs and
+    nodes, in edge order (a node is complete before an edge reads it); a reduction
+    cell's stride-2 edges as one vmapped pair per node (a scan or vmap of all eight ran
+    slower steps, BUILD_NOTES.md "Compile time") and its edges between nodes as one
+    scan. Values, gradients and BatchNorm statistics are the loop's."""
+    n, h, w, c = states[0].shape
+    if not self.reduction:
+      buf = jnp.concatenate([jnp.stack(states), jnp.zeros((self.steps, n, h, w, c),
+                                                          states[0].dtype)])
+      buf = self._edge_scan(self._edges(), buf, 0, weights, edge_weights, aux_skip)
+      return jnp.concatenate(list(buf[2 + self.steps - self.multiplier:]), axis=-1)
+    nodes = []
+    for i in range(self.steps):
+      e = num_edges(i)
+      s = batched_mixed_ops([self.ops[e], self.ops[e + 1]], states, weights[e:e + 2],
+                            None if edge_weights is None else edge_weights[e:e + 2])
+      nodes.append(self._with_aux(s, states, aux_skip))
+    inner = [t for t in self._edges() if t[1] >= 2]
+    nodes = self._edge_scan(inner, jnp.stack(nodes), 2, weights, edge_weights, aux_skip)
+    return jnp.concatenate(list(nodes[self.steps - self.multiplier:]), axis=-1)
+
+  def _edge_scan(self, edges, buf, first: int, weights, edge_weights, aux_skip):
+    """For each edge (e, j, i) in order, state i + 2 += MixedOp_e(state j), as one scan
+    over the edges' ops. buf: f32[S, N, H, W, C], the states from `first` on (state j
+    at buf[j - first]; node i is state i + 2)."""
+    idx = np.asarray([e for e, _, _ in edges])
+    xs = (jnp.asarray([j - first for _, j, _ in edges], jnp.int32),
+          jnp.asarray([i + 2 - first for _, _, i in edges], jnp.int32), weights[idx],
+          None if edge_weights is None else edge_weights[idx])
+
+    def edge(op, buf, x):
+      src, dst, w, ew = x
+      h = jax.lax.dynamic_index_in_dim(buf, src, keepdims=False)
+      y = op(h, w)
+      if ew is not None:
+        y = ew.astype(y.dtype) * y
+      if aux_skip is not None:  # DARTS-'s skip on a stride-1 edge is the identity
+        y = y + aux_skip.astype(y.dtype) * h
+      t = jax.lax.dynamic_index_in_dim(buf, dst, keepdims=False)
+      return jax.lax.dynamic_update_index_in_dim(buf, t + y, dst, 0)
+
+    return scan_layers([self.ops[int(e)] for e in idx], edge, buf, xs)
 
   def _with_aux(self, s, states, aux_skip):
     """s + aux_skip * sum_j aux_j(state_j) over the node's inputs (DARTS-), or s."""
@@ -143,6 +204,9 @@ class Network(nnx.Module):
     remat: recompute each cell's activations in the backward pass (`jax.checkpoint`)
       instead of keeping them: less memory for one more forward pass. Also on while
       tracing inside `dnas.autodiff.rematerialize()`.
+    scan_edges: run a cell's identical edges as one `lax.scan` (`Cell`; compiled once,
+      values the loop's); False, or tracing inside `dnas.layers.unrolled()`, gives the
+      loop over nodes.
 
   Call: f32[N, H, W, in_channels] -> logits f32[N, num_classes]. BatchNorm uses batch
   statistics after `net.train()` (the default) and running ones after `net.eval()`.
@@ -153,7 +217,7 @@ class Network(nnx.Module):
                primitives=PRIMITIVES, partial_channels: int = 1,
                edge_normalization: bool = False, relaxation: str = "softmax",
                gumbel_hard: bool = False, auxiliary_skip: bool = False, remat: bool = False,
-               op_mask: dict | None = None, rngs: nnx.Rngs):
+               op_mask: dict | None = None, scan_edges: bool = True, rngs: nnx.Rngs):
     for name, v in dict(C=C, num_classes=num_classes, layers=layers, steps=steps,
                         multiplier=multiplier, stem_multiplier=stem_multiplier,
                         partial_channels=partial_channels).items():
@@ -186,7 +250,7 @@ class Network(nnx.Module):
         C_curr *= 2
       cells.append(Cell(steps, multiplier, C_prev_prev, C_prev, C_curr, reduction,
                         reduction_prev, self.primitives, partial_channels=K,
-                        auxiliary_skip=auxiliary_skip, rngs=rngs))
+                        auxiliary_skip=auxiliary_skip, scan_edges=scan_edges, rngs=rngs))
       reduction_prev = reduction
       C_prev_prev, C_prev = C_prev, multiplier * C_curr
     self.cells = nnx.List(cells)

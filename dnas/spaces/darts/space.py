@@ -79,7 +79,7 @@ class DartsSpace:
                    partial_channels=m.pc_k if m.partial_channels else 1,
                    edge_normalization=m.edge_normalization, relaxation=m.relaxation,
                    gumbel_hard=m.gumbel_hard, auxiliary_skip=m.auxiliary_skip, remat=m.remat,
-                   op_mask=_op_mask(m), rngs=rngs)
+                   op_mask=_op_mask(m), scan_edges=m.scan_edges, rngs=rngs)
 
   def derive(self, alphas, model) -> genotypes.Genotype:
     """DARTS Sec. 2.4 (PC-DARTS's edge logits take part when present)."""
