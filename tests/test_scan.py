@@ -149,12 +149,12 @@ SCRIPT = textwrap.dedent("""
                                  rngs=nnx.Rngs(0)),
             lambda net, x: net(x, arch_key=jax.random.key(3), tau=jnp.asarray(1.0)),
             (2, 8, 8, 1))
-    # The DARTS supernet's edges between nodes as one scan per cell: normal and reduction
-    # cells, PC-DARTS's partial channels and edge weights, DARTS-'s skips, remat.
+    # The DARTS supernet's edges as scans: normal and reduction cells, PC-DARTS's partial
+    # channels and edge weights, DARTS-'s skips (remat wraps a cell as for nb201 above).
     compare("darts.Network",
             lambda scan: DartsNetwork(4, 3, 3, in_channels=1, primitives=(
-                "none", "max_pool_3x3", "skip_connect", "sep_conv_3x3"), partial_channels=2,
-                edge_normalization=True, auxiliary_skip=True, remat=True, scan_edges=scan,
+                "none", "max_pool_3x3", "skip_connect", "dil_conv_3x3"), partial_channels=2,
+                edge_normalization=True, auxiliary_skip=True, scan_edges=scan,
                 rngs=nnx.Rngs(0)),
             lambda net, x: net(x, aux_skip=jnp.asarray(0.3)), (2, 8, 8, 1))
     """ % ARCH)

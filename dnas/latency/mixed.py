@@ -99,7 +99,7 @@ def profile(model: nnx.Module, example: jax.Array, *, repeats: int = 50,
               unit="ms", dispatch_ms=dispatch, repeats=repeats, network=type(model).__name__,
               image=list(example.shape[1:]))
   if models_dir:
-    # rest = whole - sum over `whole_minus` of (entry - dispatch), floored at dispatch.
+    # rest = whole - sum over `whole_minus` of max(entry - dispatch, 0), floored at dispatch.
     with open(os.path.join(models_dir, "manifest.json"), "w") as f:
       json.dump(dict(meta=meta, files=files, rest=rest, whole_minus=chosen_keys), f, indent=1)
   return LatencyTable(meta, entries)

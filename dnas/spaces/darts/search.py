@@ -45,11 +45,11 @@ class Cell(nnx.Module):
   f32[N, H', W', multiplier * C], H' = H / 2 in a reduction cell.
 
   `partial_channels` K > 1: every edge is a `PartialMixedOp` whose ops see C / K
-  channels (PC-DARTS); C must be divisible by K. `scan_edges`: identical edges run as one
-  `lax.scan` (`_scanned`), except under a one-hot sample (each edge its own switch).
-  `auxiliary_skip`: DARTS-'s auxiliary skip
+  channels (PC-DARTS); C must be divisible by K. `auxiliary_skip`: DARTS-'s auxiliary skip
   connection on every edge (identity; on a reduction cell's stride-2 edges an affine-free
   FactorizedReduce of its own), added with the weight `aux_skip` of the call.
+  `scan_edges`: identical edges run as one `lax.scan` (`_scanned`), except under a
+  one-hot sample, where each edge runs only its sampled op.
   """
 
   def __init__(self, steps: int, multiplier: int, C_prev_prev: int, C_prev: int, C: int,
