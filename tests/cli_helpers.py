@@ -11,6 +11,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from tests.conftest import TEST_XLA_FLAGS
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "dnas", "configs", "tiny.py")
 # The tiny config with four kinds of op (compiles in a third of the time), 2 epochs of 3
@@ -22,23 +24,37 @@ FAST = [f"--config={TINY}", "--config.search.epochs=2", "--config.checkpoint.eve
 
 def env(cache=None, **extra):
   """The subprocess environment: CPU, and the test session's compile cache (conftest.py)
-  unless `cache` names another ("" turns it off)."""
+  unless `cache` names another ("" turns it off). The cache keeps every program: at the
+  suite's XLA optimisation level 0 most compile in under JAX's 1 s threshold for caching,
+  and the many runs of the same tiny configs would compile them again."""
   if cache is None:
     cache = os.environ.get("DNAS_TEST_JAX_CACHE", "")
-  return dict(os.environ, JAX_PLATFORMS="cpu", DNAS_JAX_CACHE=str(cache), **extra)
+  return dict(os.environ, JAX_PLATFORMS="cpu", DNAS_JAX_CACHE=str(cache),
+              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", **extra)
 
 
 def optimised():
   """`extra_env` for a subprocess that runs much more than it compiles (conftest.py
-  compiles at XLA's optimisation level 0): XLA's default optimisation."""
-  flags = os.environ.get("XLA_FLAGS", "").replace("--xla_backend_optimization_level=0", "")
-  return {"XLA_FLAGS": flags.strip()}
+  compiles at XLA's optimisation level 0): XLA's default flags."""
+  flags = os.environ.get("XLA_FLAGS", "").split()
+  return {"XLA_FLAGS": " ".join(f for f in flags if f not in TEST_XLA_FLAGS)}
 
 
 def run(module, *args, cache=None, timeout=600, extra_env=None):
   return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT,
                         env=env(cache, **(extra_env or {})), capture_output=True, text=True,
                         timeout=timeout)
+
+
+def run_forked(cases, cache=None, timeout=600):
+  """[(returncode, stdout, stderr)] of the commands `cases` [(module, [args])], each in a
+  process forked after the libraries are imported (tests/forked_cli.py): for many short
+  commands, such as the ones that stop at a user error."""
+  out = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "forked_cli.py")],
+                       cwd=ROOT, env=env(cache), input=json.dumps(cases),
+                       capture_output=True, text=True, timeout=timeout, check=False)
+  assert out.returncode == 0, out.stderr[-3000:]
+  return [tuple(r) for r in json.loads(out.stdout.strip().splitlines()[-1])]
 
 
 def start(module, *args, cache=None, extra_env=None):

@@ -178,21 +178,16 @@ USER_ERRORS += [
 
 @pytest.fixture(scope="module")
 def user_error_runs():
-  """(returncode, stderr) of every USER_ERRORS case, run a few processes at a time (each
-  is mostly interpreter and JAX start-up)."""
-  results = []
-  for wave in range(0, len(USER_ERRORS), 4):
-    procs = []
-    for module, args, _ in USER_ERRORS[wave:wave + 4]:
-      if DEFAULT_CONFIG in args:
-        args = [a for a in args if a != DEFAULT_CONFIG]
-      elif not any(a.startswith("--config=") for a in args):
-        args = [f"--config={TINY}", *args]
-      procs.append(cli_helpers.start(module, *args, "--progress=false"))
-    for p in procs:
-      _, stderr = p.communicate(timeout=300)
-      results.append((p.returncode, stderr))
-  return results
+  """(returncode, stderr) of every USER_ERRORS case, each in its own process (forked
+  after the libraries load: each is mostly interpreter and library start-up)."""
+  cases = []
+  for module, args, _ in USER_ERRORS:
+    if DEFAULT_CONFIG in args:
+      args = [a for a in args if a != DEFAULT_CONFIG]
+    elif not any(a.startswith("--config=") for a in args):
+      args = [f"--config={TINY}", *args]
+    cases.append((module, [*args, "--progress=false"]))
+  return [(code, stderr) for code, _, stderr in cli_helpers.run_forked(cases)]
 
 
 @pytest.mark.parametrize("case", range(len(USER_ERRORS)),

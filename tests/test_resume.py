@@ -60,11 +60,6 @@ def _wait_for_step(workdir, proc, step, timeout=300):
   raise TimeoutError(f"no checkpoint of step {step} appeared")
 
 
-# Every program compiles in well under JAX's 1 s threshold for caching here (XLA's
-# optimisation level 0, conftest.py): these runs cache them all.
-CACHE_ALL = {"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
-
-
 def test_search_sigterm_then_sigkill_each_resume_bitwise_and_load_their_programs(
     tmp_path, uninterrupted):
   # SIGTERM once the search has started (its config written, before the first step
@@ -77,8 +72,7 @@ def test_search_sigterm_then_sigkill_each_resume_bitwise_and_load_their_programs
   cache, workdir = tmp_path / "cache", tmp_path / "run"
 
   def search(directory=workdir):
-    return start("dnas.search", *FAST, f"--workdir={directory}", cache=cache,
-                 extra_env=CACHE_ALL)
+    return start("dnas.search", *FAST, f"--workdir={directory}", cache=cache)
   proc, t = search(), time.time()
   while not (workdir / "search_config.json").exists():
     assert proc.poll() is None and time.time() - t < 300, proc.communicate()[1][-3000:]
@@ -95,13 +89,12 @@ def test_search_sigterm_then_sigkill_each_resume_bitwise_and_load_their_programs
   proc.send_signal(signal.SIGKILL)
   _, err = proc.communicate()
   assert "dnas: loaded the search step from the compile cache" in err, err[-3000:]
-  out = run("dnas.search", *FAST, f"--workdir={workdir}", cache=cache, extra_env=CACHE_ALL)
+  out = run("dnas.search", *FAST, f"--workdir={workdir}", cache=cache)
   assert out.returncode == 0, out.stderr[-3000:]
   assert "dnas: resuming" in out.stderr
   assert "dnas: loaded the search step from the compile cache" in out.stderr, out.stderr
   assert_same_run(final(workdir), uninterrupted)
-  out = run("dnas.search", *FAST, f"--workdir={tmp_path / 'other'}", cache=cache,
-            extra_env=CACHE_ALL)
+  out = run("dnas.search", *FAST, f"--workdir={tmp_path / 'other'}", cache=cache)
   assert out.returncode == 0, out.stderr[-3000:]
   assert "dnas: loaded the search step from the compile cache" in out.stderr, out.stderr
   assert "dnas: compiled the search step" not in out.stderr
