@@ -4,7 +4,7 @@ import os
 import sys
 
 import jax
-from absl import flags
+from absl import app, flags
 from ml_collections import config_flags
 
 from dnas import loop, parallel, utils
@@ -73,6 +73,7 @@ def run(main, commands: tuple[str, ...] = (), positional: bool = False,
   one of them must be given as the positional argument (argv[1]); with `positional`,
   main checks its positional arguments itself. `user_errors`: more exception types that
   are user mistakes."""
+  app.define_help_flags()  # --help, --helpfull: absl's usage (the module docstring, flags)
   try:
     argv = flags.FLAGS(sys.argv)
   except flags.Error as e:

@@ -202,6 +202,14 @@ def test_user_errors_exit_2_with_one_line(user_error_runs, case):
   assert "Traceback" not in stderr
 
 
+def test_help_prints_the_usage_and_flags():
+  # absl's help flags: the entry point's docstring and its flags on stdout (absl exits 1).
+  for (code, stdout, stderr), module in zip(cli_helpers.run_forked(
+      [("dnas.search", ["--help"]), ("dnas.train", ["--helpfull"])]), ("search", "train")):
+    assert code == 1 and f"python -m dnas.{module}" in stdout, (code, stdout, stderr)
+    assert "--workdir" in stdout and "Traceback" not in stderr
+
+
 _NO_PROFILE_CONFIG = """
 from dnas import spaces
 from dnas.configs import nb201
