@@ -55,15 +55,24 @@ def compilation_cache_dir() -> str:
   return os.environ.get("DNAS_JAX_CACHE", os.path.expanduser("~/.cache/dnas/jax"))
 
 
+# The compile cache's bound: a default search step's entry is 4 MB, a CIFAR-10 one tens
+# of MB. With a bound JAX also locks the cache (`filelock`) while it reads or writes an
+# entry; without one, a process could read another's half-written entry.
+COMPILATION_CACHE_MAX_BYTES = 4 << 30
+
+
 def enable_compilation_cache() -> None:
   """JAX's persistent compilation cache in `compilation_cache_dir()`: a resumed run, or a
   rerun of a config in another work directory, loads its programs instead of compiling
   them (entries are keyed by the program, jax/jaxlib version and device). JAX caches
   programs that took at least $JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS (1 s) to
-  compile."""
+  compile, and evicts the least recently used beyond $JAX_COMPILATION_CACHE_MAX_SIZE
+  bytes (default `COMPILATION_CACHE_MAX_BYTES`)."""
   path = compilation_cache_dir()
   if path:
     jax.config.update("jax_compilation_cache_dir", path)
+    if "JAX_COMPILATION_CACHE_MAX_SIZE" not in os.environ:
+      jax.config.update("jax_compilation_cache_max_size", COMPILATION_CACHE_MAX_BYTES)
 
 
 def run(main, commands: tuple[str, ...] = (), positional: bool = False,

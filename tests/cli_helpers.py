@@ -50,10 +50,10 @@ def run_forked(cases, cache=None, timeout=600):
   """[(returncode, stdout, stderr)] of the commands `cases` [(module, [args])], each in a
   process forked after the libraries are imported (tests/forked_cli.py): for many short
   commands, such as the ones that stop at a user error."""
-  out = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "forked_cli.py")],
-                       cwd=ROOT, env=env(cache), input=json.dumps(cases),
-                       capture_output=True, text=True, timeout=timeout, check=False)
-  assert out.returncode == 0, out.stderr[-3000:]
+  out = subprocess.run([sys.executable, "-m", "tests.forked_cli"], cwd=ROOT, env=env(cache),
+                       input=json.dumps(cases), capture_output=True, text=True,
+                       timeout=timeout, check=False)
+  assert out.returncode == 0 and not out.stderr, out.stderr[-3000:]  # the imports say nothing
   return [tuple(r) for r in json.loads(out.stdout.strip().splitlines()[-1])]
 
 

@@ -2,12 +2,13 @@
 the libraries every entry point imports (JAX, Flax, Optax, Orbax, Grain, TFDS) are loaded:
 each command then costs its own work, not 2-3 s of interpreter and library start-up.
 
-python tests/forked_cli.py < cases.json, cases [[module, [args...]], ...]; prints one JSON
+python -m tests.forked_cli < cases.json, cases [[module, [args...]], ...]; prints one JSON
 line, [[returncode, stdout, stderr], ...] in order. Each child runs its module as `python
 -m module args` would (`runpy`, as __main__, its own flags), with this process's
 environment; nothing of JAX's backends is started before the fork.
 """
 
+import atexit
 import json
 import os
 import runpy
@@ -36,9 +37,10 @@ def _child(module, args, out_fd, err_fd):
   except BaseException:  # pylint: disable=broad-except
     traceback.print_exc()
     code = 1
+  atexit._run_exitfuncs()  # pylint: disable=protected-access  # as an interpreter's exit
   sys.stdout.flush()
   sys.stderr.flush()
-  os._exit(code)  # pylint: disable=protected-access
+  os._exit(code)  # pylint: disable=protected-access  # not the parent's cleanup
 
 
 def run(cases):

@@ -327,17 +327,18 @@ def test_nb201_search_then_train(tmp_path):
 
 
 def test_mobile_search_with_binary_gates_then_train(tmp_path):
-  # ProxylessNAS's space and binary gates through the CLI, tiny: one layer per stage, one
-  # warm-up epoch then one with architecture steps; dnas.train retrains the find.
+  # ProxylessNAS's space and binary gates through the CLI, tiny: one layer per stage (a
+  # residual one, whose candidates include zero, and a stride-2 one), one warm-up epoch
+  # then one with architecture steps; dnas.train retrains the find.
   config = os.path.join(cli_helpers.ROOT, "dnas", "configs", "mobile_digits.py")
-  tiny = [f"--config={config}", "--config.mobile.depths=(1,2)", "--config.mobile.widths=(8,16)",
+  tiny = [f"--config={config}", "--config.mobile.depths=(1,1)", "--config.mobile.widths=(8,16)",
           "--config.mobile.strides=(1,2)", "--config.mobile.head=16",
           "--config.max_steps_per_epoch=2"]
   out = _run("dnas.search", *tiny, f"--workdir={tmp_path}", "--config.search.epochs=2",
              "--config.search.arch_start_epoch=1", "--config.search.batch_size=8")
   assert out.returncode == 0, out.stderr[-3000:]
   found = json.loads((tmp_path / "genotype.json").read_text())
-  assert found["family"] == "proxyless" and len(found["layers"]) == 3
+  assert found["family"] == "proxyless" and len(found["layers"]) == 2
   records = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert "a_loss" in records[-1] and "alpha_entropy_residual" in records[-1]
   out = _run("dnas.train", *tiny, f"--genotype={tmp_path / 'genotype.json'}",
