@@ -55,9 +55,9 @@ def compilation_cache_dir() -> str:
   return os.environ.get("DNAS_JAX_CACHE", os.path.expanduser("~/.cache/dnas/jax"))
 
 
-# The compile cache's bound: a default search step's entry is 4 MB, a CIFAR-10 one tens
-# of MB. With a bound JAX also locks the cache (`filelock`) while it reads or writes an
-# entry; without one, a process could read another's half-written entry.
+# The compile cache's bound (the default search step's entry is 4.1 MB). With a bound JAX
+# also locks the cache (`filelock`) while it reads or writes an entry; without one, a
+# process could read another's half-written entry.
 COMPILATION_CACHE_MAX_BYTES = 4 << 30
 
 

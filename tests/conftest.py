@@ -16,11 +16,12 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # benchmarks keep XLA's default; DNAS_TEST_XLA_OPT=default runs the suite with it.
 TEST_XLA_FLAGS = ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false")
 if os.environ.get("DNAS_TEST_XLA_OPT", "0") != "default":
-  if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS[0]}".strip()
-  if (TEST_XLA_FLAGS[0] in os.environ["XLA_FLAGS"].split()  # only at level 0
-      and "xla_cpu_use_fusion_emitters" not in os.environ["XLA_FLAGS"]):
-    os.environ["XLA_FLAGS"] += f" {TEST_XLA_FLAGS[1]}"
+  _flags = os.environ.get("XLA_FLAGS", "")
+  if "xla_backend_optimization_level" not in _flags:
+    _flags += f" {TEST_XLA_FLAGS[0]}"
+  if TEST_XLA_FLAGS[0] in _flags.split() and "fusion_emitters" not in _flags:  # at level 0
+    _flags += f" {TEST_XLA_FLAGS[1]}"
+  os.environ["XLA_FLAGS"] = _flags.strip()
 utils.configure_xla()
 
 
