@@ -37,7 +37,7 @@ def test_mixed_op_weights_sum_to_one_and_mix():
   net = TinyNet(nnx.Rngs(0))
   w = net.block.weights()
   np.testing.assert_allclose(jnp.sum(w), 1.0, rtol=1e-6)
-  x = jnp.asarray(np.random.default_rng().standard_normal((2, 6, 6, 4)), jnp.float32)
+  x = jnp.asarray(np.random.default_rng(1).standard_normal((2, 6, 6, 4)), jnp.float32)
   expected = sum(w[k] * op(x) for k, op in enumerate(net.block.ops))
   chex.assert_trees_all_close(net.block(x), expected, atol=1e-6)
 
@@ -49,7 +49,7 @@ def test_filters_separate_alphas_from_weights_and_optimizers_respect_them():
   assert not any(isinstance(v, ArchParam) for _, v in nnx.to_flat_state(nnx.state(net, nnx.Param)))
   w_opt = nnx.Optimizer(net, optax.sgd(0.1), wrt=nnx.Param)
   a_opt = nnx.Optimizer(net, optax.adam(0.1), wrt=ArchParam)
-  x = jnp.asarray(np.random.default_rng().standard_normal((4, 6, 6, 1)), jnp.float32)
+  x = jnp.asarray(np.random.default_rng(2).standard_normal((4, 6, 6, 1)), jnp.float32)
   y = jnp.array([0, 1, 2, 0])
   loss = lambda m: optax.softmax_cross_entropy_with_integer_labels(m(x), y).mean()
 
@@ -71,7 +71,7 @@ def test_batched_mixed_ops_equals_plain_sum():
   rngs = nnx.Rngs(1)
   edges = [MixedOp([search_op(p, 3, 1, rngs) for p in PRIMITIVES], own_alpha=False)
            for _ in range(3)]
-  rng = np.random.default_rng()
+  rng = np.random.default_rng(3)
   xs = [jnp.asarray(rng.standard_normal((4, 5, 5, 3)), jnp.float32) for _ in range(3)]
   w = jax.nn.softmax(jnp.asarray(rng.standard_normal((3, len(PRIMITIVES))), jnp.float32))
   plain = sum(e(x, wi) for e, x, wi in zip(edges, xs, w))
@@ -109,7 +109,7 @@ def test_partial_mixed_op_mixes_exactly_c_over_k_channels(stride):
     return Act(f)
 
   mixed = dnas.arch.PartialMixedOp([op(1.0), op(3.0)], k, rngs=nnx.Rngs(0))
-  x = jnp.asarray(np.random.default_rng().standard_normal((2, h, h, c)), jnp.float32)
+  x = jnp.asarray(np.random.default_rng(4).standard_normal((2, h, h, c)), jnp.float32)
   w = jnp.asarray([0.25, 0.75])
   out = mixed(x, w)
   assert seen == [c // k, c // k]
@@ -127,7 +127,7 @@ def test_partial_mixed_op_mixes_exactly_c_over_k_channels(stride):
 
 
 def test_node_softmax_normalises_each_node():
-  betas = jnp.asarray(np.random.default_rng().standard_normal(14), jnp.float32)
+  betas = jnp.asarray(np.random.default_rng(5).standard_normal(14), jnp.float32)
   w = np.asarray(dnas.arch.node_softmax(betas, 4))
   starts = [0, 2, 5, 9, 14]
   for s, e in zip(starts[:-1], starts[1:]):
@@ -138,8 +138,8 @@ def test_node_softmax_normalises_each_node():
 
 
 def test_gumbel_hard_samples_are_one_hot_with_straight_through_gradient():
-  logits = jnp.asarray(np.random.default_rng().standard_normal((14, 8)), jnp.float32)
-  key = jax.random.key(np.random.default_rng().integers(1 << 30))
+  logits = jnp.asarray(np.random.default_rng(6).standard_normal((14, 8)), jnp.float32)
+  key = jax.random.key(0)
   hard = dnas.arch.gumbel_softmax(key, logits, 0.5, hard=True)
   np.testing.assert_array_equal(np.sort(np.asarray(hard), axis=-1)[:, :-1], 0.0)
   np.testing.assert_allclose(np.asarray(hard).max(axis=-1), 1.0, rtol=1e-6)
@@ -147,7 +147,7 @@ def test_gumbel_hard_samples_are_one_hot_with_straight_through_gradient():
   np.testing.assert_allclose(np.asarray(soft).sum(-1), 1.0, rtol=1e-5)
   # Same noise: the hard sample is the soft sample's argmax.
   np.testing.assert_array_equal(np.argmax(hard, -1), np.argmax(soft, -1))
-  c = jnp.asarray(np.random.default_rng().standard_normal((14, 8)), jnp.float32)
+  c = jnp.asarray(np.random.default_rng(7).standard_normal((14, 8)), jnp.float32)
   g = jax.grad(lambda l: jnp.sum(dnas.arch.gumbel_softmax(key, l, 0.5, hard=True) * c))(logits)
   assert np.all(np.isfinite(g)) and np.abs(np.asarray(g)).sum() > 0
 
@@ -155,12 +155,14 @@ def test_gumbel_hard_samples_are_one_hot_with_straight_through_gradient():
 def test_sampled_mixed_op_runs_only_the_sampled_op():
   ops = [Act(lambda x: 2.0 * x), Act(jnp.tanh), Act(lambda x: x ** 2)]
   mixed = MixedOp(ops, rngs=nnx.Rngs(0))
-  x = jnp.asarray(np.random.default_rng().standard_normal((2, 3, 3, 4)), jnp.float32)
+  x = jnp.asarray(np.random.default_rng(8).standard_normal((2, 3, 3, 4)), jnp.float32)
   hard = jnp.asarray([0.0, 1.0, 0.0])
   np.testing.assert_allclose(mixed(x, hard, sampled=True), jnp.tanh(x), rtol=1e-6)
   # GDAS: y = h_k op_k(x) + sum_{j != k} h_j; the other h_j get the summed cotangent.
   g = jax.grad(lambda h: jnp.sum(mixed(x, h, sampled=True)))(hard)
-  np.testing.assert_allclose(g, [x.size, float(jnp.sum(jnp.tanh(x))), x.size], rtol=1e-5)
+  # The tanh sum cancels towards 0: its float32 rounding is x.size ulps of the terms, so atol.
+  np.testing.assert_allclose(g, [x.size, float(jnp.sum(jnp.tanh(x))), x.size], rtol=1e-5,
+                             atol=x.size * float(jnp.finfo(jnp.float32).eps))
   jaxpr = str(jax.make_jaxpr(lambda h: mixed(x, h, sampled=True))(hard))
   assert "cond[" in jaxpr  # one branch per op, only the selected one executes
 
@@ -178,7 +180,7 @@ def test_gumbel_search_step_moves_alphas():
     step = jax.jit(bilevel.make_search_step(
         graphdef, w_tx, a_tx, relaxation=relaxation.gumbel(lambda _: 1.0),
         execution=bilevel.Execution(jit=False)))
-    rng = np.random.default_rng()
+    rng = np.random.default_rng(9)
     batch = lambda: dict(image=jnp.asarray(rng.standard_normal((4, 6, 6, 1)), jnp.float32),
                          label=jnp.asarray(rng.integers(0, 3, 4), jnp.int32))
     new, metrics = step(state, batch(), batch())

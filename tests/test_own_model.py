@@ -28,7 +28,7 @@ def _x(n=4, seed=None):
 def test_choices_and_discretize_follow_argmax():
   net = OwnNet(width=4, blocks=1, rngs=nnx.Rngs(0))
   assert sorted(arch.mixed_ops(net)) == ["stage1/0/op", "stage2/0/op"]
-  rng = np.random.default_rng()
+  rng = np.random.default_rng(1)
   picks = {p: int(rng.integers(len(OPS))) for p in arch.mixed_ops(net)}
   for path, k in picks.items():  # alphas whose softmax is exactly one-hot in float32
     arch.mixed_ops(net)[path].alpha.set_value(jnp.where(jnp.arange(len(OPS)) == k, 200.0, 0.0))
@@ -117,7 +117,7 @@ def test_search_retrain_and_resume_through_the_cli(tmp_path):
 
 def test_linen_module_as_candidate_op():
   model = own_linen.LinenCandidates(rngs=nnx.Rngs(0))
-  x = jnp.asarray(np.random.default_rng().standard_normal((4, 6, 6, 4)), jnp.float32)
+  x = jnp.asarray(np.random.default_rng(2).standard_normal((4, 6, 6, 4)), jnp.float32)
   nnx.bridge.lazy_init(model, x)
   w_tx, a_tx = bilevel.make_w_tx(0.1), bilevel.make_a_tx(lr=0.01)
   graphdef, state = bilevel.init_search_state(model, w_tx, a_tx, jax.random.key(0))
@@ -178,7 +178,7 @@ class _Sows(nnx.Module):
 @pytest.mark.filterwarnings("ignore:Using 'Module.sow\\(\\)' outside:DeprecationWarning")
 def test_sown_intermediates_and_nested_mixed_ops():
   model = _Sows(nnx.Rngs(0))
-  x = jnp.asarray(np.random.default_rng().standard_normal((4, 3)), jnp.float32)
+  x = jnp.asarray(np.random.default_rng(3).standard_normal((4, 3)), jnp.float32)
   model(x)  # leaves an nnx.Intermediate in the model, which the steps do not carry
   w_tx, a_tx = bilevel.make_w_tx(0.1), bilevel.make_a_tx(lr=0.01)
   graphdef, state = bilevel.init_search_state(model, w_tx, a_tx, jax.random.key(0))

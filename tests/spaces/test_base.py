@@ -35,7 +35,7 @@ def test_darts_space_derives_what_the_supernet_does():
   from dnas.data.pipeline import dataset_info
   model = config_lib.space_section(config)
   net = nnx.eval_shape(lambda: space.supernet(model, dataset_info("digits"), nnx.Rngs(0)))
-  rng = np.random.default_rng()
+  rng = np.random.default_rng(1)
   for a in (net.alphas_normal, net.alphas_reduce):
     a.set_value(rng.standard_normal(a.get_value().shape).astype(np.float32))
   alphas = nnx.state(net, arch.ArchParam)
