@@ -3,8 +3,9 @@
 import os
 import sys
 
+import filelock
 import jax
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from dnas import loop, parallel, utils
@@ -61,18 +62,43 @@ def compilation_cache_dir() -> str:
 COMPILATION_CACHE_MAX_BYTES = 4 << 30
 
 
-def enable_compilation_cache() -> None:
-  """JAX's persistent compilation cache in `compilation_cache_dir()`: a resumed run, or a
-  rerun of a config in another work directory, loads its programs instead of compiling
-  them (entries are keyed by the program, jax/jaxlib version and device). JAX caches
-  programs that took at least $JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS (1 s) to
-  compile, and evicts the least recently used beyond $JAX_COMPILATION_CACHE_MAX_SIZE
-  bytes (default `COMPILATION_CACHE_MAX_BYTES`)."""
-  path = compilation_cache_dir()
+def enable_compilation_cache(path: str | None = None) -> None:
+  """JAX's persistent compilation cache in `path` (default `compilation_cache_dir()`; ""
+  none): a resumed run, or a rerun of a config in another work directory, loads its
+  programs instead of compiling them (entries are keyed by the program, jax/jaxlib
+  version and device). JAX caches programs that took at least
+  $JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS (1 s) to compile, and evicts the least
+  recently used beyond $JAX_COMPILATION_CACHE_MAX_SIZE bytes (default
+  `COMPILATION_CACHE_MAX_BYTES`). Every dnas entry point and script enables it here, so
+  all writers of a cache keep it bounded alike."""
+  path = compilation_cache_dir() if path is None else path
   if path:
     jax.config.update("jax_compilation_cache_dir", path)
     if "JAX_COMPILATION_CACHE_MAX_SIZE" not in os.environ:
       jax.config.update("jax_compilation_cache_max_size", COMPILATION_CACHE_MAX_BYTES)
+    if jax.config.jax_compilation_cache_max_size > 0:
+      drop_unfinished_cache_entries(path)
+
+
+def drop_unfinished_cache_entries(path: str) -> list[str]:
+  """Removes, under the cache's lock, the entries of a bounded compile cache that have no
+  access time; -> their file names. JAX writes an entry, then its access time: a
+  process killed between the two (or while writing the entry) or a writer without the
+  bound leaves an entry without one, and then every later write to the cache fails
+  (JAX's eviction reads each entry's access time) with a warning per program. Such an
+  entry may also be truncated: it is compiled again, once."""
+  os.makedirs(path, exist_ok=True)
+  dropped = []
+  try:
+    with filelock.FileLock(os.path.join(path, ".lockfile"), timeout=10):  # JAX's lock
+      names = set(os.listdir(path))
+      for name in names:
+        if name.endswith("-cache") and name[:-len("-cache")] + "-atime" not in names:
+          os.remove(os.path.join(path, name))
+          dropped.append(name)
+  except (OSError, filelock.Timeout) as e:  # a busy or read-only cache: JAX warns on use
+    logging.warning("could not check the compile cache %s: %s", path, e)
+  return dropped
 
 
 def run(main, commands: tuple[str, ...] = (), positional: bool = False,

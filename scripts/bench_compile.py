@@ -41,7 +41,7 @@ from absl import app, flags
 from flax import nnx
 from ml_collections import config_flags
 
-from dnas import (bilevel, config as config_lib, execution, hypergrad, layers, methods,
+from dnas import (bilevel, cli, config as config_lib, execution, hypergrad, layers, methods,
                   optim, parallel, search_lib, spaces, train_lib, utils)
 from dnas.configs import cifar10_darts, cifar10_pc_darts, digits, nb201_cifar10
 from dnas.data.pipeline import DatasetInfo
@@ -165,10 +165,8 @@ def retrain_case(config, shape) -> dict:
 def main(argv):
   del argv
   utils.configure_xla()
-  cache = os.environ.get("DNAS_JAX_CACHE")
-  if cache:
-    jax.config.update("jax_compilation_cache_dir", cache)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+  cli.enable_compilation_cache(os.environ.get("DNAS_JAX_CACHE", ""))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
   for name in _CASES.value:
     if name not in CASES:
       raise app.UsageError(f"unknown case {name!r}; valid: {', '.join(CASES)}")

@@ -37,7 +37,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from dnas import bilevel, cpu, hypergrad, loop, parallel, search_lib, utils
+from dnas import bilevel, cli, cpu, hypergrad, loop, parallel, search_lib, utils
 
 _CONFIG = config_flags.DEFINE_config_file("config", "dnas/configs/cifar10_darts.py", "Config.")
 _ORDERS = flags.DEFINE_list("orders", ["first"], "Orders to time.")
@@ -244,8 +244,7 @@ def main(argv):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                f" --xla_force_host_platform_device_count={max(devices)}")
   utils.configure_xla()
-  if os.environ.get("DNAS_JAX_CACHE"):
-    jax.config.update("jax_compilation_cache_dir", os.environ["DNAS_JAX_CACHE"])
+  cli.enable_compilation_cache(os.environ.get("DNAS_JAX_CACHE", ""))
   image = tuple(int(v) for v in _IMAGE.value.split(","))
   for dtype in _DTYPES.value or [_CONFIG.value.get("dtype", "float32")]:
     for order in _ORDERS.value:

@@ -1,10 +1,12 @@
 """Running the entry points as a user does, in subprocesses, for the CLI, resume and
 multi-host tests."""
 
+import atexit
 import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
 import jax
@@ -40,21 +42,74 @@ def optimised():
   return {"XLA_FLAGS": " ".join(f for f in flags if f not in TEST_XLA_FLAGS)}
 
 
+class _ForkServer:
+  """One `python -m tests.forked_cli --serve` per test process, started on first use with
+  the default subprocess environment `env()`: the commands run with that environment
+  fork from it instead of starting Python and importing JAX, Flax and dnas again."""
+
+  def __init__(self):
+    self.env = env()
+    self.log = tempfile.TemporaryFile("w+")
+    self.proc = subprocess.Popen([sys.executable, "-m", "tests.forked_cli", "--serve"],
+                                 cwd=ROOT, env=self.env, stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, stderr=self.log, text=True)
+    ready = self.proc.stdout.readline()
+    self.log.seek(0)
+    # The imports say nothing (a child's output is its own).
+    assert ready == "ready\n" and not self.log.read(), self._stderr()
+    atexit.register(self.close)
+
+  def _stderr(self):
+    self.log.seek(0)
+    return self.log.read()[-3000:]
+
+  def run(self, cmd, timeout, **request):
+    self.proc.stdin.write(json.dumps(dict(request, timeout=timeout)) + "\n")
+    self.proc.stdin.flush()
+    line = self.proc.stdout.readline()
+    assert line, self._stderr()  # the server died: its traceback
+    code, out, err = json.loads(line)
+    if code is None:
+      raise subprocess.TimeoutExpired(cmd, timeout, out, err)
+    return subprocess.CompletedProcess(cmd, code, out, err)
+
+  def close(self):
+    if self.proc.poll() is None:
+      self.proc.stdin.close()
+      self.proc.wait(timeout=60)
+
+
+_server = None
+
+
+def _forked(cmd, timeout, environment, **request):
+  """`cmd`'s CompletedProcess from this process's fork server when `environment` is the
+  default one, `env()` (the usual case); None otherwise (the caller starts a process)."""
+  global _server  # pylint: disable=global-statement
+  if _server is None or _server.proc.poll() is not None:
+    if environment != env():
+      return None
+    _server = _ForkServer()
+  if environment != _server.env:
+    return None
+  return _server.run(cmd, timeout, **request)
+
+
 def run(module, *args, cache=None, timeout=600, extra_env=None):
-  return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT,
-                        env=env(cache, **(extra_env or {})), capture_output=True, text=True,
-                        timeout=timeout)
+  """`python -m module args` in ROOT with `env(cache, **extra_env)`, captured; forked from
+  the fork server (tests/forked_cli.py) where the environment is the default."""
+  cmd, environment = [sys.executable, "-m", module, *args], env(cache, **(extra_env or {}))
+  return (_forked(cmd, timeout, environment, module=module, args=list(args))
+          or subprocess.run(cmd, cwd=ROOT, env=environment, capture_output=True, text=True,
+                            timeout=timeout))
 
 
-def run_forked(cases, cache=None, timeout=600):
-  """[(returncode, stdout, stderr)] of the commands `cases` [(module, [args])], each in a
-  process forked after the libraries are imported (tests/forked_cli.py): for many short
-  commands, such as the ones that stop at a user error."""
-  out = subprocess.run([sys.executable, "-m", "tests.forked_cli"], cwd=ROOT, env=env(cache),
-                       input=json.dumps(cases), capture_output=True, text=True,
-                       timeout=timeout, check=False)
-  assert out.returncode == 0 and not out.stderr, out.stderr[-3000:]  # the imports say nothing
-  return [tuple(r) for r in json.loads(out.stdout.strip().splitlines()[-1])]
+def run_script(path, *args, timeout=600):
+  """`python path args` (a file under ROOT) in ROOT with `env()`, captured; forked from
+  the fork server."""
+  cmd = [sys.executable, path, *args]
+  return _forked(cmd, timeout, env(), path=path, args=list(args)) or subprocess.run(
+      cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=timeout)
 
 
 def start(module, *args, cache=None, extra_env=None):

@@ -1,35 +1,55 @@
-"""Runs many short entry-point commands, each in its own process forked from this one after
-the libraries every entry point imports (JAX, Flax, Optax, Orbax, Grain, TFDS) are loaded:
-each command then costs its own work, not 2-3 s of interpreter and library start-up.
+"""Runs entry-point commands and scripts, each in its own process forked from this one after
+the libraries they import (JAX, Flax, Optax, Orbax, Grain, TFDS, dnas) are loaded: each
+command then costs its own work, not 2-3 s of interpreter and library start-up.
 
-python -m tests.forked_cli < cases.json, cases [[module, [args...]], ...]; prints one JSON
-line, [[returncode, stdout, stderr], ...] in order. Each child runs its module as `python
--m module args` would (`runpy`, as __main__, its own flags), with this process's
-environment; nothing of JAX's backends is started before the fork.
+Each child runs its module as `python -m module args` would (`runpy`, as __main__, its own
+flags, atexit handlers, exit code) or a script as `python path args` would, with this
+process's environment and a closed stdin; nothing of JAX's backends is started before the
+fork, and no thread (checked before every fork).
+
+`python -m tests.forked_cli --serve` prints "ready" once its imports are done, then reads
+one request per line, {"module" or "path", "args", "timeout"}, and answers each with one
+JSON line, [returncode, stdout, stderr] (returncode null: killed at the timeout).
+tests/cli_helpers.py keeps one per test process.
 """
 
 import atexit
 import json
 import os
 import runpy
+import signal
 import sys
 import tempfile
+import threading
+import time
 import traceback
+
+from jax._src import xla_bridge
 
 # The entry points' shared dependencies, not the entry modules: each defines its flags
 # when it runs as __main__.
+import dnas.benchmarks.nb201_digits  # noqa: F401  pylint: disable=unused-import
 import dnas.cli  # noqa: F401  pylint: disable=unused-import
+import dnas.deploy.onnx  # noqa: F401  pylint: disable=unused-import
+import dnas.deploy.runtimes  # noqa: F401  pylint: disable=unused-import
 import dnas.search_lib  # noqa: F401  pylint: disable=unused-import
 import dnas.train_lib  # noqa: F401  pylint: disable=unused-import
 
 
-def _child(module, args, out_fd, err_fd):
+def _child(module, path, args, out_fd, err_fd):
+  null = os.open(os.devnull, os.O_RDONLY)
+  os.dup2(null, 0)
   os.dup2(out_fd, 1)
   os.dup2(err_fd, 2)
-  sys.argv = [module, *args]
   code = 0
   try:
-    runpy.run_module(module, run_name="__main__", alter_sys=True)
+    if path is not None:
+      sys.argv = [path, *args]
+      sys.path[0] = os.path.dirname(os.path.abspath(path))  # as `python path` sets it
+      runpy.run_path(path, run_name="__main__")
+    else:
+      sys.argv = [module, *args]
+      runpy.run_module(module, run_name="__main__", alter_sys=True)
   except SystemExit as e:
     code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     if not isinstance(e.code, (int, type(None))):
@@ -43,20 +63,42 @@ def _child(module, args, out_fd, err_fd):
   os._exit(code)  # pylint: disable=protected-access  # not the parent's cleanup
 
 
-def run(cases):
-  results = []
-  for module, args in cases:
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-      pid = os.fork()
-      if pid == 0:
-        _child(module, args, out.fileno(), err.fileno())
-      _, status = os.waitpid(pid, 0)
-      out.seek(0)
-      err.seek(0)
-      results.append((os.waitstatus_to_exitcode(status), out.read().decode(),
-                      err.read().decode()))
-  return results
+def run_one(module=None, path=None, args=(), timeout=None):
+  """(returncode, stdout, stderr) of one command in a forked child; returncode None when
+  it ran past `timeout` seconds and was killed."""
+  # Forking a process with XLA's thread pools (or any thread) running is unsafe.
+  assert not xla_bridge.backends_are_initialized() and threading.active_count() == 1
+  sys.stdout.flush()
+  sys.stderr.flush()
+  with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+    pid = os.fork()
+    if pid == 0:
+      _child(module, path, list(args), out.fileno(), err.fileno())
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+      done, status = os.waitpid(pid, 0 if deadline is None else os.WNOHANG)
+      if done:
+        code = os.waitstatus_to_exitcode(status)
+        break
+      if time.monotonic() > deadline:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        code = None
+        break
+      time.sleep(0.02)
+    out.seek(0)
+    err.seek(0)
+    return code, out.read().decode(errors="replace"), err.read().decode(errors="replace")
+
+
+def serve(requests, answers):
+  for line in requests:
+    if line.strip():
+      answers.write(json.dumps(run_one(**json.loads(line))) + "\n")
+      answers.flush()
 
 
 if __name__ == "__main__":
-  print(json.dumps(run(json.load(sys.stdin))))
+  assert sys.argv[1:] == ["--serve"], sys.argv
+  print("ready", flush=True)
+  serve(sys.stdin, sys.stdout)

@@ -4,12 +4,14 @@ and user mistakes that exit 2 with one line and no traceback."""
 import itertools
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
 import pytest
 
-from dnas import search_lib
+from dnas import cli, search_lib
 from dnas.latency.table import device_stamp
 from dnas.configs import tiny
 from dnas.spaces import darts, nb201
@@ -176,38 +178,58 @@ USER_ERRORS += [
 ]
 
 
-@pytest.fixture(scope="module")
-def user_error_runs():
-  """(returncode, stderr) of every USER_ERRORS case, each in its own process (forked
-  after the libraries load: each is mostly interpreter and library start-up)."""
-  cases = []
-  for module, args, _ in USER_ERRORS:
-    if DEFAULT_CONFIG in args:
-      args = [a for a in args if a != DEFAULT_CONFIG]
-    elif not any(a.startswith("--config=") for a in args):
-      args = [f"--config={TINY}", *args]
-    cases.append((module, [*args, "--progress=false"]))
-  return [(code, stderr) for code, _, stderr in cli_helpers.run_forked(cases)]
-
-
 @pytest.mark.parametrize("case", range(len(USER_ERRORS)),
                          ids=[f"{m}-{' '.join(a)}" for m, a, _ in USER_ERRORS])
-def test_user_errors_exit_2_with_one_line(user_error_runs, case):
-  returncode, stderr = user_error_runs[case]
-  message = USER_ERRORS[case][2]
-  assert returncode == 2, (returncode, stderr[-2000:])
-  lines = stderr.strip().splitlines()
-  assert len(lines) == 1 and lines[0].startswith("dnas: error: "), stderr[-2000:]
+def test_user_errors_exit_2_with_one_line(case):
+  module, args, message = USER_ERRORS[case]
+  if DEFAULT_CONFIG in args:
+    args = [a for a in args if a != DEFAULT_CONFIG]
+  elif not any(a.startswith("--config=") for a in args):
+    args = [f"--config={TINY}", *args]
+  out = _run(module, *args)
+  assert out.returncode == 2, (out.returncode, out.stderr[-2000:])
+  lines = out.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("dnas: error: "), out.stderr[-2000:]
   assert message in lines[0]
-  assert "Traceback" not in stderr
+  assert "Traceback" not in out.stderr
+
+
+CACHE_SCRIPT = """
+import sys, warnings
+import jax, jax.numpy as jnp
+from dnas import cli
+warnings.simplefilter("error")  # JAX warns on a failed cache write
+cli.enable_compilation_cache(sys.argv[1])
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+print(float(jax.jit(lambda x: jnp.sum(x * 2))(jnp.arange(3.0))))
+"""
+
+
+def test_compile_cache_drops_entries_without_access_time(tmp_path):
+  # An entry without its access time (a process killed between JAX's two writes, or a
+  # writer without the bound) made every later write to the bounded cache fail.
+  cache = tmp_path / "cache"
+  cache.mkdir()
+  (cache / "jit_f-0123-cache").write_bytes(b"half written")
+  (cache / "jit_g-4567-cache").write_bytes(b"entry")
+  (cache / "jit_g-4567-atime").write_bytes((1).to_bytes(8, "little"))
+  out = subprocess.run([sys.executable, "-c", CACHE_SCRIPT, str(cache)], cwd=cli_helpers.ROOT,
+                       env=cli_helpers.env(cache=""), capture_output=True, text=True,
+                       timeout=300, check=False)
+  assert out.returncode == 0 and out.stdout.strip() == "6.0", out.stderr[-3000:]
+  names = set(os.listdir(cache))
+  assert "jit_f-0123-cache" not in names and "jit_g-4567-cache" in names
+  written = {n[:-len("-cache")] for n in names if n.endswith("-cache")} - {"jit_g-4567"}
+  assert written and all(f"{k}-atime" in names for k in written), names  # JAX's own entries
+  assert cli.drop_unfinished_cache_entries(str(cache)) == []
 
 
 def test_help_prints_the_usage_and_flags():
   # absl's help flags: the entry point's docstring and its flags on stdout (absl exits 1).
-  for (code, stdout, stderr), module in zip(cli_helpers.run_forked(
-      [("dnas.search", ["--help"]), ("dnas.train", ["--helpfull"])]), ("search", "train")):
-    assert code == 1 and f"python -m dnas.{module}" in stdout, (code, stdout, stderr)
-    assert "--workdir" in stdout and "Traceback" not in stderr
+  for module, flag in (("search", "--help"), ("train", "--helpfull")):
+    out = cli_helpers.run(f"dnas.{module}", flag)
+    assert out.returncode == 1 and f"python -m dnas.{module}" in out.stdout, out
+    assert "--workdir" in out.stdout and "Traceback" not in out.stderr
 
 
 _NO_PROFILE_CONFIG = """

@@ -3,17 +3,14 @@ case runs and reports its figures (the lent device runs the same code at full si
 
 import json
 import os
-import subprocess
-import sys
 
 from tests import cli_helpers
 
 
 def test_device_check_runs_every_case_on_cpu(tmp_path):
   out_file = tmp_path / "check.jsonl"
-  out = subprocess.run([sys.executable, os.path.join("scripts", "device_check.py"), "--tiny",
-                        "--steps=1", f"--out={out_file}"], cwd=cli_helpers.ROOT,
-                       env=cli_helpers.env(), capture_output=True, text=True, timeout=900)
+  out = cli_helpers.run_script(os.path.join("scripts", "device_check.py"), "--tiny",
+                               "--steps=1", f"--out={out_file}", timeout=900)
   assert out.returncode == 0, out.stderr[-3000:]
   lines = [json.loads(l) for l in out.stdout.splitlines() if l.startswith("{")]
   assert [json.loads(l) for l in out_file.read_text().splitlines()] == lines
@@ -32,7 +29,6 @@ def test_device_check_runs_every_case_on_cpu(tmp_path):
   assert programs["second_fd"] > 1 and programs["second"] > 1, cases
   assert {c["case"]: c.get("dtype") for c in cases}["bf16"] == "bfloat16"
   assert cases[-1]["valid_acc"] >= 0 and cases[-1]["wall_s"] > 0
-  bad = subprocess.run([sys.executable, os.path.join("scripts", "device_check.py"),
-                        "--cases=first,third"], cwd=cli_helpers.ROOT, env=cli_helpers.env(),
-                       capture_output=True, text=True, timeout=120)
+  bad = cli_helpers.run_script(os.path.join("scripts", "device_check.py"), "--cases=first,third",
+                               timeout=120)
   assert bad.returncode == 2 and "unknown case 'third'" in bad.stderr

@@ -10,8 +10,6 @@ import importlib.util
 import json
 import math
 import os
-import subprocess
-import sys
 import tempfile
 
 import jax
@@ -34,9 +32,7 @@ TWO_OPS = "--config.model.primitives=('skip_connect','sep_conv_3x3')"
 
 
 def _run(tool, *args, timeout=300):
-  return subprocess.run([sys.executable, os.path.join("scripts", f"{tool}.py"), *args],
-                        cwd=cli_helpers.ROOT, env=cli_helpers.env(), capture_output=True,
-                        text=True, timeout=timeout)
+  return cli_helpers.run_script(os.path.join("scripts", f"{tool}.py"), *args, timeout=timeout)
 
 
 def _json_lines(out):
