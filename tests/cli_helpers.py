@@ -82,17 +82,26 @@ class _ForkServer:
 _server = None
 
 
+def _same(a, b):
+  # pytest names the running test in the environment; nothing reads it at import.
+  def drop(e):
+    return {k: v for k, v in e.items() if k != "PYTEST_CURRENT_TEST"}
+  return drop(a) == drop(b)
+
+
 def _forked(cmd, timeout, environment, **request):
   """`cmd`'s CompletedProcess from this process's fork server when `environment` is the
-  default one, `env()` (the usual case); None otherwise (the caller starts a process)."""
+  default one, `env()` (the usual case; a server is started, or restarted if the default
+  changed); None otherwise (the caller starts a process). The child runs with
+  `environment`."""
   global _server  # pylint: disable=global-statement
-  if _server is None or _server.proc.poll() is not None:
-    if environment != env():
-      return None
-    _server = _ForkServer()
-  if environment != _server.env:
+  if not _same(environment, env()):
     return None
-  return _server.run(cmd, timeout, **request)
+  if _server is None or _server.proc.poll() is not None or not _same(environment, _server.env):
+    if _server is not None:
+      _server.close()
+    _server = _ForkServer()
+  return _server.run(cmd, timeout, env=environment, **request)
 
 
 def run(module, *args, cache=None, timeout=600, extra_env=None):

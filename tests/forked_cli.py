@@ -3,14 +3,15 @@ the libraries they import (JAX, Flax, Optax, Orbax, Grain, TFDS, dnas) are loade
 command then costs its own work, not 2-3 s of interpreter and library start-up.
 
 Each child runs its module as `python -m module args` would (`runpy`, as __main__, its own
-flags, atexit handlers, exit code) or a script as `python path args` would, with this
-process's environment and a closed stdin; nothing of JAX's backends is started before the
-fork, and no thread (checked before every fork).
+flags, atexit handlers, exit code) or a script as `python path args` would, with the
+request's environment (tests/cli_helpers.py sends only the one this process started with,
+but for pytest's name of the running test) and a closed stdin; nothing of JAX's backends
+is started before the fork, and no thread (checked before every fork).
 
 `python -m tests.forked_cli --serve` prints "ready" once its imports are done, then reads
-one request per line, {"module" or "path", "args", "timeout"}, and answers each with one
-JSON line, [returncode, stdout, stderr] (returncode null: killed at the timeout).
-tests/cli_helpers.py keeps one per test process.
+one request per line, {"module" or "path", "args", "timeout", "env"}, and answers each
+with one JSON line, [returncode, stdout, stderr] (returncode null: killed at the
+timeout). tests/cli_helpers.py keeps one per test process.
 """
 
 import atexit
@@ -36,7 +37,10 @@ import dnas.search_lib  # noqa: F401  pylint: disable=unused-import
 import dnas.train_lib  # noqa: F401  pylint: disable=unused-import
 
 
-def _child(module, path, args, out_fd, err_fd):
+def _child(module, path, args, out_fd, err_fd, env=None):
+  if env is not None:
+    os.environ.clear()
+    os.environ.update(env)
   null = os.open(os.devnull, os.O_RDONLY)
   os.dup2(null, 0)
   os.dup2(out_fd, 1)
@@ -63,9 +67,10 @@ def _child(module, path, args, out_fd, err_fd):
   os._exit(code)  # pylint: disable=protected-access  # not the parent's cleanup
 
 
-def run_one(module=None, path=None, args=(), timeout=None):
-  """(returncode, stdout, stderr) of one command in a forked child; returncode None when
-  it ran past `timeout` seconds and was killed."""
+def run_one(module=None, path=None, args=(), timeout=None, env=None):
+  """(returncode, stdout, stderr) of one command in a forked child with environment `env`
+  (default this process's); returncode None when it ran past `timeout` seconds and was
+  killed."""
   # Forking a process with XLA's thread pools (or any thread) running is unsafe.
   assert not xla_bridge.backends_are_initialized() and threading.active_count() == 1
   sys.stdout.flush()
@@ -73,7 +78,7 @@ def run_one(module=None, path=None, args=(), timeout=None):
   with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
     pid = os.fork()
     if pid == 0:
-      _child(module, path, list(args), out.fileno(), err.fileno())
+      _child(module, path, list(args), out.fileno(), err.fileno(), env)
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
       done, status = os.waitpid(pid, 0 if deadline is None else os.WNOHANG)
