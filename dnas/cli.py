@@ -81,21 +81,29 @@ def enable_compilation_cache(path: str | None = None) -> None:
 
 
 def drop_unfinished_cache_entries(path: str) -> list[str]:
-  """Removes, under the cache's lock, the entries of a bounded compile cache that have no
-  access time; -> their file names. JAX writes an entry, then its access time: a
-  process killed between the two (or while writing the entry) or a writer without the
-  bound leaves an entry without one, and then every later write to the cache fails
-  (JAX's eviction reads each entry's access time) with a warning per program. Such an
-  entry may also be truncated: it is compiled again, once."""
-  os.makedirs(path, exist_ok=True)
+  """Removes, under the cache's lock, the entries of a bounded compile cache in the local
+  directory `path` that have no access time; -> their file names. JAX writes an entry,
+  then its access time: a process killed between the two (or while writing the entry),
+  or a writer without the bound (`JAX_COMPILATION_CACHE_MAX_SIZE=-1`, another program),
+  leaves an entry without one, and then every later write to the cache fails (JAX's
+  eviction reads each entry's access time) with a warning per program. Such an entry may
+  also be truncated (JAX never replaces an entry): it is compiled again, once. Entries
+  are the files JAX's eviction counts as such: every `*-cache` file."""
   dropped = []
+  if "://" in path:  # JAX's remote caches (etils.epath) lock otherwise
+    return dropped
   try:
+    os.makedirs(path, exist_ok=True)
     with filelock.FileLock(os.path.join(path, ".lockfile"), timeout=10):  # JAX's lock
       names = set(os.listdir(path))
-      for name in names:
-        if name.endswith("-cache") and name[:-len("-cache")] + "-atime" not in names:
-          os.remove(os.path.join(path, name))
-          dropped.append(name)
+      for name in sorted(names):
+        key = name[:-len("-cache")] if name.endswith("-cache") else None
+        if key and f"{key}-atime" not in names and os.path.isfile(os.path.join(path, name)):
+          try:
+            os.remove(os.path.join(path, name))
+            dropped.append(name)
+          except OSError as e:
+            logging.warning("could not remove the unfinished cache entry %s: %s", name, e)
   except (OSError, filelock.Timeout) as e:  # a busy or read-only cache: JAX warns on use
     logging.warning("could not check the compile cache %s: %s", path, e)
   return dropped

@@ -64,9 +64,13 @@ class _ForkServer:
     return self.log.read()[-3000:]
 
   def run(self, cmd, timeout, **request):
-    self.proc.stdin.write(json.dumps(dict(request, timeout=timeout)) + "\n")
-    self.proc.stdin.flush()
-    line = self.proc.stdout.readline()
+    try:
+      self.proc.stdin.write(json.dumps(dict(request, timeout=timeout)) + "\n")
+      self.proc.stdin.flush()
+      line = self.proc.stdout.readline()
+    except BaseException:  # interrupted: its answer must not become the next command's
+      self.proc.kill()
+      raise
     assert line, self._stderr()  # the server died: its traceback
     code, out, err = json.loads(line)
     if code is None:
@@ -104,11 +108,14 @@ def _forked(cmd, timeout, environment, **request):
   return _server.run(cmd, timeout, env=environment, **request)
 
 
-def run(module, *args, cache=None, timeout=600, extra_env=None):
+def run(module, *args, cache=None, timeout=600, extra_env=None, new_process=False):
   """`python -m module args` in ROOT with `env(cache, **extra_env)`, captured; forked from
-  the fork server (tests/forked_cli.py) where the environment is the default."""
+  the fork server (tests/forked_cli.py) where the environment is the default, unless
+  `new_process` (then a process of its own: its own start-up and hash seed, for the
+  reference side of a bitwise comparison of two runs)."""
   cmd, environment = [sys.executable, "-m", module, *args], env(cache, **(extra_env or {}))
-  return (_forked(cmd, timeout, environment, module=module, args=list(args))
+  return ((not new_process and _forked(cmd, timeout, environment, module=module,
+                                       args=list(args)))
           or subprocess.run(cmd, cwd=ROOT, env=environment, capture_output=True, text=True,
                             timeout=timeout))
 

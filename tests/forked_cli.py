@@ -50,7 +50,7 @@ def _child(module, path, args, out_fd, err_fd, env=None):
     if path is not None:
       sys.argv = [path, *args]
       sys.path[0] = os.path.dirname(os.path.abspath(path))  # as `python path` sets it
-      runpy.run_path(path, run_name="__main__")
+      runpy.run_path(os.path.abspath(path), run_name="__main__")  # __file__ absolute
     else:
       sys.argv = [module, *args]
       runpy.run_module(module, run_name="__main__", alter_sys=True)
@@ -61,7 +61,9 @@ def _child(module, path, args, out_fd, err_fd, env=None):
   except BaseException:  # pylint: disable=broad-except
     traceback.print_exc()
     code = 1
-  atexit._run_exitfuncs()  # pylint: disable=protected-access  # as an interpreter's exit
+  # As an interpreter's exit: join the other non-daemon threads, then the atexit handlers.
+  threading._shutdown()  # pylint: disable=protected-access
+  atexit._run_exitfuncs()  # pylint: disable=protected-access
   sys.stdout.flush()
   sys.stderr.flush()
   os._exit(code)  # pylint: disable=protected-access  # not the parent's cleanup

@@ -210,16 +210,17 @@ def test_compile_cache_drops_entries_without_access_time(tmp_path):
   # writer without the bound) made every later write to the bounded cache fail.
   cache = tmp_path / "cache"
   cache.mkdir()
-  (cache / "jit_f-0123-cache").write_bytes(b"half written")
-  (cache / "jit_g-4567-cache").write_bytes(b"entry")
-  (cache / "jit_g-4567-atime").write_bytes((1).to_bytes(8, "little"))
+  f, g = "jit_f-" + "0" * 64, "jit_g-" + "1" * 64
+  (cache / f"{f}-cache").write_bytes(b"half written")
+  (cache / f"{g}-cache").write_bytes(b"entry")
+  (cache / f"{g}-atime").write_bytes((1).to_bytes(8, "little"))
   out = subprocess.run([sys.executable, "-c", CACHE_SCRIPT, str(cache)], cwd=cli_helpers.ROOT,
                        env=cli_helpers.env(cache=""), capture_output=True, text=True,
                        timeout=300, check=False)
   assert out.returncode == 0 and out.stdout.strip() == "6.0", out.stderr[-3000:]
   names = set(os.listdir(cache))
-  assert "jit_f-0123-cache" not in names and "jit_g-4567-cache" in names
-  written = {n[:-len("-cache")] for n in names if n.endswith("-cache")} - {"jit_g-4567"}
+  assert f"{f}-cache" not in names and f"{g}-cache" in names
+  written = {n[:-len("-cache")] for n in names if n.endswith("-cache")} - {g}
   assert written and all(f"{k}-atime" in names for k in written), names  # JAX's own entries
   assert cli.drop_unfinished_cache_entries(str(cache)) == []
 

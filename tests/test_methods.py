@@ -778,7 +778,7 @@ def test_drnas_progressive_search_prunes_widens_and_resumes_across_stages(tmp_pa
           "--config.drnas.stage_keep=(3,2)", "--config.search.hessian_every=1",
           "--config.search.hessian_iters=2", "--progress=false"]
   first = tmp_path / "a"
-  out = cli_helpers.run("dnas.search", *args, f"--workdir={first}")
+  out = cli_helpers.run("dnas.search", *args, f"--workdir={first}", new_process=True)
   assert out.returncode == 0, out.stderr[-3000:]
   assert out.stdout.count("DrNAS: stage 1: 2 ops left per edge, partial channels 1/2") == 1
   ckpt = checkpoint_lib.Checkpointer(str(first / "checkpoints"))

@@ -133,7 +133,7 @@ def test_retraining_sigkill_then_resume_is_bitwise_equal(tmp_path):
   darts.save_genotype(darts.DARTS_V2, str(genotype))
   args = [f"--config={TINY}", f"--genotype={genotype}", "--config.train.epochs=2",
           "--config.checkpoint.every_steps=1", "--progress=false"]
-  out = run("dnas.train", *args, f"--workdir={tmp_path / 'a'}")
+  out = run("dnas.train", *args, f"--workdir={tmp_path / 'a'}", new_process=True)
   assert out.returncode == 0, out.stderr[-3000:]
   proc = start("dnas.train", *args, f"--workdir={tmp_path / 'b'}")
   wait_for_checkpoint(tmp_path / "b", proc, subdir="train_checkpoints")
