@@ -69,8 +69,8 @@ def enable_compilation_cache(path: str | None = None) -> None:
   version and device). JAX caches programs that took at least
   $JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS (1 s) to compile, and evicts the least
   recently used beyond $JAX_COMPILATION_CACHE_MAX_SIZE bytes (default
-  `COMPILATION_CACHE_MAX_BYTES`). Every dnas entry point and script enables it here, so
-  all writers of a cache keep it bounded alike."""
+  `COMPILATION_CACHE_MAX_BYTES`). Every entry point, and every script that uses the
+  cache, enables it here, so all of dnas's writers of a cache keep it bounded alike."""
   path = compilation_cache_dir() if path is None else path
   if path:
     jax.config.update("jax_compilation_cache_dir", path)

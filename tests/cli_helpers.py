@@ -123,9 +123,9 @@ def run(module, *args, cache=None, timeout=600, extra_env=None, new_process=Fals
 def run_script(path, *args, timeout=600):
   """`python path args` (a file under ROOT) in ROOT with `env()`, captured; forked from
   the fork server."""
-  cmd = [sys.executable, path, *args]
-  return _forked(cmd, timeout, env(), path=path, args=list(args)) or subprocess.run(
-      cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=timeout)
+  cmd, environment = [sys.executable, path, *args], env()
+  return _forked(cmd, timeout, environment, path=path, args=list(args)) or subprocess.run(
+      cmd, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=timeout)
 
 
 def start(module, *args, cache=None, extra_env=None):

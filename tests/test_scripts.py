@@ -1,7 +1,7 @@
-"""The maintained tools in scripts/, each run for real as a user runs it (a subprocess) on
-the tiniest arguments that take its main path, and its output checked; a tool whose main
-path needs what the suite lacks gets its usage and its pure parts checked (each test says
-which). Probes of past questions live beside their experiments and are not tested here.
+"""The maintained tools in scripts/, each run for real as a user runs it (a subprocess,
+forked after the libraries load: tests/forked_cli.py) on the tiniest arguments that take
+its main path, and its output checked; a tool whose main path needs what the suite lacks
+gets its usage and its pure parts checked (each test says which). Probes of past questions live beside their experiments and are not tested here.
 scripts/device_check.py has its own test (tests/test_device_check.py)."""
 
 import ast
