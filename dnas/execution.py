@@ -202,7 +202,7 @@ class Flat:
     if shardings is None:
       return None
     flat = self.treedef.flatten_up_to(shardings)
-    return [flat[g[0]] if len(g) == 1 else _stacked_sharding(flat[g[0]]) for g in self.groups]
+    return [flat[g[0]] if len(g) == 1 else stacked_sharding(flat[g[0]]) for g in self.groups]
 
   def leaves(self, tree) -> list:
     """The tree as the carried buffers (one program call when stacking)."""
@@ -246,7 +246,7 @@ class Flat:
     return flat_step
 
 
-def _stacked_sharding(sharding):
+def stacked_sharding(sharding):
   """The sharding of a stack of leaves that each have `sharding` (a new leading axis)."""
   if isinstance(sharding, jax.sharding.NamedSharding):
     return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(

@@ -146,7 +146,10 @@ def wait_for_checkpoint(workdir, proc, timeout=300, subdir="checkpoints"):
 
 
 def read_checkpoint(path):
-  """The arrays of a saved state, as numpy (the saving run may have had other devices)."""
+  """The arrays of a saved state (a step directory), as numpy (the saving run may have had
+  other devices): its stacks of leaves (`packed`), or the tree of checkpoints written
+  before the stacking (`state`)."""
+  path = os.path.join(path, "packed" if os.path.isdir(os.path.join(path, "packed")) else "state")
   with ocp.PyTreeCheckpointer() as c:
     tree = c.metadata(path).item_metadata.tree
     args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
@@ -159,7 +162,7 @@ def final(workdir):
   times) of a search work directory."""
   ckpts = os.path.join(workdir, "checkpoints")
   last = max(int(d) for d in os.listdir(ckpts) if d.isdigit())
-  leaves = read_checkpoint(os.path.join(ckpts, str(last), "state"))
+  leaves = read_checkpoint(os.path.join(ckpts, str(last)))
   with open(os.path.join(workdir, "genotype.json")) as f:
     genotype = json.load(f)
   with open(os.path.join(workdir, "metrics.jsonl")) as f:

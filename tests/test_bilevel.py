@@ -409,7 +409,7 @@ def test_flat_stacked_state_steps_as_the_tree(parts, setup):
   assert jax.tree.leaves(jax.tree.map(lambda x: x.sharding, got)) == jax.tree.leaves(
       shardings[0])
   sharded = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("fsdp"))
-  assert execution._stacked_sharding(sharded).spec == jax.sharding.PartitionSpec(None, "fsdp")
+  assert execution.stacked_sharding(sharded).spec == jax.sharding.PartitionSpec(None, "fsdp")
 
 
 def test_nesterov_sgd_is_pytorchs():

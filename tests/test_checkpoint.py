@@ -1,6 +1,7 @@
 """The Checkpointer: round trip with typed PRNG keys, keep-K (and keep-period), no rewrite
-of a step, going back (delete_from), and a corrupt newest checkpoint reported in one line
-and skipped for the previous one."""
+of a step, going back (delete_from), a corrupt newest checkpoint reported in one line and
+skipped for the previous one, leaves stacked by shape (and checkpoints written before the
+stacking still restored)."""
 
 import glob
 import os
@@ -8,8 +9,10 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
+import pytest
 
-from dnas.checkpoint import Checkpointer
+from dnas.checkpoint import Checkpointer, to_saveable
 
 
 def _state(rng):
@@ -36,7 +39,7 @@ def test_round_trip_keep_k_and_corrupt_newest_falls_back(tmp_path, capsys):
   step, restored, meta = ckpt.restore_latest(states[0])
   assert step == 4 and meta == {"epoch": 3, "history": [0.1, 1 / 3]}
   _equal(restored, states[3])
-  for f in glob.glob(os.path.join(tmp_path, "4", "state", "**"), recursive=True):
+  for f in glob.glob(os.path.join(tmp_path, "4", "packed", "**"), recursive=True):
     if os.path.isfile(f):
       with open(f, "wb") as fh:
         fh.write(b"\0garbage")
@@ -85,3 +88,73 @@ def test_meta_is_saved_as_it_was_when_save_returned(tmp_path):
   step, _, restored = got.restore_latest(state)
   got.close()
   assert step == 5 and restored["sums"]["loss"] == 5.0
+
+
+def _many(rng):
+  # Leaves of three shapes and two dtypes, interleaved, and a key: several stacks.
+  return {"layers": [{"kernel": jnp.asarray(rng.standard_normal((3, 3, 2, 2)), jnp.float32),
+                      "bias": jnp.asarray(rng.standard_normal(2), jnp.float32),
+                      "count": jnp.asarray(rng.integers(0, 9, 2), jnp.int32)}
+                     for _ in range(5)],
+          "head": jnp.asarray(rng.standard_normal((4, 2)), jnp.float32),
+          "key": jax.random.key(7)}
+
+
+def _assert_equal_trees(a, b):
+  a, b = to_saveable(a), to_saveable(b)
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    assert x.dtype == y.dtype and np.array_equal(x, y)
+
+
+def test_leaves_are_stacked_by_shape_and_restored_bitwise(tmp_path):
+  rng = np.random.default_rng(5)
+  state = _many(rng)
+  ckpt = Checkpointer(str(tmp_path), keep=2)
+  ckpt.save(1, state, {"epoch": 0})
+  ckpt.close()
+  # 17 leaves in 5 stacks: kernels, biases, counts, the head, the key data.
+  with ocp.PyTreeCheckpointer() as c:
+    stacks = c.metadata(os.path.join(tmp_path, "1", "packed")).item_metadata.tree
+  assert sorted(tuple(x.shape) for x in stacks.values()) == sorted(
+      [(5, 3, 3, 2, 2), (5, 2), (5, 2), (1, 4, 2), (1, 2)])
+  ckpt = Checkpointer(str(tmp_path), keep=2)
+  step, restored, meta = ckpt.restore_latest(_many(np.random.default_rng(6)))
+  ckpt.close()
+  assert step == 1 and meta == {"epoch": 0}
+  _assert_equal_trees(restored, state)
+
+
+def test_checkpoint_of_another_structure_is_refused_naming_the_array(tmp_path):
+  rng = np.random.default_rng(8)
+  ckpt = Checkpointer(str(tmp_path), keep=2)
+  ckpt.save(1, _many(rng), {})
+  ckpt.wait()
+  other = _many(rng)
+  other["head"] = jnp.zeros((4, 3))
+  with pytest.raises(ValueError, match=r"checkpoint array \['head'\] \(4, 2\) float32 where "
+                                       r"the run has \['head'\] \(4, 3\) float32"):
+    ckpt.restore(1, other)
+  other = _many(rng)
+  other["layers"].pop()
+  with pytest.raises(ValueError, match="different state structure"):
+    ckpt.restore(1, other)
+  ckpt.close()
+
+
+def test_checkpoint_written_before_the_stacking_still_restores(tmp_path):
+  # The layout of earlier runs: one item `state` holding the pytree itself.
+  rng = np.random.default_rng(9)
+  state = _many(rng)
+  mngr = ocp.CheckpointManager(str(tmp_path), options=ocp.CheckpointManagerOptions(create=True))
+  mngr.save(3, args=ocp.args.Composite(state=ocp.args.StandardSave(to_saveable(state)),
+                                       meta=ocp.args.JsonSave({"epoch": 2})))
+  mngr.wait_until_finished()
+  mngr.close()
+  ckpt = Checkpointer(str(tmp_path), keep=2)
+  step, restored, meta = ckpt.restore_latest(_many(np.random.default_rng(10)))
+  assert step == 3 and meta == {"epoch": 2}
+  _assert_equal_trees(restored, state)
+  ckpt.save(4, restored, {"epoch": 3})  # and the run goes on in the stacked layout
+  ckpt.close()
+  assert os.path.isdir(os.path.join(tmp_path, "4", "packed"))

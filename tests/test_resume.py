@@ -118,7 +118,7 @@ def _final_train(workdir):
   accuracy) of a `dnas.train` work directory."""
   ckpts = os.path.join(workdir, "train_checkpoints")
   last = max(int(d) for d in os.listdir(ckpts) if d.isdigit())
-  leaves = read_checkpoint(os.path.join(ckpts, str(last), "state"))
+  leaves = read_checkpoint(os.path.join(ckpts, str(last)))
   with open(os.path.join(workdir, "train_metrics.jsonl")) as f:
     records = [json.loads(l) for l in f]
   for r in records:
