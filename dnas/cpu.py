@@ -7,7 +7,7 @@ program compiled or exported for a GPU or TPU never contains them:
   convolution and select-and-scatter are 4-9x slower here;
 - `fusion_barrier`: an identity matmul that stops XLA:CPU from recomputing a producer in
   every consumer;
-- the scheduler flag (`XLA_CPU_FLAGS`) and `compile_then_trim`, which hand the
+- the XLA:CPU flags (`xla_cpu_flags`) and `compile_then_trim`, which hands the
   compiler's freed memory back to the OS before the first step runs.
 
 Layout is NHWC. The kernels equal their portable versions in `dnas.kernels` in value and
@@ -220,6 +220,20 @@ def sum_pool_backward(x, g, k, stride, padding):
 # jax 0.10.2; it must be in XLA_FLAGS before the backend starts (`utils.configure_xla`).
 # Other backends ignore it.
 XLA_CPU_FLAGS = ("--xla_cpu_enable_concurrency_optimized_scheduler=false",)
+
+# XLA:CPU's YNNPACK fusions (an empty list: none). Loading a cached program rebuilds
+# each fusion's thunk by a search over the whole module: the default search step loaded
+# in 28-38 s with them, 9-10 s without, its steps and CIFAR-10's as fast (BUILD_NOTES.md,
+# "Compile time"). An experimental flag: XLA aborts on a flag it does not know, so only
+# for the jaxlib it was measured with.
+XLA_CPU_FLAGS_JAXLIB_0_10 = ("--xla_cpu_experimental_ynn_fusion_type=",)
+
+
+def xla_cpu_flags() -> tuple[str, ...]:
+  """The XLA:CPU flags `utils.configure_xla` sets for the installed jaxlib."""
+  import jaxlib  # pylint: disable=import-outside-toplevel
+  major_minor = tuple(int(p) for p in jaxlib.__version__.split(".")[:2])
+  return XLA_CPU_FLAGS + (XLA_CPU_FLAGS_JAXLIB_0_10 if major_minor == (0, 10) else ())
 
 
 def release_free_memory() -> None:

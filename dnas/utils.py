@@ -38,12 +38,12 @@ XLA_DETERMINISTIC_FLAGS = ("--xla_gpu_deterministic_ops=true",)
 
 
 def configure_xla(deterministic: bool = False) -> None:
-  """Adds `dnas.cpu.XLA_CPU_FLAGS` (and with `deterministic`, `XLA_DETERMINISTIC_FLAGS`) to
+  """Adds `dnas.cpu.xla_cpu_flags()` (and with `deterministic`, `XLA_DETERMINISTIC_FLAGS`) to
   $XLA_FLAGS, unless the user set them. Call before the first JAX computation: the entry
   points and the test suite do; library users may export XLA_FLAGS themselves. Flags of
   another backend are ignored by each backend."""
   flags = os.environ.get("XLA_FLAGS", "")
-  for flag in cpu.XLA_CPU_FLAGS + (XLA_DETERMINISTIC_FLAGS if deterministic else ()):
+  for flag in cpu.xla_cpu_flags() + (XLA_DETERMINISTIC_FLAGS if deterministic else ()):
     if flag.split("=")[0] not in flags:
       flags = f"{flags} {flag}".strip()
   os.environ["XLA_FLAGS"] = flags

@@ -3,6 +3,7 @@ kernels' custom VJPs pick in programs lowered for this CPU) agree to second orde
 program lowered for each platform holds only its own path."""
 
 import collections
+import os
 import re
 
 import chex
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from dnas import autodiff, kernels
+from dnas import autodiff, cpu, kernels
 from dnas.spaces.darts import search
 
 
@@ -174,3 +175,21 @@ def test_local_platform_traces_one_path_and_computes_the_same():
   with kernels.local_platform("cuda"):
     cuda = jax.jit(grad).trace(state).lower(lowering_platforms=("cuda",)).as_text()
   assert _identity_matmuls(cuda) == 0 and _grouped_convs(cuda) > 0
+
+
+def test_xla_cpu_flags_leave_out_ynnpack_fusions_on_the_jaxlib_measured(monkeypatch):
+  # conftest.py configured XLA before the backend started: a convolution's gradient
+  # compiles without YNNPACK fusions, whose cached programs load 3x slower.
+  import jaxlib  # pylint: disable=import-outside-toplevel
+  on_0_10 = jaxlib.__version__.split(".")[:2] == ["0", "10"]
+  assert (cpu.XLA_CPU_FLAGS_JAXLIB_0_10[0] in os.environ["XLA_FLAGS"].split()) == on_0_10
+  if on_0_10 and jax.default_backend() == "cpu":
+    def f(x, w):
+      y = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
+                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
+      return jnp.sum(jnp.maximum(y, 0.0) ** 2)
+    x, w = jnp.ones((2, 8, 8, 4)), jnp.ones((3, 3, 4, 4))
+    assert "__ynn_fusion" not in jax.jit(jax.grad(f, argnums=1)).lower(x, w).compile().as_text()
+  # Another jaxlib might not know the flag (XLA aborts on unknown flags): not set there.
+  monkeypatch.setattr(jaxlib, "__version__", "0.11.0")
+  assert cpu.xla_cpu_flags() == cpu.XLA_CPU_FLAGS
