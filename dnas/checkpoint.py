@@ -8,10 +8,10 @@ A checkpoint is one Orbax step directory holding three items:
   meta    a JSON dict: data-iterator position (epoch, batch within the epoch), partial
           epoch sums, metric history, elapsed time
 
-Orbax's cost is per array: the default search state's 2,962 leaves took 1.5-4.4 s of
-the loop's thread per save, its 40 stacks take milliseconds (BUILD_NOTES.md,
-"Checkpoint cost"). Checkpoints written before the stacking, with one item `state` (the
-pytree itself), still restore.
+Orbax's cost is per array: a save of the default search state's 2,962 leaves held the
+loop's thread for 1.4 s, of its 27 stacks for 0.1 s (`scripts/bench_checkpoint.py`;
+BUILD_NOTES.md, "Checkpoint cost"). Checkpoints written before the stacking, with one
+item `state` (the pytree itself), still restore.
 
 Orbax writes each step into a temporary directory and renames it when complete, so a
 kill mid-write never leaves a half checkpoint that looks finished. A finished one that
@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
-from dnas.execution import stacked_sharding
+from dnas.parallel import stacked_sharding
 
 _log = logging.getLogger(__name__)
 
@@ -110,8 +110,9 @@ class Checkpointer:
     """Starts writing checkpoint `step`; returns once the arrays are copied. A step
     that already has a checkpoint keeps it (returns False): nothing is rewritten.
 
-    The arrays are first copied on device: the step functions donate their input
-    state, and an asynchronous write must not read a buffer that the next step reuses.
+    The arrays are first stacked on device into new buffers: the step functions donate
+    their input state, and an asynchronous write must not read a buffer that the next
+    step reuses.
     `meta` is copied too: Orbax may serialise it after this returns, while the loop
     already adds the next step's metrics to its nested sums (a resumed run then counted
     one step twice in its epoch means: seen once in test_resume's retraining kill).

@@ -20,6 +20,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import jaxlib
 import numpy as np
 from jax import lax
 
@@ -231,7 +232,6 @@ XLA_CPU_FLAGS_JAXLIB_0_10 = ("--xla_cpu_experimental_ynn_fusion_type=",)
 
 def xla_cpu_flags() -> tuple[str, ...]:
   """The XLA:CPU flags `utils.configure_xla` sets for the installed jaxlib."""
-  import jaxlib  # pylint: disable=import-outside-toplevel
   major_minor = tuple(int(p) for p in jaxlib.__version__.split(".")[:2])
   return XLA_CPU_FLAGS + (XLA_CPU_FLAGS_JAXLIB_0_10 if major_minor == (0, 10) else ())
 

@@ -11,7 +11,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from dnas import cpu, kernels
+from dnas import cpu, kernels, parallel
 
 # How a jitted search step is compiled (`Execution.programs`): "one" program, or "split"
 # into a few programs that share one gradient program; "auto": split the second-order
@@ -202,7 +202,8 @@ class Flat:
     if shardings is None:
       return None
     flat = self.treedef.flatten_up_to(shardings)
-    return [flat[g[0]] if len(g) == 1 else stacked_sharding(flat[g[0]]) for g in self.groups]
+    return [flat[g[0]] if len(g) == 1 else parallel.stacked_sharding(flat[g[0]])
+            for g in self.groups]
 
   def leaves(self, tree) -> list:
     """The tree as the carried buffers (one program call when stacking)."""
@@ -244,13 +245,3 @@ class Flat:
       state, out = step(self.tree(buffers), *args)
       return self.leaves(state), out
     return flat_step
-
-
-def stacked_sharding(sharding):
-  """The sharding of a stack of leaves that each have `sharding` (a new leading axis)."""
-  if isinstance(sharding, jax.sharding.NamedSharding):
-    return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(
-        None, *sharding.spec))
-  if sharding.is_fully_replicated:
-    return sharding
-  raise ValueError(f"cannot stack leaves with sharding {sharding}; pass stack=False")

@@ -151,3 +151,14 @@ def to_host(tree):
       return np.asarray(x.addressable_data(0))
     return np.asarray(jax.device_get(x))
   return jax.tree.map(get, tree)
+
+
+def stacked_sharding(sharding):
+  """The sharding of a stack of leaves that each have `sharding` (a new leading axis):
+  P(a, b) -> P(None, a, b); a fully replicated one unchanged."""
+  if isinstance(sharding, NamedSharding):
+    return NamedSharding(sharding.mesh, P(None, *sharding.spec))
+  if sharding.is_fully_replicated:
+    return sharding
+  raise ValueError(f"cannot stack leaves with sharding {sharding}: neither named nor "
+                   f"fully replicated")

@@ -17,7 +17,7 @@ import optax
 import pytest
 from flax import nnx
 
-from dnas import bilevel, cpu, execution, hypergrad, optim
+from dnas import bilevel, cpu, execution, hypergrad, optim, parallel
 from dnas.spaces import darts
 
 N, H = 4, 6
@@ -383,7 +383,6 @@ def test_flat_stacked_state_steps_as_the_tree(parts, setup):
   # buffer each; the step computes what it computes on the tree (to rounding: XLA fuses
   # the two programs differently), the buffers round-trip to the same tree, and their
   # shardings follow the leaves' (one stacked axis).
-  from dnas import parallel
   graphdef, state, w_tx, a_tx, _ = parts
   step = bilevel.make_search_step(graphdef, w_tx, a_tx, execution=bilevel.Execution(jit=False))
   mesh = parallel.make_mesh(1, 1)
@@ -409,7 +408,7 @@ def test_flat_stacked_state_steps_as_the_tree(parts, setup):
   assert jax.tree.leaves(jax.tree.map(lambda x: x.sharding, got)) == jax.tree.leaves(
       shardings[0])
   sharded = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("fsdp"))
-  assert execution.stacked_sharding(sharded).spec == jax.sharding.PartitionSpec(None, "fsdp")
+  assert parallel.stacked_sharding(sharded).spec == jax.sharding.PartitionSpec(None, "fsdp")
 
 
 def test_nesterov_sgd_is_pytorchs():

@@ -25,7 +25,8 @@ from tests import cli_helpers
 
 TOOLS = ("bench_step", "bench_input", "bench_latency", "hlo_stats", "profile_cell",
          "device_check", "compare_reference", "eagle_latency", "latency_pareto",
-         "check_unchanged", "bench_compile", "bench_runtimes", "mobile_pareto")
+         "check_unchanged", "bench_compile", "bench_runtimes", "mobile_pareto",
+         "bench_checkpoint")
 TINY = "--config=dnas/configs/tiny.py"
 # Two kinds of op (one parametric, one not): the tiny config at its cheapest compile.
 TWO_OPS = "--config.model.primitives=('skip_connect','sep_conv_3x3')"
@@ -190,6 +191,12 @@ def test_bench_compile_times_a_tiny_search_and_retraining_step():
     assert set(ops) == {"cpu", "cuda"} and all(n > 0 for n in ops.values())
   # The CPU fast path's shift loops exist only in the program lowered for the CPU.
   assert lines["digits"]["stablehlo_ops"]["cpu"] != lines["digits"]["stablehlo_ops"]["cuda"]
+
+
+def test_bench_checkpoint_times_saves_of_a_tiny_search_state():
+  (r,) = _json_lines(_run("bench_checkpoint", TINY, "--saves=2", "--interval=0"))
+  _finite_positive(r, "first_save_s", "save_s", "checkpoint_bytes", "arrays")
+  assert r["saves"] == 2 and r["leaves"] > r["arrays"]  # leaves stacked by shape
 
 
 def test_check_unchanged_fingerprint_ignores_only_the_clock(tmp_path):
