@@ -4,7 +4,8 @@ A checkpoint is one Orbax step directory holding three items:
   packed  the arrays a step reads and writes (weights, BatchNorm statistics, alphas, both
           optimiser states, RNG key data, step counter), leaves of equal shape, dtype and
           sharding stacked into one array each
-  layout  JSON: each leaf's path, shape and dtype, in order (what the stacks unpack to)
+  layout  JSON: each leaf's path, shape and dtype, its stack and place in it, in order
+          (what the stacks unpack to; a run laid out on another mesh unpacks them too)
   meta    a JSON dict: data-iterator position (epoch, batch within the epoch), partial
           epoch sums, metric history, elapsed time
 
@@ -40,9 +41,21 @@ from dnas.parallel import stacked_sharding
 _log = logging.getLogger(__name__)
 
 
-def _layout(leaves_with_paths) -> list:
-  """[[path, shape, dtype], ...] of a flattened state: what its stacks unpack to."""
-  return [[jax.tree_util.keystr(p), list(x.shape), str(x.dtype)] for p, x in leaves_with_paths]
+def _layout(leaves_with_paths, groups=None) -> list:
+  """[[path, shape, dtype, stack, position in the stack], ...] of a flattened state, in
+  its order (without `groups`, the first three only)."""
+  where = {i: (k, j) for k, g in enumerate(groups or ()) for j, i in enumerate(g)}
+  return [[jax.tree_util.keystr(p), list(x.shape), str(x.dtype), *where.get(i, ())]
+          for i, (p, x) in enumerate(leaves_with_paths)]
+
+
+def _saved_groups(layout: list) -> tuple:
+  """The stacks of a saved layout: each stack's leaf indices in stack order. The saving
+  run's (its shardings may have grouped the leaves otherwise than this run's)."""
+  groups: dict = {}
+  for i, (*_, k, j) in enumerate(layout):
+    groups.setdefault(k, {})[j] = i
+  return tuple(tuple(g[j] for j in range(len(g))) for _, g in sorted(groups.items()))
 
 
 def _groups(leaves) -> list[list[int]]:
@@ -127,7 +140,7 @@ class Checkpointer:
                                    for g in groups))(leaves)
     return self._mngr.save(step, args=ocp.args.Composite(
         packed=ocp.args.StandardSave({str(k): b for k, b in enumerate(stacks)}),
-        layout=ocp.args.JsonSave(_layout(with_paths)), meta=ocp.args.JsonSave(meta)),
+        layout=ocp.args.JsonSave(_layout(with_paths, groups)), meta=ocp.args.JsonSave(meta)),
         force=True)
 
   def restore_latest(self, target):
@@ -157,10 +170,10 @@ class Checkpointer:
       return state, restored["meta"]
     with_paths, treedef = jax.tree_util.tree_flatten_with_path(to_saveable(target))
     leaves = [x for _, x in with_paths]
-    groups = tuple(map(tuple, _groups(leaves)))
     layout = self._mngr.restore(step, args=ocp.args.Composite(
         layout=ocp.args.JsonRestore()))["layout"]
-    _check_same_layout(layout, _layout(with_paths))
+    _check_same_layout([entry[:3] for entry in layout], _layout(with_paths))
+    groups = _saved_groups(layout)
     abstract = {str(k): jax.ShapeDtypeStruct(
         (len(g), *leaves[g[0]].shape), leaves[g[0]].dtype,
         sharding=stacked_sharding(leaves[g[0]].sharding)) for k, g in enumerate(groups)}

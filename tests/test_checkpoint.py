@@ -12,6 +12,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from dnas import checkpoint
 from dnas.checkpoint import Checkpointer, to_saveable
 
 
@@ -158,3 +159,24 @@ def test_checkpoint_written_before_the_stacking_still_restores(tmp_path):
   ckpt.save(4, restored, {"epoch": 3})  # and the run goes on in the stacked layout
   ckpt.close()
   assert os.path.isdir(os.path.join(tmp_path, "4", "packed"))
+
+
+def test_stacks_restore_into_a_run_whose_shardings_group_the_leaves_otherwise(tmp_path):
+  # A run resumed on another mesh: its leaves' shardings may differ where the saving
+  # run's were equal. The stacks are the saving run's, unpacked into the new shardings.
+  rng = np.random.default_rng(11)
+  state = _many(rng)
+  ckpt = Checkpointer(str(tmp_path), keep=2)
+  ckpt.save(1, state, {})
+  ckpt.wait()
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+  named = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  target = _many(np.random.default_rng(12))
+  target["layers"][1]["kernel"] = jax.device_put(target["layers"][1]["kernel"], named)
+  leaves = jax.tree.leaves(to_saveable(target))
+  assert len(checkpoint._groups(leaves)) == len(checkpoint._groups(  # pylint: disable=protected-access
+      jax.tree.leaves(to_saveable(state)))) + 1
+  restored, _ = ckpt.restore(1, target)
+  ckpt.close()
+  _assert_equal_trees(restored, state)
+  assert restored["layers"][1]["kernel"].sharding == named
