@@ -110,10 +110,16 @@ class Checkpointer:
     if keep < 1:
       raise ValueError(f"keep must be >= 1, got {keep}")
     self.directory = directory
+    # Every item's handler, so that a new manager reads any checkpoint's metadata (which
+    # items it has) without a warning per item.
     self._mngr = ocp.CheckpointManager(
         directory, options=ocp.CheckpointManagerOptions(
             max_to_keep=keep, keep_period=keep_period, create=True,
-            enable_async_checkpointing=True))
+            enable_async_checkpointing=True),
+        item_handlers=dict(packed=ocp.StandardCheckpointHandler(),
+                           state=ocp.StandardCheckpointHandler(),
+                           layout=ocp.JsonCheckpointHandler(),
+                           meta=ocp.JsonCheckpointHandler()))
 
   def steps(self) -> list[int]:
     """Finished checkpoints, oldest first."""
@@ -173,7 +179,10 @@ class Checkpointer:
     layout = self._mngr.restore(step, args=ocp.args.Composite(
         layout=ocp.args.JsonRestore()))["layout"]
     _check_same_layout([entry[:3] for entry in layout], _layout(with_paths))
-    groups = _saved_groups(layout)
+    # A layout of [path, shape, dtype] only (the first stacked checkpoints) was grouped
+    # as this run groups.
+    groups = (_saved_groups(layout) if all(len(e) == 5 for e in layout)
+              else tuple(map(tuple, _groups(leaves))))
     abstract = {str(k): jax.ShapeDtypeStruct(
         (len(g), *leaves[g[0]].shape), leaves[g[0]].dtype,
         sharding=stacked_sharding(leaves[g[0]].sharding)) for k, g in enumerate(groups)}
@@ -216,8 +225,8 @@ def _check_same_layout(saved: list, run: list) -> None:
                      f"where the run has {len(run)})")
   for (path, shape, dtype), (run_path, run_shape, run_dtype) in zip(saved, run):
     if [path, shape, dtype] != [run_path, run_shape, run_dtype]:
-      raise ValueError(f"checkpoint array {path} {tuple(shape)} {dtype} where the run has "
-                       f"{run_path} {tuple(run_shape)} {run_dtype}")
+      raise ValueError(f"checkpoint array {tuple(shape)} {dtype} where the run has "
+                       f"{tuple(run_shape)} {run_dtype} ({path}; the run's {run_path})")
 
 
 def _check_same_structure(state, target) -> None:

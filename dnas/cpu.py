@@ -232,8 +232,8 @@ XLA_CPU_FLAGS_JAXLIB_0_10 = ("--xla_cpu_experimental_ynn_fusion_type=",)
 
 def xla_cpu_flags() -> tuple[str, ...]:
   """The XLA:CPU flags `utils.configure_xla` sets for the installed jaxlib."""
-  major_minor = tuple(int(p) for p in jaxlib.__version__.split(".")[:2])
-  return XLA_CPU_FLAGS + (XLA_CPU_FLAGS_JAXLIB_0_10 if major_minor == (0, 10) else ())
+  on_0_10 = jaxlib.__version__.split(".")[:2] == ["0", "10"]
+  return XLA_CPU_FLAGS + (XLA_CPU_FLAGS_JAXLIB_0_10 if on_0_10 else ())
 
 
 def release_free_memory() -> None:

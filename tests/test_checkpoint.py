@@ -4,6 +4,7 @@ skipped for the previous one, leaves stacked by shape (and checkpoints written b
 stacking still restored)."""
 
 import glob
+import json
 import os
 
 import jax
@@ -133,8 +134,8 @@ def test_checkpoint_of_another_structure_is_refused_naming_the_array(tmp_path):
   ckpt.wait()
   other = _many(rng)
   other["head"] = jnp.zeros((4, 3))
-  with pytest.raises(ValueError, match=r"checkpoint array \['head'\] \(4, 2\) float32 where "
-                                       r"the run has \['head'\] \(4, 3\) float32"):
+  with pytest.raises(ValueError, match=r"checkpoint array \(4, 2\) float32 where the run has "
+                                       r"\(4, 3\) float32 \(\['head'\]; the run's \['head'\]\)"):
     ckpt.restore(1, other)
   other = _many(rng)
   other["layers"].pop()
@@ -180,3 +181,22 @@ def test_stacks_restore_into_a_run_whose_shardings_group_the_leaves_otherwise(tm
   ckpt.close()
   _assert_equal_trees(restored, state)
   assert restored["layers"][1]["kernel"].sharding == named
+
+
+def test_layout_without_stack_places_restores_grouped_as_the_run_groups(tmp_path):
+  # The first stacked checkpoints wrote [path, shape, dtype] per leaf: they were grouped
+  # as a run on the same devices groups.
+  rng = np.random.default_rng(13)
+  state = _many(rng)
+  ckpt = Checkpointer(str(tmp_path), keep=2)
+  ckpt.save(1, state, {})
+  ckpt.close()
+  path = os.path.join(tmp_path, "1", "layout", "metadata")
+  with open(path) as f:
+    layout = json.load(f)
+  with open(path, "w") as f:
+    json.dump([e[:3] for e in layout], f)
+  ckpt = Checkpointer(str(tmp_path), keep=2)
+  restored, _ = ckpt.restore(1, _many(np.random.default_rng(14)))
+  ckpt.close()
+  _assert_equal_trees(restored, state)
