@@ -162,14 +162,20 @@ def test_checkpoint_written_before_the_stacking_still_restores(tmp_path):
   assert os.path.isdir(os.path.join(tmp_path, "4", "packed"))
 
 
+def _saved_once(directory, seed):
+  """A `_many` state saved as checkpoint 1 in `directory`, written; -> the state."""
+  state = _many(np.random.default_rng(seed))
+  ckpt = Checkpointer(str(directory), keep=2)
+  ckpt.save(1, state, {})
+  ckpt.close()
+  return state
+
+
 def test_stacks_restore_into_a_run_whose_shardings_group_the_leaves_otherwise(tmp_path):
   # A run resumed on another mesh: its leaves' shardings may differ where the saving
   # run's were equal. The stacks are the saving run's, unpacked into the new shardings.
-  rng = np.random.default_rng(11)
-  state = _many(rng)
+  state = _saved_once(tmp_path, seed=11)
   ckpt = Checkpointer(str(tmp_path), keep=2)
-  ckpt.save(1, state, {})
-  ckpt.wait()
   mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
   named = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   target = _many(np.random.default_rng(12))
@@ -186,11 +192,7 @@ def test_stacks_restore_into_a_run_whose_shardings_group_the_leaves_otherwise(tm
 def test_layout_without_stack_places_restores_grouped_as_the_run_groups(tmp_path):
   # The first stacked checkpoints wrote [path, shape, dtype] per leaf: they were grouped
   # as a run on the same devices groups.
-  rng = np.random.default_rng(13)
-  state = _many(rng)
-  ckpt = Checkpointer(str(tmp_path), keep=2)
-  ckpt.save(1, state, {})
-  ckpt.close()
+  state = _saved_once(tmp_path, seed=13)
   path = os.path.join(tmp_path, "1", "layout", "metadata")
   with open(path) as f:
     layout = json.load(f)
