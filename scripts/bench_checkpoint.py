@@ -54,7 +54,8 @@ def main(argv):
     close_s = time.perf_counter() - t0
     last = os.path.join(d, str(_SAVES.value))
     size = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(last) for f in fs)
-    item = "packed" if os.path.isdir(os.path.join(last, "packed")) else "state"  # or earlier
+    # `state`: the one item of a checkpoint written before the stacking (an older dnas).
+    item = "packed" if os.path.isdir(os.path.join(last, "packed")) else "state"
     with ocp.PyTreeCheckpointer() as c:
       arrays = len(jax.tree.leaves(c.metadata(os.path.join(last, item)).item_metadata.tree))
   print(json.dumps(dict(
