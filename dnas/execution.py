@@ -11,7 +11,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from dnas import cpu, kernels, parallel
+from dnas import cpu, kernels, parallel, trace_cache
 
 # How a jitted search step is compiled (`Execution.programs`): "one" program, or "split"
 # into a few programs that share one gradient program; "auto": split the second-order
@@ -224,10 +224,12 @@ class Flat:
       self._unpack = jax.jit(self._unstack, out_shardings=self.shardings)
     return self.treedef.unflatten(self._unpack(buffers))
 
-  def jit(self, fn, *, in_shardings=None, out_shardings=None):
+  def jit(self, fn, *, in_shardings=None, out_shardings=None, cache_key: str | None = None):
     """fn(state, *args) -> (state, out), pure, as a jitted f(buffers, *args) -> (buffers,
     out) that donates the buffers. Shardings as `jax.jit`'s, with the state's (the first
-    argument's and output's) given as a tree like the state."""
+    argument's and output's) given as a tree like the state. `cache_key`: what `fn`
+    computes beyond its code and arguments, to keep its trace on disk
+    (`trace_cache.cached_jit`); None: traced in every process."""
     def flat_fn(buffers, *args):
       state, out = fn(self.treedef.unflatten(self._unstack(buffers)), *args)
       return self._stack(self.treedef.flatten_up_to(state)), out
@@ -236,7 +238,9 @@ class Flat:
       kwargs = dict(in_shardings=(self.buffer_shardings(in_shardings[0]),)
                     + tuple(in_shardings[1:]),
                     out_shardings=(self.buffer_shardings(out_shardings[0]), out_shardings[1]))
-    return jax.jit(flat_fn, donate_argnums=0, **kwargs)
+    if cache_key is not None:
+      cache_key = f"{cache_key} {self.treedef} {self.groups}"
+    return trace_cache.cached_jit(flat_fn, cache_key, donate_argnums=0, **kwargs)
 
   def wrap(self, step):
     """A step that is not one program (`bilevel`'s split steps take trees): the same

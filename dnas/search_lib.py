@@ -140,7 +140,7 @@ def make_arch_objective(config, latency_model):
 
 def compiled_steps(graphdef, state, w_tx, a_tx, *, order: str, hypergrad, arch_loss,
                    parts: methods.Parts, execution: execution.Execution,
-                   weight_first: bool = False):
+                   weight_first: bool = False, cache_key: str | None = None):
   """(flat, search_step, warmup_step) as the search loop calls them, on the
   `execution.Flat` leaves of `state` (laid out by `execution.shardings`): each compiled
   on its first call.
@@ -149,7 +149,9 @@ def compiled_steps(graphdef, state, w_tx, a_tx, *, order: str, hypergrad, arch_l
   stacked off the CPU. Split (`execution.split(order)`): a few programs jitted inside
   (`execution.split_piece`), the state as a tree at each call (a split step built
   unjitted would run eagerly, op by op; tests/test_search_lib.py checks that no step
-  traces again once compiled).
+  traces again once compiled). `cache_key` (`trace_key`): what the steps compute beyond
+  dnas's code and their arguments, to keep the one-program steps' traces on disk
+  (`dnas.trace_cache`); None: traced in every process.
   """
   split = execution.split(order)
   steps = bilevel.make_search_steps(
@@ -161,9 +163,10 @@ def compiled_steps(graphdef, state, w_tx, a_tx, *, order: str, hypergrad, arch_l
   if split:
     return (flat, *map(flat.wrap, steps))
   # Traced for this process's devices: the kernels take the backend's own path.
-  return (flat, *(cpu.compile_then_trim(flat.jit(kernels.for_local_devices(f),
-                                                 **bilevel.jit_shardings(execution.shardings, 2)))
-                   for f in steps))
+  return (flat, *(cpu.compile_then_trim(flat.jit(
+      kernels.for_local_devices(f), **bilevel.jit_shardings(execution.shardings, 2),
+      cache_key=cache_key and f"{cache_key} {name}"))
+                   for name, f in zip(("search step", "warm-up step"), steps)))
 
 
 def _run_config(config, hooks, meta):
@@ -180,6 +183,15 @@ def _program_config(config) -> str:
   if c["search"]["ada"]:
     c["search"] = {k: v for k, v in c["search"].items() if k != "weight_decay"}
   return repr(c)
+
+
+def trace_key(config, info: DatasetInfo, steps_per_epoch: int, latency) -> str:
+  """What a search's steps compute beyond dnas's code and their arguments' shapes: the
+  config (`_program_config`), the data's description, the epoch's length (schedules) and
+  the latency table (`latency_setup`), as `compiled_steps`'s `cache_key`."""
+  table = latency and json.dumps(dict(meta=latency[0].meta, entries=latency[0].entries),
+                                 sort_keys=True, default=repr)
+  return repr((_program_config(config), info, steps_per_epoch, table))
 
 
 def load_supernet(config, workdir: str) -> nnx.Module:
@@ -282,11 +294,12 @@ class Search:
                                                        previous.warmup_step)
       self.eval_step, self.hooks = previous.eval_step, previous.hooks
       return
+    key = trace_key(config, info, self.steps_per_epoch, self.latency)
     self.flat, self.search_step, self.warmup_step = compiled_steps(
         graphdef, state, w_tx, a_tx, order=s.order, hypergrad=self.hypergrad,
         arch_loss=(bilevel.arch_loss(objective, *parts.terms) if objective or parts.terms
                    else None), parts=parts, execution=self.execution,
-        weight_first=s.step_order == "weight_first")
+        weight_first=s.step_order == "weight_first", cache_key=key)
     self.eval_step = cpu.compile_then_trim(make_eval_step(
         self.graphdef_eval, shardings=((shardings[0].params, shardings[0].alphas,
                                         shardings[0].batch_stats), shardings[1]),

@@ -12,7 +12,7 @@ ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 # Bottom to top; a module belongs to the first layer with a matching prefix (docs/design.md).
 LAYERS = (
     ("leaves", ("errors", "autodiff", "cpu", "utils", "parallel", "checkpoint", "summaries",
-                "plotting", "data", "kernels", "layers", "convert")),
+                "plotting", "data", "kernels", "layers", "convert", "trace_cache")),
     ("parts", ("arch", "relaxation", "hypergrad", "optim", "execution", "evaluation",
                "hessian", "deploy", "latency.table", "latency.trace", "latency.expected",
                "latency.objectives", "latency.mixed", "latency")),

@@ -67,8 +67,8 @@ def test_search_sigterm_then_sigkill_each_resume_bitwise_and_load_their_programs
   # The resumed run is SIGKILLed after a random one of the remaining steps' checkpoints
   # (while the next step and its checkpoint run). Resumed again, it ends as the
   # uninterrupted run does, bitwise; each resumed run loads the search step the first
-  # compiled from the persistent compile cache, as does a rerun of the same config in
-  # another work directory.
+  # compiled (and traced) from the persistent compile cache, as does a rerun of the same
+  # config in another work directory.
   cache, workdir = tmp_path / "cache", tmp_path / "run"
 
   def search(directory=workdir):
@@ -98,6 +98,9 @@ def test_search_sigterm_then_sigkill_each_resume_bitwise_and_load_their_programs
   assert out.returncode == 0, out.stderr[-3000:]
   assert "dnas: loaded the search step from the compile cache" in out.stderr, out.stderr
   assert "dnas: compiled the search step" not in out.stderr
+  # The first run kept the step's trace (`dnas.trace_cache`); the later ones called it
+  # under the same key, and ended bitwise as the uninterrupted run.
+  assert len(os.listdir(cache / "dnas-traces")) == 1
 
 
 def test_non_finite_loss_stops_naming_step_and_phase(tmp_path):

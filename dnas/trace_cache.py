@@ -1,0 +1,214 @@
+"""Traces kept on disk: a jitted program that a later process lowers without tracing.
+
+JAX's persistent compilation cache keeps what XLA compiled, but every process still
+traces and lowers the program before it can look there: 16 s of the default search's
+warm start, 19 s at CIFAR-10 shapes (BUILD_NOTES.md, "Compile time"). `cached_jit` keeps
+the lowered program (`jax.export`, serialized StableHLO) in `dnas-traces/` inside the
+compilation cache's directory, and a process that finds it there calls it instead of
+tracing (`Exported.call`). Its key is the caller's name for the program (what it
+computes: the config) with everything else a trace can depend on: the arguments'
+structure, shapes and dtypes, the jit's shardings and donation, the backend and its
+devices, JAX's configuration, the version of every installed distribution, and the
+source of dnas and of every other loaded module outside the standard library and
+site-packages (the user's own spaces and scripts). Turning the compilation cache off
+($DNAS_JAX_CACHE="") turns this off too.
+"""
+
+import functools
+import hashlib
+import importlib.metadata
+import logging
+import os
+import re
+import sys
+import sysconfig
+import time
+
+import jax
+
+# Entries kept (the least recently used are removed beyond it); the default search's
+# step is 3.1 MB.
+MAX_ENTRIES = 32
+SUBDIR = "dnas-traces"
+
+
+def directory() -> str | None:
+  """Where traces are kept: `dnas-traces` in JAX's persistent compilation cache's local
+  directory; None when that cache is off or not a local directory."""
+  path = jax.config.jax_compilation_cache_dir
+  if not path or "://" in path:
+    return None
+  return os.path.join(path, SUBDIR)
+
+
+def cached_jit(fn, key: str | None, **jit_kwargs):
+  """`jax.jit(fn, **jit_kwargs)`, whose trace a later process loads from `directory()`.
+
+  `key`: what `fn` computes beyond its code and arguments (a config, a table), as a
+  string; None: a plain `jax.jit`. The returned function traces (once per argument
+  signature and process, as any `jax.jit`) into either a call of the stored program or,
+  when none is stored, a call of the program it exports and stores for the next process.
+  The arguments and results must be trees of lists, tuples and dicts (`jax.export`
+  serializes no other node types): `execution.Flat` passes a state as a list of
+  buffers. A program that `jax.export` refuses (another node type, a custom call
+  without compatibility guarantees) is traced as without the cache, with a warning."""
+  if key is None:
+    return jax.jit(fn, **jit_kwargs)
+  plain = jax.jit(fn, **jit_kwargs)
+  options = repr(sorted(jit_kwargs.items()))
+
+  @functools.wraps(fn)
+  def program(*args):
+    where = directory()
+    if where is None:
+      return fn(*args)
+    specs = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                                        weak_type=x.aval.weak_type), args)
+    platform = jax.export.default_export_platform()
+    path = os.path.join(where, _digest(key, options, platform, _signature(specs),
+                                       fingerprint()) + ".exported")
+    exported = _load(path)
+    if exported is None:
+      try:
+        exported = jax.export.export(plain, platforms=(platform,))(*specs)
+        data = exported.serialize()
+      except Exception as e:  # pylint: disable=broad-except
+        out = fn(*args)  # an error of fn's own is raised here, as without the cache
+        logging.warning("dnas: %s is traced in every process (jax.export: %s)",
+                        getattr(fn, "__name__", "a program"), str(e).splitlines()[0])
+        return out
+      _store(path, data)
+    return exported.call(*args)
+
+  return jax.jit(program, **jit_kwargs)
+
+
+def _signature(specs) -> str:
+  leaves, treedef = jax.tree.flatten(specs)
+  return f"{treedef} {[(x.shape, str(x.dtype), x.weak_type) for x in leaves]}"
+
+
+def _digest(*parts: str) -> str:
+  h = hashlib.sha256()
+  for p in parts:
+    h.update(p.encode())
+    h.update(b"\0")
+  return h.hexdigest()
+
+
+def _load(path: str):
+  """The stored program at `path`, or None (none, or unreadable: then removed)."""
+  try:
+    with open(path, "rb") as f:
+      data = f.read()
+  except OSError:
+    return None
+  try:
+    exported = jax.export.deserialize(bytearray(data))
+  except Exception as e:  # pylint: disable=broad-except
+    logging.warning("dnas: dropping the unreadable trace %s (%s)", path, e)
+    _remove(path)
+    return None
+  try:
+    os.utime(path)  # recently used
+  except OSError:
+    pass
+  return exported
+
+
+def _store(path: str, data: bytes) -> None:
+  """Writes `data` to `path` atomically (a reader sees all of it or nothing), then
+  removes the least recently used entries beyond `MAX_ENTRIES`. A cache that cannot be
+  written costs the next process a trace, nothing else."""
+  tmp = f"{path}.{os.getpid()}.tmp"
+  try:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(tmp, "wb") as f:
+      f.write(data)
+    os.replace(tmp, path)
+  except OSError as e:
+    logging.warning("dnas: cannot keep the trace in %s (%s)", path, e)
+    _remove(tmp)
+    return
+  _evict(os.path.dirname(path))
+
+
+def _evict(where: str) -> None:
+  entries, now = [], time.time()
+  for name in os.listdir(where):
+    p = os.path.join(where, name)
+    try:
+      mtime = os.path.getmtime(p)
+    except OSError:
+      continue
+    if name.endswith(".exported"):
+      entries.append((mtime, p))
+    elif name.endswith(".tmp") and now - mtime > 3600:  # a writer killed mid-write
+      _remove(p)
+  for _, p in sorted(entries)[:-MAX_ENTRIES]:
+    _remove(p)
+
+
+def _remove(path: str) -> None:
+  try:
+    os.remove(path)
+  except OSError:
+    pass
+
+
+def fingerprint() -> str:
+  """What every trace may depend on besides its arguments: the backend and its devices,
+  JAX's configuration, installed distributions, and the source of dnas and of the loaded
+  modules outside the standard library and site-packages."""
+  devices = jax.devices()
+  backend = (jax.default_backend(), devices[0].client.platform_version,
+             sorted({d.device_kind for d in devices}), len(devices), jax.process_count(),
+             jax.process_index())
+  # Object addresses in a repr (a function's) differ between processes.
+  config = re.sub(r" at 0x[0-9a-f]+", "", repr(sorted(jax.config.values.items())))
+  return _digest(repr(backend), config, _distributions(), _sources())
+
+
+@functools.cache
+def _distributions() -> str:
+  return repr(sorted((d.metadata["Name"] or "", d.version)
+                     for d in importlib.metadata.distributions()))
+
+
+def _library_dirs() -> tuple[str, ...]:
+  paths = sysconfig.get_paths()
+  dirs = {os.path.realpath(paths[k]) for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+  dirs.add(os.path.realpath(os.path.join(sys.base_prefix, "lib")))
+  return tuple(d + os.sep for d in sorted(dirs))
+
+
+def _sources() -> str:
+  """Digest of every dnas source file and of each loaded module's file outside the
+  library directories."""
+  package = os.path.dirname(os.path.realpath(__file__))
+  files = {os.path.join(d, f) for d, _, names in os.walk(package) for f in names
+           if f.endswith(".py")}
+  libraries = _library_dirs()
+  for module in list(sys.modules.values()):
+    path = getattr(module, "__file__", None)
+    if path and path.endswith(".py"):
+      path = os.path.realpath(path)
+      if not path.startswith(libraries):
+        files.add(path)
+  return _digest(*(f"{p} {_file_digest(p)}" for p in sorted(files)))
+
+
+_FILE_DIGESTS: dict = {}
+
+
+def _file_digest(path: str) -> str:
+  try:
+    st = os.stat(path)
+  except OSError:
+    return "missing"
+  stamp = (st.st_mtime_ns, st.st_size)
+  cached = _FILE_DIGESTS.get(path)
+  if cached is None or cached[0] != stamp:
+    with open(path, "rb") as f:
+      cached = _FILE_DIGESTS[path] = (stamp, hashlib.sha256(f.read()).hexdigest())
+  return cached[1]

@@ -1,0 +1,140 @@
+"""Traces kept on disk (`dnas.trace_cache`): a later process calls the stored program
+instead of tracing, with the same results; anything a trace depends on changes the key."""
+
+import collections
+import importlib
+import logging
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dnas import trace_cache
+
+
+@pytest.fixture
+def where(tmp_path, monkeypatch):
+  d = tmp_path / trace_cache.SUBDIR
+  monkeypatch.setattr(trace_cache, "directory", lambda: str(d))
+  return d
+
+
+def _step(traced):
+  """A step shaped as the search's: (buffers, batch) -> (buffers, metrics); `traced`
+  counts the traces of its body."""
+  def step(buffers, batch):
+    traced.append(1)
+    new = [b * batch["x"].mean() + jnp.tanh(b) for b in buffers]
+    return new, {"loss": sum(jnp.sum(b ** 2) for b in new), "n": batch["x"].shape[0]}
+  return step
+
+
+def _args(seed=0, n=4):
+  rng = np.random.default_rng(seed)
+  return ([jnp.asarray(rng.normal(size=(3,)), jnp.float32),
+           jnp.asarray(rng.normal(size=(2, 5)), jnp.float32)],
+          {"x": jnp.asarray(rng.normal(size=(n,)), jnp.float32)})
+
+
+def _equal(a, b):
+  return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def test_a_later_process_calls_the_stored_program(where):
+  traced = []
+  expected = jax.jit(_step([]))(*_args())
+  first = trace_cache.cached_jit(_step(traced), "key", donate_argnums=0)
+  args = _args()
+  out = first(*args)
+  assert traced == [1] and len(os.listdir(where)) == 1
+  assert args[0][0].is_deleted()  # the buffers are donated
+  assert _equal(out, expected)
+  # A new jit (as in a new process) loads the program: the body is not traced again.
+  later = trace_cache.cached_jit(_step(traced), "key", donate_argnums=0)
+  args = _args()
+  out = later(*args)
+  assert traced == [1] and len(os.listdir(where)) == 1
+  assert args[0][0].is_deleted()
+  assert _equal(out, expected)
+  # Ahead of time as `cpu.compile_then_trim` compiles, from shapes alone.
+  specs = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), _args())
+  compiled = trace_cache.cached_jit(_step(traced), "key", donate_argnums=0).lower(
+      *specs).compile()
+  assert traced == [1]
+  assert _equal(compiled(*_args()), expected)
+
+
+def test_the_key_the_shapes_and_the_jit_options_each_keep_their_own_program(where):
+  traced = []
+  trace_cache.cached_jit(_step(traced), "key")(*_args())
+  trace_cache.cached_jit(_step(traced), "another key")(*_args())
+  out = trace_cache.cached_jit(_step(traced), "key")(*_args(n=6))
+  assert _equal(out, jax.jit(_step([]))(*_args(n=6)))
+  trace_cache.cached_jit(_step(traced), "key", donate_argnums=0)(*_args())
+  assert len(traced) == 4 and len(os.listdir(where)) == 4
+  trace_cache.cached_jit(_step(traced), None)(*_args())  # no key: a plain jax.jit
+  assert len(traced) == 5 and len(os.listdir(where)) == 4
+
+
+def test_an_unreadable_entry_is_traced_again(where, caplog):
+  traced = []
+  trace_cache.cached_jit(_step(traced), "key")(*_args())
+  (entry,) = where.iterdir()
+  entry.write_bytes(entry.read_bytes()[:100])  # a truncated file
+  with caplog.at_level(logging.WARNING):
+    out = trace_cache.cached_jit(_step(traced), "key")(*_args())
+  assert "unreadable trace" in caplog.text
+  assert len(traced) == 2 and _equal(out, jax.jit(_step([]))(*_args()))
+  trace_cache.cached_jit(_step(traced), "key")(*_args())  # rewritten, readable
+  assert len(traced) == 2
+
+
+def test_a_program_export_refuses_is_traced_with_a_warning(where, caplog):
+  Pair = collections.namedtuple("Pair", "a b")  # jax.export serializes no namedtuple
+  traced = []
+
+  def fn(x):
+    traced.append(1)
+    return Pair(x + 1, x * 2)
+  with caplog.at_level(logging.WARNING):
+    out = trace_cache.cached_jit(fn, "key")(jnp.arange(3.0))
+  assert "traced in every process" in caplog.text
+  assert isinstance(out, Pair) and np.array_equal(out.b, [0.0, 2.0, 4.0])
+  assert not where.exists() or not os.listdir(where)
+
+  def broken(x):
+    return x @ jnp.ones((5,))  # fn's own error surfaces as without the cache
+  with pytest.raises(TypeError, match="dot_general"):
+    trace_cache.cached_jit(broken, "key")(jnp.arange(3.0))
+
+
+def test_the_least_recently_used_entries_go(where, monkeypatch):
+  monkeypatch.setattr(trace_cache, "MAX_ENTRIES", 2)
+  for key in ("a", "b"):
+    trace_cache.cached_jit(_step([]), key)(*_args())
+  a = next(where.iterdir())
+  os.utime(a, (0, 0))  # used long ago: the next entry replaces it
+  trace_cache.cached_jit(_step([]), "c")(*_args())
+  names = os.listdir(where)
+  assert len(names) == 2 and a.name not in names
+
+
+def test_the_fingerprint_follows_loaded_user_code(tmp_path, monkeypatch):
+  # A module of the user's (outside the standard library and site-packages), such as
+  # a registered space: editing it changes what a trace may compute.
+  (tmp_path / "user_space_probe.py").write_text("WIDTH = 3\n")
+  monkeypatch.syspath_prepend(str(tmp_path))
+  before = trace_cache.fingerprint()
+  module = importlib.import_module("user_space_probe")
+  try:
+    loaded = trace_cache.fingerprint()
+    assert loaded != before
+    assert trace_cache.fingerprint() == loaded  # stable while nothing changes
+    (tmp_path / "user_space_probe.py").write_text("WIDTH = 4\n")
+    os.utime(tmp_path / "user_space_probe.py", (1, 1))  # another mtime, whatever the clock
+    assert trace_cache.fingerprint() not in (before, loaded)
+  finally:
+    del sys.modules[module.__name__]
