@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from dnas import kernels, utils
+from dnas import kernels, trace_cache, utils
 
 
 def _call(net, x, **inputs):
@@ -14,7 +14,7 @@ def _call(net, x, **inputs):
 
 
 def make_eval_step(graphdef_eval, *, shardings=None, dtype=None, apply=None,
-                   jit: bool = True):
+                   jit: bool = True, cache_key: str | None = None):
   """eval(variables, batch, inputs) -> (sum of losses f32[], number correct f32[],
   number of examples f32[]), over the global batch.
 
@@ -26,6 +26,9 @@ def make_eval_step(graphdef_eval, *, shardings=None, dtype=None, apply=None,
     apply: `apply(net, x, **inputs)` -> logits f32[N, K] or a tuple whose first entry
       they are (default: `net(x, **inputs)`; a space's `final_apply` for retraining).
     jit: False returns the pure function.
+    cache_key: what the model computes beyond dnas's code and the arguments' shapes, to
+      keep the jitted step's trace on disk (`trace_cache.cached_jit`); None: traced in
+      every process.
 
   The step's `variables` is the tuple of states merged with `graphdef_eval` (search:
   (params, alphas, batch_stats); retraining: (params, batch_stats)); `batch` is
@@ -48,11 +51,12 @@ def make_eval_step(graphdef_eval, *, shardings=None, dtype=None, apply=None,
     return eval_step
   eval_step = kernels.for_local_devices(eval_step)
   if shardings is None:
-    return jax.jit(eval_step)
+    return trace_cache.cached_jit(eval_step, cache_key)
   variables_sh, batch_sh = shardings
   replicated = jax.sharding.NamedSharding(batch_sh.mesh, jax.sharding.PartitionSpec())
-  return jax.jit(eval_step, in_shardings=(tuple(variables_sh), batch_sh, replicated),
-                 out_shardings=replicated)
+  return trace_cache.cached_jit(eval_step, cache_key,
+                                in_shardings=(tuple(variables_sh), batch_sh, replicated),
+                                out_shardings=replicated)
 
 
 def evaluate(eval_fn, batches) -> tuple[float, float]:

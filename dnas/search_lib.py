@@ -303,7 +303,7 @@ class Search:
     self.eval_step = cpu.compile_then_trim(make_eval_step(
         self.graphdef_eval, shardings=((shardings[0].params, shardings[0].alphas,
                                         shardings[0].batch_stats), shardings[1]),
-        dtype=dtype))
+        dtype=dtype, cache_key=f"{key} evaluation"))
 
   def _arch_batch(self):
     return parallel.put_batch(next(iter(self.make(self.a_src, seed=0, epoch=0, train=False))),

@@ -48,29 +48,35 @@ def cached_jit(fn, key: str | None, **jit_kwargs):
   string; None: a plain `jax.jit`. The returned function traces (once per argument
   signature and process, as any `jax.jit`) into either a call of the stored program or,
   when none is stored, a call of the program it exports and stores for the next process.
-  The arguments and results must be trees of lists, tuples and dicts (`jax.export`
-  serializes no other node types): `execution.Flat` passes a state as a list of
-  buffers. A program that `jax.export` refuses (another node type, a custom call
-  without compatibility guarantees) is traced as without the cache, with a warning."""
+  The results must be a tree of lists, tuples and dicts (`jax.export` serializes no
+  other node types; the arguments may be any tree). A program that `jax.export`
+  refuses (another node type in the results, a custom call without compatibility
+  guarantees) is traced as without the cache, with a warning."""
   if key is None:
     return jax.jit(fn, **jit_kwargs)
-  plain = jax.jit(fn, **jit_kwargs)
-  options = repr(sorted(jit_kwargs.items()))
+  options = _without_addresses(repr(sorted(jit_kwargs.items())))
 
   @functools.wraps(fn)
   def program(*args):
     where = directory()
     if where is None:
       return fn(*args)
-    specs = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
-                                                        weak_type=x.aval.weak_type), args)
+    # Exported over the arguments' leaves: `jax.export` serializes the tree of
+    # arguments, which may hold node types it cannot (a Flax state's).
+    leaves, in_tree = jax.tree.flatten(args)
+    specs = [jax.ShapeDtypeStruct(x.shape, x.dtype, weak_type=x.aval.weak_type)
+             for x in leaves]
     platform = jax.export.default_export_platform()
-    path = os.path.join(where, _digest(key, options, platform, _signature(specs),
-                                       fingerprint()) + ".exported")
+    avals = [(x.shape, str(x.dtype), x.weak_type) for x in specs]
+    signature = _without_addresses(f"{in_tree} {avals}")
+    path = os.path.join(where, _digest(key, options, platform, signature, fingerprint())
+                        + ".exported")
     exported = _load(path)
     if exported is None:
       try:
-        exported = jax.export.export(plain, platforms=(platform,))(*specs)
+        flat = jax.jit(lambda *leaves: fn(*in_tree.unflatten(leaves)),
+                       **_flat_options(jit_kwargs, args))
+        exported = jax.export.export(flat, platforms=(platform,))(*specs)
         data = exported.serialize()
       except Exception as e:  # pylint: disable=broad-except
         out = fn(*args)  # an error of fn's own is raised here, as without the cache
@@ -78,14 +84,30 @@ def cached_jit(fn, key: str | None, **jit_kwargs):
                         getattr(fn, "__name__", "a program"), str(e).splitlines()[0])
         return out
       _store(path, data)
-    return exported.call(*args)
+    return exported.call(*leaves)
 
   return jax.jit(program, **jit_kwargs)
 
 
-def _signature(specs) -> str:
-  leaves, treedef = jax.tree.flatten(specs)
-  return f"{treedef} {[(x.shape, str(x.dtype), x.weak_type) for x in leaves]}"
+def _flat_options(jit_kwargs: dict, args: tuple) -> dict:
+  """The jit's shardings for the function of the arguments' leaves (donation stays with
+  the outer jit, which owns the buffers)."""
+  kwargs = {k: v for k, v in jit_kwargs.items() if k == "out_shardings"}
+  prefix = jit_kwargs.get("in_shardings")
+  if prefix is not None:
+    if isinstance(prefix, jax.sharding.Sharding):
+      kwargs["in_shardings"] = prefix
+    else:  # a tree prefix of the arguments, one sharding per leaf of each subtree
+      flat = []
+      jax.tree.map(lambda sh, sub: flat.extend([sh] * len(jax.tree.leaves(sub))),
+                   tuple(prefix), args)
+      kwargs["in_shardings"] = tuple(flat)
+  return kwargs
+
+
+def _without_addresses(text: str) -> str:
+  """Object addresses in a repr (a function's) differ between processes."""
+  return re.sub(r" at 0x[0-9a-f]+", "", text)
 
 
 def _digest(*parts: str) -> str:
@@ -164,8 +186,7 @@ def fingerprint() -> str:
   backend = (jax.default_backend(), devices[0].client.platform_version,
              sorted({d.device_kind for d in devices}), len(devices), jax.process_count(),
              jax.process_index())
-  # Object addresses in a repr (a function's) differ between processes.
-  config = re.sub(r" at 0x[0-9a-f]+", "", repr(sorted(jax.config.values.items())))
+  config = _without_addresses(repr(sorted(jax.config.values.items())))
   return _digest(repr(backend), config, _distributions(), _sources())
 
 

@@ -139,12 +139,15 @@ def _train(config, arch_source, workdir, progress, resume, preemption):
   # The loop carries the state as a short list of buffers (`loop.Flat`).
   flat = loop.Flat(state, shardings[0])
   rep = NamedSharding(mesh, P())
+  # What the programs compute beyond dnas's code and their arguments' shapes: their
+  # traces are kept on disk under it (`dnas.trace_cache`).
+  cache_key = repr((config.to_dict(), space.to_dict(arch), info, steps_per_epoch))
   train_step = cpu.compile_then_trim(flat.jit(
       kernels.for_local_devices(tree_step), in_shardings=(shardings[0], shardings[1], rep, rep),
-      out_shardings=(shardings[0], rep)))
+      out_shardings=(shardings[0], rep), cache_key=f"{cache_key} training step"))
   eval_step = cpu.compile_then_trim(make_eval_step(
       graphdef_eval, shardings=(shardings[0][:2], shardings[1]), dtype=dtype,
-      apply=lambda net, x: space.final_apply(net, x)))
+      apply=lambda net, x: space.final_apply(net, x), cache_key=f"{cache_key} evaluation"))
   augment = make_augment(info, crop_padding=config.data.crop_padding, flip=config.data.flip,
                          cutout=t.cutout)
   make = functools.partial(make_batches, batch_size=t.batch_size, augment=augment,

@@ -98,9 +98,10 @@ def test_search_sigterm_then_sigkill_each_resume_bitwise_and_load_their_programs
   assert out.returncode == 0, out.stderr[-3000:]
   assert "dnas: loaded the search step from the compile cache" in out.stderr, out.stderr
   assert "dnas: compiled the search step" not in out.stderr
-  # The first run kept the step's trace (`dnas.trace_cache`); the later ones called it
-  # under the same key, and ended bitwise as the uninterrupted run.
-  assert len(os.listdir(cache / "dnas-traces")) == 1
+  # The runs kept the traces (`dnas.trace_cache`) of the search step and the evaluation,
+  # one each: every later run called them under the same keys, and the resumed run ended
+  # bitwise as the uninterrupted run.
+  assert len(os.listdir(cache / "dnas-traces")) == 2
 
 
 def test_non_finite_loss_stops_naming_step_and_phase(tmp_path):

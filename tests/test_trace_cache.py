@@ -79,6 +79,26 @@ def test_the_key_the_shapes_and_the_jit_options_each_keep_their_own_program(wher
   assert len(traced) == 5 and len(os.listdir(where)) == 4
 
 
+def test_arguments_of_any_tree_and_their_shardings(where):
+  # A Flax state (node types jax.export cannot serialize) with a sharding per subtree,
+  # as the evaluation's (params, batch statistics) arrive.
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+  traced = []
+  net = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
+  params = nnx.state(net, nnx.Param)
+  one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+
+  def fn(params, x):
+    traced.append(1)
+    return (x @ params["kernel"][...] + params["bias"][...]).sum(), x.shape[0]
+  x = jnp.arange(6.0).reshape(2, 3)
+  expected = jax.jit(fn)(params, x)
+  for _ in range(2):
+    out = trace_cache.cached_jit(fn, "key", in_shardings=(one, one))(params, x)
+    assert _equal(out, expected)
+  assert traced == [1, 1]  # expected's and the export's; the second jit loaded it
+
+
 def test_an_unreadable_entry_is_traced_again(where, caplog):
   traced = []
   trace_cache.cached_jit(_step(traced), "key")(*_args())
