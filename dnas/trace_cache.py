@@ -17,11 +17,13 @@ site-packages (the user's own spaces and scripts). Turning the compilation cache
 import functools
 import hashlib
 import importlib.metadata
+import json
 import logging
 import os
 import re
 import sys
 import sysconfig
+import tempfile
 import time
 
 import jax
@@ -34,11 +36,18 @@ SUBDIR = "dnas-traces"
 
 def directory() -> str | None:
   """Where traces are kept: `dnas-traces` in JAX's persistent compilation cache's local
-  directory; None when that cache is off or not a local directory."""
+  directory; None when that cache is off or not a local directory, or in an interactive
+  session (`interactive`)."""
   path = jax.config.jax_compilation_cache_dir
-  if not path or "://" in path:
+  if not path or "://" in path or interactive():
     return None
   return os.path.join(path, SUBDIR)
+
+
+def interactive() -> bool:
+  """Whether the main program has no file (a notebook, a REPL, `python -c`): code
+  defined there (a space in a notebook cell) has no source to key a trace on."""
+  return getattr(sys.modules.get("__main__"), "__file__", None) is None
 
 
 def cached_jit(fn, key: str | None, **jit_kwargs):
@@ -51,9 +60,16 @@ def cached_jit(fn, key: str | None, **jit_kwargs):
   The results must be a tree of lists, tuples and dicts (`jax.export` serializes no
   other node types; the arguments may be any tree). A program that `jax.export`
   refuses (another node type in the results, a custom call without compatibility
-  guarantees) is traced as without the cache, with a warning."""
+  guarantees) is traced as without the cache, with a warning. When the stored program
+  is called, `fn`'s Python body does not run (no trace-time side effects), and the
+  result is for calling: it is not differentiated or vmapped (the stored program has
+  no derivative rules)."""
   if key is None:
     return jax.jit(fn, **jit_kwargs)
+  unsupported = set(jit_kwargs) - {"donate_argnums", "in_shardings", "out_shardings"}
+  if unsupported:
+    raise ValueError(f"cached_jit takes donate_argnums, in_shardings and out_shardings; "
+                     f"got {', '.join(sorted(unsupported))}")
   options = _without_addresses(repr(sorted(jit_kwargs.items())))
 
   @functools.wraps(fn)
@@ -81,9 +97,12 @@ def cached_jit(fn, key: str | None, **jit_kwargs):
       except Exception as e:  # pylint: disable=broad-except
         out = fn(*args)  # an error of fn's own is raised here, as without the cache
         logging.warning("dnas: %s is traced in every process (jax.export: %s)",
-                        getattr(fn, "__name__", "a program"), str(e).splitlines()[0])
+                        getattr(fn, "__name__", "a program"),
+                        (str(e).splitlines() or [repr(e)])[0])
         return out
-      _store(path, data)
+      # The user's modules that the trace imported are not in the key (it was made
+      # before): the entry lists them, and a reader checks them (`_load`).
+      _store(path, data, _user_sources())
     return exported.call(*leaves)
 
   return jax.jit(program, **jit_kwargs)
@@ -119,12 +138,25 @@ def _digest(*parts: str) -> str:
 
 
 def _load(path: str):
-  """The stored program at `path`, or None (none, or unreadable: then removed)."""
+  """The stored program at `path`, or None: none, one whose bytes or whose listed user
+  modules differ from what was written (then removed, or left to be replaced)."""
   try:
     with open(path, "rb") as f:
-      data = f.read()
-  except OSError:
+      header, data = f.read().split(b"\n", 1)
+    manifest = json.loads(header)
+  except (OSError, ValueError):
+    manifest = data = None
+  if manifest is None:
+    if os.path.exists(path):
+      logging.warning("dnas: dropping the unreadable trace %s", path)
+      _remove(path)
     return None
+  if hashlib.sha256(data).hexdigest() != manifest.get("sha256"):
+    logging.warning("dnas: dropping the corrupted trace %s", path)
+    _remove(path)
+    return None
+  if any(_file_digest(p) != d for p, d in manifest.get("modules", {}).items()):
+    return None  # a module the trace imported has changed: traced and stored again
   try:
     exported = jax.export.deserialize(bytearray(data))
   except Exception as e:  # pylint: disable=broad-except
@@ -138,21 +170,27 @@ def _load(path: str):
   return exported
 
 
-def _store(path: str, data: bytes) -> None:
-  """Writes `data` to `path` atomically (a reader sees all of it or nothing), then
-  removes the least recently used entries beyond `MAX_ENTRIES`. A cache that cannot be
-  written costs the next process a trace, nothing else."""
-  tmp = f"{path}.{os.getpid()}.tmp"
+def _store(path: str, data: bytes, modules: dict) -> None:
+  """Writes `data` to `path` atomically (a reader sees all of it or nothing) after a
+  header with its digest and the `modules` it was traced with, then removes the least
+  recently used entries beyond `MAX_ENTRIES`. A cache that cannot be written costs the
+  next process a trace, nothing else."""
+  header = json.dumps(dict(sha256=hashlib.sha256(data).hexdigest(), modules=modules))
+  where, tmp = os.path.dirname(path), None
   try:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(tmp, "wb") as f:
-      f.write(data)
+    os.makedirs(where, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=where, suffix=".tmp")
+    with os.fdopen(fd, "wb") as f:
+      f.write(header.encode() + b"\n" + data)
+      f.flush()
+      os.fsync(f.fileno())
     os.replace(tmp, path)
   except OSError as e:
     logging.warning("dnas: cannot keep the trace in %s (%s)", path, e)
-    _remove(tmp)
+    if tmp:
+      _remove(tmp)
     return
-  _evict(os.path.dirname(path))
+  _evict(where)
 
 
 def _evict(where: str) -> None:
@@ -181,42 +219,47 @@ def _remove(path: str) -> None:
 def fingerprint() -> str:
   """What every trace may depend on besides its arguments: the backend and its devices,
   JAX's configuration, installed distributions, and the source of dnas and of the loaded
-  modules outside the standard library and site-packages."""
+  modules outside the standard library and site-packages (`_user_sources`; those a trace
+  imports are listed in its entry and checked when it is read). The same on
+  every process of a multi-host run (one SPMD program)."""
   devices = jax.devices()
   backend = (jax.default_backend(), devices[0].client.platform_version,
-             sorted({d.device_kind for d in devices}), len(devices), jax.process_count(),
-             jax.process_index())
+             sorted({d.device_kind for d in devices}), len(devices), jax.process_count())
   config = _without_addresses(repr(sorted(jax.config.values.items())))
-  return _digest(repr(backend), config, _distributions(), _sources())
+  package = os.path.dirname(os.path.realpath(__file__))
+  dnas_files = sorted(os.path.join(d, f) for d, _, names in os.walk(package) for f in names
+                      if f.endswith(".py"))
+  return _digest(repr(backend), config, _distributions(),
+                 *(f"{os.path.relpath(p, package)} {_file_digest(p)}" for p in dnas_files),
+                 repr(sorted(_user_sources().items())))
 
 
 @functools.cache
 def _distributions() -> str:
-  return repr(sorted((d.metadata["Name"] or "", d.version)
-                     for d in importlib.metadata.distributions()))
+  # A set: run from a source checkout, its own metadata (dnas.egg-info) is found twice.
+  return repr(sorted({((d.metadata["Name"] or "").lower(), d.version)
+                      for d in importlib.metadata.distributions()}))
 
 
 def _library_dirs() -> tuple[str, ...]:
   paths = sysconfig.get_paths()
   dirs = {os.path.realpath(paths[k]) for k in ("stdlib", "platstdlib", "purelib", "platlib")}
   dirs.add(os.path.realpath(os.path.join(sys.base_prefix, "lib")))
+  dirs.add(os.path.dirname(os.path.realpath(__file__)))  # dnas itself: `fingerprint`
   return tuple(d + os.sep for d in sorted(dirs))
 
 
-def _sources() -> str:
-  """Digest of every dnas source file and of each loaded module's file outside the
-  library directories."""
-  package = os.path.dirname(os.path.realpath(__file__))
-  files = {os.path.join(d, f) for d, _, names in os.walk(package) for f in names
-           if f.endswith(".py")}
-  libraries = _library_dirs()
+def _user_sources() -> dict[str, str]:
+  """{file: digest} of the loaded modules outside the library directories and dnas: the
+  user's own (a registered space, a script)."""
+  libraries, files = _library_dirs(), {}
   for module in list(sys.modules.values()):
     path = getattr(module, "__file__", None)
     if path and path.endswith(".py"):
       path = os.path.realpath(path)
       if not path.startswith(libraries):
-        files.add(path)
-  return _digest(*(f"{p} {_file_digest(p)}" for p in sorted(files)))
+        files[path] = _file_digest(path)
+  return files
 
 
 _FILE_DIGESTS: dict = {}

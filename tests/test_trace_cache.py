@@ -99,17 +99,62 @@ def test_arguments_of_any_tree_and_their_shardings(where):
   assert traced == [1, 1]  # expected's and the export's; the second jit loaded it
 
 
-def test_an_unreadable_entry_is_traced_again(where, caplog):
+@pytest.mark.parametrize("damage", ["truncated", "flipped"])
+def test_a_damaged_entry_is_dropped_and_traced_again(where, caplog, damage):
   traced = []
   trace_cache.cached_jit(_step(traced), "key")(*_args())
   (entry,) = where.iterdir()
-  entry.write_bytes(entry.read_bytes()[:100])  # a truncated file
+  data = bytearray(entry.read_bytes())
+  if damage == "truncated":
+    data = data[:len(data) // 2]
+  else:  # bytes that deserialize, but not into the program written
+    data[-len(data) // 3] ^= 0xFF
+  entry.write_bytes(bytes(data))
   with caplog.at_level(logging.WARNING):
     out = trace_cache.cached_jit(_step(traced), "key")(*_args())
-  assert "unreadable trace" in caplog.text
+  assert "corrupted trace" in caplog.text
   assert len(traced) == 2 and _equal(out, jax.jit(_step([]))(*_args()))
   trace_cache.cached_jit(_step(traced), "key")(*_args())  # rewritten, readable
   assert len(traced) == 2
+
+
+def test_a_module_the_trace_imports_is_checked_when_read(where, tmp_path, monkeypatch):
+  # A user's module imported only while tracing is not in the key (made before the
+  # trace): the entry lists it, and an edit to it makes the next process trace again.
+  (tmp_path / "lazy_user_op.py").write_text("SCALE = 2.0\n")
+  monkeypatch.syspath_prepend(str(tmp_path))
+  traced = []
+
+  def fn(x):
+    traced.append(1)
+    return x * importlib.import_module("lazy_user_op").SCALE
+  try:
+    assert np.array_equal(trace_cache.cached_jit(fn, "key")(jnp.ones(2)), [2.0, 2.0])
+    del sys.modules["lazy_user_op"]  # a new process: not imported before the trace
+    assert np.array_equal(trace_cache.cached_jit(fn, "key")(jnp.ones(2)), [2.0, 2.0])
+    assert len(traced) == 1
+    sys.modules.pop("lazy_user_op", None)  # not imported: the program was called
+    (tmp_path / "lazy_user_op.py").write_text("SCALE = 3.0\n")
+    os.utime(tmp_path / "lazy_user_op.py", (1, 1))
+    assert np.array_equal(trace_cache.cached_jit(fn, "key")(jnp.ones(2)), [3.0, 3.0])
+    assert len(traced) == 2
+  finally:
+    sys.modules.pop("lazy_user_op", None)
+
+
+def test_no_traces_are_kept_for_an_interactive_session(monkeypatch):
+  # A notebook cell's code has no file to key on.
+  script = type(sys)("__main__")
+  script.__file__ = "search.py"
+  monkeypatch.setitem(sys.modules, "__main__", script)
+  assert not trace_cache.interactive()
+  monkeypatch.setitem(sys.modules, "__main__", type(sys)("__main__"))
+  assert trace_cache.interactive() and trace_cache.directory() is None
+
+
+def test_options_it_cannot_key_are_refused():
+  with pytest.raises(ValueError, match="got static_argnums"):
+    trace_cache.cached_jit(lambda x, n: x, "key", static_argnums=1)
 
 
 def test_a_program_export_refuses_is_traced_with_a_warning(where, caplog):
