@@ -99,20 +99,24 @@ def test_arguments_of_any_tree_and_their_shardings(where):
   assert traced == [1, 1]  # expected's and the export's; the second jit loaded it
 
 
-@pytest.mark.parametrize("damage", ["truncated", "flipped"])
+@pytest.mark.parametrize("damage", ["truncated", "flipped", "header"])
 def test_a_damaged_entry_is_dropped_and_traced_again(where, caplog, damage):
   traced = []
   trace_cache.cached_jit(_step(traced), "key")(*_args())
   (entry,) = where.iterdir()
-  data = bytearray(entry.read_bytes())
+  # The header (digests; as long as the modules loaded) and the serialized program.
+  header, payload = entry.read_bytes().split(b"\n", 1)
+  payload = bytearray(payload)
   if damage == "truncated":
-    data = data[:len(data) // 2]
-  else:  # bytes that deserialize, but not into the program written
-    data[-len(data) // 3] ^= 0xFF
-  entry.write_bytes(bytes(data))
+    payload = payload[:len(payload) // 2]
+  elif damage == "flipped":  # bytes that deserialize, but not into the program written
+    payload[-len(payload) // 3] ^= 0xFF
+  else:
+    header = header[:len(header) // 2]
+  entry.write_bytes(header + b"\n" + bytes(payload))
   with caplog.at_level(logging.WARNING):
     out = trace_cache.cached_jit(_step(traced), "key")(*_args())
-  assert "corrupted trace" in caplog.text
+  assert ("unreadable trace" if damage == "header" else "corrupted trace") in caplog.text
   assert len(traced) == 2 and _equal(out, jax.jit(_step([]))(*_args()))
   trace_cache.cached_jit(_step(traced), "key")(*_args())  # rewritten, readable
   assert len(traced) == 2
