@@ -85,8 +85,9 @@ def cached_jit(fn, key: str | None, **jit_kwargs):
     platform = jax.export.default_export_platform()
     avals = [(x.shape, str(x.dtype), x.weak_type) for x in specs]
     signature = _without_addresses(f"{in_tree} {avals}")
-    path = os.path.join(where, _digest(key, options, platform, signature, fingerprint())
-                        + ".exported")
+    before = _user_sources()
+    path = os.path.join(where, _digest(key, options, platform, signature,
+                                       fingerprint(before)) + ".exported")
     exported = _load(path)
     if exported is None:
       try:
@@ -102,7 +103,7 @@ def cached_jit(fn, key: str | None, **jit_kwargs):
         return out
       # The user's modules that the trace imported are not in the key (it was made
       # before): the entry lists them, and a reader checks them (`_load`).
-      _store(path, data, _user_sources())
+      _store(path, data, {p: d for p, d in _user_sources().items() if p not in before})
     return exported.call(*leaves)
 
   return jax.jit(program, **jit_kwargs)
@@ -216,11 +217,12 @@ def _remove(path: str) -> None:
     pass
 
 
-def fingerprint() -> str:
+def fingerprint(user_sources: dict | None = None) -> str:
   """What every trace may depend on besides its arguments: the backend and its devices,
   JAX's configuration, installed distributions, and the source of dnas and of the loaded
   modules outside the standard library and site-packages (`_user_sources`; those a trace
-  imports are listed in its entry and checked when it is read). The same on
+  imports are listed in its entry and checked when it is read; `user_sources`: those
+  already collected). The same on
   every process of a multi-host run (one SPMD program)."""
   devices = jax.devices()
   backend = (jax.default_backend(), devices[0].client.platform_version,
@@ -231,7 +233,8 @@ def fingerprint() -> str:
                       if f.endswith(".py"))
   return _digest(repr(backend), config, _distributions(),
                  *(f"{os.path.relpath(p, package)} {_file_digest(p)}" for p in dnas_files),
-                 repr(sorted(_user_sources().items())))
+                 repr(sorted((_user_sources() if user_sources is None
+                              else user_sources).items())))
 
 
 @functools.cache
