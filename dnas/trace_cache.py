@@ -227,7 +227,8 @@ def fingerprint(user_sources: dict | None = None) -> str:
   devices = jax.devices()
   backend = (jax.default_backend(), devices[0].client.platform_version,
              sorted({d.device_kind for d in devices}), len(devices), jax.process_count())
-  config = _without_addresses(repr(sorted(jax.config.values.items())))
+  config = _without_addresses(repr(sorted(
+      (k, v) for k, v in jax.config.values.items() if k not in _DIAGNOSTIC_CONFIG)))
   package = os.path.dirname(os.path.realpath(__file__))
   dnas_files = sorted(os.path.join(d, f) for d, _, names in os.walk(package) for f in names
                       if f.endswith(".py"))
@@ -235,6 +236,16 @@ def fingerprint(user_sources: dict | None = None) -> str:
                  *(f"{os.path.relpath(p, package)} {_file_digest(p)}" for p in dnas_files),
                  repr(sorted((_user_sources() if user_sources is None
                               else user_sources).items())))
+
+
+# JAX options that change what is logged or which programs the compile cache keeps, never
+# a traced program: `JAX_LOG_COMPILES=1` on a warm run must not trace again.
+_DIAGNOSTIC_CONFIG = frozenset((
+    "jax_log_compiles", "jax_explain_cache_misses", "jax_logging_level",
+    "jax_debug_log_modules", "jax_compiler_detailed_logging_min_ops",
+    "jax_log_checkpoint_residuals", "jax_compilation_cache_max_size",
+    "jax_persistent_cache_min_compile_time_secs", "jax_persistent_cache_min_entry_size_bytes",
+    "jax_raise_persistent_cache_errors"))
 
 
 @functools.cache

@@ -207,3 +207,11 @@ def test_the_fingerprint_follows_loaded_user_code(tmp_path, monkeypatch):
     assert trace_cache.fingerprint() not in (before, loaded)
   finally:
     del sys.modules[module.__name__]
+
+
+def test_logging_options_keep_the_fingerprint_and_program_options_change_it():
+  before = trace_cache.fingerprint()
+  with jax.log_compiles(True), jax.explain_cache_misses(True):
+    assert trace_cache.fingerprint() == before  # a diagnostic run loads the same traces
+  with jax.default_matmul_precision("highest"):
+    assert trace_cache.fingerprint() != before
