@@ -70,7 +70,9 @@ class CompileWatch:
   loads from its persistent compilation cache, from `jax.monitoring`'s events: `programs`
   (each backend compile request), `cached` (of those, loaded from the cache), and the
   seconds spent tracing (`trace_s`), lowering to StableHLO (`lower_s`) and compiling or
-  loading (`compile_s`). Events from every thread count (the compile-ahead thread too)."""
+  loading (`compile_s`). Events count from the thread that entered it and from the
+  threads `precompile_in_background` starts while it is active (a step's programs
+  compiled ahead are the step's), not from other threads."""
 
   _active: list["CompileWatch"] = []
   _listening = False
@@ -79,6 +81,12 @@ class CompileWatch:
     self.programs = self.cached = 0
     self.trace_s = self.lower_s = self.compile_s = 0.0
     self.started = self.seconds = 0.0
+    self.threads = {threading.get_ident()}
+
+  @classmethod
+  def _watching(cls) -> list["CompileWatch"]:
+    me = threading.get_ident()
+    return [w for w in list(cls._active) if me in w.threads]
 
   @classmethod
   def _listen(cls):
@@ -89,12 +97,12 @@ class CompileWatch:
     def event(name, **kwargs):
       del kwargs
       if name == "/jax/compilation_cache/cache_hits":
-        for w in cls._active:
+        for w in cls._watching():
           w.cached += 1
 
     def duration(name, seconds, **kwargs):
       del kwargs
-      for w in cls._active:
+      for w in cls._watching():
         if name == "/jax/core/compile/backend_compile_duration":
           w.programs += 1
           w.compile_s += seconds
@@ -107,8 +115,8 @@ class CompileWatch:
 
   def __enter__(self):
     self._listen()
-    self._active.append(self)
     self.started = time.perf_counter()
+    self._active.append(self)
     return self
 
   def __exit__(self, *exc):
@@ -133,18 +141,36 @@ class CompileWatch:
             f"compile {self.compile_s:.1f} s)")
 
 
-def precompile_in_background(calls, name: str = "dnas-compile-ahead") -> None:
-  """Compiles each `(program, args)` of `calls` (`cpu.compile_then_trim` programs and
-  their `jax.ShapeDtypeStruct` arguments) in a daemon thread, while the caller compiles
+def precompile_in_background(calls, name: str = "dnas-compile-ahead",
+                             report=None) -> threading.Thread:
+  """Compiles each `(program, args)` of `calls` (`cpu.compile_then_trim` programs or
+  `jax.jit` functions, and their `jax.ShapeDtypeStruct` arguments: a jitted function's
+  later call with such arguments finds the program compiled) in a daemon thread, while
+  the caller compiles
   another program: XLA:CPU compiles one program on about 1.4 of 2 cores here. A failure
-  is logged and the program compiles on its first call instead."""
+  is logged and the program compiles on its first call instead.
+
+  The thread's compiles count in the `CompileWatch`es active where it starts, and in its
+  own watch, which `report(watch)` receives when it is done (after a failure too)."""
+  watches = list(CompileWatch._active)  # pylint: disable=protected-access
+
   def work():
-    try:
-      for program, args in calls:
-        program.precompile(*args)
-    except Exception as e:  # pylint: disable=broad-except
-      logging.warning("compiling ahead failed: %s", e)
-  threading.Thread(target=work, name=name, daemon=True).start()
+    for w in watches:
+      w.threads.add(threading.get_ident())
+    with CompileWatch() as watch:
+      try:
+        for program, args in calls:
+          if hasattr(program, "precompile"):
+            program.precompile(*args)
+          else:
+            program.lower(*args).compile()
+      except Exception as e:  # pylint: disable=broad-except
+        logging.warning("compiling ahead failed: %s", e)
+    if report is not None:
+      report(watch)
+  thread = threading.Thread(target=work, name=name, daemon=True)
+  thread.start()
+  return thread
 
 
 class Flat:

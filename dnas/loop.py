@@ -15,7 +15,8 @@ import tqdm
 
 from dnas.configs import base
 from dnas.errors import ConfigError, flatten
-from dnas.execution import CompileWatch, Flat  # noqa: F401  (Flat re-exported)
+from dnas.execution import (CompileWatch, Flat,  # noqa: F401  (Flat re-exported)
+                            precompile_in_background)
 from dnas.summaries import Summaries
 
 
@@ -224,16 +225,19 @@ class EpochLoop:
         if ticker is not None:
           ticker.stop()
     self._compiled[what] = True
+    self._report(what, watch)
+    return out
+
+  def _report(self, what: str, watch: CompileWatch, where: str = "") -> None:
     line = watch.summary(what)
     if line and self.primary:
-      tqdm.tqdm.write(f"dnas: {line}", file=sys.stderr)
-    return out
+      tqdm.tqdm.write(f"dnas: {line}{where}", file=sys.stderr)
 
   def _preempted(self) -> Preempted:
     return Preempted(f"SIGTERM: saved checkpoint {self.done} in {self.ckpt.directory}; rerun "
                      f"the same command to resume")
 
-  def run(self, state, batches, step, end_epoch, written=None):
+  def run(self, state, batches, step, end_epoch, written=None, ahead=None):
     """Runs the remaining epochs; returns the final state.
 
     Args:
@@ -247,8 +251,18 @@ class EpochLoop:
         run that had stopped does no more epochs.
       written(record): called on the primary process after the epoch's checkpoint and
         metric line are written (e.g. to write the derived architecture).
+      ahead: {what: [(program, args), ...]}: `cpu.compile_then_trim` programs (with
+        `jax.ShapeDtypeStruct` arguments) that `end_epoch` calls, compiled from the start
+        in a background thread while the first step compiles and runs (XLA:CPU compiles
+        one program on about 1.4 of 2 cores); a line reports each when it is done. The
+        run waits for them before it returns or raises (XLA must not be compiling while
+        the interpreter exits); a checkpoint is saved first.
     """
     meta = self.meta
+    threads = [precompile_in_background(calls, name="dnas-compile-ahead",
+                                        report=lambda w, what=what: self._report(
+                                            what, w, " in the background"))
+               for what, calls in (ahead or {}).items() if calls]
     bar = tqdm.tqdm(total=self.epochs * self.steps_per_epoch, initial=self.done,
                     disable=not self.progress, unit="step", dynamic_ncols=True)
     pending = None  # (step number, device metrics) of the last dispatched step
@@ -313,6 +327,8 @@ class EpochLoop:
       bar.close()
       self.ckpt.close()
       self.summaries.close()
+      for thread in threads:
+        thread.join()
     return state
 
 

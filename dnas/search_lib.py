@@ -26,8 +26,8 @@ from dnas import (bilevel, config as config_lib, cpu, execution, hypergrad, kern
                   spaces, utils)
 from dnas.arch import op_weights
 from dnas.checkpoint import Checkpointer
-from dnas.data.pipeline import (DatasetInfo, auto_workers, get_dataset, make_augment,
-                                make_batches, search_splits)
+from dnas.data.pipeline import (DatasetInfo, auto_workers, eval_batch_spec, get_dataset,
+                                make_augment, make_batches, search_splits)
 from dnas.evaluation import evaluate, make_eval_step
 
 
@@ -342,8 +342,42 @@ class Search:
         resumed=self.resumed, phases={"a_": "architecture", "w_": "weight"},
         postfix_keys=("w_loss", "w_acc", "a_loss", "a_acc"), to_tree=self.flat.tree)
     leaves = self.loop.run(self.flat.leaves(self.state), loop.Pipeline(pipeline), step,
-                           self.end_epoch, self.written)
+                           self.end_epoch, self.written,
+                           ahead={"the evaluation": self._epoch_end_ahead()})
     return self.flat.tree(leaves), dict(self.meta, elapsed=self.loop.elapsed())
+
+  @functools.cached_property
+  def _lr_at(self):
+    """step (int32) -> the weights' learning rate, for the epochs' records."""
+    return jax.jit(self.schedule)
+
+  @functools.cached_property
+  def _op_weights(self):
+    """logits f32[E, K] -> the op weights the method mixes with, for the records."""
+    return jax.jit(functools.partial(op_weights, relaxation=self.model.relaxation))
+
+  def _epoch_end_ahead(self) -> list:
+    """[(program, its arguments' specs)] that the epochs' ends call, for `EpochLoop.run`
+    to compile ahead on CPU: the supernet's evaluation (not for SPOS's random paths nor
+    the Gumbel methods, whose records take their architecture steps' figures) and the
+    records' learning rate and op weights (else a dozen one-op programs, ~1 s)."""
+    if not hasattr(self.eval_step, "precompile"):
+      return []
+    alphas = parallel.to_host(self.state.alphas)
+    logits = {(np.shape(l), np.asarray(l).dtype)
+              for l, _ in self.space.alpha_groups(alphas, self.model).values()}
+    calls = [(self._lr_at, (jax.ShapeDtypeStruct((), np.int32),))]
+    calls += [(self._op_weights, (jax.ShapeDtypeStruct(*l),)) for l in sorted(logits, key=str)]
+    if self.parts.arch_steps and not self.parts.reports_arch_steps:
+      state = self.state
+      variables = jax.tree.map(
+          lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+          (state.params, state.alphas, state.batch_stats))
+      batch = eval_batch_spec(self.a_src, batch_size=self.config.search.batch_size,
+                              augment=self.augment,
+                              sharding=parallel.batch_sharding(self.mesh))
+      calls.insert(0, (self.eval_step, (variables, batch, {})))
+    return calls
 
   def evaluate(self, state, inputs=None) -> tuple[float, float]:
     """(loss, accuracy) of the supernet of `state` on the architecture split."""
@@ -367,7 +401,7 @@ class Search:
   def end_epoch(self, leaves, epoch: int, means: dict) -> dict:
     """The epoch's record: validation, the derived architecture, what the hooks add."""
     state, config, space, model = self.flat.tree(leaves), self.config, self.space, self.model
-    lr = float(self.schedule(epoch * self.steps_per_epoch))
+    lr = float(self._lr_at(np.int32(epoch * self.steps_per_epoch)))
     if not self.parts.arch_steps:
       # SPOS: one uniformly drawn path of the supernet (a new one each epoch); its
       # untrained alphas derive nothing, and the selection chooses after the search.
@@ -387,7 +421,7 @@ class Search:
       record[f"alpha_entropy_{group}"] = alpha_entropy(logits)
       # The weights the method mixes with (sigmoid for FairDARTS, the Dirichlet mean
       # for DrNAS), not always softmax; the entropy above stays softmax's.
-      weights = np.asarray(op_weights(np.asarray(logits), model.relaxation))
+      weights = np.asarray(self._op_weights(np.asarray(logits)))
       self.meta["alphas"].setdefault(group, []).append(weights.tolist())
       self.loop.summaries.op_weights(self.loop.done, group, weights, ops)
     record["genotype"] = space.to_dict(arch)

@@ -8,6 +8,7 @@ import os
 
 import jax
 import ml_collections
+import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
@@ -15,8 +16,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from dnas import (bilevel, checkpoint, config as config_lib, cpu, kernels, loop, optim, parallel, spaces,
                   utils)
 from dnas.checkpoint import Checkpointer, save_model
-from dnas.data.pipeline import (auto_workers, dataset_info, get_dataset, make_augment,
-                                make_batches)
+from dnas.data.pipeline import (auto_workers, dataset_info, eval_batch_spec, get_dataset,
+                                make_augment, make_batches)
 from dnas.evaluation import evaluate, make_eval_step
 from dnas.utils import count_params
 
@@ -164,6 +165,8 @@ def _train(config, arch_source, workdir, progress, resume, preemption):
                                                          parallel.put_batch(b, mesh), {})),
                     make(splits[split], seed=0, epoch=0, train=False))
 
+  lr_at = jax.jit(schedule)
+
   def drop_prob(epoch):
     return t.drop_path_prob * epoch / t.epochs  # reference: linear increase over the epochs
 
@@ -173,7 +176,7 @@ def _train(config, arch_source, workdir, progress, resume, preemption):
 
   def end_epoch(leaves, epoch, means):
     valid_loss, valid_acc = evaluate_on(flat.tree(leaves), "validation")
-    return dict(epoch=epoch, lr=float(schedule(epoch * steps_per_epoch)),
+    return dict(epoch=epoch, lr=float(lr_at(np.int32(epoch * steps_per_epoch))),
                 drop_path_prob=drop_prob(epoch), train_loss=means["loss"],
                 train_acc=means["acc"], valid_loss=valid_loss, valid_acc=valid_acc)
 
@@ -183,7 +186,16 @@ def _train(config, arch_source, workdir, progress, resume, preemption):
                        preemption=preemption, metrics_file="train_metrics.jsonl",
                        progress=progress, resumed=bool(found), postfix_keys=("loss", "acc"),
                        to_tree=flat.tree)
-  state = flat.tree(run.run(flat.leaves(state), batches, step, end_epoch))
+  # CPU: the evaluation (and the records' learning rate) compile in the background while
+  # the first step compiles.
+  ahead = [(eval_step, (jax.tree.map(lambda x: jax.ShapeDtypeStruct(
+      x.shape, x.dtype, sharding=x.sharding), state[:2]), eval_batch_spec(
+          splits["validation"], batch_size=t.batch_size, augment=augment,
+          sharding=shardings[1]), {})),
+           (lr_at, (jax.ShapeDtypeStruct((), np.int32),))
+           ] if hasattr(eval_step, "precompile") else []
+  state = flat.tree(run.run(flat.leaves(state), batches, step, end_epoch,
+                            ahead={"the evaluation": ahead}))
   test_loss, test_acc = evaluate_on(state, "test")
   params, stats, _ = state
   nnx.update(net, params, stats)

@@ -24,6 +24,10 @@ def uninterrupted_dir(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("uninterrupted")
   out = _search(workdir)
   assert out.returncode == 0, out.stderr[-3000:]
+  # The epochs' ends call nothing that was not compiled (or loaded) ahead, beside the step.
+  lines = [l for l in out.stderr.splitlines() if l.startswith("dnas: ") and "the evaluation"
+           in l]
+  assert len(lines) == 1 and lines[0].endswith(" in the background"), out.stderr[-3000:]
   return workdir
 
 

@@ -1,4 +1,5 @@
-"""The search loop's steps as `search_lib` builds them: compiled once, never run eagerly.
+"""The search loop's steps as `search_lib` builds them: compiled once, never run eagerly,
+and what is compiled ahead counted where it belongs.
 
 Split steps (the second-order default on CPU) left unjitted run op by op in Python, 23 s a
 NAS-Bench-201 digits step, with right values, so no value test notices them.
@@ -6,12 +7,15 @@ Here the supernet's Python code must not run again once a step has compiled: a c
 step does not trace, an eager one runs the network's code at every call.
 """
 
+import threading
+
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
-from dnas import bilevel, hypergrad, methods, parallel, search_lib
+from dnas import bilevel, cpu, execution, hypergrad, methods, parallel, search_lib
 from dnas.configs import tiny
 from dnas.spaces import darts
 from dnas.spaces.darts import search as darts_search
@@ -56,3 +60,29 @@ def test_split_steps_compile_once_and_never_run_eagerly(monkeypatch, order, prog
       leaves, metrics = step(leaves, batch(), batch())
       assert np.isfinite(float(metrics["w_loss"]))
   assert not calls, f"{len(calls)} network calls in four compiled steps: they run eagerly"
+
+
+def test_programs_compiled_ahead_count_where_they_belong():
+  # A compile-ahead thread started inside a watch (a step's programs) counts in it; one
+  # started outside (the evaluation beside the step) reports its own watch, not the step's.
+  def program(k):
+    return cpu.compile_then_trim(jax.jit(lambda x: jnp.sin(x) * k))
+  spec = (jax.ShapeDtypeStruct((3,), jnp.float32),)
+  reports = []
+  with execution.CompileWatch() as step:
+    execution.precompile_in_background([(program(2.0), spec)], report=reports.append).join()
+    jax.jit(lambda x: x + 1)(jnp.ones(3))
+  assert step.programs >= 2 and len(reports) == 1 and reports[0].programs == 1
+  go = threading.Event()
+
+  class AfterGo:  # compiles only once the step's watch below is active
+    def precompile(self, *args):
+      go.wait()
+      program(3.0).precompile(*args)
+  outside = execution.precompile_in_background(
+      [(AfterGo(), spec), (jax.jit(lambda x: x * 4), spec)], report=reports.append)
+  with execution.CompileWatch() as step:
+    go.set()
+    outside.join()
+    jax.jit(lambda x: x - 1)(jnp.ones(3))
+  assert step.programs == 1 and reports[1].programs == 2

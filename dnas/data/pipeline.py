@@ -253,6 +253,18 @@ def make_batches(source, *, batch_size: int, seed: int, epoch: int, augment,
   yield from ds
 
 
+def eval_batch_spec(source, *, batch_size: int, augment, sharding=None) -> dict:
+  """The shapes and dtypes of `make_batches(..., train=False)`'s global batches, as
+  `jax.ShapeDtypeStruct`s with `sharding` (to compile an evaluation before its data
+  arrive): {"image": f32[B, H, W, C], "label": int32[B], "mask": f32[B]}."""
+  import jax  # pylint: disable=g-import-not-at-top
+  image = np.asarray(augment.evaluate(source[0])["image"])
+  def spec(shape, dtype):
+    return jax.ShapeDtypeStruct((batch_size, *shape), dtype, sharding=sharding)
+  return {"image": spec(image.shape, image.dtype), "label": spec((), np.int32),
+          "mask": spec((), np.float32)}
+
+
 def auto_workers(workers: int) -> int:
   """`config.data.workers`: -1 picks a count for this host: none when the backend is the
   CPU (XLA:CPU's step uses every core; a worker would take cores from it), otherwise
@@ -266,5 +278,5 @@ def auto_workers(workers: int) -> int:
 
 
 __all__ = ["DataError", "DatasetInfo", "ArraySource", "SubsetSource", "TfdsSource", "DATASETS",
-           "TFDS_DATASETS", "get_dataset", "search_splits", "make_batches", "make_augment",
-           "Augment", "ImageNetAugment", "augment_lib"]
+           "TFDS_DATASETS", "get_dataset", "search_splits", "make_batches", "eval_batch_spec",
+           "make_augment", "Augment", "ImageNetAugment", "augment_lib"]

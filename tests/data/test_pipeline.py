@@ -7,7 +7,7 @@ from absl import flags
 
 from dnas.data import DataError, get_dataset, make_augment, make_batches, search_splits
 from dnas.data import augment as augment_lib
-from dnas.data.pipeline import Augment, auto_workers
+from dnas.data.pipeline import Augment, auto_workers, eval_batch_spec
 
 
 def test_digits_splits_fixed_disjoint_and_complete():
@@ -48,6 +48,29 @@ def test_eval_batches_cover_split_in_order():
   np.testing.assert_array_equal(labels, splits["test"].labels)
   x = (splits["test"].images[0].astype(np.float32) / 255 - info.mean[0]) / info.std[0]
   np.testing.assert_allclose(batches[0]["image"][0], x, rtol=1e-6)
+
+
+def _specs(batch):
+  return {k: (np.shape(v), np.asarray(v).dtype) for k, v in batch.items()}
+
+
+def test_eval_batch_spec_is_what_eval_batches_are():
+  # An evaluation compiled ahead from the spec must be the program its batches call.
+  info, splits = get_dataset("digits")
+  aug = Augment(info.mean, info.std, crop_padding=1, flip=True)
+  spec = eval_batch_spec(splits["validation"], batch_size=32, augment=aug)
+  for b in (next(make_batches(splits["validation"], batch_size=32, seed=0, epoch=0,
+                              augment=aug, train=False)),
+            list(make_batches(splits["validation"], batch_size=32, seed=0, epoch=0,
+                              augment=aug, train=False))[-1]):  # the padded last one
+    assert _specs(b) == {k: (v.shape, v.dtype) for k, v in spec.items()}
+  with tfds.testing.mock_data(num_examples=6):
+    info, splits = get_dataset("imagenette", image_size=64)
+    aug = make_augment(info)
+    e = next(make_batches(splits["validation"], batch_size=3, seed=0, epoch=0, augment=aug,
+                          train=False))
+    spec = eval_batch_spec(splits["validation"], batch_size=3, augment=aug)
+    assert _specs(e) == {k: (v.shape, v.dtype) for k, v in spec.items()}
 
 
 def test_start_skips_batches_exactly():
