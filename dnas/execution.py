@@ -72,12 +72,15 @@ class CompileWatch:
   seconds spent tracing (`trace_s`), lowering to StableHLO (`lower_s`) and compiling or
   loading (`compile_s`). Events count from the thread that entered it and from the
   threads `precompile_in_background` starts while it is active (a step's programs
-  compiled ahead are the step's), not from other threads."""
+  compiled ahead are the step's), not from other threads. `lowered` (an Event, if given)
+  is set when one of them has lowered a program: its trace is done and XLA's compile,
+  which releases the GIL, begins."""
 
   _active: list["CompileWatch"] = []
   _listening = False
 
-  def __init__(self):
+  def __init__(self, lowered: threading.Event | None = None):
+    self.lowered = lowered
     self.programs = self.cached = 0
     self.trace_s = self.lower_s = self.compile_s = 0.0
     self.started = self.seconds = 0.0
@@ -110,6 +113,8 @@ class CompileWatch:
           w.trace_s += seconds
         elif name == "/jax/core/compile/jaxpr_to_mlir_module_duration":
           w.lower_s += seconds
+          if w.lowered is not None:
+            w.lowered.set()
     jax.monitoring.register_event_listener(event)
     jax.monitoring.register_event_duration_secs_listener(duration)
 
@@ -141,8 +146,8 @@ class CompileWatch:
             f"compile {self.compile_s:.1f} s)")
 
 
-def precompile_in_background(calls, name: str = "dnas-compile-ahead",
-                             report=None) -> threading.Thread:
+def precompile_in_background(calls, name: str = "dnas-compile-ahead", report=None,
+                             after=None) -> threading.Thread:
   """Compiles each `(program, args)` of `calls` (`cpu.compile_then_trim` programs or
   `jax.jit` functions, and their `jax.ShapeDtypeStruct` arguments: a jitted function's
   later call with such arguments finds the program compiled) in a daemon thread, while
@@ -151,12 +156,17 @@ def precompile_in_background(calls, name: str = "dnas-compile-ahead",
   is logged and the program compiles on its first call instead.
 
   The thread's compiles count in the `CompileWatch`es active where it starts, and in its
-  own watch, which `report(watch)` receives when it is done (after a failure too)."""
+  own watch, which `report(watch)` receives when it is done (after a failure too).
+  `after()`, if given, is called first: it may block until the caller's own trace is
+  done (tracing holds the GIL: two traces at once take as long as one after the
+  other), and returns False to compile nothing."""
   watches = list(CompileWatch._active)  # pylint: disable=protected-access
 
   def work():
     for w in watches:
       w.threads.add(threading.get_ident())
+    if after is not None and not after():
+      return
     with CompileWatch() as watch:
       try:
         for program, args in calls:

@@ -197,6 +197,9 @@ class EpochLoop:
     self.progress = progress
     self.postfix: dict = {}
     self._compiled: dict[str, bool] = {}
+    # Set once the first step's trace is done (it compiles, or has run): `run`'s programs
+    # compiled ahead start then.
+    self._stepping = threading.Event()
     self._start = time.time() - meta["elapsed"]
 
   @property
@@ -218,12 +221,13 @@ class EpochLoop:
     ticker = None
     if not self._compiled.get(what) and not bar.disable:
       ticker = _Ticker(bar, f"compiling {what} (first time only)")
-    with CompileWatch() as watch:
+    with CompileWatch(lowered=self._stepping) as watch:
       try:
         out = fn(*args)
       finally:
         if ticker is not None:
           ticker.stop()
+        self._stepping.set()
     self._compiled[what] = True
     self._report(what, watch)
     return out
@@ -253,15 +257,22 @@ class EpochLoop:
         metric line are written (e.g. to write the derived architecture).
       ahead: {what: [(program, args), ...]}: `cpu.compile_then_trim` programs (with
         `jax.ShapeDtypeStruct` arguments) that `end_epoch` calls, compiled from the start
-        in a background thread while the first step compiles and runs (XLA:CPU compiles
-        one program on about 1.4 of 2 cores); a line reports each when it is done. The
-        run waits for them before it returns or raises (XLA must not be compiling while
-        the interpreter exits); a checkpoint is saved first.
+        in a background thread once the first step's trace is done, while it compiles
+        and runs (XLA:CPU compiles one program on about 1.4 of 2 cores); a line reports
+        each when it is done. The run waits for them before it returns or raises (XLA
+        must not be compiling while the interpreter exits); a run that ends before its
+        first step compiles none of them.
     """
     meta = self.meta
+    ending = []
+
+    def after_first_trace():
+      self._stepping.wait()
+      return not ending
     threads = [precompile_in_background(calls, name="dnas-compile-ahead",
                                         report=lambda w, what=what: self._report(
-                                            what, w, " in the background"))
+                                            what, w, " in the background"),
+                                        after=after_first_trace)
                for what, calls in (ahead or {}).items() if calls]
     bar = tqdm.tqdm(total=self.epochs * self.steps_per_epoch, initial=self.done,
                     disable=not self.progress, unit="step", dynamic_ncols=True)
@@ -327,6 +338,9 @@ class EpochLoop:
       bar.close()
       self.ckpt.close()
       self.summaries.close()
+      if not self._stepping.is_set():
+        ending.append(True)
+        self._stepping.set()
       for thread in threads:
         thread.join()
     return state

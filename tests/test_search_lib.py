@@ -86,3 +86,13 @@ def test_programs_compiled_ahead_count_where_they_belong():
     outside.join()
     jax.jit(lambda x: x - 1)(jnp.ones(3))
   assert step.programs == 1 and reports[1].programs == 2
+  # A run that ends before its first step has traced compiles nothing ahead.
+  execution.precompile_in_background([(program(5.0), spec)], report=reports.append,
+                                     after=lambda: False).join()
+  assert len(reports) == 2
+  # The watch says when its trace is done (XLA's compile begins).
+  lowered = threading.Event()
+  with execution.CompileWatch(lowered=lowered):
+    assert not lowered.is_set()
+    jax.jit(lambda x: x * 7)(jnp.ones(3))
+    assert lowered.is_set()
