@@ -72,15 +72,16 @@ class CompileWatch:
   seconds spent tracing (`trace_s`), lowering to StableHLO (`lower_s`) and compiling or
   loading (`compile_s`). Events count from the thread that entered it and from the
   threads `precompile_in_background` starts while it is active (a step's programs
-  compiled ahead are the step's), not from other threads. `lowered` (an Event, if given)
-  is set when one of them has lowered a program: its trace is done and XLA's compile,
-  which releases the GIL, begins."""
+  compiled ahead are the step's), not from other threads. `compiling` (an Event, if
+  given) is set when one of them starts XLA's compile or its lookup in the persistent
+  cache (without the cache: when it has lowered a program): its trace, which holds the
+  GIL, is done."""
 
   _active: list["CompileWatch"] = []
   _listening = False
 
-  def __init__(self, lowered: threading.Event | None = None):
-    self.lowered = lowered
+  def __init__(self, compiling: threading.Event | None = None):
+    self.compiling = compiling
     self.programs = self.cached = 0
     self.trace_s = self.lower_s = self.compile_s = 0.0
     self.started = self.seconds = 0.0
@@ -102,6 +103,10 @@ class CompileWatch:
       if name == "/jax/compilation_cache/cache_hits":
         for w in cls._watching():
           w.cached += 1
+      elif name == "/jax/compilation_cache/compile_requests_use_cache":
+        for w in cls._watching():
+          if w.compiling is not None:
+            w.compiling.set()
 
     def duration(name, seconds, **kwargs):
       del kwargs
@@ -113,8 +118,10 @@ class CompileWatch:
           w.trace_s += seconds
         elif name == "/jax/core/compile/jaxpr_to_mlir_module_duration":
           w.lower_s += seconds
-          if w.lowered is not None:
-            w.lowered.set()
+          # With the persistent cache, a trace kept on disk (`trace_cache`) lowers twice:
+          # the compile request above comes after both.
+          if w.compiling is not None and not jax.config.jax_compilation_cache_dir:
+            w.compiling.set()
     jax.monitoring.register_event_listener(event)
     jax.monitoring.register_event_duration_secs_listener(duration)
 

@@ -221,7 +221,7 @@ class EpochLoop:
     ticker = None
     if not self._compiled.get(what) and not bar.disable:
       ticker = _Ticker(bar, f"compiling {what} (first time only)")
-    with CompileWatch(lowered=self._stepping) as watch:
+    with CompileWatch(compiling=self._stepping) as watch:
       try:
         out = fn(*args)
       finally:

@@ -91,8 +91,12 @@ def test_programs_compiled_ahead_count_where_they_belong():
                                      after=lambda: False).join()
   assert len(reports) == 2
   # The watch says when its trace is done (XLA's compile begins).
-  lowered = threading.Event()
-  with execution.CompileWatch(lowered=lowered):
-    assert not lowered.is_set()
+  compiling = threading.Event()
+  with execution.CompileWatch(compiling=compiling):
+    assert not compiling.is_set()
     jax.jit(lambda x: x * 7)(jnp.ones(3))
-    assert lowered.is_set()
+    assert compiling.is_set()
+  compiling.clear()  # with the persistent cache: its lookup, after every lowering
+  with execution.CompileWatch(compiling=compiling):
+    jax.monitoring.record_event("/jax/compilation_cache/compile_requests_use_cache")
+    assert compiling.is_set()
