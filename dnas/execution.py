@@ -82,10 +82,11 @@ class CompileWatch:
 
   def __init__(self, compiling: threading.Event | None = None):
     self.compiling = compiling
+    self.owner = threading.get_ident()
     self.programs = self.cached = 0
     self.trace_s = self.lower_s = self.compile_s = 0.0
     self.started = self.seconds = 0.0
-    self.threads = {threading.get_ident()}
+    self.threads = {self.owner}
 
   @classmethod
   def _watching(cls) -> list["CompileWatch"]:
@@ -105,8 +106,7 @@ class CompileWatch:
           w.cached += 1
       elif name == "/jax/compilation_cache/compile_requests_use_cache":
         for w in cls._watching():
-          if w.compiling is not None:
-            w.compiling.set()
+          w.compile_requested()
 
     def duration(name, seconds, **kwargs):
       del kwargs
@@ -120,10 +120,16 @@ class CompileWatch:
           w.lower_s += seconds
           # With the persistent cache, a trace kept on disk (`trace_cache`) lowers twice:
           # the compile request above comes after both.
-          if w.compiling is not None and not jax.config.jax_compilation_cache_dir:
-            w.compiling.set()
+          if not jax.config.jax_compilation_cache_dir:
+            w.compile_requested()
     jax.monitoring.register_event_listener(event)
     jax.monitoring.register_event_duration_secs_listener(duration)
+
+  def compile_requested(self):
+    # Only the watch's own thread: a helper thread's small program (a step's updates
+    # compiled ahead) may reach its compile while the main trace goes on.
+    if self.compiling is not None and threading.get_ident() == self.owner:
+      self.compiling.set()
 
   def __enter__(self):
     self._listen()
@@ -162,21 +168,24 @@ def precompile_in_background(calls, name: str = "dnas-compile-ahead", report=Non
   another program: XLA:CPU compiles one program on about 1.4 of 2 cores here. A failure
   is logged and the program compiles on its first call instead.
 
-  The thread's compiles count in the `CompileWatch`es active where it starts, and in its
-  own watch, which `report(watch)` receives when it is done (after a failure too).
-  `after()`, if given, is called first: it may block until the caller's own trace is
-  done (tracing holds the GIL: two traces at once take as long as one after the
-  other), and returns False to compile nothing."""
-  watches = list(CompileWatch._active)  # pylint: disable=protected-access
+  The thread's compiles count in the `CompileWatch`es active in the calling thread, and
+  in its own watch, which `report(watch)` receives when it is done (after a failure
+  too). `after()`, if given, is called before each program: it may block until the
+  caller's own trace is done (tracing holds the GIL: two traces at once take as long as
+  one after the other), and returns False to compile nothing more."""
+  watches = CompileWatch._watching()  # pylint: disable=protected-access
 
   def work():
     for w in watches:
       w.threads.add(threading.get_ident())
-    if after is not None and not after():
+    go = after or (lambda: True)
+    if not go():
       return
-    with CompileWatch() as watch:
+    with CompileWatch() as watch:  # from the end of the wait: its seconds are compiling
       try:
-        for program, args in calls:
+        for n, (program, args) in enumerate(calls):
+          if n and not go():
+            break
           if hasattr(program, "precompile"):
             program.precompile(*args)
           else:

@@ -255,20 +255,22 @@ class EpochLoop:
         run that had stopped does no more epochs.
       written(record): called on the primary process after the epoch's checkpoint and
         metric line are written (e.g. to write the derived architecture).
-      ahead: {what: [(program, args), ...]}: `cpu.compile_then_trim` programs (with
-        `jax.ShapeDtypeStruct` arguments) that `end_epoch` calls, compiled from the start
-        in a background thread once the first step's trace is done, while it compiles
-        and runs (XLA:CPU compiles one program on about 1.4 of 2 cores); a line reports
-        each when it is done. The run waits for them before it returns or raises (XLA
-        must not be compiling while the interpreter exits); a run that ends before its
-        first step compiles none of them.
+      ahead: {what: [(program, args), ...]}: programs that `end_epoch` calls
+        (`cpu.compile_then_trim` programs or `jax.jit` functions, with
+        `jax.ShapeDtypeStruct` arguments), compiled in a background thread once the first
+        step's trace is done, while the step compiles (XLA:CPU compiles one program on
+        about 1.4 of 2 cores); a line reports each when it is done. The first epoch's
+        end waits for them, and so does a run that stops before it (XLA must not be
+        compiling while the interpreter exits), once the program being compiled is done:
+        nothing more is compiled then. They are compiled in JAX's default
+        configuration, not a caller's thread-local one (`jax.enable_x64()` around `run`).
     """
     meta = self.meta
-    ending = []
+    ending = threading.Event()
 
     def after_first_trace():
       self._stepping.wait()
-      return not ending
+      return not ending.is_set()
     threads = [precompile_in_background(calls, name="dnas-compile-ahead",
                                         report=lambda w, what=what: self._report(
                                             what, w, " in the background"),
@@ -294,6 +296,11 @@ class EpochLoop:
                       **self.postfix)
 
     compiled_eval = False
+
+    def first_end(*args):
+      for thread in threads:
+        thread.join()
+      return end_epoch(*args)
     try:
       for epoch in range(meta["epoch"], self.epochs if not meta.get("stopped") else 0):
         inputs = batches(epoch, meta["batch"])
@@ -315,8 +322,8 @@ class EpochLoop:
         means = {k: v / self.steps_per_epoch for k, v in meta["sums"].items()}
         if compiled_eval:
           record = end_epoch(state, epoch, means)
-        else:  # the first epoch's end compiles the evaluation
-          record = self._watched(bar, "the evaluation", end_epoch, state, epoch, means)
+        else:  # the first epoch's end compiles the evaluation, or waits for it (`ahead`)
+          record = self._watched(bar, "the evaluation", first_end, state, epoch, means)
           compiled_eval = True
         record.setdefault("wall_time", self.elapsed())
         meta["records"].append(record)
@@ -335,14 +342,15 @@ class EpochLoop:
         if self.preemption.requested and epoch + 1 < self.epochs:
           raise self._preempted()
     finally:
-      bar.close()
-      self.ckpt.close()
-      self.summaries.close()
-      if not self._stepping.is_set():
-        ending.append(True)
-        self._stepping.set()
-      for thread in threads:
-        thread.join()
+      ending.set()
+      self._stepping.set()
+      try:
+        bar.close()
+        self.ckpt.close()
+        self.summaries.close()
+      finally:
+        for thread in threads:
+          thread.join()
     return state
 
 

@@ -360,8 +360,11 @@ class Search:
     """[(program, its arguments' specs)] that the epochs' ends call, for `EpochLoop.run`
     to compile ahead on CPU: the supernet's evaluation (not for SPOS's random paths nor
     the Gumbel methods, whose records take their architecture steps' figures) and the
-    records' learning rate and op weights (else a dozen one-op programs, ~1 s)."""
-    if not hasattr(self.eval_step, "precompile"):
+    records' learning rate and op weights (else a dozen one-op programs, ~1 s). Not beside
+    split steps (second order on CPU): their memory is the constraint, and their pieces
+    trace one after another."""
+    if (not hasattr(self.eval_step, "precompile")
+        or self.execution.split(self.config.search.order)):
       return []
     alphas = parallel.to_host(self.state.alphas)
     logits = {(np.shape(l), np.asarray(l).dtype)

@@ -68,11 +68,11 @@ def test_programs_compiled_ahead_count_where_they_belong():
   def program(k):
     return cpu.compile_then_trim(jax.jit(lambda x: jnp.sin(x) * k))
   spec = (jax.ShapeDtypeStruct((3,), jnp.float32),)
-  reports = []
+  reports, x = [], jnp.ones(3)
   with execution.CompileWatch() as step:
     execution.precompile_in_background([(program(2.0), spec)], report=reports.append).join()
-    jax.jit(lambda x: x + 1)(jnp.ones(3))
-  assert step.programs >= 2 and len(reports) == 1 and reports[0].programs == 1
+    jax.jit(lambda x: x + 1)(x)
+  assert step.programs == 2 and len(reports) == 1 and reports[0].programs == 1
   go = threading.Event()
 
   class AfterGo:  # compiles only once the step's watch below is active
@@ -84,19 +84,24 @@ def test_programs_compiled_ahead_count_where_they_belong():
   with execution.CompileWatch() as step:
     go.set()
     outside.join()
-    jax.jit(lambda x: x - 1)(jnp.ones(3))
+    jax.jit(lambda x: x - 1)(x)
   assert step.programs == 1 and reports[1].programs == 2
-  # A run that ends before its first step has traced compiles nothing ahead.
-  execution.precompile_in_background([(program(5.0), spec)], report=reports.append,
-                                     after=lambda: False).join()
-  assert len(reports) == 2
+  # A run that stops compiles nothing more: `after` is asked before each program.
+  asked = []
+  execution.precompile_in_background(
+      [(program(5.0), spec), (program(6.0), spec)], report=reports.append,
+      after=lambda: asked.append(1) or len(asked) == 1).join()
+  assert len(asked) == 2 and reports[2].programs == 1
   # The watch says when its trace is done (XLA's compile begins).
   compiling = threading.Event()
   with execution.CompileWatch(compiling=compiling):
     assert not compiling.is_set()
-    jax.jit(lambda x: x * 7)(jnp.ones(3))
+    jax.jit(lambda x: x * 7)(x)
     assert compiling.is_set()
   compiling.clear()  # with the persistent cache: its lookup, after every lowering
   with execution.CompileWatch(compiling=compiling):
+    # A helper's program compiled ahead (it counts here) does not end this trace.
+    execution.precompile_in_background([(program(7.0), spec)]).join()
+    assert not compiling.is_set()
     jax.monitoring.record_event("/jax/compilation_cache/compile_requests_use_cache")
     assert compiling.is_set()
