@@ -333,9 +333,7 @@ def make_phase_steps(graphdef, w_tx: optax.GradientTransformation,
     if started or hypergrad.order != "first" or not hasattr(weight_update, "precompile"):
       return
     started.append(True)
-    spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
-                                                       sharding=getattr(x, "sharding", None)),
-                        state)
+    spec = execution_lib.specs(state)
     execution_lib.precompile_in_background(
         [(weight_update, (spec, spec.params, spec.batch_stats)),
          (arch_update, (spec, spec.alphas, spec.batch_stats))], name="dnas-compile-updates")

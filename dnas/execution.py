@@ -159,14 +159,20 @@ class CompileWatch:
             f"compile {self.compile_s:.1f} s)")
 
 
+def specs(tree):
+  """Arrays -> `jax.ShapeDtypeStruct`s of their shapes, dtypes and shardings, to compile
+  for them ahead (`precompile_in_background`)."""
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(
+      x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree)
+
+
 def precompile_in_background(calls, name: str = "dnas-compile-ahead", report=None,
                              after=None) -> threading.Thread:
   """Compiles each `(program, args)` of `calls` (`cpu.compile_then_trim` programs or
   `jax.jit` functions, and their `jax.ShapeDtypeStruct` arguments: a jitted function's
   later call with such arguments finds the program compiled) in a daemon thread, while
-  the caller compiles
-  another program: XLA:CPU compiles one program on about 1.4 of 2 cores here. A failure
-  is logged and the program compiles on its first call instead.
+  the caller compiles another program: XLA:CPU compiles one program on about 1.4 of 2
+  cores here. A failure is logged and the program compiles on its first call instead.
 
   The thread's compiles count in the `CompileWatch`es active in the calling thread, and
   in its own watch, which `report(watch)` receives when it is done (after a failure

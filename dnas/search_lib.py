@@ -373,9 +373,7 @@ class Search:
     calls += [(self._op_weights, (jax.ShapeDtypeStruct(*l),)) for l in sorted(logits, key=str)]
     if self.parts.arch_steps and not self.parts.reports_arch_steps:
       state = self.state
-      variables = jax.tree.map(
-          lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-          (state.params, state.alphas, state.batch_stats))
+      variables = execution.specs((state.params, state.alphas, state.batch_stats))
       batch = eval_batch_spec(self.a_src, batch_size=self.config.search.batch_size,
                               augment=self.augment,
                               sharding=parallel.batch_sharding(self.mesh))

@@ -13,8 +13,8 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from dnas import (bilevel, checkpoint, config as config_lib, cpu, kernels, loop, optim, parallel, spaces,
-                  utils)
+from dnas import (bilevel, checkpoint, config as config_lib, cpu, execution, kernels, loop, optim,
+                  parallel, spaces, utils)
 from dnas.checkpoint import Checkpointer, save_model
 from dnas.data.pipeline import (auto_workers, dataset_info, eval_batch_spec, get_dataset,
                                 make_augment, make_batches)
@@ -188,12 +188,12 @@ def _train(config, arch_source, workdir, progress, resume, preemption):
                        to_tree=flat.tree)
   # CPU: the evaluation (and the records' learning rate) compile in the background while
   # the first step compiles.
-  ahead = [(eval_step, (jax.tree.map(lambda x: jax.ShapeDtypeStruct(
-      x.shape, x.dtype, sharding=x.sharding), state[:2]), eval_batch_spec(
-          splits["validation"], batch_size=t.batch_size, augment=augment,
-          sharding=shardings[1]), {})),
-           (lr_at, (jax.ShapeDtypeStruct((), np.int32),))
-           ] if hasattr(eval_step, "precompile") else []
+  ahead = []
+  if hasattr(eval_step, "precompile"):
+    batch = eval_batch_spec(splits["validation"], batch_size=t.batch_size, augment=augment,
+                            sharding=shardings[1])
+    ahead = [(eval_step, (execution.specs(state[:2]), batch, {})),
+             (lr_at, (jax.ShapeDtypeStruct((), np.int32),))]
   state = flat.tree(run.run(flat.leaves(state), batches, step, end_epoch,
                             ahead={"the evaluation": ahead}))
   test_loss, test_acc = evaluate_on(state, "test")
